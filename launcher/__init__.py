@@ -1,0 +1,1 @@
+"""Everything about running models somewhere: configs, rendezvous, runtime, sweeps, schedulers, fits."""
