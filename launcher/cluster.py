@@ -21,6 +21,8 @@ class ClusterProfile:
     name: str = "local"
     scheduler: Literal["local", "slurm", "lsf"] = "local"
     template: Optional[str] = None  # job-script template, relative to the repository's slurm/ or lsf/
+    script_via_stdin: bool = False  # submit as "bsub < script": LSF reads #BSUB lines from a file argument
+    # only with LSB_BSUB_PARSE_SCRIPT=Y (as on Summit)
     step_launcher: Literal["local", "mpirun", "srun", "jsrun", "torchrun"] = "local"
     allows_torchrun: bool = True
     account: Optional[str] = None
@@ -35,6 +37,8 @@ class ClusterProfile:
     cores_per_task: int = 1
     gpus_per_task: int = 0
     gpu_bind: Optional[str] = None
+    cpu_bind: Optional[str] = None  # core binding of a step's tasks (jsrun -b, e.g. packed:7)
+    cuda_aware_mpi: bool = False  # GPU buffers through MPI (jsrun --smpiargs=-gpu on Summit)
     dist_backend: Literal["gloo", "nccl"] = "gloo"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device_peak_flops: Optional[float] = None  # dense peak per device at `precision`, for MFU
