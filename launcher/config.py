@@ -246,6 +246,7 @@ class RunConfig:
     seed: int = 0
     resume: bool = True  # continue from run_dir's last checkpoint when there is one
     sweep: Optional[dict] = None  # present in the composed config; read by the planner, not by a run
+    sweeps_root: str = "sweeps"  # where the planner puts <sweeps_root>/<sweep.name>/; not read by a run
 
 
 def load_run_config(overrides: list[str]) -> RunConfig:
