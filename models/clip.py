@@ -13,7 +13,6 @@ import math
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
@@ -179,6 +178,23 @@ class CLIP(nn.Module):
 # ------------------------------------------------------------------------------------------------ loss
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the sum over ranks of the gradient of its own rows."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, local.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss depends on every rank's rows
+        b = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * b:(dist.get_rank() + 1) * b]
+
+
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                      gather: bool = True) -> torch.Tensor:
     """Symmetric InfoNCE of this rank's pairs against the global batch.
@@ -191,8 +207,7 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     """
     b = image_features.shape[0]
     if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        all_images = torch.cat(dist_fn.all_gather(image_features), dim=0)
-        all_texts = torch.cat(dist_fn.all_gather(text_features), dim=0)
+        all_images, all_texts = _GatherWithGrad.apply(image_features), _GatherWithGrad.apply(text_features)
         offset = dist.get_rank() * b
     else:
         all_images, all_texts, offset = image_features, text_features, 0
