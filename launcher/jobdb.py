@@ -144,11 +144,12 @@ class JobDB:
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL stays consistent
         self._conn.execute("PRAGMA foreign_keys = ON")
-        with self._write() as conn:
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            with self._write() as conn:  # the first opener creates the tables; the others find them
+                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._conn.close()
@@ -285,8 +286,8 @@ class JobDB:
 
     def _new_attempt(self, key: str, state: str, scheduler: str, job_id: Optional[str],
                      array_index: Optional[int]) -> Attempt:
-        now = time.time()
         with self._write() as conn:
+            now = time.time()  # taken under the lock: attempts of one run never overlap in time
             row = self._row(conn, key)
             self._transition(conn, row, state, job_id=job_id, new_attempt=True)
             number = row["attempts"] + 1

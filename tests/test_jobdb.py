@@ -1,0 +1,209 @@
+"""The job database: transitions, idempotent planning, state.json folding, and real concurrent writers."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sqlite3
+import time
+
+import pytest
+
+from launcher.errors import UserError
+from launcher.jobdb import TRANSITIONS, JobDB, TransitionError, fold_run_states
+from launcher.plan import RunSpec
+
+
+def spec(i: int, name: str | None = None, digest: str | None = None) -> RunSpec:
+    return RunSpec(name=name or f"run{i}", sweep="s", family="gpt_neox", model="gpt_neox/tiny",
+                   shape={"n_layer": 1 + i % 3}, N=1000 + i, N_non_embedding=500 + i, D=4096 * (i + 1),
+                   C=6 * (1000 + i) * 4096 * (i + 1), flops_per_token=6000, budget=None, steps=i + 1,
+                   global_batch_tokens=4096, nodes=1, ranks_per_run=1, base_overrides=("model=gpt_neox/tiny",),
+                   config_hash=digest or f"hash{i:04d}", est_node_hours=0.01)
+
+
+@pytest.fixture
+def db(tmp_path):
+    db = JobDB(tmp_path / "jobdb.sqlite")
+    db.add_sweep("s", "local", {"name": "s"})
+    yield db
+    db.close()
+
+
+def test_wal_mode_and_schema(db):
+    assert db._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in db._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"sweeps", "runs", "attempts", "jobs", "events"} <= tables
+
+
+def test_add_runs_is_idempotent_and_keeps_state(db, tmp_path):
+    assert db.add_runs("s", [spec(i) for i in range(5)], tmp_path) == 5
+    db.start("run0")
+    db.finish("run0", "completed", exit_code=0)
+    assert db.add_runs("s", [spec(i) for i in range(7)], tmp_path) == 2  # only the new ones
+    runs = db.runs("s")
+    assert [r.name for r in runs] == [f"run{i}" for i in range(7)]
+    first = db.run("run0")
+    assert (first.state, first.attempts, first.exit_code) == ("completed", 1, 0)
+    assert first.run_dir == str(tmp_path / "runs" / "run0")
+    assert first.overrides == spec(0).overrides(tmp_path)
+    assert db.run("hash0001").name == "run1"
+
+
+def test_renamed_config_replaces_untried_run_but_not_a_tried_one(db, tmp_path):
+    db.add_runs("s", [spec(0), spec(1)], tmp_path)
+    db.add_runs("s", [spec(0, digest="other0")], tmp_path)  # run0 never tried: replaced
+    assert db.run("run0").config_hash == "other0"
+    db.start("run1")
+    with pytest.raises(UserError, match="run1 was already tried with another config"):
+        db.add_runs("s", [spec(1, digest="other1")], tmp_path)
+    assert db.run("run1").config_hash == "hash0001"
+
+
+def test_transitions_are_validated(db, tmp_path):
+    db.add_runs("s", [spec(0)], tmp_path)
+    with pytest.raises(TransitionError, match="cannot go from planned to completed"):
+        db.transition("run0", "completed")
+    db.queue("run0", "slurm", "123", array_index=4)
+    db.start("run0")  # the queued attempt starts: no new attempt
+    assert db.run("run0").attempts == 1
+    db.finish("run0", "timed_out", exit_code=75)
+    db.queue("run0", "slurm", "124")
+    db.start("run0")
+    db.finish("run0", "completed", exit_code=0)
+    for state in TRANSITIONS:
+        if state != "completed":
+            with pytest.raises(TransitionError):
+                db.transition("run0", state)
+    run = db.run("run0")
+    assert (run.state, run.attempts, run.job_id) == ("completed", 2, "124")
+    attempts = db.attempts("run0")
+    assert [(a.job_id, a.array_index, a.state, a.exit_code) for a in attempts] == \
+        [("123", 4, "timed_out", 75), ("124", None, "completed", 0)]
+    assert all(a.started and a.ended and a.ended >= a.started for a in attempts)
+    history = [(e["from_state"], e["to_state"]) for e in db.events("run0")]
+    assert history == [("planned", "queued"), ("queued", "running"), ("running", "timed_out"),
+                       ("timed_out", "queued"), ("queued", "running"), ("running", "completed")]
+
+
+def test_consecutive_failures_count_and_reset(db, tmp_path):
+    db.add_runs("s", [spec(0)], tmp_path)
+    for _ in range(2):
+        db.start("run0")
+        db.finish("run0", "failed", exit_code=1)
+    assert db.run("run0").consecutive_failures == 2
+    db.start("run0")
+    db.finish("run0", "timed_out", exit_code=75)
+    assert db.run("run0").consecutive_failures == 0
+
+
+def test_jobs_are_recorded(db, tmp_path):
+    db.add_runs("s", [spec(0), spec(1)], tmp_path)
+    db.add_job("s", "slurm", "77", "array", ["hash0000", "hash0001"], depends_on="76")
+    db.set_job_state("slurm", "77", "running")
+    (job,) = db.jobs("s")
+    assert (job.job_id, job.kind, job.runs, job.depends_on, job.state) == \
+        ("77", "array", ["hash0000", "hash0001"], "76", "running")
+
+
+def write_state(run_dir, **state):
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "state.json"), "w") as f:
+        json.dump(state, f)
+
+
+def test_fold_run_states(db, tmp_path):
+    db.add_runs("s", [spec(i) for i in range(4)], tmp_path)
+    for i in range(4):
+        db.queue(f"run{i}", "slurm", str(100 + i))
+    time.sleep(0.01)
+    write_state(tmp_path / "runs" / "run0", status="running", step=3)
+    write_state(tmp_path / "runs" / "run1", status="completed", step=9, exit_code=0)
+    write_state(tmp_path / "runs" / "run2", status="requeue", step=5, exit_code=75)
+    changes = fold_run_states(db, "s")
+    assert sorted(changes) == [("run0", "queued", "running"), ("run1", "queued", "completed"),
+                               ("run2", "queued", "timed_out")]
+    assert [db.run(f"run{i}").state for i in range(4)] == ["running", "completed", "timed_out", "queued"]
+    assert db.attempts("run2")[0].exit_code == 75
+    assert fold_run_states(db, "s") == []  # nothing new
+    # run2 is queued again; its stale state.json (older than the new attempt) must not end it
+    time.sleep(0.01)
+    db.queue("run2", "slurm", "200")
+    assert fold_run_states(db, "s") == []
+    assert db.run("run2").state == "queued"
+
+
+def _worker(path: str, worker: int, n_runs: int, iterations: int, results) -> None:
+    """Each iteration tries to take a run (a validated read-check-write) and hands it back."""
+    db = JobDB(path)
+    taken = rejected = 0
+    for i in range(iterations):
+        key = f"run{(worker + i) % n_runs}"
+        try:
+            db.start(key, "local", f"w{worker}-{i}")
+        except TransitionError:
+            rejected += 1
+            continue
+        taken += 1
+        db.finish(key, "timed_out", exit_code=75)
+    db.close()
+    results.put((taken, rejected))
+
+
+def test_concurrent_processes_lose_no_update(db, tmp_path):
+    n_workers, n_runs, iterations = 4, 3, 200
+    db.add_runs("s", [spec(i) for i in range(n_runs)], tmp_path)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(str(db.path), w, n_runs, iterations, results))
+             for w in range(n_workers)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    taken = sum(t for t, _ in outcomes)
+    assert sum(t + r for t, r in outcomes) == n_workers * iterations
+    runs = db.runs("s")
+    # every successful take incremented its run's counter exactly once, and wrote exactly one attempt row
+    assert sum(r.attempts for r in runs) == taken
+    attempts = db.attempts()
+    assert len(attempts) == taken
+    assert all(a.state == "timed_out" and a.ended is not None for a in attempts)
+    for r in runs:
+        assert sorted(a.number for a in attempts if a.run == r.config_hash) == list(range(1, r.attempts + 1))
+    # a run is never held twice: its attempts never overlap in time
+    for r in runs:
+        spans = sorted((a.started, a.ended) for a in attempts if a.run == r.config_hash)
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+    events = db.events()
+    assert sum(1 for e in events if e["to_state"] == "running") == taken
+
+
+def _hold_write_lock(path: str, locked, seconds: float) -> None:
+    db = JobDB(path)
+    db._conn.execute("BEGIN IMMEDIATE")
+    locked.set()
+    time.sleep(seconds)
+    db._conn.execute("COMMIT")
+    db.close()
+
+
+def test_writers_wait_for_each_other(tmp_path):
+    """A writer finding the lock taken by another process waits (busy_timeout) instead of failing."""
+    path = tmp_path / "jobdb.sqlite"
+    JobDB(path).close()
+    impatient, patient = JobDB(path, busy_timeout_s=0.1), JobDB(path, busy_timeout_s=30)
+    ctx = multiprocessing.get_context("spawn")
+    locked = ctx.Event()
+    holder = ctx.Process(target=_hold_write_lock, args=(str(path), locked, 1.0))
+    holder.start()
+    assert locked.wait(60)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        impatient.add_sweep("t", "local", {})
+    began = time.monotonic()
+    patient.add_sweep("t", "local", {})
+    assert time.monotonic() - began >= 0.3
+    holder.join(60)
+    assert impatient.sweep_config("t") == {}
