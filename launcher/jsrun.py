@@ -51,33 +51,44 @@ class ResourceSets:
         return args
 
 
-def rs_per_node(profile: ClusterProfile) -> int:
-    """How many one-rank resource sets fit on a node: one per ``gpus_per_task`` GPUs, else per core group."""
-    if profile.gpus_per_task > 0:
-        per_node = profile.devices_per_node // profile.gpus_per_task
+def rs_per_node(profile: ClusterProfile, gpus_per_rank: int | None = None, cores_per_rank: int | None = None) -> int:
+    """How many one-rank resource sets fit on a node: one per ``gpus_per_rank`` GPUs, else per core group.
+
+    The shape is the profile's (``gpus_per_task``, ``cores_per_task``) unless given.
+    """
+    gpus = profile.gpus_per_task if gpus_per_rank is None else gpus_per_rank
+    cores = profile.cores_per_task if cores_per_rank is None else cores_per_rank
+    if gpus > 0:
+        per_node = profile.devices_per_node // gpus
         if per_node < 1:
-            raise UserError(f"cluster.gpus_per_task: {profile.gpus_per_task} is more than the node's "
-                            f"{profile.devices_per_node} devices (cluster.devices_per_node)")
+            raise UserError(f"cluster.gpus_per_task: {gpus} GPUs per rank is more than the node's "
+                            f"{profile.devices_per_node} (cluster.devices_per_node)")
     else:
-        per_node = profile.cores_per_node // profile.cores_per_task
-    if per_node * profile.cores_per_task > profile.cores_per_node or per_node < 1:
-        raise UserError(f"cluster.cores_per_task: {per_node} resource sets of {profile.cores_per_task} cores "
+        per_node = profile.cores_per_node // cores if cores > 0 else 0
+    if per_node < 1 or per_node * cores > profile.cores_per_node:
+        raise UserError(f"cluster.cores_per_task: {max(per_node, 1)} resource sets of {cores} cores "
                         f"do not fit in cluster.cores_per_node={profile.cores_per_node}")
     return per_node
 
 
-def resource_sets(profile: ClusterProfile, ranks: int) -> ResourceSets:
-    """The resource sets for a run of ``ranks`` ranks, one rank per resource set."""
+def resource_sets(profile: ClusterProfile, ranks: int, gpus_per_rank: int | None = None,
+                  cores_per_rank: int | None = None) -> ResourceSets:
+    """The resource sets for a run of ``ranks`` ranks, one rank per resource set.
+
+    ``cpu_bind: packed`` in the profile binds each rank to all cores of its resource set (packed:<cores>).
+    """
     if ranks < 1:
         raise UserError(f"ranks: a jsrun step needs at least 1 rank, got {ranks}")
-    per_node = rs_per_node(profile)
+    gpus = profile.gpus_per_task if gpus_per_rank is None else gpus_per_rank
+    cores = profile.cores_per_task if cores_per_rank is None else cores_per_rank
+    per_node = rs_per_node(profile, gpus, cores)
     return ResourceSets(
         count=ranks,
         tasks_per_rs=1,
-        cores_per_rs=profile.cores_per_task,
-        gpus_per_rs=profile.gpus_per_task,
+        cores_per_rs=cores,
+        gpus_per_rs=gpus,
         rs_per_host=min(per_node, ranks),
-        bind=profile.cpu_bind,
+        bind=f"packed:{cores}" if profile.cpu_bind == "packed" else profile.cpu_bind,
         smpiargs=CUDA_AWARE_SMPIARGS if profile.cuda_aware_mpi else None,
     )
 

@@ -40,9 +40,18 @@ def test_smpiargs_only_for_cuda_aware_mpi(summit):
 
 
 def test_two_gpus_per_rank_halves_the_resource_sets(summit):
-    wide = dataclasses.replace(summit, gpus_per_task=2, cores_per_task=14, cpu_bind="packed:14")
+    wide = dataclasses.replace(summit, gpus_per_task=2, cores_per_task=14)
     assert rs_per_node(wide) == 3
     assert jsrun_argv(wide, 6) == ["jsrun", "-n6", "-a1", "-c14", "-g2", "-r3", "-bpacked:14"]
+    # the same shape asked for per step, the profile unchanged (a submitit job with 3 ranks of 2 GPUs)
+    assert resource_sets(summit, 6, gpus_per_rank=2, cores_per_rank=14).argv() == jsrun_argv(wide, 6)
+    whole_node = resource_sets(summit, 2, gpus_per_rank=6, cores_per_rank=42)
+    assert (whole_node.nodes, whole_node.rs_per_host, whole_node.bind) == (2, 1, "packed:42")
+
+
+def test_a_literal_binding_is_passed_through(summit):
+    assert jsrun_argv(dataclasses.replace(summit, cpu_bind="rs"), 6)[-1] == "-brs"
+    assert not any(a.startswith("-b") for a in jsrun_argv(dataclasses.replace(summit, cpu_bind=None), 6))
 
 
 def test_cpu_only_resource_sets_split_the_cores():

@@ -231,6 +231,13 @@ def walltime(minutes: int) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}"
 
 
+def env_name(name) -> str:
+    """A variable name for ``export NAME=...``: written unquoted, so it must be a shell identifier."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+        raise UserError(f"cluster.env: {name!r} is not a variable name (letters, digits, _; not first a digit)")
+    return str(name)
+
+
 def template_env() -> jinja2.Environment:
     """Jinja2 over lsf/: ``q`` quotes for the shell, ``bsub_arg`` for #BSUB lines; undefined names fail."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), undefined=jinja2.StrictUndefined,
@@ -238,6 +245,7 @@ def template_env() -> jinja2.Environment:
     env.filters["q"] = lambda value: shlex.quote(str(value))
     env.filters["bsub_arg"] = directive_arg
     env.filters["walltime"] = walltime
+    env.filters["env_name"] = env_name
     return env
 
 
