@@ -90,6 +90,7 @@ class HuberObjective:
             self._work = [np.empty((block, len(self.logL))) for _ in range(5)]
         return [w[:k] for w in self._work]
 
+    @np.errstate(over="ignore", invalid="ignore")  # absurd trial steps give inf/NaN, which the line search rejects
     def _evaluate(self, theta: np.ndarray, rows: np.ndarray):
         """log L_pred = LSE(a − α log N, b − β log D, e), then the Huber loss and its gradient.
 
@@ -174,7 +175,7 @@ class ChinchillaFit:
     def as_dict(self) -> dict:
         out = {k: getattr(self, k) for k in ("E", "A", "B", "alpha", "beta", "objective", "huber_delta",
                                              "huber_reduce", "n_starts", "n_converged")}
-        out["G"] = float(_G(self.theta))
+        out["G"] = float(_G(self.theta)[0])
         out["a"] = self.beta / (self.alpha + self.beta)   # N_opt ∝ C^a
         out["b"] = self.alpha / (self.alpha + self.beta)  # D_opt ∝ C^b
         return out
