@@ -228,6 +228,13 @@ class RendezvousConfig:
     port_base: int = 29500  # ports derived from job/step ids land in [port_base, port_base + port_span)
     port_span: int = 20000
 
+    def __post_init__(self):
+        if self.timeout_s <= 0:
+            raise ValueError(f"rendezvous.timeout_s: must be > 0, got {self.timeout_s}")
+        if not (1024 <= self.port_base and self.port_span >= 1 and self.port_base + self.port_span <= 65536):
+            raise ValueError(f"rendezvous.port_base: [{self.port_base}, {self.port_base + self.port_span}) must lie "
+                             f"within [1024, 65536) with port_span >= 1")
+
 
 
 @dataclasses.dataclass
