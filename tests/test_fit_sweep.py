@@ -1,0 +1,123 @@
+"""fit_sweep: the whole fit.json for a small sweep drawn from a known law."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from launcher.errors import UserError
+from launcher.fit import fit_sweep
+
+E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
+G = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
+
+
+def true_n_opt(C: float) -> float:
+    return G * (C / 6) ** (BETA / (ALPHA + BETA))
+
+
+def law(N, D):
+    return E + A / N**ALPHA + B / D**BETA
+
+
+def sweep(budgets=(1e17, 4e17, 1.6e18), sizes=(0.4, 0.8, 1.6, 3.2), seed: int = 0):
+    """Final points (runs) and curve points (20 logged steps per run), 0.3% noise."""
+    rng = np.random.default_rng(seed)
+    finals, curves = [], []
+    for C in budgets:
+        for j, factor in enumerate(sizes):
+            N = true_n_opt(C) * factor
+            D = C / (6 * N)
+            name = f"c{C:.0e}-n{j}"
+            finals.append({"name": name, "N": N, "N_non_embedding": 0.8 * N, "D": D, "C": 6 * N * D,
+                           "loss": law(N, D) * np.exp(rng.normal(0, 0.003)), "budget": C})
+            for d in np.geomspace(D / 50, D, 20):
+                curves.append({"name": name, "N": N, "D": d, "C": 6 * N * d,
+                               "loss": law(N, d) * np.exp(rng.normal(0, 0.003))})
+    return finals, curves
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    finals, curves = sweep()
+    start = time.perf_counter()
+    out = fit_sweep(finals, curves, budget_flops=1e19, n_boot=50, seed=0)
+    return out, time.perf_counter() - start
+
+
+def test_every_part_is_present_and_plain_json(fitted):
+    out, _ = fitted
+    text = json.dumps(out, allow_nan=False)
+    assert json.loads(text) == out
+    for key in ("approach1", "approach2", "approach3", "kaplan", "bnsl", "bootstrap", "frontier",
+                "recommendation", "extrapolation"):
+        assert key in out and "error" not in out[key], key
+    assert out["schema"] == "scaleladder.fit/1"
+    assert out["n_runs"] == 12 and out["n_curve_points"] == 240
+    assert out["flops_per_param_token"] == pytest.approx(6.0)
+
+
+def test_recommendation_brackets_the_true_optimum(fitted):
+    out, _ = fitted
+    rec = out["recommendation"]
+    assert rec["source"] == "approach3" and rec["C"] == 1e19
+    lo, hi = rec["N_opt_ci"]
+    assert lo < rec["N_opt"] < hi
+    assert lo < true_n_opt(1e19) < hi
+    assert rec["N_opt"] * rec["D_opt"] * 6 == pytest.approx(1e19, rel=1e-9)
+    assert rec["D_opt_ci"][0] < rec["D_opt"] < rec["D_opt_ci"][1]
+    true_d = 1e19 / (6 * true_n_opt(1e19))
+    assert rec["predicted_loss"] == pytest.approx(law(true_n_opt(1e19), true_d), rel=0.02)
+    assert "approach2" in rec["alternatives"]
+
+
+def test_report_material(fitted):
+    out, _ = fitted
+    budgets = out["approach2"]["budgets"]
+    assert [b["budget"] for b in budgets] == [1e17, 4e17, 1.6e18]
+    assert all(len(b["parabola_lnN"]) == 3 and b["interior"] for b in budgets)
+    runs = out["approach3"]["runs"]
+    assert len(runs) == 12
+    assert all(r["predicted_loss"] == pytest.approx(r["loss"], rel=0.01) for r in runs)
+    frontier = out["frontier"]
+    assert 1e19 in frontier["C"] and len(frontier["approach3"]["N_opt"]) == len(frontier["C"])
+    band = frontier["approach3"]
+    assert all(lo <= mid <= hi for lo, mid, hi in zip(band["N_opt_lo"], band["N_opt"], band["N_opt_hi"]))
+    assert out["approach1"]["envelope"]["C"] == sorted(out["approach1"]["envelope"]["C"])
+    assert out["bootstrap"]["approach3"]["n_ok"] == 50
+    assert out["kaplan"]["L_ND"]["rmse_log"] < 0.05
+
+
+def test_extrapolation_to_the_held_out_budget(fitted):
+    out, _ = fitted
+    ext = out["extrapolation"]
+    assert ext["held_out_budget"] == 1.6e18 and ext["observed"]["from"] == "parabola"
+    for approach in ("approach2", "approach3"):
+        assert abs(ext[approach]["rel_error_N_opt"]) < 0.15, approach
+    # approach 2 predicts the optimum's loss with a bare power law in C (no irreducible term): cruder
+    assert abs(ext["approach2"]["rel_error_loss"]) < 0.05
+    assert abs(ext["approach3"]["rel_error_loss"]) < 0.02
+
+
+def test_fast_enough_for_the_default_sweep(fitted):
+    _, seconds = fitted
+    assert seconds < 30  # a few seconds on an idle core; loose for busy shared machines
+
+
+def test_unsupported_parts_record_errors_instead_of_raising():
+    finals, _ = sweep(budgets=(1e17,), sizes=(0.5, 1.0, 2.0))
+    out = fit_sweep(finals, [], budget_flops=None, n_boot=5)
+    assert "error" in out["approach1"] and "error" in out["approach2"]
+    assert "error" in out["approach3"] and "error" in out["recommendation"]
+    assert out["extrapolation"] == {"error": "extrapolation: needs 3+ isoFLOP budgets, got 1"}
+    json.dumps(out, allow_nan=False)
+
+
+def test_bad_arguments():
+    finals, curves = sweep()
+    with pytest.raises(UserError, match="n_boot"):
+        fit_sweep(finals, curves, 1e19, n_boot=0)
+    with pytest.raises(UserError, match="budget_flops"):
+        fit_sweep(finals, curves, -1.0)
