@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from launcher.cluster import ClusterProfile
-from launcher.config import RunConfig, compose, load_run_config, validate
+from launcher.config import RunConfig, compose, group_options, load_run_config, validate
 from launcher.errors import UserError
 
 
@@ -179,15 +179,14 @@ def merge_overrides(*groups: Iterable[str]) -> list[str]:
     return list(merged.values())
 
 
-def config_hash(run: RunConfig, model: dict, train_values: dict) -> str:
+def config_hash(run: RunConfig) -> str:
     """Hash what decides a run's result: model, data, optimisation, ZeRO stage and seed.
 
     Names, directories, W&B fields and the cluster are left out, so the same run planned again (or on
     another site) has the same identity and is never repeated.
     """
-    train = {**dataclasses.asdict(run.train), **train_values}
-    resolved = {"model": model, "data": run.data, "train": train, "deepspeed": dataclasses.asdict(run.deepspeed),
-                "seed": run.seed}
+    resolved = {"model": run.model, "data": run.data, "train": dataclasses.asdict(run.train),
+                "deepspeed": dataclasses.asdict(run.deepspeed), "seed": run.seed}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -294,18 +293,29 @@ class SweepSetup:
     sweep_dir: Path
 
 
-def load_sweep(overrides: list[str]) -> SweepSetup:
-    """Compose ``overrides`` (``sweep=<name>``, ``cluster=<site>``, run overrides) into a validated sweep."""
-    raw = compose(overrides)
+def compose_sweep(overrides: list[str]) -> tuple[SweepConfig, ClusterProfile, Path]:
+    """The sweep config, cluster profile and sweep directory that ``overrides`` select."""
+    chosen = [o.split("=", 1)[1] for o in overrides if override_key(o) == "sweep" and "=" in o]
+    options = group_options("sweep")
+    if chosen and chosen[-1] not in options:  # an optional default group skips a missing option silently
+        raise UserError(f"sweep={chosen[-1]}: no such sweep; allowed: {', '.join(options)}")
+    # any sweep field may be overridden, not only those its YAML spells out; validate() checks the names
+    raw = compose([f"++{o.lstrip('+')}" if override_key(o).startswith("sweep.") else o for o in overrides])
     if not raw.get("sweep"):
-        raise UserError("sweep: no sweep selected; pass sweep=<name> (hydra_configs/sweep/)")
+        raise UserError(f"sweep: no sweep selected; pass sweep=<name>, one of: {', '.join(options)}")
     sweep = validate(SweepConfig, raw["sweep"], "sweep")
     cluster = validate(ClusterProfile, raw["cluster"], "cluster")
+    return sweep, cluster, Path(raw.get("sweeps_root") or "sweeps") / sweep.name
+
+
+def load_sweep(overrides: list[str]) -> SweepSetup:
+    """Compose ``overrides`` (``sweep=<name>``, ``cluster=<site>``, run overrides) into a validated sweep."""
+    sweep, cluster, sweep_dir = compose_sweep(overrides)
     user = [o for o in overrides if override_key(o).split(".")[0] not in ("sweep", "sweeps_root")]
     base = merge_overrides([f"model={sweep.model}"], [f"data={sweep.data}"] if sweep.data else [], sweep.overrides,
                            user)
     run = load_run_config(base)
-    return SweepSetup(sweep, cluster, run, base, Path(raw.get("sweeps_root") or "sweeps") / sweep.name)
+    return SweepSetup(sweep, cluster, run, base, sweep_dir)
 
 
 def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
@@ -361,7 +371,8 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
             dropped.append(f"{label}: {steps} steps < sweep.min_steps={sweep.min_steps}")
             continue
         model = {"family": family, **dataclasses.asdict(cfg)}
-        digest = config_hash(run, model, {"tokens": D, "max_steps": None, "global_batch_tokens": batch})
+        train = dataclasses.replace(run.train, tokens=D, max_steps=None, global_batch_tokens=batch)
+        digest = config_hash(dataclasses.replace(run, model=model, train=train))
         if digest in seen:
             dropped.append(f"{label}: same run as {seen[digest]}")
             continue
@@ -547,7 +558,7 @@ def parse_args(prog: str, argv: list[str], description: str, options: Iterable[t
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sweep=tiny cluster=frontier")
     for flag, help_ in options:
         parser.add_argument(flag, action="store_true", help=help_)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str]) -> int:
