@@ -58,6 +58,7 @@ class HuberObjective:
         # the reduction is a per-row scale, folded into the weights once
         self.weights = w / w.sum(axis=1, keepdims=True) if reduce == "mean" else w
         self.delta = delta
+        self._design_n, self._design_d = self.basisN.T.copy(), self.basisD.T.copy()
         self._range_n = (self.logN.min(), self.logN.max())
         self._range_d = (self.logD.min(), self.logD.max())
         self._work: list[np.ndarray] | None = None
@@ -102,19 +103,23 @@ class HuberObjective:
         a, b, e, alpha, beta = theta.T
         lo_n, hi_n = self._range_n
         lo_d, hi_d = self._range_d
-        m = np.maximum.reduce([a + np.maximum(-alpha * lo_n, -alpha * hi_n),
-                               b + np.maximum(-beta * lo_d, -beta * hi_d), e])
-        for out, slope, intercept, x in ((e1, alpha, a, self.logN), (e2, beta, b, self.logD)):
-            np.multiply.outer(-slope, x, out=out)
-            out += (intercept - m)[:, None]
-            np.maximum(out, -700.0, out=out)  # exp underflowing to 0 takes numpy's slow path
+        span1 = np.stack([-alpha * lo_n, -alpha * hi_n])
+        span2 = np.stack([-beta * lo_d, -beta * hi_d])
+        m = np.maximum.reduce([a + span1.max(axis=0), b + span2.max(axis=0), e])
+        for out, slope, intercept, span, design in ((e1, alpha, a, span1, self._design_n),
+                                                     (e2, beta, b, span2, self._design_d)):
+            np.matmul(np.stack([intercept - m, -slope], axis=1), design, out=out)  # (a − m) − α log N
+            deep = np.flatnonzero(intercept - m + span.min(axis=0) < -700.0)
+            if deep.size:  # exp underflowing to 0 takes numpy's slow path: stop at e^-700
+                out[deep] = np.maximum(out[deep], -700.0)
             np.exp(out, out=out)
         np.add(e1, e2, out=total)
         total += np.exp(np.maximum(e - m, -700.0))[:, None]
         np.log(total, out=r)
         r += m[:, None]
         r -= self.logL
-        tiny = np.flatnonzero(total.min(axis=1) < 1e-290)
+        low = np.flatnonzero(e - m < -660.0)  # elsewhere the e term alone keeps every total above 1e-287
+        tiny = low[total[low].min(axis=1) < 1e-290]
         if tiny.size:
             t = theta[tiny]
             t1 = t[:, 0, None] - np.multiply.outer(t[:, 3], self.logN)
