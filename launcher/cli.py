@@ -21,7 +21,7 @@ COMMANDS = {
     "cancel": ("launcher.submit:cancel_main", "cancel a sweep's queued and running jobs"),
     "render": ("launcher.submit:render_main", "write the job scripts a submission would use"),
     "collect": ("launcher.collect:main", "gather every run's metrics.jsonl into one table of curves"),
-    "fit": ("launcher.fit.cli:main", "fit scaling laws to a sweep or to a CSV of points"),
+    "fit": ("launcher.analysis:fit_main", "fit scaling laws to a sweep or to a CSV of points"),
     "report": ("launcher.report:main", "write report.html and plots for a sweep"),
     "wandb-sync": ("launcher.wandb_sync:main", "upload a sweep's offline W&B runs (from a login node)"),
 }
