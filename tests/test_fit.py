@@ -12,6 +12,7 @@ import pytest
 from launcher.errors import UserError
 from launcher.fit import fit_points
 from launcher.fit.bnsl import fit_bnsl
+from launcher.fit.bootstrap import resample_counts
 from launcher.fit.chinchilla import HuberObjective, chinchilla_grid
 from launcher.fit.lbfgs import minimize_lbfgs_batched
 
@@ -225,3 +226,19 @@ def test_bad_points_are_one_line_user_errors(points, approach, message):
     with pytest.raises(UserError, match=message) as info:
         fit_points(points, approach)
     assert "\n" not in str(info.value)
+
+
+def test_structured_array_points_and_budget_labels():
+    rows = isoflop_points([1e18, 4e18, 1.6e19], seed=8)
+    table = np.array([(p["N"], p["D"], p["loss"], f"{p['C']:g}") for p in rows],
+                     dtype=[("N", float), ("D", float), ("loss", float), ("budget", "U8")])
+    fit = fit_points(table, "2")
+    assert [b["budget"] for b in fit["budgets"]] == ["1e+18", "4e+18", "1.6e+19"]
+    assert [b["C"] for b in fit["budgets"]] == [1e18, 4e18, 1.6e19]  # numeric labels are the budgets' FLOPs
+
+
+def test_bootstrap_resamples_runs_within_their_budget():
+    strata = [np.array([0, 1, 2]), np.array([3, 4, 5, 6])]
+    counts = resample_counts(strata, 7, 200, np.random.default_rng(0))
+    assert np.all(counts[:, :3].sum(axis=1) == 3) and np.all(counts[:, 3:].sum(axis=1) == 4)
+    assert counts.min() == 0 and counts.max() >= 3  # real resampling, not a permutation

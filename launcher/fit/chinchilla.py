@@ -4,8 +4,9 @@ Parameters θ = (a, b, e, α, β) with A = e^a, B = e^b, E = e^e. The objective 
 (δ = 1e-3) of log L_pred − log L_obs, L_pred = LSE(a − α log N, b − β log D, e), summed (or
 averaged) over points, minimised by L-BFGS from the published grid of 4500 starts
 α, β ∈ {0, 0.5, 1, 1.5, 2}, e ∈ {−1, −0.5, 0, 0.5, 1}, a, b ∈ {0, 5, 10, 15, 20, 25},
-keeping the best. All starts run together (``lbfgs.minimize_lbfgs_batched``) with the analytic
-gradient; the stopping test is relative to the objective so that sum and mean agree.
+keeping the best (the grid of Hoffmann et al.; 5·5·5·6·6 = 4500). All starts run together
+(``lbfgs.minimize_lbfgs_batched``) with the analytic gradient; the stopping test is relative to
+the objective so that sum and mean agree.
 """
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ from launcher.fit.points import Points
 HUBER_DELTA = 1e-3
 REDUCTIONS = ("sum", "mean")
 PARAMS = ("a", "b", "e", "alpha", "beta")
-BLOCK_ELEMENTS = 1 << 15
+BLOCK_ELEMENTS = 1 << 15  # [rows, points] block evaluated at once: small enough to stay in cache
 # Screening tolerance for every start, then a tight one for the N_POLISH best distinct end points.
 SCREEN = dict(rtol=1e-6, patience=1, max_iter=500)
 POLISH = dict(rtol=1e-10, patience=3, max_iter=2000)
-N_POLISH = 8  # [rows, points] block evaluated at once: small enough to stay in cache
+N_POLISH = 8
 
 
 def chinchilla_grid() -> np.ndarray:
