@@ -117,6 +117,16 @@ class Geometry:
     def max_lanes(self, nodes: int) -> int:
         return nodes * self.lanes_per_node if self.lanes_per_node else nodes // self.nodes_per_lane
 
+    def lanes_for(self, nodes: int) -> int:
+        """The fewest lanes whose job has at least ``nodes`` nodes (whole nodes)."""
+        return nodes * self.lanes_per_node if self.lanes_per_node else math.ceil(nodes / self.nodes_per_lane)
+
+    def whole_nodes(self, lanes: int) -> int:
+        """``lanes`` rounded down to fill whole nodes (a node's idle devices are allocated all the same)."""
+        if self.lanes_per_node and lanes >= self.lanes_per_node:
+            return lanes - lanes % self.lanes_per_node
+        return lanes
+
 
 @dataclasses.dataclass(frozen=True)
 class PackedJob:
@@ -185,6 +195,7 @@ def _choose_bin(items: Sequence[PackItem], geo: Geometry, policy: PackPolicy) ->
     best: Optional[tuple[tuple, QueueBin, int]] = None
     for b in policy.bins:
         lanes = min(policy.max_lanes, geo.max_lanes(b.max_nodes), len(items))
+        lanes = lanes if policy.goal == "wall_time" else geo.whole_nodes(lanes)
         lane_h = policy.lane_hours(b)
         if lanes < 1 or lane_h <= 0 or geo.nodes(lanes) < policy.min_nodes(b):
             continue
@@ -215,13 +226,26 @@ def _split(items: Sequence[PackItem], jobs: int, run_overhead_h: float) -> list[
 
 
 def _job(items: list[PackItem], geo: Geometry, b: QueueBin, lanes_max: int, policy: PackPolicy) -> PackedJob:
-    """A job for ``items``: as few lanes as finish them before the warning, and a walltime to match."""
+    """A job for ``items`` and a walltime to match.
+
+    Goal node_hours: only as many lanes (in whole nodes) as the work keeps busy until the warning, so
+    no lane idles while others train; what does not fit goes to the continuation. Less work than one
+    node's lanes can hold gets that one node's lanes, and a walltime for the estimate. Goal wall_time:
+    a lane per run, up to the limit.
+    """
     work = sum(i.hours + policy.run_overhead_h for i in items)
     lane_h = policy.lane_hours(b)
+    # a run longer than a lane is cut at the warning: in this job it keeps one lane busy, no more
+    busy = max(1, math.floor(sum(min(i.hours + policy.run_overhead_h, lane_h) for i in items) / lane_h))
     if policy.goal == "wall_time":
         lanes = min(lanes_max, len(items))
+    elif geo.lanes_per_node and busy < geo.lanes_per_node:
+        lanes = min(lanes_max, len(items), geo.lanes_per_node)
     else:
-        lanes = min(lanes_max, len(items), max(1, math.ceil(work * policy.safety / lane_h)))
+        lanes = geo.whole_nodes(min(lanes_max, len(items), busy))
+    reach = geo.lanes_for(policy.min_nodes(b))
+    if lanes < reach <= min(lanes_max, len(items)):
+        lanes = reach  # stay in the bin whose walltime the work was sized for
     nodes = geo.nodes(lanes)
     home = policy.bin_for(nodes)  # a small job may fall in a lower bin, with a shorter walltime
     limit = policy.walltime_min(home) if policy.fixed_walltime_min is None else policy.fixed_walltime_min

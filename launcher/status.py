@@ -12,14 +12,19 @@ from launcher.cluster import ClusterProfile
 from launcher.errors import UserError
 from launcher.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
 from launcher.plan import compose_sweep, make_console, parse_args
+from launcher.schedulers import REGISTRY, get_scheduler
 
 
 def reconcile(db: JobDB, sweep: str, profile: ClusterProfile) -> list[tuple[str, str, str]]:
     """Fold what the runs reported (``state.json``) into the database; returns (name, old, new) changes.
 
-    Runs on this machine (scheduler local) report only through their files. The profile is here for the
-    scheduler adapters, whose view of the jobs (queued, gone without a word) belongs in the same place.
+    Runs on this machine (scheduler local) report only through their files. Under a batch scheduler the
+    adapter's view of the jobs comes in too, with the jobs' own records (launcher.submit.sync).
     """
+    if profile.scheduler in REGISTRY:
+        from launcher.submit import sync
+
+        return sync(db, sweep, db.path.parent, get_scheduler(profile))
     return fold_run_states(db, sweep)
 
 

@@ -314,14 +314,16 @@ def _tries_left(run: dict, codes: list[int], profile: ClusterProfile) -> int:
 # ------------------------------------------------------------------------------------------ sync
 
 
-def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[str]:
-    """Bring the job database up to date with the scheduler and the jobs' own files; returns what changed.
+def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[tuple[str, str, str]]:
+    """Bring the job database up to date with the scheduler and the jobs' own files.
+
+    Returns the changes as (what, old, new): runs by name, jobs as "job <id>".
 
     Jobs submitted by jobs (continuations) are recorded, finished jobs' runs take the outcome of their
     last step (a failed step retried in place is a failed attempt), a run no step of its ended job
     reports is timed_out (ready to continue) or cancelled, and running runs come from state.json.
     """
-    changes: list[str] = []
+    changes: list[tuple[str, str, str]] = []
     records = {str(m["job_id"]): m for m in manifests(sweep_dir) if m.get("job_id") is not None}
     known = {j.job_id for j in db.jobs(sweep)}
     active = [j.job_id for j in db.jobs(sweep) if j.state not in FINISHED_JOB_STATES]
@@ -337,7 +339,7 @@ def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[s
             if state in FINISHED_JOB_STATES:
                 changes += _fold_job_end(db, scheduler, job.job_id, job.runs, records.get(job.job_id), state)
             db.set_job_state(scheduler.name, job.job_id, state)
-            changes.append(f"job {job.job_id}: {state}")
+            changes.append((f"job {job.job_id}", job.state, state))
             progress = True
         for job_id in list(unknown):
             manifest = records[job_id]
@@ -350,14 +352,13 @@ def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[s
             for i, run in enumerate(runs):
                 db.queue(run.config_hash, scheduler.name, job_id, array_index=i if manifest["array"] else None)
             unknown.remove(job_id)
-            changes.append(f"job {job_id}: recorded ({kind} of {manifest.get('continuation_of') or 'the sweep'})")
+            changes.append((f"job {job_id}", "submitted by a job", "queued"))
             progress = True
-    changes += [f"run {name}: {old} -> {new}" for name, old, new in fold_run_states(db, sweep)]
-    return changes
+    return changes + fold_run_states(db, sweep)
 
 
 def _fold_job_end(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str],
-                  manifest: Optional[dict], job_state: str) -> list[str]:
+                  manifest: Optional[dict], job_state: str) -> list[tuple[str, str, str]]:
     """The runs of an ended job take the outcomes its step log recorded."""
     changes = []
     ended = read_steps(manifest["steps_log"]) if manifest else {}
@@ -380,7 +381,7 @@ def _fold_job_end(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequ
             db.finish(run_hash, state, exit_code=codes[-1] if codes else None, detail=f"job {job_id} {job_state}")
         except TransitionError:
             continue
-        changes.append(f"run {record.name}: {record.state} -> {state}")
+        changes.append((record.name, record.state, state))
     return changes
 
 
