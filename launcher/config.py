@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -33,7 +34,30 @@ def compose(overrides: list[str], config_name: str = "config") -> dict:
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
         return OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(_first_line(str(exc))) from None
+        raise UserError(_explain(str(exc), list(overrides), config_name)) from None
+
+
+def _explain(text: str, overrides: list[str], config_name: str) -> str:
+    """Hydra's message as one line naming the field and what is allowed."""
+    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if missing and (CONFIG_DIR / missing.group(1)).is_dir():
+        group, option = missing.groups()
+        return f"{group}: {option!r} is not an option; allowed: {', '.join(group_options(group))}"
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown:
+        parent, _, key = unknown.group(1).rpartition(".")
+        rest = [o for o in overrides if not o.lstrip("+~").startswith(unknown.group(1) + "=")]
+        try:
+            node = compose(rest, config_name)
+            for part in filter(None, parent.split(".")):
+                node = node[part]
+        except (UserError, KeyError, TypeError):
+            node = None
+        if isinstance(node, dict):
+            near = difflib.get_close_matches(key, list(node), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            return f"{unknown.group(1)}: unknown field{hint}; allowed: {', '.join(sorted(node))}"
+    return _first_line(text)
 
 
 def _first_line(text: str) -> str:
@@ -195,7 +219,7 @@ class DeepSpeedConfig:
     initial_scale_power: int = 16  # fp16 dynamic loss scaling starts at 2**16
     loss_scale_window: int = 1000
     hysteresis: int = 2
-    min_loss_scale: float = 1.0
+    min_loss_scale: int = 1  # DeepSpeed takes an integer floor for the dynamic loss scale
 
     def __post_init__(self):
         if self.offload_param != "none" and self.stage != 3:

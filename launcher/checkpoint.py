@@ -1,0 +1,124 @@
+"""Checkpoints of a run: DeepSpeed's model and optimizer state plus the run's own position.
+
+Layout under ``<run_dir>/checkpoints/``::
+
+    step_00000050/            DeepSpeed's files for that step (one set per rank) + run_rank00000.pt ...
+    latest                    the tag of the last complete checkpoint (DeepSpeed's own pointer format)
+
+A tag is complete only when every rank has written its part: ``latest`` is replaced atomically by
+rank 0 after a barrier, so a run killed mid-save resumes from the previous tag. The run's own state
+(step, tokens, FLOPs, data position, torch/numpy/python RNG states) is saved per rank beside
+DeepSpeed's files, because the RNG streams of ranks differ.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from launcher.errors import UserError
+
+LATEST = "latest"
+KEEP = 2  # complete checkpoints kept: the newest and one before it, in case the newest is unreadable
+_TAG = re.compile(r"step_(\d{8,})")
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write a whole file or nothing: a temporary beside it, fsync, then os.replace."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where a run stands; with ``data_index`` the next training batch is known exactly."""
+
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # training tokens seen (samples for CLIP)
+    flops: int = 0  # training FLOPs spent (flops_per_token x tokens)
+    data_index: int = 0  # index of the next training micro-batch of rank 0 (= step x accum x world)
+    samples_per_step: int = 0  # accum x world x micro_batch_size: the data order depends on it
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy
+    import torch
+
+    return {"torch": torch.get_rng_state(), "numpy": numpy.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    numpy.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class Checkpointer:
+    """Saves and restores one run's checkpoints; every rank calls ``save`` and ``load`` together."""
+
+    def __init__(self, run_dir: Path, rank: int):
+        self.root = Path(run_dir) / "checkpoints"
+        self.rank = rank
+
+    def latest_tag(self) -> Optional[str]:
+        try:
+            tag = (self.root / LATEST).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return tag or None
+
+    def save(self, engine, state: TrainState) -> str:
+        import torch
+        import torch.distributed as dist
+
+        tag = f"step_{state.step:08d}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"scaleladder": dataclasses.asdict(state)},
+                               save_latest=False)
+        own = self.root / tag / f"run_rank{self.rank:05d}.pt"
+        tmp = own.with_name(own.name + ".tmp")
+        torch.save({"state": dataclasses.asdict(state), "rng": rng_state()}, tmp)
+        os.replace(tmp, own)
+        dist.barrier()  # every rank's part is on disk before the pointer moves
+        if self.rank == 0:
+            atomic_write(self.root / LATEST, tag)
+            self._prune(keep={tag})
+        dist.barrier()
+        return tag
+
+    def load(self, engine, samples_per_step: int) -> Optional[TrainState]:
+        """Restore the latest complete checkpoint into ``engine`` and this process's RNGs; None if none."""
+        import torch
+
+        tag = self.latest_tag()
+        if tag is None:
+            return None
+        path, _ = engine.load_checkpoint(str(self.root), tag=tag)
+        if path is None:
+            raise RuntimeError(f"checkpoint {self.root / tag}: DeepSpeed could not load it")
+        own = torch.load(self.root / tag / f"run_rank{self.rank:05d}.pt", weights_only=False)
+        state = TrainState(**own["state"])
+        if state.samples_per_step != samples_per_step:
+            raise UserError(f"train.micro_batch_size: the checkpoint {tag} was written with "
+                            f"{state.samples_per_step} samples per step, this run has {samples_per_step}; "
+                            f"the data order would change")
+        set_rng_state(own["rng"])
+        return state
+
+    def _prune(self, keep: set[str]) -> None:
+        tags = sorted((p.name for p in self.root.iterdir() if p.is_dir() and _TAG.fullmatch(p.name)), reverse=True)
+        for name in tags[KEEP:]:
+            if name not in keep:
+                shutil.rmtree(self.root / name, ignore_errors=True)
