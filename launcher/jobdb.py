@@ -198,11 +198,10 @@ class JobDB:
                  None if s.budget is None else float(s.budget), s.steps, str(s.run_dir(sweep_dir)),
                  json.dumps(s.overrides(sweep_dir)), s.est_node_hours, now, now) for s in specs]
         with self._write() as conn:
-            taken = {r["name"]: (r["config_hash"], r["attempts"]) for r in conn.execute(
-                "SELECT name, config_hash, attempts FROM runs WHERE sweep = ?", (sweep,))}
             stale = []
             for row in rows:
-                old = taken.get(row[2])
+                old = conn.execute("SELECT config_hash, attempts FROM runs WHERE sweep = ? AND name = ?",
+                                   (sweep, row[2])).fetchone()
                 if old is None or old[0] == row[0]:
                     continue
                 if old[1]:

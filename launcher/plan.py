@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -147,14 +148,14 @@ class RunSpec:
     est_node_hours: Optional[float] = None
 
     def run_dir(self, sweep_dir: str | os.PathLike) -> Path:
-        return Path(sweep_dir) / "runs" / self.name
+        return Path(os.path.join(sweep_dir, "runs", self.name))
 
     def overrides(self, sweep_dir: str | os.PathLike) -> list[str]:
         """The overrides of ``ladder train`` for this run."""
         return [*self.base_overrides, *(f"model.{k}={_override_value(v)}" for k, v in self.shape.items()),
                 f"train.tokens={self.D}", "train.max_steps=null",
                 f"train.global_batch_tokens={self.global_batch_tokens}",
-                f"run_dir={self.run_dir(sweep_dir)}", f"wandb.group={self.sweep}",
+                f"run_dir={os.path.join(sweep_dir, 'runs', self.name)}", f"wandb.group={self.sweep}",
                 f"wandb.job_type={self.family}", f"wandb.name={self.name}"]
 
     def to_json(self) -> dict:
@@ -185,8 +186,11 @@ def config_hash(run: RunConfig) -> str:
     Names, directories, W&B fields and the cluster are left out, so the same run planned again (or on
     another site) has the same identity and is never repeated.
     """
-    resolved = {"model": run.model, "data": run.data, "train": dataclasses.asdict(run.train),
-                "deepspeed": dataclasses.asdict(run.deepspeed), "seed": run.seed}
+    return _digest(run.model, run.data, dataclasses.asdict(run.train), dataclasses.asdict(run.deepspeed), run.seed)
+
+
+def _digest(model: dict, data: dict, train: dict, deepspeed: dict, seed: int) -> str:
+    resolved = {"model": model, "data": data, "train": train, "deepspeed": deepspeed, "seed": seed}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -337,13 +341,21 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
             solved[target] = acct.solve(target, base_model, sweep)
         return solved[target]
 
-    def model_config(shape: dict):
+    counted: dict[str, tuple[dict, int, int, int]] = {}
+
+    def count(shape: dict) -> tuple[dict, int, int, int]:
+        """(model dict, N, N_non_embedding, flops_per_token) of a shape, computed once per shape."""
         from models.family import from_dict
 
-        try:
-            return from_dict(acct.config, {**base_model, **shape}, "model")
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        key = json.dumps(shape, sort_keys=True)
+        if key not in counted:
+            try:
+                cfg = from_dict(acct.config, {**base_model, **shape}, "model")
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            counted[key] = ({"family": family, **dataclasses.asdict(cfg)}, *acct.param_counts(cfg),
+                            acct.flops_per_token(cfg))
+        return counted[key]
 
     sizes = list(sweep.shapes or sweep.params)
     points: list[tuple[dict, Optional[float], Optional[float]]] = []  # (shape, D target, budget)
@@ -355,11 +367,11 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
         values = {"grid": sweep.tokens, "clip": sweep.samples, "ladder": sweep.tokens[:1] or [None]}[sweep.kind]
         points = [(shape_for(size), d, None) for size in sizes for d in values]
 
+    train = dataclasses.asdict(run.train)
+    deepspeed = dataclasses.asdict(run.deepspeed)
     specs, dropped, seen = [], [], {}
     for shape, target_d, budget in points:
-        cfg = model_config(shape)
-        n_total, n_ne = acct.param_counts(cfg)
-        fpt = acct.flops_per_token(cfg)
+        model, n_total, n_ne, fpt = count(shape)
         if budget is not None:
             target_d = budget / fpt
         elif target_d is None:
@@ -370,9 +382,8 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
         if steps < sweep.min_steps:
             dropped.append(f"{label}: {steps} steps < sweep.min_steps={sweep.min_steps}")
             continue
-        model = {"family": family, **dataclasses.asdict(cfg)}
-        train = dataclasses.replace(run.train, tokens=D, max_steps=None, global_batch_tokens=batch)
-        digest = config_hash(dataclasses.replace(run, model=model, train=train))
+        digest = _digest(model, run.data, {**train, "tokens": D, "max_steps": None, "global_batch_tokens": batch},
+                         deepspeed, run.seed)
         if digest in seen:
             dropped.append(f"{label}: same run as {seen[digest]}")
             continue
@@ -384,8 +395,8 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
                              steps=steps, global_batch_tokens=batch, nodes=sweep.nodes,
                              ranks_per_run=sweep.ranks_per_run, base_overrides=tuple(setup.base_overrides),
                              config_hash=digest))
-    names = [s.name for s in specs]
-    specs = [dataclasses.replace(s, name=f"{s.name}-{s.config_hash[:6]}") if names.count(s.name) > 1 else s
+    names = Counter(s.name for s in specs)
+    specs = [dataclasses.replace(s, name=f"{s.name}-{s.config_hash[:6]}") if names[s.name] > 1 else s
              for s in specs]
     if not specs:
         raise UserError(f"sweep {sweep.name}: every planned run was left out ({'; '.join(dropped)})")
