@@ -13,9 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from launcher.cluster import ClusterProfile
+from launcher.config import compose, validate
 from launcher.errors import UserError
-from launcher.schedulers.lsf import (LsfCommands, LsfRecord, directive_arg, parse_bjobs_json, parse_bjobs_plain,
-                                     parse_bsub, parse_signal_output, walltime)
+from launcher.schedulers import get_scheduler
+from launcher.schedulers.base import Dependency
+from launcher.schedulers.lsf import (LsfRecord, LsfScheduler, dependency_condition, directive_arg, from_lsf,
+                                     parse_bjobs_json, parse_bjobs_plain, parse_bsub, parse_signal_output, to_lsf,
+                                     walltime, warning_minutes)
 
 DATA = Path(__file__).parent / "data" / "lsf"
 
@@ -92,7 +97,7 @@ def test_bjobs_json_maps_every_lsf_state():
         "4242": "running", "4243": "queued", "4244": "completed", "4245": "failed",
         "4246": "timed_out",  # TERM_RUNLIMIT
         "4247": "cancelled",  # TERM_OWNER (bkill)
-        "4248": "timed_out",  # exit 75: checkpointed, continue
+        "4248": "failed",  # a job's own exit code is not a run's: runs report theirs in state.json
         "4249": "queued", "4250": "running", "4251": "running", "4252": "running", "4253": "cancelled",
         "4300[1]": "completed", "4300[2]": "running",
     }
@@ -123,58 +128,84 @@ def test_signal_output():
 
 # --- the commands, with the stand-ins on PATH ---------------------------------------------------------
 
-def test_submit_by_argument_and_by_stdin(fake_lsf, tmp_path):
+def profile(name: str) -> ClusterProfile:
+    return validate(ClusterProfile, compose([f"cluster={name}"])["cluster"], "cluster")
+
+
+@pytest.fixture(scope="module")
+def summit() -> LsfScheduler:
+    scheduler = get_scheduler(profile("summit"))
+    assert isinstance(scheduler, LsfScheduler)  # the registry finds the adapter by cluster.scheduler
+    return scheduler
+
+
+def test_submit_by_argument_and_by_stdin(fake_lsf, tmp_path, summit):
     script = tmp_path / "job.lsf"
     script.write_text("#!/bin/bash\n#BSUB -nnodes 1\ntrue\n")
     fake_lsf.answer("bsub", out="bsub_submitted.txt")
-    lsf = LsfCommands()
-    assert lsf.submit(script, via_stdin=False) == "4242"
+    assert summit.submit(script) == "4242"  # Summit parses #BSUB lines of a script given as argument
     assert fake_lsf.calls()[-1] == ["bsub", str(script)]
-    assert lsf.submit(script, via_stdin=True, dependency="4000") == "4242"
-    assert fake_lsf.calls()[-1] == ["bsub", "-w", "ended(4000)"]
+    generic = get_scheduler(profile("lsf"))  # elsewhere LSF reads them only from stdin
+    assert generic.submit(script, Dependency("afterany", ("4000", "4001_2"))) == "4242"
+    assert fake_lsf.calls()[-1] == ["bsub", "-w", "ended(4000) && ended(4001[3])"]
     assert fake_lsf.stdin("bsub") == script.read_text()
 
 
-def test_submit_refused(fake_lsf, tmp_path):
+def test_submit_refused(fake_lsf, tmp_path, summit):
     fake_lsf.answer("bsub", err="bsub_no_such_queue.txt", rc=255)
     with pytest.raises(UserError, match="cluster.queue"):
-        LsfCommands().submit(tmp_path / "job.lsf", via_stdin=False)
+        summit.submit(tmp_path / "job.lsf")
 
 
-def test_submit_without_lsf_on_path(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))
+def test_submit_without_lsf_on_path(monkeypatch, tmp_path, summit):
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     with pytest.raises(UserError, match="bsub: not found on PATH"):
-        LsfCommands().submit(tmp_path / "job.lsf", via_stdin=False)
+        summit.submit(tmp_path / "job.lsf")
+    with pytest.raises(UserError, match="bjobs: not found on PATH"):
+        summit.status(["4242"])
 
 
-def test_status_asks_for_json_once_per_job(fake_lsf):
+def test_status_asks_bjobs_once_and_reports_array_tasks_from_0(fake_lsf, summit):
     fake_lsf.answer("bjobs", out="bjobs_json.txt")
-    records = LsfCommands().status(["4300[1]", "4300[2]", "4242"])
-    assert records["4300[2]"].state == "running"
+    states = summit.status(["4300", "4242", "4246", "999"])
     assert fake_lsf.calls() == [["bjobs", "-a", "-o", "jobid jobindex stat exit_code exit_reason", "-json",
-                                 "4242", "4300"]]
+                                 "4242", "4246", "4300", "999"]]
+    assert states == {"4242": "running", "4246": "timed_out", "999": "ended",
+                      "4300": "running", "4300_0": "completed", "4300_1": "running"}
 
 
-def test_status_falls_back_to_the_plain_table(fake_lsf):
+def test_status_falls_back_to_the_plain_table(fake_lsf, summit):
     fake_lsf.answer("bjobs", out="bjobs_plain.txt", err="bjobs_not_found_stderr.txt", rc=255)
-    records = LsfCommands().status(["4242", "999"])
-    assert records["4242"].state == "running" and "999" not in records
+    assert summit.status(["4242", "4245", "999"]) == {"4242": "running", "4245": "failed", "999": "ended"}
     assert [call[:3] for call in fake_lsf.calls()] == [["bjobs", "-a", "-o"], ["bjobs", "-a", "-w"]]
 
 
-def test_cancel_is_idempotent_but_not_silent(fake_lsf):
+def test_cancel_is_idempotent_but_not_silent(fake_lsf, summit):
     fake_lsf.answer("bkill", out="bkill.txt", rc=255)
-    said = LsfCommands().cancel(["4242", "4244", "999"])
-    assert said["4242"] == "is being terminated"
+    summit.cancel(["4242", "4244", "999", "4300_0"])
+    assert fake_lsf.calls()[-1] == ["bkill", "4242", "4244", "4300[1]", "999"]
     fake_lsf.answer("bkill", err="bkill_denied.txt", rc=255)
     with pytest.raises(UserError, match="job 4242: User permission denied"):
-        LsfCommands().cancel(["4242"])
+        summit.cancel(["4242"])
 
 
-def test_requeue(fake_lsf):
+def test_requeue_and_signal(fake_lsf, summit):
     fake_lsf.answer("brequeue", out="brequeue.txt")
-    assert LsfCommands().requeue(["4242"]) == {"4242": "is being requeued"}
-    assert fake_lsf.calls() == [["brequeue", "4242"]]
+    assert summit.requeue(["4242"]) == {"4242": "is being requeued"}
+    fake_lsf.answer("bkill", out="bkill.txt")
+    summit.signal(["4242"], "USR2")
+    assert fake_lsf.calls()[-2:] == [["brequeue", "4242"], ["bkill", "-s", "USR2", "4242"]]
+
+
+def test_array_ids_between_the_adapter_and_lsf():
+    assert to_lsf("4300_0") == "4300[1]" and to_lsf("4300") == "4300" and to_lsf("4300[2]") == "4300[2]"
+    assert from_lsf("4300[1]") == "4300_0" and from_lsf("4300") == "4300"
+
+
+@pytest.mark.parametrize("kind,condition", [("afterany", "ended(7)"), ("afterok", "done(7)"),
+                                            ("afternotok", "exit(7)"), ("after", "started(7)")])
+def test_dependency_conditions(kind, condition):
+    assert dependency_condition(Dependency(kind, ("7",))) == condition
 
 
 # --- quoting and times in #BSUB lines -----------------------------------------------------------------
@@ -191,3 +222,8 @@ def test_directive_quoting_follows_lsf_script_parser():
 @pytest.mark.parametrize("minutes,text", [(1, "0:01"), (59, "0:59"), (120, "2:00"), (1440, "24:00"), (725, "12:05")])
 def test_walltime(minutes, text):
     assert walltime(minutes) == text
+
+
+@pytest.mark.parametrize("seconds,minutes", [(600, "10"), (61, "2"), (30, "1"), (60, "1")])
+def test_warning_time_in_whole_minutes(seconds, minutes):
+    assert warning_minutes(seconds) == minutes

@@ -20,8 +20,8 @@ import pytest
 import submitit
 
 from launcher.errors import UserError
-from launcher.schedulers.submitit_lsf import LsfExecutor, LsfJob, LsfJobEnvironment, from_lsf_id, load_profile, \
-    to_lsf_id
+from launcher.schedulers.submitit_lsf import LsfExecutor, LsfJob, LsfJobEnvironment, load_profile, lsf_id, \
+    submitit_id
 from test_lsf import DATA, FakeLsf
 
 GOLDEN = Path(__file__).parent / "golden" / "summit"
@@ -69,6 +69,14 @@ def local_lsf(tmp_path, monkeypatch) -> Path:
     for job_dir in (tmp_path / "local-lsf" / "jobs").glob("[0-9]*"):  # leave nothing running
         if any(json.loads(p.read_text())["stat"] in ("PEND", "RUN") for p in job_dir.glob("elem-*.json")):
             subprocess.run(["bkill", job_dir.name], capture_output=True)
+
+
+def final_state(job: LsfJob, timeout_s: float = 30.0) -> str:
+    """The job's bjobs state once LSF has it finished (its result can appear before its process ends)."""
+    deadline = time.time() + timeout_s
+    while (state := job.watcher.get_state(job.job_id, mode="force")) not in ("DONE", "EXIT") and time.time() < deadline:
+        time.sleep(0.2)
+    return state
 
 
 def summit_here():
@@ -126,8 +134,8 @@ def test_bad_parameters_fail_at_update(recorded_lsf, tmp_path):
 
 
 def test_ids_between_lsf_and_submitit():
-    assert to_lsf_id("4242_3") == "4242[3]" and to_lsf_id("4242") == "4242"
-    assert from_lsf_id("4242[3]") == "4242_3" and from_lsf_id("4242") == "4242"
+    assert lsf_id("4242_3") == "4242[3]" and lsf_id("4242") == "4242"
+    assert submitit_id("4242[3]") == "4242_3" and submitit_id("4242") == "4242"
 
 
 def test_job_environment_reads_lsf_and_jsrun(monkeypatch, tmp_path):
@@ -153,7 +161,7 @@ def test_a_submitted_function_runs_and_returns(local_lsf, tmp_path):
     assert job.result() == 5
     jobs = executor.map_array(add, [1, 2, 3], [10, 20, 30])
     assert [j.result() for j in jobs] == [11, 22, 33]
-    assert jobs[1].state == "DONE" or jobs[1].watcher.get_state(jobs[1].job_id, mode="force") == "DONE"
+    assert final_state(jobs[1]) == "DONE"
 
 
 class Countdown(submitit.helpers.Checkpointable):
@@ -191,4 +199,4 @@ def test_walltime_warning_checkpoints_and_requeues(local_lsf, tmp_path):
     done, count, start = job.result()
     # the job checkpointed, put itself back with brequeue, and ran again from its checkpoint under its id
     assert (done, count) == (10, 2) and start > 0
-    assert job.job_id == "5000" and job.state == "DONE"
+    assert job.job_id == "5000" and final_state(job) == "DONE"

@@ -1,31 +1,31 @@
-"""IBM LSF: job scripts from lsf/*.j2, and bsub / bjobs / bkill / brequeue run and parsed.
+"""IBM LSF: job scripts from lsf/*.j2, runs as jsrun (or mpirun) job steps, state from bjobs.
 
-The output formats follow IBM's LSF 10.1 command reference (bsub, bjobs -o/-json, bkill, brequeue)
+The command outputs follow IBM's LSF 10.1 command reference (bsub, bjobs -o/-json, bkill, brequeue)
 and the message table LSF prints its errors from; tests/data/lsf/README.md cites each page and holds
-recorded outputs. The commands are looked up on PATH, so the tests put stand-ins there that print
-those recorded outputs.
+recorded outputs, which the tests print from stand-ins on PATH (LSF cannot be installed here).
+
+Array elements: LSF counts them from 1 ("123[5]"); this adapter reports them as Slurm does, by task
+index from 0 ("123_4" is run 4 of the array), so the job database reads both schedulers alike.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shlex
-import shutil
-import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
-
-import jinja2
+from typing import Any, Optional
 
 from launcher.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.jobdb import EXIT_CODE_STATES
+from launcher.jsrun import resource_sets
+from launcher.schedulers.base import BatchJob, Dependency, Scheduler, Shell, Step
+from launcher.schedulers.slurm import _aggregate as aggregate  # scheduler-neutral; to move to base
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent.parent / "lsf"
-
-# bjobs STAT -> job database state. Suspended jobs keep their allocation (still running); PSUSP is a
+# bjobs STAT -> adapter job state. Suspended jobs keep their allocation (still running); PSUSP is a
 # pending job held by its owner or by the eligible-jobs limit; UNKWN means mbatchd lost the execution
 # host for a while, not that the job stopped; ZOMBI is a job killed while its host was unreachable.
 STATES = {
@@ -39,6 +39,8 @@ EXIT_REASON_STATES = {
     "TERM_FORCE_OWNER": "cancelled", "TERM_FORCE_ADMIN": "cancelled",
 }
 BJOBS_FIELDS = "jobid jobindex stat exit_code exit_reason"
+# Slurm's dependency kinds (launcher.schedulers.base.Dependency) in LSF's -w conditions.
+DEPENDENCY_CONDITIONS = {"after": "started", "afterok": "done", "afterany": "ended", "afternotok": "exit"}
 
 _SUBMITTED = re.compile(r"Job <(?P<id>\d+)> is submitted to (?:default )?queue <(?P<queue>[^>]*)>")
 # bsub's refusals ("<what>: <LSF message>. Job not submitted.") -> the config field to fix.
@@ -58,25 +60,34 @@ _SUBMIT_ERRORS = (
 class LsfRecord:
     """One job (or array element) as bjobs reports it."""
 
-    job_id: str  # "123", or "123[4]" for element 4 of array 123
+    job_id: str  # "123", or "123[5]" for element 5 of array 123
     stat: str
     exit_code: Optional[int] = None
     exit_reason: str = ""
 
     @property
     def state(self) -> str:
-        """The job database state for this record."""
+        """The adapter's job state (launcher.schedulers.base.JOB_STATES) for this record."""
         if self.stat == "EXIT":
-            if self.exit_code in EXIT_CODE_STATES:  # the job's own verdict (75: checkpointed, continue)
-                return EXIT_CODE_STATES[self.exit_code]
-            reason = self.exit_reason.split(":", 1)[0].strip()
-            return EXIT_REASON_STATES.get(reason, "failed")
-        return STATES.get(self.stat, "running")  # a state LSF added later: known to LSF, so not over
+            return EXIT_REASON_STATES.get(self.exit_reason.split(":", 1)[0].strip(), "failed")
+        return STATES.get(self.stat, "running")  # a state newer than this table: LSF still holds the job
 
 
 def element_id(job_id: str, index: int | str | None) -> str:
-    """LSF's own spelling of an array element ("123[4]"); index 0 or empty means not an array."""
+    """LSF's own spelling of an array element ("123[5]"); index 0 or empty means not an array."""
     return f"{job_id}[{index}]" if index not in (None, "", "0", 0) else str(job_id)
+
+
+def to_lsf(job_id: str) -> str:
+    """The adapter's "123_4" (task 4, from 0) -> LSF's "123[5]" (element 5, from 1)."""
+    main, _, task = str(job_id).partition("_")
+    return f"{main}[{int(task) + 1}]" if task else main
+
+
+def from_lsf(job_id: str) -> str:
+    """LSF's "123[5]" -> the adapter's "123_4"."""
+    found = re.fullmatch(r"(\d+)\[(\d+)\]", job_id)
+    return f"{found.group(1)}_{int(found.group(2)) - 1}" if found else job_id
 
 
 def parse_bsub(stdout: str, stderr: str = "") -> str:
@@ -101,9 +112,9 @@ def parse_bjobs_json(text: str) -> dict[str, LsfRecord]:
     for rec in records:
         if "ERROR" in rec or not rec.get("STAT"):  # e.g. "Job <999> is not found": finished long ago
             continue
-        code = rec.get("EXIT_CODE", "")
+        code = str(rec.get("EXIT_CODE", "")).strip()
         record = LsfRecord(job_id=element_id(rec["JOBID"], rec.get("JOBINDEX")), stat=rec["STAT"],
-                           exit_code=int(code) if str(code).strip().lstrip("-").isdigit() else None,
+                           exit_code=int(code) if code.lstrip("-").isdigit() else None,
                            exit_reason=rec.get("EXIT_REASON", ""))
         out[record.job_id] = record
     return out
@@ -145,73 +156,7 @@ def parse_signal_output(text: str) -> dict[str, str]:
     return out
 
 
-class LsfCommands:
-    """bsub, bjobs, bkill and brequeue, found on PATH, with their outputs parsed."""
-
-    # A refused bsub otherwise retries without end (e.g. "Pending job threshold reached. Retrying in 60 seconds").
-    SUBMIT_ENV = {"LSB_NTRIES": "1"}
-
-    def __init__(self, timeout_s: float = 300.0):
-        self.timeout_s = timeout_s
-
-    def _run(self, argv: list[str], stdin: Optional[str] = None, env: Optional[dict] = None):
-        exe = shutil.which(argv[0])
-        if exe is None:
-            raise UserError(f"{argv[0]}: not found on PATH; LSF's commands are needed for an LSF cluster profile "
-                            "(run from a login node, or use cluster=local)")
-        try:
-            feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
-            return subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=self.timeout_s,
-                                  env={**os.environ, **(env or {})}, **feed)
-        except subprocess.TimeoutExpired:
-            raise UserError(f"{argv[0]}: no answer from LSF after {self.timeout_s:.0f} s") from None
-
-    def submit(self, script: Path, via_stdin: bool, dependency: Optional[str] = None,
-               extra: Iterable[str] = ()) -> str:
-        """Submit ``script``; ``dependency`` (a job id) holds it until that job has ended, however it ended."""
-        argv = ["bsub", *extra]
-        if dependency:
-            argv += ["-w", f"ended({dependency})"]  # the command line wins over the script's #BSUB -w
-        env = {k: v for k, v in self.SUBMIT_ENV.items() if k not in os.environ}
-        if via_stdin:
-            done = self._run(argv, stdin=Path(script).read_text(), env=env)
-        else:
-            done = self._run(argv + [str(script)], env=env)
-        return parse_bsub(done.stdout, done.stderr)
-
-    def status(self, job_ids: Iterable[str]) -> dict[str, LsfRecord]:
-        """Records of the jobs (array jobs expand to their elements); ids LSF no longer knows are left out."""
-        ids = sorted({str(j).split("[", 1)[0] for j in job_ids})
-        if not ids:
-            return {}
-        done = self._run(["bjobs", "-a", "-o", BJOBS_FIELDS, "-json", *ids])
-        try:
-            return parse_bjobs_json(done.stdout)
-        except ValueError:  # LSF older than 10.1.0.2 has no -json: the plain table
-            return parse_bjobs_plain(self._run(["bjobs", "-a", "-w", *ids]).stdout)
-
-    def cancel(self, job_ids: Iterable[str]) -> dict[str, str]:
-        """bkill each job; jobs already finished or unknown are not an error (cancel is idempotent)."""
-        return self._signal("bkill", job_ids)
-
-    def requeue(self, job_ids: Iterable[str]) -> dict[str, str]:
-        """brequeue: kill the running job and put it back in the queue under the same id."""
-        return self._signal("brequeue", job_ids)
-
-    def _signal(self, command: str, job_ids: Iterable[str]) -> dict[str, str]:
-        ids = [str(j) for j in job_ids]
-        if not ids:
-            return {}
-        done = self._run([command, *ids])
-        said = parse_signal_output(done.stdout + "\n" + done.stderr)
-        failed = {j: m for j, m in said.items()
-                  if not m.startswith("is being") and not re.search(r"already finished|No matching job", m)}
-        if failed:
-            raise UserError(f"{command}: " + "; ".join(f"job {j}: {m}" for j, m in failed.items()))
-        return said
-
-
-def directive_arg(value) -> str:
+def directive_arg(value: Any) -> Shell:
     """Quote a #BSUB value the way LSF's script parser reads it: one quote character per line, no escapes.
 
     bsub takes whichever of ' or " comes first on a #BSUB line as that line's quote and has no escape
@@ -221,35 +166,161 @@ def directive_arg(value) -> str:
     text = str(value)
     if "\n" in text or ('"' in text and "'" in text):
         raise UserError(f"a #BSUB value cannot hold a newline or both quote characters: {text!r}")
-    return f"'{text}'" if '"' in text else f'"{text}"'
+    return Shell(f"'{text}'" if '"' in text else f'"{text}"')
 
 
-def walltime(minutes: int) -> str:
+def directive_words(option: str) -> Shell:
+    """A whole extra directive from cluster.directives ("-alloc_flags gpumps"): the flag, then quoted values."""
+    words = shlex.split(option)
+    if not words or not re.fullmatch(r"-[A-Za-z_]+", words[0]):
+        raise UserError(f"cluster.directives: {option!r} does not start with a bsub option such as -G")
+    return Shell(" ".join([words[0], *(directive_arg(w) for w in words[1:])]))
+
+
+def walltime(minutes: int) -> Shell:
     """bsub -W takes [hours:]minutes."""
     if minutes < 1:
         raise UserError(f"walltime: must be at least 1 minute, got {minutes}")
-    return f"{minutes // 60}:{minutes % 60:02d}"
+    return Shell(f"{minutes // 60}:{minutes % 60:02d}")
 
 
-def env_name(name) -> str:
-    """A variable name for ``export NAME=...``: written unquoted, so it must be a shell identifier."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
-        raise UserError(f"cluster.env: {name!r} is not a variable name (letters, digits, _; not first a digit)")
-    return str(name)
+def warning_minutes(seconds: int) -> Shell:
+    """bsub -wt counts whole minutes: a warning of under a minute comes a minute early."""
+    return Shell(str(max(1, math.ceil(seconds / 60))))
 
 
-def template_env() -> jinja2.Environment:
-    """Jinja2 over lsf/: ``q`` quotes for the shell, ``bsub_arg`` for #BSUB lines; undefined names fail."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters["q"] = lambda value: shlex.quote(str(value))
-    env.filters["bsub_arg"] = directive_arg
-    env.filters["walltime"] = walltime
-    env.filters["env_name"] = env_name
-    return env
+def lsf_pattern(path: str) -> str:
+    """A log path with LSF's own tags: the job id %J (and array element %I) for the adapters' %j, %A, %a."""
+    return str(path).replace("%j", "%J").replace("%A", "%J").replace("%a", "%I")
 
 
-def render(profile: ClusterProfile, **context) -> str:
-    """The job script for ``profile`` (its ``template``, else lsf/base.j2) with ``context``."""
-    template = template_env().get_template(profile.template or "base.j2")
-    return template.render(cluster=profile, **context)
+def dependency_condition(dependency: Dependency) -> str:
+    """``afterany:123:456`` -> ``ended(123) && ended(456)`` (bsub -w)."""
+    condition = DEPENDENCY_CONDITIONS[dependency.kind]
+    return " && ".join(f"{condition}({to_lsf(j)})" for j in dependency.job_ids)
+
+
+def bsub_argv(profile: ClusterProfile, script_path: str | os.PathLike,
+              dependency: Optional[Dependency] = None) -> list[str]:
+    """The bsub command line for a script: on its command line, or on stdin where LSF reads #BSUB lines
+    only from there (``cluster.script_via_stdin``). LSB_NTRIES=1 unless set: a refused bsub otherwise
+    retries without end ("Pending job threshold reached. Retrying in 60 seconds...")."""
+    bsub = ["env", f"LSB_NTRIES={os.environ.get('LSB_NTRIES', '1')}", "bsub"]
+    if dependency is not None:
+        bsub += ["-w", dependency_condition(dependency)]  # the command line wins over the script's -w
+    if profile.script_via_stdin:
+        return ["sh", "-c", 'script=$1; shift; exec "$@" < "$script"', "sh", str(script_path), *bsub]
+    return [*bsub, str(script_path)]
+
+
+class LsfScheduler(Scheduler):
+    """bsub / bjobs / bkill / brequeue; a site template extends lsf/base.j2 (Summit: lsf/summit.j2)."""
+
+    name = "lsf"
+    template_dir = "lsf"
+    default_template = "base.j2"
+    script_suffix = ".lsf"
+    step_launchers = ("jsrun", "mpirun", "local")
+
+    def template_env(self):
+        env = super().template_env()
+        env.filters.update(walltime=walltime, warning_minutes=warning_minutes, directive_words=directive_words,
+                           lsf_pattern=lsf_pattern, dependency_condition=dependency_condition)
+        return env
+
+    def directive(self, value: Any) -> Shell:
+        return directive_arg(value)
+
+    def step_argv(self, job: BatchJob, step: Step, log: str) -> tuple[str, ...]:
+        """jsrun with one resource set per rank; mpirun over the job's hosts; nothing for local steps."""
+        return self.launcher_argv(step.ranks, step.nodes)
+
+    def launcher_argv(self, ranks: int, nodes: int, gpus_per_rank: Optional[int] = None,
+                      cores_per_rank: Optional[int] = None) -> tuple[str, ...]:
+        """The step launcher's words for ``ranks`` ranks over ``nodes`` nodes (shape: the profile's, unless given)."""
+        p = self.profile
+        extra = [*p.step_args, *(p.multinode_step_args if nodes > 1 else [])]
+        if p.step_launcher == "jsrun":
+            rs = resource_sets(p, ranks, gpus_per_rank, cores_per_rank)
+            if rs.nodes > nodes:
+                raise UserError(f"cluster.cores_per_task: {ranks} ranks of {rs.gpus_per_rs} GPUs and {rs.cores_per_rs} "
+                                f"cores need {rs.nodes} nodes of {p.name}, not {nodes}")
+            return (*rs.argv(), *extra)
+        if p.step_launcher == "mpirun":  # LSF-integrated Open MPI places ranks on the job's hosts
+            return ("mpirun", "-np", str(ranks), "--map-by", f"ppr:{math.ceil(ranks / nodes)}:node", *extra)
+        if ranks > 1:
+            raise UserError(f"cluster.step_launcher: 'local' starts one process per step, not {ranks} ranks; "
+                            "use jsrun or mpirun")
+        return tuple(extra)
+
+    # ------------------------------------------------------------------------------------ the commands
+
+    def submit(self, script_path: str | os.PathLike, dependency: Optional[Dependency] = None) -> str:
+        done = self.run_command(bsub_argv(self.profile, script_path, dependency), check=False)
+        if done.returncode == 127:  # from env: bsub itself is missing
+            raise UserError(f"bsub: not found on PATH; cluster={self.profile.name} needs LSF's commands "
+                            "(run from a login node)")
+        return parse_bsub(done.stdout, done.stderr)
+
+    def status(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """States by the ids asked for; an array also by task ("123_4"), and aggregated under its own id."""
+        wanted = {str(j) for j in job_ids}
+        if not wanted:
+            return {}
+        records = {from_lsf(k): r.state for k, r in self.records(wanted).items()}
+        out: dict[str, str] = {}
+        for job_id in wanted:
+            tasks = {k: s for k, s in records.items() if k.split("_")[0] == job_id and "_" in k}
+            if job_id in records:
+                out[job_id] = records[job_id]
+            elif tasks:
+                out[job_id] = aggregate(list(tasks.values()))
+            else:
+                out[job_id] = "ended"  # bjobs forgets finished jobs after CLEAN_PERIOD
+            out.update(tasks)
+        return out
+
+    def records(self, job_ids: Iterable[str]) -> dict[str, LsfRecord]:
+        """bjobs records of the jobs (arrays expand to their elements); ids LSF no longer knows are left out."""
+        ids = sorted({to_lsf(str(j)).split("[", 1)[0] for j in job_ids})
+        if not ids:
+            return {}
+        done = self.run_command(["bjobs", "-a", "-o", BJOBS_FIELDS, "-json", *ids], check=False)
+        try:
+            return parse_bjobs_json(done.stdout)
+        except ValueError:  # LSF older than 10.1.0.2 has no -json: the plain table
+            return parse_bjobs_plain(self.run_command(["bjobs", "-a", "-w", *ids], check=False).stdout)
+
+    def cancel(self, job_ids: Iterable[str]) -> None:
+        """bkill; jobs already finished or unknown to LSF are no error."""
+        self._signal("bkill", job_ids)
+
+    def requeue(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """brequeue: kill the running job and put it back in the queue under the same id."""
+        return self._signal("brequeue", job_ids)
+
+    def signal(self, job_ids: Iterable[str], signal_name: str) -> dict[str, str]:
+        """bkill -s: send a signal (USR2, the walltime warning) to running jobs."""
+        return self._signal("bkill", job_ids, ["-s", signal_name])
+
+    def queued_jobs(self) -> int:
+        """This user's unfinished jobs (array elements counted one by one), for the queue limit."""
+        done = self.run_command(["bjobs", "-o", "jobid", "-noheader"], check=False)
+        return sum(1 for line in done.stdout.splitlines() if line.strip().isdigit())
+
+    def _signal(self, command: str, job_ids: Iterable[str], options: Iterable[str] = ()) -> dict[str, str]:
+        ids = sorted({to_lsf(str(j)) for j in job_ids})
+        if not ids:
+            return {}
+        done = self.run_command([command, *options, *ids], check=False)
+        said = parse_signal_output(done.stdout + "\n" + done.stderr)
+        failed = {j: m for j, m in said.items()
+                  if not m.startswith("is being") and not re.search(r"already finished|No matching job", m)}
+        if failed:
+            raise UserError(f"{command}: " + "; ".join(f"job {j}: {m}" for j, m in failed.items()))
+        return said
+
+
+def commands() -> LsfScheduler:
+    """The LSF commands without a site profile (inside a job, or for submitit's status polling)."""
+    return LsfScheduler(ClusterProfile(name="lsf", scheduler="lsf", step_launcher="local"))

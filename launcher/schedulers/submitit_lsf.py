@@ -29,20 +29,20 @@ from submitit.core import core, job_environment, logger, utils
 
 from launcher.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.jsrun import resource_sets
-from launcher.schedulers.lsf import LsfCommands, parse_bsub, render
+from launcher.schedulers.base import BatchJob
+from launcher.schedulers.lsf import LsfScheduler, bsub_argv, commands, parse_bsub
 
 # bjobs STATs after which a job will not run again (ZOMBI: killed while its host was unreachable).
 FINISHED = frozenset({"DONE", "EXIT", "ZOMBI"})
 
 
-def to_lsf_id(job_id: str) -> str:
-    """submitit's "123_4" -> LSF's "123[4]"."""
+def lsf_id(job_id: str) -> str:
+    """submitit's "123_4" -> LSF's "123[4]" (the same element: submitit's ids count from 1 here, as LSF)."""
     main, _, index = job_id.partition("_")
     return f"{main}[{index}]" if index else main
 
 
-def from_lsf_id(job_id: str) -> str:
+def submitit_id(job_id: str) -> str:
     """LSF's "123[4]" -> submitit's "123_4"."""
     return job_id.replace("[", "_").rstrip("]")
 
@@ -74,12 +74,12 @@ class LsfInfoWatcher(core.InfoWatcher):
             return
         self._num_calls += 1
         try:
-            records = LsfCommands(timeout_s=120).status(to_check)
+            records = commands().records(to_check)
         except UserError as exc:
             logger.get_logger().warning(f"Call #{self.num_calls} - bjobs failed ({exc}), status may be inaccurate.")
         else:
             self._info_dict.update({
-                from_lsf_id(r.job_id): {"State": r.stat, "ExitCode": "" if r.exit_code is None else str(r.exit_code),
+                submitit_id(r.job_id): {"State": r.stat, "ExitCode": "" if r.exit_code is None else str(r.exit_code),
                                         "ExitReason": r.exit_reason}
                 for r in records.values()})
         self._last_status_check = time.time()
@@ -95,14 +95,14 @@ class LsfJob(core.Job[core.R]):
     def cancel(self, check: bool = True) -> None:
         """bkill the job (an array element is "123[4]" to LSF)."""
         try:
-            LsfCommands().cancel([to_lsf_id(self.job_id)])
+            commands().cancel([lsf_id(self.job_id)])
         except UserError:
             if check:
                 raise
 
     def _interrupt(self, timeout: bool = False) -> None:
         """Send the walltime warning now, as LSF would (for tests of checkpointing)."""
-        LsfCommands()._run(["bkill", "-s", "USR2", to_lsf_id(self.job_id)])
+        commands().signal([lsf_id(self.job_id)], "USR2")
 
 
 class LsfJobEnvironment(job_environment.JobEnvironment):
@@ -174,8 +174,19 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
         signal.signal(sig, once)
 
     def _requeue(self, countdown: int) -> None:
-        LsfCommands(timeout_s=60).requeue([to_lsf_id(self.job_id)])
+        commands().requeue([lsf_id(self.job_id)])
         logger.get_logger().info(f"Requeued job {self.job_id} ({countdown} remaining timeouts)")
+
+
+class _SubmititJob(LsfScheduler):
+    """The LSF adapter writing a submitit job: the site's template with one command instead of runs."""
+
+    def __init__(self, profile: ClusterProfile, extra: tp.Dict[str, tp.Any]):
+        super().__init__(profile)
+        self.extra = extra
+
+    def context(self, job: BatchJob) -> tp.Dict[str, tp.Any]:
+        return self.extra
 
 
 @dataclasses.dataclass
@@ -254,55 +265,44 @@ class LsfExecutor(core.PicklingExecutor):
     def _submitit_command_str(self) -> str:
         return shlex.join([*self.python, "-u", "-m", "submitit.core._submit", str(self.folder)])
 
-    def _launcher(self) -> tp.List[str]:
+    def _launcher(self) -> tp.Tuple[str, ...]:
         """The profile's step launcher for nodes x tasks_per_node tasks of the chosen shape."""
         p, profile = self.parameters, self.profile
-        ranks = p["nodes"] * p["tasks_per_node"]
-        if profile.step_launcher == "jsrun":
-            gpus = profile.gpus_per_task if p["gpus_per_node"] is None else p["gpus_per_node"] // p["tasks_per_node"]
-            cores = p["cpus_per_task"] or (profile.cores_per_node * gpus // profile.devices_per_node if gpus
-                                           else profile.cores_per_task)
-            rs = resource_sets(profile, ranks, gpus_per_rank=gpus, cores_per_rank=cores)
-            if rs.nodes > p["nodes"]:
-                raise UserError(f"tasks_per_node: {p['tasks_per_node']} tasks of {gpus} GPUs and {cores} cores do "
-                                f"not fit on one {profile.name} node")
-            return rs.argv()
-        if profile.step_launcher == "mpirun":
-            return ["mpirun", "-np", str(ranks), "--map-by", f"ppr:{p['tasks_per_node']}:node"]
-        if profile.step_launcher == "local" and ranks == 1:
-            return []
-        raise UserError(f"cluster.step_launcher: {profile.step_launcher!r} with {ranks} tasks; submitit on LSF "
-                        "starts tasks with jsrun, mpirun, or local (one task)")
+        gpus = profile.gpus_per_task if p["gpus_per_node"] is None else p["gpus_per_node"] // p["tasks_per_node"]
+        cores = p["cpus_per_task"] or (profile.cores_per_node * gpus // profile.devices_per_node if gpus
+                                       else profile.cores_per_task)
+        try:
+            return LsfScheduler(profile).launcher_argv(p["nodes"] * p["tasks_per_node"], p["nodes"], gpus, cores)
+        except UserError as exc:
+            raise UserError(f"tasks_per_node: {p['tasks_per_node']} tasks per node do not fit: {exc}") from None
 
     def _render(self, command: str, map_count: tp.Optional[int]) -> str:
         p = self.parameters
         paths = utils.JobPaths(self.folder)
-        job_tag = "%J_%I" if map_count else "%J"  # LSF's job id and array index in -o / -e
+        job_tag = "%j_%a" if map_count else "%j"  # one log per array element: LSF's %J_%I
 
-        def lsf_path(path: Path) -> str:
-            return str(path).replace("%j", job_tag).replace("%A", "%J").replace("%a", "%I").replace("%t", "0")
+        def log(path: Path) -> str:
+            return str(path).replace("%j", job_tag).replace("%t", "0")
 
         profile = dataclasses.replace(
             self.profile, account=p["project"] or self.profile.account, queue=p["queue"] or self.profile.queue,
             alloc_flags=p["alloc_flags"] or self.profile.alloc_flags, setup=[*self.profile.setup, *p["setup"]],
-            env={**self.profile.env, "SUBMITIT_EXECUTOR": "lsf"},
-            signal_before_min=p["signal_delay_min"] or self.profile.signal_before_min)
-        job = dict(name=p["job_name"], nodes=p["nodes"], walltime_min=p["time"], stdout=lsf_path(paths.stdout),
-                   stderr=lsf_path(paths.stdout if p["stderr_to_stdout"] else paths.stderr), workdir=os.getcwd(),
-                   dependency=None, array_size=map_count or 0,
-                   array_parallel=min(map_count or 0, p["array_parallelism"]), continuation=None)
-        steps = [dict(name="submitit", argv=[*self._launcher(), *shlex.split(command)], log=None, nodes=p["nodes"])]
-        return render(profile, job=job, steps=steps)
+            env={**self.profile.env, "SUBMITIT_EXECUTOR": "lsf"})
+        signal_min = p["signal_delay_min"] or self.profile.signal_before_min
+        job = BatchJob(name=p["job_name"], sweep="submitit", sweep_dir=str(self.folder), workdir=os.getcwd(), steps=(),
+                       lanes=1, nodes=p["nodes"], walltime_min=p["time"], signal_s=60 * signal_min, ladder=(),
+                       manifest="", output=log(paths.stdout), steps_log="", array=bool(map_count),
+                       array_throttle=min(map_count or 1, p["array_parallelism"]))
+        error = log(paths.stdout if p["stderr_to_stdout"] else paths.stderr)
+        env = [f"{k}={v}" for k, v in sorted(profile.multinode_env.items())] if p["nodes"] > 1 else []
+        words = [*(["env", *env] if env else []), *self._launcher(), *shlex.split(command)]
+        return _SubmititJob(profile, dict(command=words, error=error, array_size=map_count or 0)).render(job)
 
     def _make_submission_file_text(self, command: str, uid: str) -> str:
         return self._render(command, self.parameters.get("map_count"))
 
     def _make_submission_command(self, submission_file_path: Path) -> tp.List[str]:
-        # without LSB_NTRIES, a refused bsub retries forever (e.g. over the pending-job threshold)
-        bsub = ["env", f"LSB_NTRIES={os.environ.get('LSB_NTRIES', '1')}", "bsub"]
-        if self.profile.script_via_stdin:
-            return ["sh", "-c", 'exec "$@" < "$0"', str(submission_file_path), *bsub]
-        return [*bsub, str(submission_file_path)]
+        return bsub_argv(self.profile, submission_file_path)
 
     @staticmethod
     def _get_job_id_from_submission_command(string: tp.Union[bytes, str]) -> str:
