@@ -207,10 +207,14 @@ def _choose_bin(items: Sequence[PackItem], geo: Geometry, policy: PackPolicy) ->
             best = (key, b, lanes)
     if best is None:
         fixed = policy.fixed_walltime_min
-        raise UserError(f"no queue bin can hold these runs: cluster.walltime_min={fixed} is beyond every bin"
-                        if fixed is not None else
-                        "no queue bin leaves time to train after the walltime warning and job set-up "
-                        "(cluster.queue_bins, cluster.signal_before_min, cluster.job_overhead_min)")
+        if fixed is not None:
+            nodes = geo.nodes(min(policy.max_lanes, geo.max_lanes(policy.bins[-1].max_nodes), len(items)))
+            reach = policy.bin_for(nodes)
+            raise UserError(f"cluster.walltime_min: {fixed} min is more than the {reach.max_walltime_min} min the "
+                            f"site allows jobs of up to {reach.max_nodes} nodes, and these runs fill at most "
+                            f"{nodes} nodes (cluster.queue_bins)")
+        raise UserError("cluster.queue_bins: no bin leaves time to train after the walltime warning and the job's "
+                        "set-up (cluster.signal_before_min, cluster.job_overhead_min)")
     return best[1], best[2]
 
 
