@@ -180,7 +180,8 @@ def plot_frontier(axes, collected: Collected, fit: dict) -> None:
                     label="isoFLOP minima")
         if "error" not in rec and rec.get(key):
             ci = rec.get(f"{key}_ci") or [None, None]
-            err = None if None in ci else [[rec[key] - ci[0]], [ci[1] - rec[key]]]
+            # a percentile interval need not contain the full-data estimate
+            err = None if None in ci else [[max(0.0, rec[key] - ci[0])], [max(0.0, ci[1] - rec[key])]]
             ax.errorbar([rec["C"]], [rec[key]], yerr=err, fmt="*", ms=14, color="gold", mec="k", ecolor="k",
                         capsize=3, label=f"recommendation at C = {sci(rec['C'])}", zorder=5)
             ax.axvline(rec["C"], color="0.5", ls=":", lw=1)
@@ -257,8 +258,7 @@ def make_plots(sweep_dir: Path, collected: Collected, fit: dict) -> list[Plot]:
          fit.get("error") or (None if (fit.get("frontier") or {}).get("C") else "the fit has no frontier")),
         (Plot("predicted_vs_observed", "Predicted vs observed loss"),
          lambda ax: plot_predicted(ax, collected, fit), 1,
-         fit.get("error") or (f"approach 3: {approach3['error']}" if "error" in approach3 else
-                              None if approach3.get("runs") else "approach 3 was not fitted")),
+         fit.get("error") or approach3.get("error") or (None if approach3.get("runs") else "approach 3 was not fitted")),
     ]
     for plot, draw, ncols, missing in plots:
         stale = out_dir / f"{plot.name}.png"
@@ -379,16 +379,20 @@ def _extrapolation(fit: dict) -> str:
             f'<th>error</th></tr>{"".join(rows)}</table>')
 
 
+def _ratio(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "–"
+
+
 def _ledger(rows: list[LedgerRow]) -> str:
     total_c, total_6nd = sum(r.C for r in rows), sum(r.six_nd for r in rows)
     ratio = total_c / total_6nd if total_6nd else math.nan
     body = [f'<tr class="total"><td class="l">sweep total</td><td class="l">{len(rows)} runs</td><td></td>'
             f'<td>{si(sum(r.D for r in rows))}</td><td>{sci(total_c)}</td><td>{sci(total_6nd)}</td>'
-            f'<td>{ratio:.3f}</td><td></td><td></td></tr>']
+            f'<td>{_ratio(ratio)}</td><td></td><td></td></tr>']
     for r in rows:
         loss = "–" if r.loss is None else f"{r.loss:.4f}"
         body.append(f'<tr><td class="l">{_e(r.name)}</td><td class="l">{_e(r.state)}</td><td>{si(r.N)}</td>'
-                    f'<td>{si(r.D)}</td><td>{sci(r.C)}</td><td>{sci(r.six_nd)}</td><td>{r.ratio:.3f}</td>'
+                    f'<td>{si(r.D)}</td><td>{sci(r.C)}</td><td>{sci(r.six_nd)}</td><td>{_ratio(r.ratio)}</td>'
                     f'<td>{loss}</td><td class="l">{_e(r.loss_source or "")}</td></tr>')
     return ('<div class="scroll"><table><tr><th class="l">run</th><th class="l">state</th><th>N</th>'
             '<th>D trained</th><th>C exact (FLOPs)</th><th>6·N·D</th><th>C / 6ND</th><th>final loss</th>'

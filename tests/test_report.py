@@ -1,0 +1,143 @@
+"""fit_sweep_dir end to end on curves drawn from a known law, and the report built from it."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import statistics
+
+import numpy as np
+import pytest
+
+from launcher import cli
+from launcher.analysis import fit_sweep_dir
+from launcher.report import PLOTS_DIR, si, sci, write_report
+from test_collect import LAW, curve_records, isoflop_specs, make_sweep, spec, write_metrics
+
+N_BOOT = 20
+
+
+def true_optimum(C: float) -> tuple[float, float]:
+    """N_opt, D_opt of LAW at C = 6 N D (Hoffmann et al.'s closed form)."""
+    a = LAW["beta"] / (LAW["alpha"] + LAW["beta"])
+    G = (LAW["alpha"] * LAW["A"] / (LAW["beta"] * LAW["B"])) ** (1 / (LAW["alpha"] + LAW["beta"]))
+    N = G * (C / 6) ** a
+    return N, C / (6 * N)
+
+
+@pytest.fixture(scope="module")
+def law_sweep(tmp_path_factory):
+    """An isoFLOP sweep following LAW with noisy curves, fitted once (budget from plan.json)."""
+    root = tmp_path_factory.mktemp("law")
+    specs = isoflop_specs("law", per_budget=5, steps=40)
+    sweep_dir = make_sweep(root, "law", specs, budget_flops=1e19)
+    rng = np.random.default_rng(1)
+    for i, s in enumerate(specs):
+        records = curve_records(s, seed=i)
+        records[-1]["val_loss"] *= float(np.exp(rng.normal(0, 0.002)))  # the fits see a little noise
+        write_metrics(sweep_dir / "runs" / s.name, records)
+    fit = fit_sweep_dir(sweep_dir, n_boot=N_BOOT)
+    return sweep_dir, specs, fit
+
+
+def test_fit_sweep_dir_recovers_the_law(law_sweep):
+    sweep_dir, specs, fit = law_sweep
+    assert json.loads((sweep_dir / "fit.json").read_text()) == fit
+    assert fit["inputs"]["budget_flops"] == 1e19 and fit["inputs"]["budget_source"] == "plan.json budget_flops"
+    assert fit["n_runs"] == len(specs) and fit["inputs"]["curve_points_logged"] == 40 * len(specs)
+    law3 = fit["approach3"]
+    assert law3["alpha"] == pytest.approx(LAW["alpha"], abs=0.03)
+    assert law3["beta"] == pytest.approx(LAW["beta"], abs=0.03)
+    a_true = LAW["beta"] / (LAW["alpha"] + LAW["beta"])
+    assert fit["approach2"]["a"] == pytest.approx(a_true, abs=0.03)
+    rec = fit["recommendation"]
+    n_true, d_true = true_optimum(1e19)
+    assert rec["C"] == 1e19
+    assert rec["N_opt"] == pytest.approx(n_true, rel=0.25) and rec["D_opt"] == pytest.approx(d_true, rel=0.25)
+    assert rec["N_opt_ci"][0] <= rec["N_opt"] <= rec["N_opt_ci"][1]
+    assert "error" not in fit["extrapolation"]
+
+
+def test_budget_from_the_allocation_when_the_plan_has_none(tmp_path):
+    specs = isoflop_specs("alloc", budgets=(1e16, 1e17), per_budget=3, steps=20)
+    sweep_dir = make_sweep(tmp_path, "alloc", specs, budget_flops=None)
+    for i, s in enumerate(specs):
+        write_metrics(sweep_dir / "runs" / s.name, curve_records(s, seed=i))
+    fit = fit_sweep_dir(sweep_dir, n_boot=5)
+    # plan.json: allocation_node_hours 1.0, 1 device per node; each run's last record logs tokens/s
+    rates = [curve_records(s)[-1]["tokens_per_s"] * s.flops_per_token for s in specs]
+    assert fit["inputs"]["budget_flops"] == pytest.approx(3600.0 * statistics.median(rates))
+    assert fit["recommendation"]["C"] == pytest.approx(3600.0 * statistics.median(rates))
+
+
+def test_ladder_fit_cli(law_sweep, tmp_path, capsys):
+    sweep_dir, _, _ = law_sweep
+    assert cli.main(["fit", f"sweep={sweep_dir.name}", f"sweeps_root={sweep_dir.parent}", "--json", "--n-boot", "5",
+                     "--budget-flops", "1e18"]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    assert fit["recommendation"]["C"] == 1e18 and fit["inputs"]["budget_source"] == "given"
+    csv = tmp_path / "points.csv"
+    csv.write_text("N,D,loss\n" + "".join(f"{n},{20 * n},{2 + 100 / n ** 0.3}\n" for n in (1e6, 1e7, 1e8)))
+    assert cli.main(["fit", "--points", str(csv), "--approach", "kaplan", "--n-col", "N", "--d-col", "D",
+                     "--loss-col", "loss", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["approach"] == "kaplan"
+    fit_sweep_dir(sweep_dir, n_boot=N_BOOT)  # leave the module's fit as it was
+
+
+def test_report_is_self_contained_and_shows_the_data(law_sweep, capsys):
+    sweep_dir, specs, fit = law_sweep
+    path = write_report(sweep_dir, wandb_mode="disabled")
+    page = path.read_text()
+    assert json.loads((sweep_dir / "fit.json").read_text())["inputs"]["fingerprint"] == fit["inputs"]["fingerprint"]
+    # self-contained: no external reference of any kind, every image inline and identical to plots/*.png
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page, re.I)
+    assert "<script" not in page and "<link" not in page and "url(" not in page
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
+    plots = sorted((sweep_dir / PLOTS_DIR).glob("*.png"))
+    assert [p.stem for p in plots] == ["frontier", "isoflop", "loss_curves", "predicted_vs_observed"]
+    assert sorted(base64.b64decode(i) for i in images) == sorted(p.read_bytes() for p in plots)
+    # the ledger: every run and the sweep's totals, computed here from the metrics files themselves
+    last = [json.loads((sweep_dir / "runs" / s.name / "metrics.jsonl").read_text().splitlines()[-1]) for s in specs]
+    total_c = sum(r["flops"] for r in last)
+    total_6nd = sum(6 * s.N * r["tokens"] for s, r in zip(specs, last))
+    assert f"<td>{sci(total_c)}</td><td>{sci(total_6nd)}</td><td>{total_c / total_6nd:.3f}</td>" in page
+    for s in specs:
+        assert f'<td class="l">{s.name}</td><td class="l">completed</td><td>{si(s.N)}</td>' in page
+    rec = fit["recommendation"]
+    assert si(rec["N_opt"]) in page and si(rec["D_opt"]) in page
+    summary = (sweep_dir / "summary.txt").read_text()
+    for name in ("a", "b", "alpha", "beta", "E"):
+        assert f"{name} = {fit['approach3'][name]:.3g}" in summary
+    assert f"N_opt = {rec['N_opt']:.3g} [{rec['N_opt_ci'][0]:.3g}, {rec['N_opt_ci'][1]:.3g}]" in summary
+    assert f"approach3: N_opt error {100 * fit['extrapolation']['approach3']['rel_error_N_opt']:+.1f}%" in summary
+    assert summary.strip() in page.replace("&#x27;", "'")
+    assert cli.main(["report", f"sweep={sweep_dir.name}", f"sweeps_root={sweep_dir.parent}",
+                     "--wandb-mode", "disabled"]) == 0
+    assert capsys.readouterr().out.startswith(summary)
+
+
+def test_report_when_the_fit_fails(tmp_path):
+    """Two runs of one size cannot be fitted: the page says why, and still shows the curves and the ledger."""
+    a = spec("f", "a", 30_000, 10**6, steps=30, flops_per_token=int(6 * 30_000 * 1.25))
+    b = spec("f", "b", 30_000, 2 * 10**6, steps=30, flops_per_token=int(6 * 30_000 * 1.25))
+    c = spec("f", "c", 60_000, 10**6, steps=30)
+    sweep_dir = make_sweep(tmp_path, "f", [a, b, c], {"c": "diverged"})
+    for i, s in enumerate((a, b, c)):
+        write_metrics(sweep_dir / "runs" / s.name, curve_records(s, seed=i))
+    path = write_report(sweep_dir, wandb_mode="disabled")
+    page = path.read_text()
+    fit = json.loads((sweep_dir / "fit.json").read_text())
+    assert "error" in fit["approach3"]
+    assert f"<b>Predicted vs observed loss:</b> not drawn: {fit['approach3']['error']}" in page
+    assert (sweep_dir / PLOTS_DIR / "loss_curves.png").exists()
+    assert not (sweep_dir / PLOTS_DIR / "predicted_vs_observed.png").exists()
+    assert '<td class="l">c</td><td class="l">diverged</td>' in page
+    assert "<td>1.250</td>" in page  # a's and b's exact FLOPs are 1.25 x 6ND
+    summary = (sweep_dir / "summary.txt").read_text()
+    assert f"approach 3 (L = E + A/N^alpha + B/D^beta): {fit['approach3']['error']}" in summary
+
+    # nothing completed at all: fit.json holds the error, the page shows it
+    empty = make_sweep(tmp_path, "e", [spec("e", "x", 10_000, 10**5)], {"x": "running"})
+    page = write_report(empty, wandb_mode="disabled").read_text()
+    assert '<div class="error"><b>The fit failed:</b> no completed run to fit' in page
+    assert "not drawn" in page
