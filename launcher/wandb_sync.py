@@ -82,8 +82,11 @@ def log_summary_run(sweep_dir: Path, fit: dict, ledger: list, plots: dict[str, P
     the report on disk is what matters.
     """
     sweep_dir = Path(sweep_dir)
+    mode = mode or os.environ.get("WANDB_MODE")
+    if mode == "disabled":
+        return None
     config = sweep_wandb_config(sweep_dir)
-    mode = mode or os.environ.get("WANDB_MODE") or config.get("mode") or "offline"
+    mode = mode or config.get("mode") or "offline"
     if mode == "disabled":
         return None
     run_id = summary_run_id(sweep_dir)
