@@ -86,8 +86,7 @@ class GPTNeoXFamily:
 
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
         batch = _to_device(batch, model)
-        logits = model(batch["input_ids"])
-        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
+        return model(batch["input_ids"], batch["labels"])
 
     def evaluate(self, model: torch.nn.Module, max_batches: int, batch_size: int) -> dict[str, float]:
         with _evaluating(model):

@@ -105,18 +105,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, self.n_heads, 3, self.head_dim)
-        r = self.rotary_dim
-        if r:  # rotate q and k together: one set of elementwise ops instead of two
-            qk_rot = qkv[..., :2, :r]
-            half = r // 2
-            rotated = torch.cat((-qk_rot[..., half:], qk_rot[..., :half]), dim=-1)
-            qk = torch.cat((qk_rot * cos + rotated * sin, qkv[..., :2, r:]), dim=-1)
-        else:
-            qk = qkv[..., :2, :]
+        qk, v = self.qkv(x).view(B, T, self.n_heads, 3, self.head_dim).split([2, 1], dim=3)
+        if self.rotary_dim:
+            # q and k together, through split/chunk/cat only: their backward is a cat, never a zero-filled
+            # copy of the whole qkv per slice (which is what indexing would cost on the way back)
+            rot, keep = qk.split([self.rotary_dim, self.head_dim - self.rotary_dim], dim=-1)
+            x1, x2 = rot.chunk(2, dim=-1)  # rotate-half: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
+            qk = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, keep), dim=-1)
         q, k = qk.unbind(dim=3)
-        v = qkv[..., 2, :]
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.squeeze(3).transpose(1, 2),
+                                           is_causal=True)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -145,8 +143,25 @@ class Block(nn.Module):
         return x + self.attn(self.ln_attn(x), cos, sin) + self.mlp(self.ln_mlp(x))
 
 
+class LMHead(nn.Module):
+    """embed_out: logits, or with labels the mean cross-entropy without ever holding all the logits."""
+
+    def __init__(self, d_model: int, vocab: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab, d_model))
+
+    def forward(self, h: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if labels is None:
+            return F.linear(h, self.weight)
+        return linear_cross_entropy(h.flatten(0, -2), self.weight, labels.flatten())
+
+
 class GPTNeoX(nn.Module):
-    """``forward(input_ids [B, T]) -> logits [B, T, padded_vocab]``."""
+    """``forward(input_ids [B, T]) -> logits [B, T, padded_vocab]``; with ``labels`` [B, T], the mean loss.
+
+    The loss path is what training uses: it fuses the output layer with the cross-entropy
+    (``linear_cross_entropy``), so [B, T, vocab] logits never exist at once.
+    """
 
     def __init__(self, cfg: GPTNeoXConfig):
         super().__init__()
@@ -154,7 +169,7 @@ class GPTNeoX(nn.Module):
         self.embed_in = nn.Embedding(cfg.padded_vocab, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layernorm_eps)
-        self.embed_out = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False)
+        self.embed_out = LMHead(cfg.d_model, cfg.padded_vocab)
         cos, sin = rotary_tables(cfg)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -174,22 +189,80 @@ class GPTNeoX(nn.Module):
             else:
                 p.normal_(0.0, out_std if re.search(r"(attn\.out|mlp\.down)\.weight$", name) else std)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         T = input_ids.shape[1]
         x = self.embed_in(input_ids)
-        # tables are [T, 1, 1, rotary_dim]: they broadcast over (batch, ..., heads, q|k)
+        # tables are [T, 1, 1, rotary_dim / 2]: they broadcast over (batch, ..., heads, q|k)
         cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
         for block in self.blocks:
             x = block(x, cos, sin)
-        return self.embed_out(self.ln_f(x))
+        return self.embed_out(self.ln_f(x), labels)
+
+
+LOGITS_CHUNK_ELEMENTS = 2 ** 27  # logits the fused loss holds at once (512 MiB in fp32): few grad_w passes
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         chunk_elements: int = LOGITS_CHUNK_ELEMENTS) -> torch.Tensor:
+    """``F.cross_entropy(h @ weight.T, labels)`` (mean over tokens, every label counts), a chunk of
+    tokens at a time: memory O(chunk x vocab) instead of O(tokens x vocab), and no zero-filled
+    [tokens, vocab] gradient buffer. When a gradient is needed it is computed while each chunk's
+    softmax is at hand, kept, and scaled in backward."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h, weight, labels, chunk_elements)
+    return _chunked_cross_entropy(h, weight, labels, chunk_elements, with_grad=False)[0] / h.shape[0]
+
+
+def _chunked_cross_entropy(h, weight, labels, chunk_elements: int, with_grad: bool):
+    """Sum of token losses of logits ``h @ weight.T``; with_grad: also its gradients wrt h and weight."""
+    device = h.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+    h_c, w_c = h.to(dtype), weight.to(dtype)  # the casts autocast would make, made once
+    chunk = max(1, chunk_elements // weight.shape[0])
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    grad_h = torch.empty_like(h) if with_grad else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
+    with torch.autocast(device, enabled=False):
+        for start in range(0, h.shape[0], chunk):
+            hs, ys = h_c[start:start + chunk], labels[start:start + chunk]
+            logits = (hs @ w_c.T).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, ys[:, None]).squeeze(1)).sum()
+            if with_grad:
+                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                probs[torch.arange(len(ys), device=h.device), ys] -= 1.0  # d(token loss) / d(logits)
+                g = probs.to(dtype)
+                grad_h[start:start + chunk] = g @ w_c
+                if g.dtype == grad_w.dtype:
+                    grad_w.addmm_(g.T, hs)
+                else:
+                    grad_w += (g.T @ hs).float()
+    return total, grad_h, grad_w
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, labels, chunk_elements):
+        total, grad_h, grad_w = _chunked_cross_entropy(h, weight, labels, chunk_elements, with_grad=True)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.n, ctx.weight_dtype = h.shape[0], weight.dtype
+        return total / h.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        scale = grad_loss / ctx.n
+        return grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None, None
 
 
 def rotary_tables(cfg: GPTNeoXConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of rotate-half rotary embeddings for positions < seq_len, shaped [T, 1, 1, rotary_dim]."""
+    """cos and sin of the rotary angles for positions < seq_len, shaped [T, 1, 1, rotary_dim / 2].
+
+    Rotate-half pairs dim i with dim i + rotary_dim/2 under the same angle, so half the table suffices.
+    """
     r = cfg.rotary_dim
     inv_freq = 1.0 / (cfg.rotary_base ** (torch.arange(0, r, 2, dtype=torch.float32) / max(r, 1)))
-    freqs = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float32), inv_freq)
-    angles = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]
+    angles = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float32), inv_freq)[:, None, None, :]
     return angles.cos(), angles.sin()
 
 

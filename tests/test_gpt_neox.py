@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_family
-from models.gpt_neox import (NAMED, GPTNeoX, GPTNeoXConfig, flops_per_token, load_hf_state_dict, param_counts,
-                             solve_shape)
+from models.gpt_neox import (NAMED, GPTNeoX, GPTNeoXConfig, flops_per_token, linear_cross_entropy, load_hf_state_dict,
+                             param_counts, solve_shape)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "hydra_configs"
 
@@ -58,6 +59,35 @@ def test_logits_match_hugging_face(hidden_act, gelu, attn, rotary_pct):
         expected, got = hf(ids).logits, ours(ids)
     assert expected.abs().max() > 1.0
     assert (expected - got).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("chunk_elements", [7_000, 2 ** 27])  # uneven chunks of 7 tokens; one chunk
+def test_fused_loss_equals_cross_entropy_of_logits(chunk_elements):
+    torch.manual_seed(0)
+    h = torch.randn(300, 32, requires_grad=True)
+    weight = torch.randn(1000, 32, requires_grad=True)
+    labels = torch.randint(0, 1000, (300,))
+    expected = F.cross_entropy(h @ weight.T, labels)
+    got = linear_cross_entropy(h, weight, labels, chunk_elements)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    reference = torch.autograd.grad(3.0 * expected, [h, weight])
+    for a, b in zip(reference, torch.autograd.grad(3.0 * got, [h, weight])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        assert linear_cross_entropy(h, weight, labels, chunk_elements).item() == pytest.approx(expected.item(), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the GPU path: bf16 matmuls, fp32 softmax and sums
+        low = linear_cross_entropy(h, weight, labels, chunk_elements)
+        grad_h, = torch.autograd.grad(low, [h])
+    assert low.dtype == torch.float32 and low.item() == pytest.approx(expected.item(), rel=2e-2)
+    assert F.cosine_similarity(grad_h.flatten(), reference[0].flatten(), dim=0) > 0.99
+
+
+def test_model_loss_path_equals_logits_path():
+    torch.manual_seed(0)
+    model = GPTNeoX(GPTNeoXConfig(vocab_size=300))
+    ids, labels = torch.randint(0, 300, (2, 64)), torch.randint(0, 300, (2, 64))
+    expected = F.cross_entropy(model(ids).flatten(0, 1), labels.flatten())
+    assert model(ids, labels).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(PYTHIA_PUBLISHED))
