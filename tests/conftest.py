@@ -1,0 +1,53 @@
+"""Shared fixtures. ``dev_slurm``: the dev Slurm cluster of slurm/dev-cluster/ for tests marked ``slurm``."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEV_CLUSTER = REPO / "slurm" / "dev-cluster"
+
+
+@dataclasses.dataclass(frozen=True)
+class DevCluster:
+    """A running dev cluster: its state folder and the environment its commands need."""
+
+    dir: Path
+    conf: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120, check=check)
+
+
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def dev_slurm() -> DevCluster:
+    """The dev cluster: started with ``up`` unless it runs already, stopped with ``down`` at the end
+    only if this session started it."""
+    if os.geteuid() != 0:
+        pytest.skip("the dev Slurm cluster needs root (slurm/dev-cluster/up starts slurmctld, slurmd, munged)")
+    state = Path(os.environ.get("DEV_SLURM_DIR", REPO / ".dev-slurm"))
+    was_running = _alive(state / "run" / "slurmctld.pid")
+    up = subprocess.run([str(DEV_CLUSTER / "up")], capture_output=True, text=True, timeout=900)
+    if up.returncode != 0:
+        pytest.fail(f"slurm/dev-cluster/up failed: {up.stderr.strip()}")
+    started = not was_running or "already running" not in up.stderr
+    conf = Path(up.stdout.strip().rpartition("SLURM_CONF=")[2])
+    yield DevCluster(state, conf)
+    if started:
+        subprocess.run([str(DEV_CLUSTER / "down")], capture_output=True, text=True, timeout=300)

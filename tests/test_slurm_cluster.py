@@ -1,0 +1,257 @@
+"""Sweeps on the real dev Slurm cluster (slurm/dev-cluster/up): packed jobs over several nodes, a 2-node
+DeepSpeed run, job arrays, dependencies, the walltime warning and continuation, cancel, a killed rank.
+
+Tiny GPT-NeoX runs (sweep=tiny with fewer or longer runs); every check reads what Slurm, the job
+database and the runs' own files say.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from launcher.cluster import ClusterProfile
+from launcher.config import compose, validate
+from launcher.jobdb import JobDB, read_state_file
+from launcher.plan import read_metrics
+from launcher.schedulers import get_scheduler
+from launcher.schedulers.base import Dependency
+from launcher.submit import cancel_sweep, read_steps, submit_sweep, sync
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parent.parent
+ONE_RUN = ["sweep=tiny", "sweep.budgets=[1e10]", "sweep.params=[20000]"]
+
+
+class Sweep:
+    """A sweep submitted to the dev cluster from a test, and what the database says of it."""
+
+    def __init__(self, root: Path, name: str, *overrides: str, dependency: str | None = None):
+        self.name, self.dir = name, root / name
+        self.overrides = ["cluster=dev_slurm", f"sweeps_root={root}", f"sweep.name={name}", *overrides]
+        profile = validate(ClusterProfile, compose(self.overrides)["cluster"], "cluster")
+        self.scheduler = get_scheduler(profile)
+        self.submitted = submit_sweep(self.overrides, Dependency.parse(dependency) if dependency else None)
+        self.job_ids = [job_id for _, job_id in self.submitted]
+
+    def sync(self):
+        with JobDB(self.dir / "jobdb.sqlite") as db:
+            sync(db, self.name, self.dir, self.scheduler)
+            return ({r.name: r for r in db.runs(self.name)}, db.jobs(self.name),
+                    {r.name: db.attempts(r.config_hash) for r in db.runs(self.name)})
+
+    def runs(self):
+        return self.sync()[0]
+
+    def wait_done(self, timeout: float = 240) -> dict:
+        def done():
+            runs, jobs, _ = self.sync()
+            return all(r.state in ("completed", "diverged", "failed", "cancelled") for r in runs.values()) and \
+                all(j.state not in ("queued", "running") for j in jobs)
+        wait_until(done, timeout, f"sweep {self.name} to end")
+        return self.runs()
+
+    def state(self, run: str) -> dict:
+        return read_state_file(self.dir / "runs" / run) or {}
+
+    def steps(self) -> dict[str, dict[str, list[tuple[int, int]]]]:
+        out: dict = {}
+        for path in sorted((self.dir / "jobs").glob("*.steps")):
+            for key, runs in read_steps(path).items():
+                out.setdefault(key, {}).update(runs)
+        return out
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 1.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def slurm_job(cluster, job_id: str) -> dict[str, str]:
+    """``scontrol show job`` as a dict (the controller keeps ended jobs for MinJobAge)."""
+    text = cluster.run("scontrol", "show", "job", "--oneliner", job_id).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", text))
+
+
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_dev_cluster_nodes_are_separate_hosts(dev_slurm):
+    hosts = dev_slurm.run("srun", "--nodes=2", "--ntasks=4", "hostname").stdout.split()
+    assert len(hosts) == 4 and len(set(hosts)) == 2 and all(re.fullmatch(r"n\d+", h) for h in hosts)
+    began = time.monotonic()
+    again = subprocess.run([str(REPO / "slurm/dev-cluster/up")], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "already running" in again.stderr and time.monotonic() - began < 10
+    assert again.stdout.strip() == f"export SLURM_CONF={dev_slurm.conf}"
+    refused = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              str(REPO / "slurm/dev-cluster/up")], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "must run as root" in refused.stderr
+
+
+def test_packed_sweep_runs_as_concurrent_steps_and_the_database_agrees(dev_slurm, tmp_path):
+    sweep = Sweep(tmp_path, "packed", "sweep=tiny")
+    ((job, job_id),) = sweep.submitted
+    assert len(job.steps) == 6 and job.nodes >= 2 and job.lanes >= 4
+    runs = sweep.wait_done()
+    assert {r.state for r in runs.values()} == {"completed"} and len(runs) == 6
+    _, jobs, attempts = sweep.sync()
+    assert [(j.job_id, j.state) for j in jobs] == [(job_id, "completed")]
+    assert slurm_job(dev_slurm, job_id)["JobState"] == "COMPLETED"
+    assert all([(a.job_id, a.state) for a in attempts[name]] == [(job_id, "completed")] for name in runs)
+    assert {name: codes for name, codes in sweep.steps()[job_id].items()} == {name: [(1, 0)] for name in runs}
+    hosts = {sweep.state(name)["hostname"] for name in runs}
+    assert len(hosts) >= 2  # the runs' steps ran on different nodes
+    assert all(len(read_metrics(sweep.dir / "runs" / name / "metrics.jsonl")) == runs[name].steps for name in runs)
+    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", *sweep.overrides, "--json"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"] == {"completed": 6}
+
+
+def test_two_node_deepspeed_run_meets_through_slurm_variables(dev_slurm, tmp_path):
+    sweep = Sweep(tmp_path, "ds2", *ONE_RUN, "++sweep.nodes=2", "++sweep.ranks_per_run=2", "deepspeed=zero2")
+    ((job, _),) = sweep.submitted
+    assert job.nodes == 2 and job.lanes == 1
+    runs = sweep.wait_done()
+    (name,) = runs
+    assert runs[name].state == "completed"
+    state = sweep.state(name)
+    assert state["world_size"] == 2 and len(state["param_digests"]) == 2
+    assert len(set(state["param_digests"])) == 1  # ZeRO-2 shards, yet both ranks end with the same weights
+    log = (sweep.dir / "jobs" / "logs" / f"{name}.log").read_text()
+    assert re.search(r"rendezvous: .*address=n\d+ .*world_size=2 source=slurm", log), log[-2000:]
+    script = (sweep.dir / "jobs" / f"{job.name}.sbatch").read_text()
+    assert "srun --exact --kill-on-bad-exit=1 --nodes=2 --ntasks=2" in script and "deepspeed=zero2" in script
+
+
+def test_job_array_with_a_throttle(dev_slurm, tmp_path):
+    sweep = Sweep(tmp_path, "arr", "sweep=tiny", "sweep.budgets=[1e10]", "cluster.submission=array",
+                  "cluster.array_throttle=2")
+    ((job, job_id),) = sweep.submitted
+    assert job.array and len(job.steps) == 3
+    assert "#SBATCH --array=0-2%2" in (sweep.dir / "jobs" / f"{job.name}.sbatch").read_text()
+    assert slurm_job(dev_slurm, f"{job_id}_0").get("ArrayTaskThrottle") == "2"
+    runs = sweep.wait_done()
+    assert {r.state for r in runs.values()} == {"completed"}
+    _, jobs, attempts = sweep.sync()
+    assert [(j.job_id, j.kind, j.state) for j in jobs] == [(job_id, "array", "completed")]
+    assert sorted(a.array_index for name in runs for a in attempts[name]) == [0, 1, 2]
+    assert set(sweep.steps()) == {f"{job_id}_{i}" for i in range(3)}
+    states = sweep.scheduler.status([job_id])
+    assert states[job_id] == "completed" and all(states[f"{job_id}_{i}"] == "completed" for i in range(3))
+
+
+def test_dependency_chain(dev_slurm, tmp_path):
+    first = Sweep(tmp_path, "chain_a", *ONE_RUN)
+    second = Sweep(tmp_path, "chain_b", *ONE_RUN, dependency=f"afterok:{first.job_ids[0]}")
+    waiting = slurm_job(dev_slurm, second.job_ids[0])
+    assert waiting["JobState"] == "PENDING" and waiting["Reason"] == "Dependency"
+    assert waiting["Dependency"].startswith(f"afterok:{first.job_ids[0]}")
+    first.wait_done()
+    second.wait_done()
+    a, b = slurm_job(dev_slurm, first.job_ids[0]), slurm_job(dev_slurm, second.job_ids[0])
+    assert a["JobState"] == b["JobState"] == "COMPLETED"
+    assert b["StartTime"] >= a["EndTime"]  # ISO times compare as strings
+    assert second.sync()[1][0].depends_on == f"afterok:{first.job_ids[0]}"
+
+
+def test_walltime_warning_checkpoints_and_the_continuation_ends_with_the_same_curve(dev_slurm, tmp_path):
+    # about a minute of training: still running when the warning comes (20-50 s into the job)
+    long_run = ["sweep=tiny", "sweep.budgets=[2.4e11]", "sweep.params=[20000]", "train.checkpoint_every=100",
+                "train.val_every=100"]
+    reference = Sweep(tmp_path, "whole", *long_run)
+    cut = Sweep(tmp_path, "cut", *long_run, "cluster.walltime_min=2", "cluster.signal_before_s=100")
+    ((job, first_id),) = cut.submitted
+    script = (cut.dir / "jobs" / f"{job.name}.sbatch").read_text()
+    assert "#SBATCH --time=00:02:00" in script and "#SBATCH --signal=B:USR2@100" in script
+    runs = cut.wait_done(timeout=420)
+    reference.wait_done(timeout=120)
+    (name,) = runs
+    assert runs[name].state == "completed"
+    _, jobs, attempts = cut.sync()
+    assert len(jobs) == 2 and jobs[1].kind == "continuation" and jobs[1].depends_on == f"afterany:{first_id}"
+    assert [(a.job_id, a.state, a.exit_code) for a in attempts[name]] == \
+        [(first_id, "timed_out", 75), (jobs[1].job_id, "completed", 0)]
+    steps = cut.steps()
+    assert steps[first_id][name] == [(1, 75)] and steps[jobs[1].job_id][name] == [(1, 0)]
+    first = slurm_job(dev_slurm, first_id)
+    assert first["JobState"] == "COMPLETED"  # it ended itself after the warning, before its time limit
+    assert "walltime warning" in (cut.dir / "jobs" / f"{job.name}-{first_id}.out").read_text()
+    state = cut.state(name)
+    assert state["resumed_from"] and 0 < state["resumed_from"] < state["total_steps"]
+    whole = read_metrics(reference.dir / "runs" / name / "metrics.jsonl")
+    resumed = read_metrics(cut.dir / "runs" / name / "metrics.jsonl")
+    assert len(whole) == len(resumed) == state["total_steps"]
+    for key in ("step", "tokens", "train_loss", "lr"):
+        assert [r[key] for r in resumed] == [r[key] for r in whole], key
+    assert [r.get("val_loss") for r in resumed] == [r.get("val_loss") for r in whole]
+
+
+def test_cancel_leaves_runs_resumable(dev_slurm, tmp_path):
+    overrides = ["sweep=tiny", "sweep.budgets=[1e11]", "sweep.params=[20000,60000]", "train.checkpoint_every=20"]
+    sweep = Sweep(tmp_path, "cx", *overrides)
+    names = list(sweep.runs())
+    wait_until(lambda: all((sweep.state(n).get("checkpoint_step") or 0) >= 20 for n in names), 180,
+               "a checkpoint of every run")
+    lines = cancel_sweep(sweep.overrides)
+    assert lines[0] == f"cancelled jobs: {sweep.job_ids[0]}"
+    wait_until(lambda: slurm_job(dev_slurm, sweep.job_ids[0])["JobState"] == "CANCELLED" and
+               all(sweep.state(n).get("status") != "running" for n in names), 60, "the job to be cancelled")
+    runs, jobs, _ = sweep.sync()
+    assert {r.state for r in runs.values()} == {"cancelled"} and jobs[0].state == "cancelled"
+    stopped = {n: sweep.state(n) for n in names}
+    assert all(s["status"] == "requeue" and s["checkpoint_step"] >= 20 for s in stopped.values())
+    assert len(list((sweep.dir / "jobs").glob("*.json"))) == 1  # no continuation after a cancel
+    again = submit_sweep(sweep.overrides)
+    assert len(again) == 1
+    runs = sweep.wait_done()
+    assert {r.state for r in runs.values()} == {"completed"}
+    for n in names:
+        assert sweep.state(n)["resumed_from"] >= stopped[n]["checkpoint_step"]
+
+
+def test_a_killed_rank_fails_its_run_which_retries_from_its_checkpoint(dev_slurm, tmp_path):
+    sweep = Sweep(tmp_path, "kill", "sweep=tiny", "sweep.budgets=[1e11]", "sweep.params=[20000]",
+                  "++sweep.ranks_per_run=2", "train.checkpoint_every=20")
+    (job_id,) = sweep.job_ids
+    (name,) = sweep.runs()
+    wait_until(lambda: (sweep.state(name).get("checkpoint_step") or 0) >= 20, 180, "a checkpoint")
+    victim = wait_until(lambda: _rank_pid(job_id, 1, name), 30, "rank 1's process")
+    os.kill(victim, signal.SIGKILL)
+    runs = sweep.wait_done()
+    assert runs[name].state == "completed"
+    (codes,) = sweep.steps()[job_id].values()
+    assert len(codes) == 2 and codes[0][1] not in (0, 75) and codes[1] == (2, 0)
+    _, _, attempts = sweep.sync()
+    assert [(a.state, a.job_id) for a in attempts[name]] == [("failed", job_id), ("completed", job_id)]
+    assert runs[name].consecutive_failures == 0
+    assert sweep.state(name)["resumed_from"] >= 20
+
+
+def _rank_pid(job_id: str, rank: int, run_name: str) -> int | None:
+    """The pid of one rank of a run's job step, found by its environment."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = dict(v.split("=", 1) for v in (proc / "environ").read_text().split("\0") if "=" in v)
+            cmdline = (proc / "cmdline").read_text()
+        except OSError:
+            continue
+        if environ.get("SLURM_JOB_ID") == job_id and environ.get("SLURM_PROCID") == str(rank) and \
+                environ.get("SLURM_STEP_ID", "batch").isdigit() and "train" in cmdline and run_name in cmdline:
+            return int(proc.name)
+    return None
