@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 
@@ -45,12 +44,8 @@ def open_mpi_mpirun() -> str | None:
     return mpirun if "Open MPI" in version else None
 
 
-def rank_command(argv: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "launcher.cli", "train", *argv]
-
-
-def launch(nproc: int, argv: Sequence[str], step_launcher: str = "local") -> int:
-    """Run ``ladder train argv`` as ``nproc`` ranks on this machine; the exit code the ranks agreed on.
+def launch(nproc: int, command: Sequence[str], step_launcher: str = "local") -> int:
+    """Run ``command`` as ``nproc`` ranks on this machine; the exit code the ranks agreed on.
 
     ``step_launcher`` (cluster.step_launcher): "torchrun" asks for plain processes with torchrun's
     variables, "mpirun" insists on Open MPI, anything else takes mpirun when it is usable.
@@ -61,7 +56,7 @@ def launch(nproc: int, argv: Sequence[str], step_launcher: str = "local") -> int
         raise UserError("cluster.step_launcher: mpirun asks for Open MPI's mpirun and mpi4py, not found here")
     if mpirun:
         command = [mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(nproc),
-                   "-x", "OMP_NUM_THREADS", *rank_command(argv)]
+                   "-x", "OMP_NUM_THREADS", *command]
         return supervise([subprocess.Popen(command, env=env)], {signal.SIGTERM: signal.SIGUSR2})
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -70,7 +65,7 @@ def launch(nproc: int, argv: Sequence[str], step_launcher: str = "local") -> int
     for rank in range(nproc):
         rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
                         LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen(rank_command(argv), env=rank_env))
+        procs.append(subprocess.Popen(list(command), env=rank_env))
     return supervise(procs, {})
 
 

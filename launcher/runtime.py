@@ -80,7 +80,8 @@ def main(argv: list[str]) -> int:
         from launcher import local_launch
 
         BatchPlan.make(run.train, run.nproc, make_family(run).tokens_per_sample)  # one clear line, before any rank
-        return local_launch.launch(run.nproc, argv, run.cluster.step_launcher)
+        return local_launch.launch(run.nproc, [sys.executable, "-m", "launcher.cli", "train", *argv],
+                                   run.cluster.step_launcher)
     return Trainer(run, stop).run()
 
 
@@ -225,6 +226,32 @@ def param_digest(engine, sharded: bool) -> str:
     return digest.hexdigest()
 
 
+def find_ranks(run: RunConfig) -> rendezvous.DistEnv:
+    """This rank's place and its master, under the run's rendezvous settings."""
+    return rendezvous.resolve(os.environ, run.rendezvous.interface or run.cluster.network_interface,
+                              run.rendezvous.port_base, run.rendezvous.port_span)
+
+
+def build_engine(run: RunConfig, rank: int, world: int):
+    """(family, batch plan, DeepSpeed engine) on joined ranks: the same initial weights everywhere."""
+    import deepspeed
+    import torch
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel("WARNING")
+    # DeepSpeed still calls torch's older collective names; one warning per call would drown the log
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    deepspeed.init_distributed(dist_backend=run.cluster.dist_backend)
+    torch.manual_seed(run.seed)
+    family = make_family(run)
+    model = family.build()
+    torch.manual_seed(run.seed * 100_003 + rank + 1)  # distinct dropout streams per rank
+    plan = BatchPlan.make(run.train, world, family.tokens_per_sample)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=make_optimizer(run, model),
+                                      config=deepspeed_config(run, plan))
+    return family, plan, engine
+
+
 # ---------------------------------------------------------------------------------------- run state
 
 
@@ -278,8 +305,7 @@ class Trainer:
 
     def run(self) -> int:
         run = self.cfg
-        interface = run.rendezvous.interface or run.cluster.network_interface
-        dist_env = rendezvous.resolve(os.environ, interface, run.rendezvous.port_base, run.rendezvous.port_span)
+        dist_env = find_ranks(run)
         self.rank, self.world = dist_env.rank, dist_env.world_size
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = RunStateFile(self.run_dir, enabled=self.rank == 0)
@@ -300,25 +326,13 @@ class Trainer:
                 self.wandb.finish(self.state_file.state["exit_code"])
 
     def _setup(self) -> None:
-        import deepspeed
         import torch
-        from deepspeed.utils import logger as ds_logger
 
         run = self.cfg
-        ds_logger.setLevel("WARNING")
-        # DeepSpeed still calls torch's older collective names; one warning per call would drown the log
-        warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-        deepspeed.init_distributed(dist_backend=run.cluster.dist_backend)
-        torch.manual_seed(run.seed)  # the same initial weights on every rank
-        self.family = make_family(run)
-        model = self.family.build()
-        torch.manual_seed(run.seed * 100_003 + self.rank + 1)  # distinct dropout streams per rank
-        self.plan = BatchPlan.make(run.train, self.world, self.family.tokens_per_sample)
+        self.family, self.plan, self.engine = build_engine(run, self.rank, self.world)
         self.schedule = Schedule.make(run.train)
         self.total_steps = run_steps(run.train)
         self.flops_per_token = self.family.flops_per_token()
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=make_optimizer(run, model),
-                                               config=deepspeed_config(run, self.plan))
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision, torch.float32)
         self.checkpointer = Checkpointer(self.run_dir, self.rank)
         self.metrics = MetricsLog(self.run_dir)
