@@ -243,8 +243,9 @@ class LsfScheduler(Scheduler):
         if p.step_launcher == "jsrun":
             rs = resource_sets(p, ranks, gpus_per_rank, cores_per_rank)
             if rs.nodes > nodes:
-                raise UserError(f"cluster.cores_per_task: {ranks} ranks of {rs.gpus_per_rs} GPUs and {rs.cores_per_rs} "
-                                f"cores need {rs.nodes} nodes of {p.name}, not {nodes}")
+                raise UserError(f"sweep.ranks_per_run: {ranks} ranks of {rs.gpus_per_rs} GPU(s) and {rs.cores_per_rs} "
+                                f"cores need {rs.nodes} nodes of {p.name} ({rs.rs_per_host} per node), not the "
+                                f"{nodes} of a run (sweep.nodes)")
             return (*rs.argv(), *extra)
         if p.step_launcher == "mpirun":  # LSF-integrated Open MPI places ranks on the job's hosts
             return ("mpirun", "-np", str(ranks), "--map-by", f"ppr:{math.ceil(ranks / nodes)}:node", *extra)
