@@ -180,33 +180,19 @@ def last_record(path: Path, tail_bytes: int = 4096) -> Optional[dict]:
     return None
 
 
-def analyse(plan: Plan, console) -> dict:
-    """collect -> fit -> report for the finished sweep; the fit (fit.json's content) is returned."""
-    from launcher.analysis import fit_sweep_dir
+def analyse(plan: Plan, console) -> None:
+    """collect -> fit -> report for the finished sweep, then the fit's summary with the recommendation."""
+    from launcher.analysis import fit_sweep_dir, summary_lines
     from launcher.collect import collect_sweep
     from launcher.report import write_report
 
     collected = collect_sweep(plan.sweep_dir)
     console.log(f"collected {len(collected.runs)} runs -> {collected.csv_path}")
-    fit = fit_sweep_dir(plan.sweep_dir, plan.budget_flops)
+    fit = fit_sweep_dir(plan.sweep_dir, plan.budget_flops, collected=collected)
     report = write_report(plan.sweep_dir)
-    console.log(f"fit -> {plan.sweep_dir / 'fit.json'}, report -> {report}")
-    return fit
-
-
-def print_recommendation(fit: dict, plan: Plan, console) -> None:
-    """The compute-optimal N and D for the allocation's budget, with their bootstrap intervals."""
-    rec = fit.get("recommendation") or {"error": "fit.json has no recommendation"}
-    if "error" in rec:
-        console.print(f"no recommendation: {rec['error']}")
-        return
-    n_lo, n_hi = rec.get("N_opt_ci") or (None, None)
-    d_lo, d_hi = rec.get("D_opt_ci") or (None, None)
-    band = (lambda lo, hi: f" [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else "")
-    console.print(f"recommendation for C = {rec['C']:.3e} FLOPs ({rec['source']}): N_opt = {rec['N_opt']:.3g}"
-                  f"{band(n_lo, n_hi)} parameters, D_opt = {rec['D_opt']:.3g}{band(d_lo, d_hi)} tokens "
-                  f"({rec['tokens_per_param']:.3g} tokens per parameter), predicted loss {rec['predicted_loss']:.4g}")
-    console.print(f"report: {plan.sweep_dir / 'report.html'}")
+    for line in summary_lines(fit):
+        console.print(line, highlight=False)
+    console.print(f"fit: {plan.sweep_dir / 'fit.json'}\nreport: {report}")
 
 
 def main(argv: list[str]) -> int:
@@ -237,5 +223,5 @@ def main(argv: list[str]) -> int:
         console.log("stopped; run the same `ladder sweep` command again to continue")
         return INTERRUPTED
     if not args.no_report:
-        print_recommendation(analyse(plan, console), plan, console)
+        analyse(plan, console)
     return 0 if counts.get("completed", 0) == len(runs) else 1
