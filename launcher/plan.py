@@ -437,16 +437,17 @@ def measure_throughput(setup: SweepSetup, specs: list[RunSpec], echo: Callable[[
     the cores per run, so planning again costs nothing. The calibration runs use the sweep's own
     parallelism (``max_parallel_runs``), so the speed is the one a busy node gives.
     """
-    from launcher.schedulers.local import LocalProcess
+    from launcher.schedulers.local import LocalProcess, parallel_slots
 
     cluster, sweep = setup.cluster, setup.sweep
+    slots = parallel_slots(cluster.max_parallel_runs, cluster.cores_per_run)
     probes = {s.config_hash: s for s in (min(specs, key=lambda s: s.N), max(specs, key=lambda s: s.N))}
     cache_path = setup.sweep_dir / CALIBRATION_FILE
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     keys = {h: f"{h}-{cluster.name}-{cluster.cores_per_run}c-{sweep.calibration_steps}s" for h in probes}
     todo = [spec for h, spec in probes.items() if keys[h] not in cache]
-    for start in range(0, len(todo), cluster.max_parallel_runs):
-        batch = todo[start:start + cluster.max_parallel_runs]
+    for start in range(0, len(todo), slots):
+        batch = todo[start:start + slots]
         echo(f"calibrating: {', '.join(s.name for s in batch)} ({sweep.calibration_steps} steps each)")
         procs = []
         for spec in batch:
@@ -466,8 +467,7 @@ def measure_throughput(setup: SweepSetup, specs: list[RunSpec], echo: Callable[[
             cache[keys[spec.config_hash]] = {"N": spec.N, **_calibration_result(spec, run_dir, wall)}
         _write_json(cache_path, cache)
     measured = [cache[keys[h]] for h in probes]
-    return Throughput("measured", tuple((m["N"], m["flops_per_s"]) for m in measured),
-                      runs_per_node=float(cluster.max_parallel_runs),
+    return Throughput("measured", tuple((m["N"], m["flops_per_s"]) for m in measured), runs_per_node=float(slots),
                       overhead_s=max(m["overhead_s"] for m in measured))
 
 

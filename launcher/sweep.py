@@ -21,11 +21,10 @@ from typing import Optional
 from launcher.errors import UserError
 from launcher.jobdb import ACTIVE, EXIT_CODE_STATES, FINAL, JobDB, RunRecord, fold_run_states
 from launcher.plan import Plan, RunSpec, build_plan, make_console, parse_args, print_plan, write_plan
-from launcher.schedulers.local import LocalProcess, parallel_slots
+from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
 
 POLL_S = 0.5
 STOP_GRACE_S = 300.0  # how long an interrupted run may take to write its checkpoint before it is killed
-INTERRUPTED = 130
 
 
 @contextmanager
@@ -70,6 +69,9 @@ class LocalSweepRunner:
         self.db, self.plan, self.console = db, plan, console
         cluster = plan.cluster
         self.slots = parallel_slots(cluster.max_parallel_runs, cluster.cores_per_run)
+        if self.slots < cluster.max_parallel_runs:
+            console.log(f"{self.slots} runs at once, not cluster.max_parallel_runs={cluster.max_parallel_runs}: "
+                        f"only {usable_cores()} cores for {cluster.cores_per_run} per run")
         self.specs = {spec.config_hash: spec for spec in plan.runs}
         self.active: dict[str, LocalProcess] = {}
         self.stop_signal: Optional[int] = None
@@ -221,7 +223,7 @@ def main(argv: list[str]) -> int:
     console.log(f"sweep {plan.sweep.name}: {summary} in {time.monotonic() - started:.0f} s ({plan.sweep_dir})")
     if not finished:
         console.log("stopped; run the same `ladder sweep` command again to continue")
-        return INTERRUPTED
+        return 128 + runner.stop_signal
     if not args.no_report:
         analyse(plan, console)
     return 0 if counts.get("completed", 0) == len(runs) else 1

@@ -159,3 +159,16 @@ def test_calibration_measures_and_is_cached(tmp_path):
 
 def test_merge_overrides_keeps_the_last_value_per_key():
     assert merge_overrides(["a=1", "b=2"], ["+a=3", "c=4"]) == ["b=2", "+a=3", "c=4"]
+
+
+def test_frontier_isoflop_plan_from_the_profile_peak():
+    p = plan("sweep=isoflop_frontier", "cluster=frontier", "cluster.allocation_node_hours=100")
+    assert p.throughput.source == "peak" and len({r.budget for r in p.runs}) == 3
+    for r in p.runs:  # node-hours: C over 8 GCDs x 191.5 TFLOP/s x 0.3 MFU, whatever the run's node count
+        assert r.est_node_hours == pytest.approx(r.C / (8 * 191.5e12 * 0.3) / 3600)
+        assert r.global_batch_tokens == 2097152 and r.D % 2097152 == 0 and r.steps >= 200
+        assert (r.nodes, r.ranks_per_run) == (8, 64)
+        assert "data=token_bin" in r.overrides("x") and "cluster=frontier" in r.overrides("x")
+    assert 70e6 < min(r.N for r in p.runs) < max(r.N for r in p.runs) < 3e9
+    with pytest.raises(UserError, match="more than the 100 left in the allocation"):
+        p.check_budget()
