@@ -1,14 +1,17 @@
 """Data: addressable batches, disjoint splits, token files, the stdlib corpus, digits, webdataset shards."""
+import dataclasses
 import io
 import struct
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
-from models import build_family
+from models import DATA_CONFIGS, build_family
 from models.data import (CLIP_MEAN, CLIP_STD, DIGIT_NAMES, ByteTokenizer, BytesData, DigitsData, DigitsSource,
                          epoch_positions, stdlib_corpus)
 
@@ -183,3 +186,14 @@ def test_webdataset_errors_name_the_field(tmp_path):
         build_family(TINY_CLIP, {"kind": "webdataset", "shards": str(tmp_path / "*.tar")}, 0)
     with pytest.raises(ValueError, match=r"^data\.shards: required"):
         build_family(TINY_CLIP, {"kind": "webdataset"}, 0)
+
+
+@pytest.mark.parametrize("kind", sorted(DATA_CONFIGS))
+def test_hydra_yaml_spells_out_every_data_field(kind):
+    path = Path(__file__).resolve().parent.parent / "hydra_configs" / "data" / f"{kind}.yaml"
+    text = path.read_text()
+    assert text.startswith("# @package data")
+    values = yaml.safe_load(text)
+    assert values.pop("kind") == kind
+    defaults = {f.name: f.default for f in dataclasses.fields(DATA_CONFIGS[kind])}
+    assert values == defaults
