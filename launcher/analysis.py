@@ -26,6 +26,7 @@ from launcher.errors import UserError
 FIT_FILE = "fit.json"
 CURVE_POINTS_PER_RUN = 200
 N_BOOT = 100
+BUDGET_ARGUMENT = "given by the caller (--budget-flops)"  # fit.json's budget_source when none was looked up
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -115,7 +116,7 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
 
     sweep_dir = Path(sweep_dir)
     collected = collected or collect_sweep(sweep_dir)
-    source = "given"
+    source = BUDGET_ARGUMENT
     if budget_flops is None:
         budget_flops, source = default_budget_flops(sweep_dir, collected)
     final_points, curve_points, inputs = fit_inputs(collected, budget_flops, n_boot, seed)
@@ -145,6 +146,12 @@ def _ci(ci, spec: str = ".3g") -> str:
     return f" [{_g(ci[0], spec)}, {_g(ci[1], spec)}]"
 
 
+def reason(part: dict, label: str) -> str:
+    """A part's error without the label the fitter put in front of it (the line already names the part)."""
+    error = str(part.get("error", ""))
+    return error[len(label) + 2:] if error.lower().startswith(label.lower() + ": ") else error
+
+
 def _param(fit: dict, approach: str, name: str) -> str:
     value = (fit.get(approach) or {}).get(name)
     ci = (((fit.get("bootstrap") or {}).get(approach) or {}).get("ci") or {}).get(name)
@@ -164,7 +171,7 @@ def summary_lines(fit: dict) -> list[str]:
                  f"resamples of the runs")
     rec = fit.get("recommendation") or {}
     if "error" in rec:
-        lines.append(f"recommendation: {rec['error']}")
+        lines.append(f"recommendation: {reason(rec, 'recommendation')}")
     else:
         lines += [f"budget C = {_g(rec.get('C'))} FLOPs ({inputs.get('budget_source', '')})",
                   f"  N_opt = {_g(rec.get('N_opt'))}{_ci(rec.get('N_opt_ci'))} parameters",
@@ -179,20 +186,22 @@ def summary_lines(fit: dict) -> list[str]:
         part = fit.get(approach) or {}
         if "error" in part and names != ("a", "b"):
             continue
-        body = part["error"] if "error" in part else ", ".join(_param(fit, approach, n) for n in names)
+        body = reason(part, approach.replace("approach", "approach ")) if "error" in part else \
+            ", ".join(_param(fit, approach, n) for n in names)
         lines.append(f"{title}: {body}")
     kaplan = fit.get("kaplan") or {}
     parts = []
     for key, exponent in (("L_N", "alpha_N"), ("L_D", "alpha_D")):
         part = kaplan.get(key) or {}
-        parts.append(f"{key}: {part['error']}" if "error" in part else f"{key}: {exponent} = {_g(part.get(exponent))}")
+        parts.append(f"{key}: " + (reason(part, f"kaplan L({key[-1]})") if "error" in part
+                                   else f"{exponent} = {_g(part.get(exponent))}"))
     lines.append("kaplan: " + "; ".join(parts))
     bnsl = fit.get("bnsl") or {}
-    lines.append("bnsl: " + (bnsl["error"] if "error" in bnsl else f"rmse(log loss) = {_g(bnsl.get('rmse_log'))}, "
+    lines.append("bnsl: " + (reason(bnsl, "bnsl") if "error" in bnsl else f"rmse(log loss) = {_g(bnsl.get('rmse_log'))}, "
                                                                   f"{len(bnsl.get('breaks') or [])} break(s)"))
     ext = fit.get("extrapolation") or {}
     if "error" in ext:
-        lines.append(f"extrapolation: {ext['error']}")
+        lines.append(f"extrapolation: {reason(ext, 'extrapolation')}")
     else:
         lines.append(f"extrapolation to the held-out largest budget C = {_g(ext.get('C'))} "
                      f"(observed N_opt {_g((ext.get('observed') or {}).get('N_opt'))} from the "
@@ -200,7 +209,7 @@ def summary_lines(fit: dict) -> list[str]:
         for approach in ("approach2", "approach3"):
             part = ext.get(approach) or {}
             if "error" in part:
-                lines.append(f"  {approach}: {part['error']}")
+                lines.append(f"  {approach}: {reason(part, approach.replace('approach', 'approach '))}")
             else:
                 lines.append(f"  {approach}: N_opt error {100 * part['rel_error_N_opt']:+.1f}%, "
                              f"loss error {100 * part['rel_error_loss']:+.2f}%")

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from launcher.analysis import FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, summary_lines
+from launcher.analysis import BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, reason, summary_lines
 from launcher.collect import Collected, collect_sweep, parse_sweep_args
 
 REPORT_FILE = "report.html"
@@ -114,13 +114,16 @@ def plot_loss_curves(ax, collected: Collected) -> None:
             ax.plot(C[ok], loss[ok], color="0.6", lw=0.8, ls="--")
             continue
         ax.plot(C[ok], loss[ok], color=cmap(norm(r.meta.N)), lw=0.9, alpha=0.85)
+        val = np.isfinite(curve.val_loss) & (curve.C > 0)
+        ax.plot(curve.C[val], curve.val_loss[val], ":", marker=".", ms=3, lw=0.9, color=cmap(norm(r.meta.N)))
         if r.loss is not None and r.state == "completed":
             ax.plot([r.C], [r.loss], "o", ms=3.5, color=cmap(norm(r.meta.N)), mec="k", mew=0.4)
     ax.set_xscale("log")
     _log_y_plain(ax)
     ax.set_xlabel("training FLOPs so far")
-    ax.set_ylabel("train loss (dots: final loss)")
-    finite = np.concatenate([collected.curves[r.name].train_loss for r in runs if not r.diverged] or [np.ones(1)])
+    ax.set_ylabel("loss: train (solid), validation (dotted)")
+    finite = np.concatenate([np.r_[collected.curves[r.name].train_loss, collected.curves[r.name].val_loss]
+                             for r in runs if not r.diverged] or [np.ones(1)])
     finite = finite[np.isfinite(finite)]
     if finite.size:
         ax.set_ylim(finite.min() * 0.97, min(finite.max(), np.percentile(finite, 99.5)) * 1.03)
@@ -300,8 +303,8 @@ pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:10px;w
 
 WIDE_PLOTS = {"frontier"}
 CAPTIONS = {
-    "loss_curves": "Train loss against training FLOPs for every run (log-log), coloured by parameter count; "
-                   "dots mark the final loss the fits use.",
+    "loss_curves": "Train (solid) and validation (dotted) loss against training FLOPs for every run (log-log), "
+                   "coloured by parameter count; large dots mark the final loss the fits use.",
     "isoflop": "Final loss against model size within each FLOP budget, the parabola in ln N fitted to each "
                "budget (approach 2) and its minimum.",
     "frontier": "The fitted compute-optimal N_opt(C) and D_opt(C) of each approach, with bootstrap 95% bands, "
@@ -343,17 +346,17 @@ def _fit_table(fit: dict) -> str:
         part = fit.get(approach) or {}
         if "error" in part:
             rows.append(f'<tr><td class="l">{_e(title)}</td><td class="l" colspan="{len(names)}">'
-                        f'<span class="error">{_e(part["error"])}</span></td></tr>')
+                        f'<span class="error">{_e(reason(part, title.split(":")[0]))}</span></td></tr>')
         else:
             rows.append(f'<tr><td class="l">{_e(title)}</td>' + "".join(_cell(fit, approach, n) for n in names) + "</tr>")
     kaplan = fit.get("kaplan") or {}
     for key, exponent, scale in (("L_N", "alpha_N", "Nc"), ("L_D", "alpha_D", "Dc")):
         part = kaplan.get(key) or {}
-        text = _e(part["error"]) if "error" in part else \
+        text = _e(reason(part, f"kaplan L({key[-1]})")) if "error" in part else \
             f"L = ({scale}/x)^{exponent}: {exponent} = {sci(part.get(exponent))}, {scale} = {sci(part.get(scale))}"
         rows.append(f'<tr><td class="l">Kaplan {key}</td><td class="l" colspan="{len(names)}">{text}</td></tr>')
     bnsl = fit.get("bnsl") or {}
-    text = _e(bnsl["error"]) if "error" in bnsl else \
+    text = _e(reason(bnsl, "bnsl")) if "error" in bnsl else \
         f"loss against C, {len(bnsl.get('breaks') or [])} break(s), rmse(log loss) = {sci(bnsl.get('rmse_log'))}"
     rows.append(f'<tr><td class="l">BNSL</td><td class="l" colspan="{len(names)}">{text}</td></tr>')
     return f'<table><tr><th class="l">law</th>{head}</tr>{"".join(rows)}</table>'
@@ -362,13 +365,14 @@ def _fit_table(fit: dict) -> str:
 def _extrapolation(fit: dict) -> str:
     ext = fit.get("extrapolation") or {}
     if "error" in ext:
-        return f'<p class="meta">{_e(ext["error"])}</p>'
+        return f'<p class="meta">{_e(reason(ext, "extrapolation"))}</p>'
     seen = ext.get("observed") or {}
     rows = []
     for approach in ("approach2", "approach3"):
         part = ext.get(approach) or {}
         if "error" in part:
-            rows.append(f'<tr><td class="l">{approach}</td><td class="l" colspan="4">{_e(part["error"])}</td></tr>')
+            rows.append(f'<tr><td class="l">{approach}</td><td class="l" colspan="4">'
+                        f'{_e(reason(part, approach.replace("approach", "approach ")))}</td></tr>')
         else:
             rows.append(f'<tr><td class="l">{approach}</td><td>{si(part["N_opt"])}</td>'
                         f'<td>{100 * part["rel_error_N_opt"]:+.1f}%</td><td>{part["loss_opt"]:.4g}</td>'
@@ -466,7 +470,7 @@ def _current_fit(sweep_dir: Path, collected: Collected) -> dict:
         if inputs["fingerprint"] == fingerprint(collected.final_points, logged, inputs["budget_flops"],
                                                 inputs["n_boot"], inputs["seed"]):
             return fit
-        budget = inputs["budget_flops"] if inputs.get("budget_source") == "given" else None
+        budget = inputs["budget_flops"] if inputs.get("budget_source") == BUDGET_ARGUMENT else None
         return fit_sweep_dir(sweep_dir, budget, n_boot=inputs["n_boot"], seed=inputs["seed"], collected=collected)
     except (OSError, ValueError, KeyError, TypeError):
         return fit_sweep_dir(sweep_dir, n_boot=N_BOOT, collected=collected)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from launcher import cli
-from launcher.analysis import fit_sweep_dir
+from launcher.analysis import BUDGET_ARGUMENT, fit_sweep_dir, reason
 from launcher.report import PLOTS_DIR, si, sci, write_report
 from test_collect import LAW, curve_records, isoflop_specs, make_sweep, spec, write_metrics
 
@@ -76,7 +76,7 @@ def test_ladder_fit_cli(law_sweep, tmp_path, capsys):
     assert cli.main(["fit", "sweep=copy", f"sweeps_root={tmp_path}", "--json", "--n-boot", "5",
                      "--budget-flops", "1e18"]) == 0
     fit = json.loads(capsys.readouterr().out)
-    assert fit["recommendation"]["C"] == 1e18 and fit["inputs"]["budget_source"] == "given"
+    assert fit["recommendation"]["C"] == 1e18 and fit["inputs"]["budget_source"] == BUDGET_ARGUMENT
     csv = tmp_path / "points.csv"
     csv.write_text("N,D,loss\n" + "".join(f"{n},{20 * n},{2 + 100 / n ** 0.3}\n" for n in (1e6, 1e7, 1e8)))
     assert cli.main(["fit", "--points", str(csv), "--approach", "kaplan", "--n-col", "N", "--d-col", "D",
@@ -131,7 +131,8 @@ def test_report_when_the_fit_fails(tmp_path, capsys):
     assert '<td class="l">c</td><td class="l">diverged</td>' in page
     assert "<td>1.250</td>" in page  # a's and b's exact FLOPs are 1.25 x 6ND
     summary = (sweep_dir / "summary.txt").read_text()
-    assert f"approach 3 (L = E + A/N^alpha + B/D^beta): {fit['approach3']['error']}" in summary
+    assert f"approach 3 (L = E + A/N^alpha + B/D^beta): {reason(fit['approach3'], 'approach 3')}" in summary
+    assert "approach 3: approach 3" not in summary
 
     # nothing completed at all: fit.json holds the error, the page shows it
     make_sweep(tmp_path, "e", [spec("e", "x", 10_000, 10**5)], {"x": "running"})
