@@ -250,15 +250,6 @@ class Plan:
         return sum(r.est_node_hours for r in self.runs)
 
     @property
-    def wall_hours(self) -> Optional[float]:
-        """Rough wall time when the runs share the allocation's nodes perfectly (the local runner's slots)."""
-        if self.throughput is None:
-            return None
-        parallel = max(1, min(self.cluster.max_parallel_runs, len(self.runs))) if self.cluster.scheduler == "local" \
-            else 1
-        return sum(self.throughput.wall_s(r) for r in self.runs) / parallel / 3600.0
-
-    @property
     def budget_flops(self) -> float:
         """The compute budget to recommend N_opt, D_opt for: the sweep's, or what the allocation buys."""
         if self.sweep.budget_flops is not None:
@@ -273,7 +264,7 @@ class Plan:
                 "sweep_dir": str(self.sweep_dir), "runs": [r.to_json() for r in self.runs],
                 "dropped": self.dropped,
                 "throughput": None if self.throughput is None else dataclasses.asdict(self.throughput),
-                "total_node_hours": self.total_node_hours, "wall_hours": self.wall_hours,
+                "total_node_hours": self.total_node_hours,
                 "allocation_node_hours": self.cluster.allocation_node_hours, "budget_flops": self.budget_flops}
 
     def check_budget(self, over_budget_ok: bool = False) -> None:
@@ -557,7 +548,8 @@ def print_plan(plan: Plan, console=None) -> None:
               "measured": "measured by calibration"}[plan.throughput and plan.throughput.source]
     console.print(f"{len(plan.runs)} runs, C total {sum(r.C for r in plan.runs):.3e} FLOPs; speed: {source}")
     if total is not None:
-        wall = f", about {plan.wall_hours * 60:.1f} min of wall time" if plan.cluster.scheduler == "local" else ""
+        # this machine is the one node: its node-hours are the wall time of the local runner
+        wall = f", about {total * 60:.1f} min of wall time" if plan.cluster.scheduler == "local" else ""
         left_text = "no allocation limit" if left is None else f"{left:.4g} node-hours left in the allocation"
         console.print(f"total {total:.4g} node-hours{wall}; {left_text}")
     console.print(f"recommendation budget: C = {plan.budget_flops:.3e} FLOPs")

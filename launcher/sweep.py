@@ -9,9 +9,9 @@ checkpoints when the command is started again, and a failed run is retried until
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -157,16 +157,13 @@ class LocalSweepRunner:
         progress.update(overall, completed=sum(1 for r in runs.values() if r.state in FINAL))
         for digest, task in bars.items():
             record = last_record(Path(runs[digest].run_dir) / "metrics.jsonl")
-            if record:
-                loss = record.get("val_loss") or record.get("train_loss")
+            if record and isinstance(record.get("train_loss"), float):
                 progress.update(task, completed=record.get("step", 0),
-                                description=f"{runs[digest].name} loss {loss:.3f}" if loss else runs[digest].name)
+                                description=f"{runs[digest].name} loss {record['train_loss']:.3f}")
 
 
 def last_record(path: Path, tail_bytes: int = 4096) -> Optional[dict]:
     """The last complete line of a metrics.jsonl, read from its tail only (files grow for hours)."""
-    import json
-
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
