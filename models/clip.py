@@ -124,7 +124,7 @@ class CLIP(nn.Module):
         self.ln_final = nn.LayerNorm(tw, eps=cfg.layernorm_eps)
         self.text_proj = nn.Parameter(torch.empty(tw, cfg.embed_dim))
 
-        self.logit_scale = nn.Parameter(torch.empty(()))
+        self.logit_scale = nn.Parameter(torch.empty(1))  # not 0-d: DeepSpeed broadcasts bf16 as a byte view
         self.reset_parameters()
 
     @torch.no_grad()
