@@ -4,8 +4,10 @@ Architecture of EleutherAI's gpt-neox as used for Pythia: parallel residual with
 LayerNorms, ``x + attn(ln_attn(x)) + mlp(ln_mlp(x))``; partial rotary embeddings (rotate-half) on the
 first ``rotary_pct`` of every head; one fused, head-interleaved QKV projection with bias (the layout of
 gpt-neox checkpoints, so Hugging Face weights load by renaming alone); untied input and output
-embeddings; a final LayerNorm. The accounting (``param_counts``, ``flops_per_token``) lives here,
-beside the model it describes, and every FLOP number in scaleladder comes from ``flops_per_token``.
+embeddings; a final LayerNorm. Training calls ``model(input_ids, labels)``, which fuses the output
+layer with the cross-entropy (``linear_cross_entropy``). The accounting (``param_counts``,
+``flops_per_token``) lives here, beside the model it describes, and every FLOP number in
+scaleladder comes from ``flops_per_token``.
 """
 from __future__ import annotations
 
