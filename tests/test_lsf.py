@@ -7,8 +7,11 @@ cannot run here, which checks our parsing and command lines, not LSF itself.
 """
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,23 @@ from launcher.schedulers.lsf import (LsfRecord, LsfScheduler, dependency_conditi
                                      walltime, warning_minutes)
 
 DATA = Path(__file__).parent / "data" / "lsf"
+GOLDEN = Path(__file__).parent / "golden" / "summit"
+
+
+def assert_golden(name: str, text: str, replace: dict[str, str]) -> None:
+    """Compare with tests/golden/summit/<name> after putting placeholders for this machine's paths."""
+    for value, placeholder in sorted(replace.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(value, placeholder)
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from the golden file (UPDATE_GOLDEN=1 rewrites it)"
+
+
+def shellcheck(path: Path) -> None:
+    done = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def recorded(name: str) -> str:
@@ -38,7 +58,7 @@ class FakeLsf:
         bin_dir.mkdir(parents=True)
         for name in ("bsub", "bjobs", "bkill", "brequeue"):
             (bin_dir / name).symlink_to(DATA / "bin" / "recorded")
-        monkeypatch.setenv("PATH", f"{bin_dir}:{shutil.os.environ['PATH']}")
+        monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
         monkeypatch.setenv("FAKE_LSF_DIR", str(self.dir))
 
     def answer(self, command: str, out: str | None = None, err: str | None = None, rc: int = 0) -> None:
@@ -60,6 +80,24 @@ class FakeLsf:
 @pytest.fixture
 def fake_lsf(tmp_path, monkeypatch) -> FakeLsf:
     return FakeLsf(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def local_lsf(tmp_path, monkeypatch) -> Path:
+    """The local LSF stand-in (tests/data/lsf/bin/local-lsf, which runs job scripts here) on PATH."""
+    bin_dir = tmp_path / "local-lsf" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("bsub", "bjobs", "bkill", "brequeue"):
+        (bin_dir / name).symlink_to(DATA / "bin" / "local-lsf")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_LSF_DIR", str(tmp_path / "local-lsf"))
+    monkeypatch.chdir(tmp_path)
+    # jobs unpickle functions defined in the test modules: LSF passes the submission environment on
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    yield tmp_path / "local-lsf"
+    for job_dir in (tmp_path / "local-lsf" / "jobs").glob("[0-9]*"):  # leave nothing running
+        if any(json.loads(p.read_text())["stat"] in ("PEND", "RUN") for p in job_dir.glob("elem-*.json")):
+            subprocess.run(["bkill", job_dir.name], capture_output=True)
 
 
 # --- bsub ---------------------------------------------------------------------------------------------

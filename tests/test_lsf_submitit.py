@@ -8,10 +8,7 @@ function really runs, returns its result, and survives a walltime warning by che
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,26 +19,7 @@ import submitit
 from launcher.errors import UserError
 from launcher.schedulers.submitit_lsf import LsfExecutor, LsfJob, LsfJobEnvironment, load_profile, lsf_id, \
     submitit_id
-from test_lsf import DATA, FakeLsf
-
-GOLDEN = Path(__file__).parent / "golden" / "summit"
-
-
-def assert_golden(name: str, text: str, replace: dict[str, str]) -> None:
-    """Compare with tests/golden/summit/<name> after putting placeholders for this machine's paths."""
-    for value, placeholder in sorted(replace.items(), key=lambda kv: -len(kv[0])):
-        text = text.replace(value, placeholder)
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text(), f"{name} differs from the golden file (UPDATE_GOLDEN=1 rewrites it)"
-
-
-def shellcheck(path: Path) -> None:
-    done = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-
+from test_lsf import FakeLsf, assert_golden, local_lsf, shellcheck  # noqa: F401 (local_lsf: a fixture)
 
 def add(a, b):
     return a + b
@@ -52,23 +30,6 @@ def recorded_lsf(tmp_path, monkeypatch) -> FakeLsf:
     fake = FakeLsf(tmp_path, monkeypatch)
     fake.answer("bsub", out="bsub_submitted.txt")
     return fake
-
-
-@pytest.fixture
-def local_lsf(tmp_path, monkeypatch) -> Path:
-    bin_dir = tmp_path / "local-lsf" / "bin"
-    bin_dir.mkdir(parents=True)
-    for name in ("bsub", "bjobs", "bkill", "brequeue"):
-        (bin_dir / name).symlink_to(DATA / "bin" / "local-lsf")
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_LSF_DIR", str(tmp_path / "local-lsf"))
-    monkeypatch.chdir(tmp_path)
-    # the job unpickles functions defined in this module: LSF passes the submission environment on
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    yield tmp_path / "local-lsf"
-    for job_dir in (tmp_path / "local-lsf" / "jobs").glob("[0-9]*"):  # leave nothing running
-        if any(json.loads(p.read_text())["stat"] in ("PEND", "RUN") for p in job_dir.glob("elem-*.json")):
-            subprocess.run(["bkill", job_dir.name], capture_output=True)
 
 
 def final_state(job: LsfJob, timeout_s: float = 30.0) -> str:
