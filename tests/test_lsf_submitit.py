@@ -8,7 +8,6 @@ function really runs, returns its result, and survives a walltime warning by che
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path

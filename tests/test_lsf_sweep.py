@@ -10,7 +10,6 @@ job's continuation and `ladder status`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

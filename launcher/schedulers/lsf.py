@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Optional
 
 from launcher.cluster import ClusterProfile
