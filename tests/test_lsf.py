@@ -235,6 +235,14 @@ def test_requeue_and_signal(fake_lsf, summit):
     assert fake_lsf.calls()[-2:] == [["brequeue", "4242"], ["bkill", "-s", "USR2", "4242"]]
 
 
+def test_queued_jobs_counts_unfinished_jobs_and_elements(fake_lsf, summit):
+    fake_lsf.answer("bjobs", out="bjobs_jobid_noheader.txt")
+    assert summit.queued_jobs() == 4
+    assert fake_lsf.calls() == [["bjobs", "-o", "jobid", "-noheader"]]
+    fake_lsf.answer("bjobs", err="bjobs_no_unfinished.txt", rc=255)
+    assert summit.queued_jobs() == 0
+
+
 def test_array_ids_between_the_adapter_and_lsf():
     assert to_lsf("4300_0") == "4300[1]" and to_lsf("4300") == "4300" and to_lsf("4300[2]") == "4300[2]"
     assert from_lsf("4300[1]") == "4300_0" and from_lsf("4300") == "4300"

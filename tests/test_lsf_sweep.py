@@ -47,18 +47,27 @@ def test_render_writes_the_golden_scripts(name, overrides, tmp_path, monkeypatch
     assert text.count(f"jsrun -n{ranks} -a1 -c7 -g1 -r{min(ranks, 6)} -bpacked:7 ") == len(runs)
 
 
-DRY_RUN = ["sweep=tiny", "sweep.budgets=[1.0e+10,2.0e+10]", "sweep.params=[60000]",
-           "sweep.overrides=['train.micro_batch_size=8','train.val_every=1000','train.checkpoint_every=1000']",
-           "cluster=summit",
-           "cluster.step_launcher=local", "cluster.modules=[]", "cluster.device=cpu", "cluster.dist_backend=gloo",
-           "cluster.precision=fp32", "cluster.network_interface=null"]
-
-
 def ladder(*args: str, cwd: Path) -> str:
     done = subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def test_ladder_render_writes_bsub_scripts_into_out(tmp_path):
+    printed = ladder("render", "sweep=tiny", *SUMMIT, f"sweeps_root={tmp_path}/sweeps", f"out={tmp_path}/out",
+                     "--no-calibrate", cwd=tmp_path)
+    [script] = [Path(line) for line in printed.split()]
+    assert script.parent == tmp_path / "out" and script.suffix == ".lsf"
+    assert script.read_text().startswith('#!/bin/bash\n#BSUB -J "tiny-001"\n#BSUB -P "ABC123"\n')
+    assert not (tmp_path / "sweeps" / "tiny" / "jobs").exists()  # rendering submits nothing
+
+
+DRY_RUN = ["sweep=tiny", "sweep.budgets=[1.0e+10,2.0e+10]", "sweep.params=[60000]",
+           "sweep.overrides=['train.micro_batch_size=8','train.val_every=1000','train.checkpoint_every=1000']",
+           "cluster=summit",
+           "cluster.step_launcher=local", "cluster.modules=[]", "cluster.device=cpu", "cluster.dist_backend=gloo",
+           "cluster.precision=fp32", "cluster.network_interface=null"]
 
 
 def wait_for(what: str, check, timeout_s: float = 300.0):
