@@ -255,21 +255,20 @@ def _fast_columns(data: bytes) -> Optional[_Columns]:
         start, end = spans
         lines = np.searchsorted(ends, start)
         if key == "val_loss":
-            logged = (end - start != 4) | (buf[start] != ord("n"))  # "val_loss": null is not logged
-            start, end, lines = start[logged], end[logged], lines[logged]
             if len(np.unique(lines)) != len(lines):
                 return None
         elif not np.array_equal(lines, every_line):
             return None
         field_start[lines, j], field_len[lines, j] = start, end - start
-    val_lines = lines
     rows = _gather_rows(buf, field_start, field_len)
     val, val_logged = np.full(n, np.nan), np.zeros(n, dtype=bool)
-    val_logged[val_lines] = True
+    val_logged[lines] = True
+    number = (end - start != 4) | (buf[start] != ord("n"))  # the runtime writes a non-finite loss as null
     try:
         numbers = np.loadtxt(rows.splitlines(), delimiter=",", usecols=(0, 1, 2, 3), dtype=np.float64,
-                             ndmin=2).T
-        val[val_lines] = np.array([data[a:b] for a, b in zip(start.tolist(), end.tolist())]).astype(np.float64)
+                             comments=None, ndmin=2).T
+        val[lines[number]] = np.array([data[a:b] for a, b in zip(start[number].tolist(), end[number].tolist())],
+                                      dtype=bytes).astype(np.float64)
     except ValueError:
         return None
     if not np.array_equal(numbers[0], np.round(numbers[0])):
@@ -303,20 +302,21 @@ def _careful_columns(data: bytes, issues: list[str]) -> Optional[_Columns]:
         if missing:
             bad.append(f"line {number}: missing {', '.join(missing)}")
             continue
-        try:
-            step, tokens, loss = _number(record["step"]), _number(record["tokens"]), _number(record["train_loss"])
-            flops = math.nan if record.get("flops") is None else _number(record["flops"])
-            val = None if record.get("val_loss") is None else _number(record["val_loss"])
+        try:  # the runtime writes a non-finite loss as null: NaN here, so that the run counts as diverged
+            step, tokens = _number(record["step"]), _number(record["tokens"])
+            flops, loss, val = (math.nan if record.get(k) is None else _number(record[k])
+                                for k in ("flops", "train_loss", "val_loss"))
         except TypeError:
             bad.append(f"line {number}: step, tokens, flops, train_loss or val_loss is not a number")
             continue
         if not step.is_integer():
             bad.append(f"line {number}: step {record['step']!r} is not an integer")
             continue
-        rows.append((step, tokens, flops, loss, math.nan if val is None else val, val is not None))
+        rows.append((step, tokens, flops, loss, val, "val_loss" in record))
         texts.append(",".join([json.dumps(record[k]) for k in ("step", "tokens")]
-                              + ["" if math.isnan(flops) else json.dumps(record["flops"]),
-                                 json.dumps(record["train_loss"]), "" if val is None else json.dumps(record["val_loss"])]))
+                              + ["" if record.get("flops") is None else json.dumps(record["flops"]),
+                                 json.dumps(record["train_loss"]),
+                                 json.dumps(record["val_loss"]) if "val_loss" in record else ""]))
     if bad:
         shown = "; ".join(bad[:3]) + (f"; ... ({len(bad) - 3} more)" if len(bad) > 3 else "")
         issues.append(f"{len(bad)} bad line(s) dropped: {shown}")

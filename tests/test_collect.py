@@ -127,22 +127,25 @@ def test_clean_sweep_points_and_csv(tmp_path):
 def test_fast_path_agrees_with_json_per_line():
     s = spec("s", "a", 50_000, 10**6, steps=80)
     records = curve_records(s)
-    records[7]["val_loss"] = None  # a writer may log null
-    for compact in (True, False):
-        for shuffle in (False, True):
-            rows = [dict(reversed(list(r.items()))) if shuffle else r for r in records]
-            sep = (",", ":") if compact else (", ", ": ")
-            data = "".join(json.dumps(r, separators=sep) + "\n" for r in rows).encode()
-            fast, careful = _fast_columns(data), _careful_columns(data, [])
-            assert fast is not None
-            np.testing.assert_array_equal(fast.numbers, careful.numbers)
-            np.testing.assert_array_equal(fast.val, careful.val)
-            np.testing.assert_array_equal(fast.val_logged, careful.val_logged)
-            assert fast.rows == careful.rows
+    records[7]["val_loss"] = None  # the runtime logs a non-finite loss as null
+    as_floats = [dict(r, flops=r["flops"] * 1.0, tokens=r["tokens"] * 1.0) for r in records]  # "4096.0"
+    for compact, shuffle, rows in [(True, False, records), (False, False, records), (True, True, records),
+                                   (False, True, as_floats)]:
+        if shuffle:
+            rows = [dict(reversed(list(r.items()))) for r in rows]
+        sep = (",", ":") if compact else (", ", ": ")
+        data = "".join(json.dumps(r, separators=sep) + "\n" for r in rows).encode()
+        fast, careful = _fast_columns(data), _careful_columns(data, [])
+        assert fast is not None
+        np.testing.assert_array_equal(fast.numbers, careful.numbers)
+        np.testing.assert_array_equal(fast.val, careful.val)
+        np.testing.assert_array_equal(fast.val_logged, careful.val_logged)
+        assert fast.rows == careful.rows
+    assert fast.rows.startswith(b"1,12500.0,") and fast.val_logged.sum() == 5 and np.isnan(fast.val[7])
 
 
 def test_broken_files_are_skipped_or_cleaned_and_reported(tmp_path):
-    names = ["good", "resumed", "truncated", "corrupt", "garbage", "empty", "missing", "nan", "diverged",
+    names = ["good", "resumed", "truncated", "corrupt", "garbage", "empty", "missing", "nan", "null", "diverged",
              "running", "planned", "stale_val"]
     specs = {n: spec("b", n, 20_000 + 1000 * i, 10**6, steps=40) for i, n in enumerate(names)}
     states = {"diverged": "diverged", "running": "running", "planned": "planned"}
@@ -169,6 +172,9 @@ def test_broken_files_are_skipped_or_cleaned_and_reported(tmp_path):
     nan = records["nan"]
     nan[30]["train_loss"] = math.nan
     write_metrics(runs / "nan", nan, compact=False)
+    null = records["null"]  # the runtime logs a non-finite loss as null
+    null[19]["val_loss"] = None
+    write_metrics(runs / "null", null)
     stale = [{k: v for k, v in r.items() if k != "val_loss" or r["step"] <= 20} for r in records["stale_val"]]
     write_metrics(runs / "stale_val", stale)
 
@@ -184,6 +190,7 @@ def test_broken_files_are_skipped_or_cleaned_and_reported(tmp_path):
         in warnings
     assert "resumed: 10 record(s) repeated by a resume" in warnings
     assert "nan: diverged (non-finite loss at step 31)" in warnings
+    assert "null: diverged (non-finite loss at step 20)" in warnings
     assert "diverged: diverged (state diverged)" in warnings
     assert "1 run(s) not started yet (planned)" in warnings
     assert "running running" in warnings
@@ -203,7 +210,7 @@ def test_broken_files_are_skipped_or_cleaned_and_reported(tmp_path):
     assert in_fit == {"good", "resumed", "truncated", "corrupt", "stale_val", "running"}
     with open(collected.csv_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert {r["run"] for r in rows if r["diverged"] == "1"} == {"nan", "diverged"}
+    assert {r["run"] for r in rows if r["diverged"] == "1"} == {"nan", "null", "diverged"}
     assert sum(r["run"] == "resumed" for r in rows) == 40
 
 
