@@ -476,13 +476,17 @@ def _current_fit(sweep_dir: Path, collected: Collected) -> dict:
         return fit_sweep_dir(sweep_dir, n_boot=N_BOOT, collected=collected)
 
 
-def write_report(sweep_dir: str | os.PathLike, *, wandb_mode: Optional[str] = None) -> Path:
-    """plots/*.png, report.html, summary.txt and (unless W&B is disabled) the W&B summary run of a sweep."""
+def write_report(sweep_dir: str | os.PathLike, *, wandb_mode: Optional[str] = None,
+                 collected: Optional[Collected] = None) -> Path:
+    """plots/*.png, report.html, summary.txt and (unless W&B is disabled) the W&B summary run of a sweep.
+
+    ``collected``: the sweep as just collected, to save collecting it again.
+    """
     from launcher.analysis import write_text
     from launcher.wandb_sync import log_summary_run
 
     sweep_dir = Path(sweep_dir)
-    collected = collect_sweep(sweep_dir)
+    collected = collected or collect_sweep(sweep_dir)
     fit = _current_fit(sweep_dir, collected)
     plots = make_plots(sweep_dir, collected, fit)
     summary = summary_lines(fit)
