@@ -5,11 +5,11 @@ run's size and plan (N, N_non_embedding, D, C, budget, family) come from the job
 ``plan.json``, else from the run's own ``config.yaml``; its state from the database, unless the run's
 ``state.json`` already reports an end the database has not folded in yet.
 
-A sweep of thousands of runs must be collected in seconds, so a file is first read by a fast path (one
-regular-expression scan per needed key over the whole file, numbers parsed by numpy, rows of
-``curves.csv`` assembled from the file's own number text); any file the fast path cannot prove
-well-formed is read again line by line with ``json.loads``, which finds and reports the bad lines.
-Files are parsed in worker processes when there are many.
+A sweep of thousands of runs must be collected in seconds, so a file is first read by a fast path:
+numpy finds the keys and their values in the whole file at once (quotes, colons, line ends), parses the
+needed numbers in one call, and assembles the rows of ``curves.csv`` from the file's own number text.
+Any file the fast path cannot prove well-formed is read again line by line with ``json.loads``, which
+finds and reports the bad lines. Files are parsed in worker processes when there are many.
 
 Nothing a run left behind makes collection fail: a missing, empty or unreadable file skips the run
 (``Collected.skipped``); bad lines (cut, not JSON, missing keys) are dropped with a warning; a run that
@@ -98,7 +98,8 @@ def _meta_from_config(run_dir: Path) -> RunMeta:
     acct = accounting(family)
     cfg = acct.config(**model)
     n_total, n_ne = acct.param_counts(cfg)
-    tokens = int(config["train"]["tokens"])
+    train = config["train"]
+    tokens = int(train["tokens"] or train["max_steps"] * train["global_batch_tokens"])
     return RunMeta(run_dir.name, family, n_total, n_ne, tokens, float(acct.flops_per_token(cfg)) * tokens, None,
                    run_dir, "unknown", "config.yaml")
 
@@ -193,7 +194,7 @@ class _Columns(NamedTuple):
 
 
 _QUOTE, _COLON, _COMMA, _NEWLINE, _SPACE = (ord(c) for c in '":,\n ')
-_OPEN, _CLOSE, _BACKSLASH = ord("{"), ord("}"), ord("\\")
+_OPEN, _CLOSE = ord("{"), ord("}")
 
 
 def _key_spans(buf: np.ndarray, key_start: np.ndarray, key_len: np.ndarray, key: bytes, quotes: np.ndarray,
@@ -261,14 +262,16 @@ def _fast_columns(data: bytes) -> Optional[_Columns]:
             return None
         field_start[lines, j], field_len[lines, j] = start, end - start
     rows = _gather_rows(buf, field_start, field_len)
+    val_lines, val_start, val_end = lines, start, end  # the loop's last key
     val, val_logged = np.full(n, np.nan), np.zeros(n, dtype=bool)
-    val_logged[lines] = True
-    number = (end - start != 4) | (buf[start] != ord("n"))  # the runtime writes a non-finite loss as null
+    val_logged[val_lines] = True
+    number = (val_end - val_start != 4) | (buf[val_start] != ord("n"))  # the runtime writes non-finite as null
     try:
         numbers = np.loadtxt(rows.splitlines(), delimiter=",", usecols=(0, 1, 2, 3), dtype=np.float64,
                              comments=None, ndmin=2).T
-        val[lines[number]] = np.array([data[a:b] for a, b in zip(start[number].tolist(), end[number].tolist())],
-                                      dtype=bytes).astype(np.float64)
+        val[val_lines[number]] = np.array([data[a:b] for a, b in zip(val_start[number].tolist(),
+                                                                     val_end[number].tolist())],
+                                          dtype=bytes).astype(np.float64)
     except ValueError:
         return None
     if not np.array_equal(numbers[0], np.round(numbers[0])):
@@ -553,6 +556,9 @@ def _summarise(meta: RunMeta, parsed: _Parsed, warnings: list[str]) -> Collected
         why = "state diverged" if meta.state == "diverged" else f"non-finite loss at step {parsed.nonfinite_step}"
         warnings.append(f"{meta.name}: diverged ({why}): kept out of the fits")
         return run
+    if meta.state == "unknown" and run.D >= meta.D:
+        meta.state = "completed"
+        warnings.append(f"{meta.name}: no state recorded; its curve reached its {meta.D:.4g} tokens: completed")
     run.loss, run.loss_source = _final_loss(curve)
     if meta.state == "completed" and run.D < 0.99 * meta.D:
         warnings.append(f"{meta.name}: completed, but its metrics end at {run.D:.4g} of {meta.D:.4g} tokens")

@@ -250,3 +250,16 @@ def test_ladder_collect_cli(tmp_path, capsys):
     assert cli.main(["collect", "sweep=nope", f"sweeps_root={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sweep=nope: no sweep directory" in err
+
+
+def test_a_plan_json_sweep_without_states(tmp_path):
+    """No job database and no state.json (a sweep copied without them): a curve that reached D is complete."""
+    done, cut = spec("p", "done", 20_000, 10**6, steps=30), spec("p", "cut", 40_000, 10**6, steps=30)
+    sweep_dir = tmp_path / "p"
+    write_metrics(sweep_dir / "runs" / "done", curve_records(done))
+    write_metrics(sweep_dir / "runs" / "cut", curve_records(cut)[:20])
+    (sweep_dir / "plan.json").write_text(json.dumps({"runs": [done.to_json(), cut.to_json()]}))
+    collected = collect_sweep(sweep_dir)
+    assert {r.name: r.state for r in collected.runs} == {"done": "completed", "cut": "unknown"}
+    assert [p["name"] for p in collected.final_points] == ["done"]
+    assert "done: no state recorded; its curve reached its 1e+06 tokens: completed" in collected.warnings
