@@ -124,6 +124,14 @@ def test_a_submitted_function_runs_and_returns(local_lsf, tmp_path):
     assert final_state(jobs[1]) == "DONE"
 
 
+def test_cancel_kills_the_job(local_lsf, tmp_path):
+    executor = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="lsf", lsf_profile=summit_here())
+    job = executor.submit(time.sleep, 600)
+    job.cancel()
+    assert final_state(job) == "EXIT"
+    assert job.watcher.get_info(job.job_id, mode="force")["ExitReason"].startswith("TERM_OWNER")
+
+
 class Countdown(submitit.helpers.Checkpointable):
     """Counts to `target`; the first run stops one short and waits for the walltime warning (at most 60 s)."""
 
