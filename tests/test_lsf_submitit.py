@@ -16,9 +16,16 @@ import pytest
 import submitit
 
 from launcher.errors import UserError
-from launcher.schedulers.submitit_lsf import LsfExecutor, LsfJob, LsfJobEnvironment, load_profile, lsf_id, \
-    submitit_id
+from launcher.schedulers.submitit_lsf import LsfExecutor, LsfInfoWatcher, LsfJob, LsfJobEnvironment, load_profile, \
+    lsf_id, submitit_id
 from test_lsf import FakeLsf, assert_golden, local_lsf, shellcheck  # noqa: F401 (local_lsf: a fixture)
+
+
+@pytest.fixture(autouse=True)
+def fresh_watcher(monkeypatch):
+    """A watcher per test: each test's LSF stand-in numbers its jobs from 5000 again."""
+    monkeypatch.setattr(LsfJob, "watcher", LsfInfoWatcher(delay_s=60))
+
 
 def add(a, b):
     return a + b
