@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from launcher.collect import Collected, collect_sweep, parse_sweep_args
 from launcher.errors import UserError
 
@@ -76,10 +74,7 @@ def thinned_curve_points(collected: Collected, per_run: int = CURVE_POINTS_PER_R
     out = []
     for run in collected.in_fit:
         curve = collected.curves[run.name]
-        n = len(curve)
-        index = np.unique(np.r_[np.round(np.geomspace(1, n, per_run)).astype(int) - 1, n - 1]) if n > per_run \
-            else np.arange(n)
-        for i in index.tolist():
+        for i in curve.thinned(per_run).tolist():
             out.append({"name": run.name, "N": run.meta.N, "D": float(curve.D[i]), "C": float(curve.C[i]),
                         "loss": float(curve.train_loss[i])})
     return out

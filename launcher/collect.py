@@ -162,6 +162,14 @@ class Curve:
     def __len__(self) -> int:
         return len(self.step)
 
+    def thinned(self, limit: int) -> np.ndarray:
+        """Indices of at most ~``limit`` points, log-spaced in step (dense early, where the curve bends) and
+        always with the last point."""
+        n = len(self)
+        if n <= limit:
+            return np.arange(n)
+        return np.unique(np.r_[np.round(np.geomspace(1, n, limit)).astype(int) - 1, n - 1])
+
 
 @dataclasses.dataclass
 class _Parsed:

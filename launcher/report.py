@@ -82,12 +82,6 @@ def flop_ledger(collected: Collected) -> list[LedgerRow]:
 # ------------------------------------------------------------------------------------------- plots
 
 
-def _thin(n: int, limit: int) -> np.ndarray:
-    if n <= limit:
-        return np.arange(n)
-    return np.unique(np.r_[np.round(np.geomspace(1, n, limit)).astype(int) - 1, n - 1])
-
-
 def _log_y_plain(ax) -> None:
     """A log y axis labelled 3, 4, 6 rather than 3x10^0: losses span less than a decade."""
     from matplotlib.ticker import FuncFormatter
@@ -107,7 +101,7 @@ def plot_loss_curves(ax, collected: Collected) -> None:
     cmap = cm.viridis
     for r in sorted(runs, key=lambda r: -r.meta.N):
         curve = collected.curves[r.name]
-        keep = _thin(len(curve), CURVE_PLOT_POINTS)
+        keep = curve.thinned(CURVE_PLOT_POINTS)
         C, loss = curve.C[keep], curve.train_loss[keep]
         ok = np.isfinite(loss) & (C > 0)
         if r.diverged:
