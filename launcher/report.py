@@ -28,7 +28,8 @@ from launcher.collect import Collected, collect_sweep, parse_sweep_args
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.txt"
 PLOTS_DIR = "plots"
-CURVE_PLOT_POINTS = 300  # points drawn per run: enough for a smooth line at any sweep size
+CURVE_PLOT_POINTS = 300  # points drawn per run: a smooth line ...
+CURVE_PLOT_TOTAL = 200_000  # ... but fewer per run in sweeps so large that drawing would take minutes
 APPROACH_STYLE = {"approach1": ("approach 1: curve envelope", "tab:green"),
                   "approach2": ("approach 2: isoFLOP", "tab:blue"),
                   "approach3": ("approach 3: parametric", "tab:red")}
@@ -99,9 +100,10 @@ def plot_loss_curves(ax, collected: Collected) -> None:
     sizes = [r.meta.N for r in runs]
     norm = colors.LogNorm(min(sizes), max(sizes) * (1.0001 if min(sizes) == max(sizes) else 1.0))
     cmap = cm.viridis
+    per_run = max(20, min(CURVE_PLOT_POINTS, CURVE_PLOT_TOTAL // max(1, len(runs))))
     for r in sorted(runs, key=lambda r: -r.meta.N):
         curve = collected.curves[r.name]
-        keep = curve.thinned(CURVE_PLOT_POINTS)
+        keep = curve.thinned(per_run)
         C, loss = curve.C[keep], curve.train_loss[keep]
         ok = np.isfinite(loss) & (C > 0)
         if r.diverged:
