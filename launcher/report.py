@@ -151,8 +151,8 @@ def plot_isoflop(ax, collected: Collected, fit: dict) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("N (parameters)")
     ax.set_ylabel("final loss")
-    note = "" if "error" not in (fit.get("approach2") or {}) else " (no parabolas: approach 2 failed)"
-    ax.set_title("IsoFLOP curves: fitted parabolas in ln N, stars at their minima" + note)
+    ax.set_title("IsoFLOP curves: fitted parabolas in ln N, stars at their minima"
+                 if "error" not in (fit.get("approach2") or {}) else "Final loss by model size (no isoFLOP fit)")
     if labels:
         ax.legend(fontsize=8)
 
@@ -286,7 +286,7 @@ h1{font-size:1.6em;margin:.2em 0}h2{font-size:1.25em;margin-top:1.6em;border-bot
 .card .k{font-size:.8em;color:#57606a}.card .v{font-size:1.35em;font-weight:600}.card .ci{font-size:.8em;color:#57606a}
 table{border-collapse:collapse;font-size:.88em;margin:8px 0}
 th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:right;white-space:nowrap}
-th{background:#f6f8fa}td.l,th.l{text-align:left}
+th{background:#f6f8fa}td.l,th.l{text-align:left}td.err{color:#82071e;background:#ffebe9;white-space:normal}
 tr.total td{font-weight:600;background:#f6f8fa}
 .error{border:1px solid #cf222e;background:#ffebe9;color:#82071e;border-radius:6px;padding:8px 12px;margin:8px 0}
 .warn{border:1px solid #d4a72c;background:#fff8c5;border-radius:6px;padding:8px 12px;margin:8px 0;font-size:.9em}
@@ -341,8 +341,8 @@ def _fit_table(fit: dict) -> str:
     for approach, (title, _) in APPROACH_STYLE.items():
         part = fit.get(approach) or {}
         if "error" in part:
-            rows.append(f'<tr><td class="l">{_e(title)}</td><td class="l" colspan="{len(names)}">'
-                        f'<span class="error">{_e(reason(part, title.split(":")[0]))}</span></td></tr>')
+            rows.append(f'<tr><td class="l">{_e(title)}</td><td class="l err" colspan="{len(names)}">'
+                        f'{_e(reason(part, title.split(":")[0]))}</td></tr>')
         else:
             rows.append(f'<tr><td class="l">{_e(title)}</td>' + "".join(_cell(fit, approach, n) for n in names) + "</tr>")
     kaplan = fit.get("kaplan") or {}
@@ -414,7 +414,10 @@ def render_html(sweep_dir: Path, collected: Collected, fit: dict, plots: list[Pl
         parts.append(f'<div class="error"><b>The fit failed:</b> {_e(fit["error"])}</div>')
     parts.append("<h2>Recommendation</h2>")
     if "error" in rec or not rec:
-        parts.append(f'<div class="error">No recommendation: {_e(rec.get("error", fit.get("error", "no fit")))}</div>')
+        why = rec.get("error", fit.get("error", "no fit"))
+        source = inputs.get("budget_source", "")
+        parts.append(f'<div class="error">No recommendation: {_e(why)}'
+                     f'{_e(f" ({source})") if source.startswith("no budget") else ""}</div>')
     else:
         parts.append('<div class="cards">'
                      + _card("compute budget C", f"{sci(rec['C'])} FLOPs", inputs.get("budget_source", ""))
