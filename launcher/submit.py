@@ -334,7 +334,11 @@ def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[t
         progress = False
         for job in db.jobs(sweep):
             state = states.get(job.job_id)
-            if job.state in FINISHED_JOB_STATES or state is None or state == job.state:
+            if job.state in FINISHED_JOB_STATES or state is None:
+                continue
+            if state == "running":
+                changes += _fold_retries(db, scheduler, job.job_id, job.runs, records.get(job.job_id))
+            if state == job.state:
                 continue
             if state in FINISHED_JOB_STATES:
                 changes += _fold_job_end(db, scheduler, job.job_id, job.runs, records.get(job.job_id), state)
@@ -359,29 +363,52 @@ def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[t
 
 def _fold_job_end(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str],
                   manifest: Optional[dict], job_state: str) -> list[tuple[str, str, str]]:
-    """The runs of an ended job take the outcomes its step log recorded."""
+    """The runs of an ended job take the outcomes its step log recorded, one attempt per step.
+
+    Attempts already ended from the run's state.json are kept; a step retried in place that the
+    database has not seen becomes a new attempt of the same job.
+    """
     changes = []
     ended = read_steps(manifest["steps_log"]) if manifest else {}
     for i, run_hash in enumerate(run_hashes):
-        record = db.run(run_hash)
-        attempt = db.open_attempt(run_hash)
-        if record.state not in ACTIVE or attempt is None or attempt.job_id != job_id:
-            continue
+        record, tries = db.run(run_hash), db.attempts(run_hash)
+        if not tries or tries[-1].job_id != job_id:
+            continue  # not this job's run (any more)
+        mine = [a for a in tries if a.job_id == job_id]
         array_index = i if manifest and manifest["array"] else None
         key = f"{job_id}_{i}" if array_index is not None else job_id
         codes = [code for _, code in ended.get(key, {}).get(record.name, [])]
         try:
-            for code in codes[:-1]:  # failed steps the job retried in place
-                db.finish(run_hash, "failed", exit_code=code, detail=f"step failed in job {job_id}, retried")
-                db.start(run_hash, scheduler.name, job_id, array_index)
-            if codes:
-                state = EXIT_CODE_STATES.get(codes[-1], "failed")
-            else:  # no step of it ended: never started, or killed with its job
-                state = "cancelled" if job_state == "cancelled" else "timed_out"
-            db.finish(run_hash, state, exit_code=codes[-1] if codes else None, detail=f"job {job_id} {job_state}")
+            if not codes and mine[-1].ended is None:  # no step of it ended: never started, or killed with the job
+                db.finish(run_hash, "cancelled" if job_state == "cancelled" else "timed_out",
+                          detail=f"job {job_id} {job_state}")
+            for k, code in enumerate(codes):
+                if k >= len(mine):
+                    db.start(run_hash, scheduler.name, job_id, array_index)
+                elif mine[k].ended is not None:
+                    continue  # already ended from the run's state.json
+                state = EXIT_CODE_STATES.get(code, "failed") if k == len(codes) - 1 else "failed"
+                db.finish(run_hash, state, exit_code=code, detail=f"step {k + 1} in job {job_id}")
         except TransitionError:
             continue
-        changes.append((record.name, record.state, state))
+        now = db.run(run_hash).state
+        if now != record.state:
+            changes.append((record.name, record.state, now))
+    return changes
+
+
+def _fold_retries(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str],
+                  manifest: Optional[dict]) -> list[tuple[str, str, str]]:
+    """A run whose failed step its running job started again is running again (a new attempt)."""
+    changes = []
+    for i, run_hash in enumerate(run_hashes):
+        record, tries = db.run(run_hash), db.attempts(run_hash)
+        if record.state != "failed" or not tries or tries[-1].job_id != job_id:
+            continue
+        reported = read_state_file(record.run_dir) or {}
+        if reported.get("status") == "running" and reported["_mtime"] > (tries[-1].ended or 0):
+            db.start(run_hash, scheduler.name, job_id, i if manifest and manifest["array"] else None)
+            changes.append((record.name, "failed", "running"))
     return changes
 
 
