@@ -112,7 +112,8 @@ def main(argv: list[str]) -> int:
         print(f"{kind:<16}" + "".join(f"{c / 2**20:>12.2f}" for c in cells))
     worst = {s: max(sum(r.values()) for r in ranks) for s, ranks in results.items()}
     ratio = worst[3] / worst[0]
-    print(f"ZeRO-3 / ZeRO-0 bytes per rank (2 ranks): {ratio:.3f} (goal <= {GOAL}: {'met' if ratio <= GOAL else 'MISSED'})")
+    verdict = "met" if ratio <= GOAL else "MISSED"
+    print(f"ZeRO-3 / ZeRO-0 bytes per rank (2 ranks): {ratio:.3f} (goal <= {GOAL}: {verdict})")
     return 0
 
 

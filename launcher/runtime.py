@@ -317,6 +317,9 @@ class Trainer:
         except UserError as exc:
             self.state_file.finish(ExitCode.USAGE, str(exc))
             raise
+        except KeyboardInterrupt:
+            self.state_file.finish(ExitCode.FAILED, "interrupted (SIGINT)")
+            raise
         except Exception as exc:  # noqa: BLE001 - recorded, then the traceback for the log
             traceback.print_exc()
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -336,6 +339,7 @@ class Trainer:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision, torch.float32)
         self.checkpointer = Checkpointer(self.run_dir, self.rank)
         self.metrics = MetricsLog(self.run_dir)
+        self.logged_tokens, self.busy_s = 0, 0.0  # since the last metrics record
 
     def _start_wandb(self) -> None:
         run = self.cfg
@@ -357,66 +361,73 @@ class Trainer:
             atomic_write(path, yaml.safe_dump(dataclasses.asdict(self.cfg), sort_keys=False))
 
     def _train(self) -> int:
-        import torch
         import torch.distributed as dist
 
         self._setup()
-        state = TrainState(samples_per_step=self.plan.samples_per_step)
-        if self.cfg.resume:
-            state = self.checkpointer.load(self.engine, self.plan.samples_per_step) or state
-        resumed_from = state.step if state.step else None
-        if self.rank == 0:
-            self._write_config()
-            self._start_wandb()
-        self.state_file.update(step=state.step, tokens=state.tokens, flops=state.flops, total_steps=self.total_steps,
-                               resumed_from=resumed_from, checkpoint_step=resumed_from)
-        checkpoint_step = resumed_from
-        logged_tokens, busy_s = 0, 0.0
+        state = self._resume()
         while state.step < self.total_steps:
-            started = time.perf_counter()
-            for group in self.engine.optimizer.param_groups:
-                group["lr"] = self.schedule(state.step)
-            lr = self.engine.get_lr()[0]  # what the optimizer will use, as DeepSpeed reports it
-            loss_sum = torch.zeros(())
-            for micro in range(self.plan.accum):
-                batch = self.family.batch("train", self.plan.index(state.step, micro, self.rank),
-                                          self.plan.micro_batch_size)
-                batch = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.items()}
-                loss = self.family.loss(self.engine, batch)
-                self.engine.backward(loss)
-                self.engine.step()
-                loss_sum += loss.detach().float().cpu()
-            shared = torch.stack([loss_sum / self.plan.accum, torch.tensor(float(self.stop.signum != 0))])
-            dist.all_reduce(shared)  # the mean loss and whether any rank was asked to stop, in one call
-            train_loss, stop_asked = shared[0].item() / self.world, shared[1].item() > 0
-            state.step += 1
-            state.tokens += self.plan.tokens_per_step
-            state.flops += self.flops_per_token * self.plan.tokens_per_step
-            state.data_index = self.plan.index(state.step, 0, 0)
-            busy_s += time.perf_counter() - started
-            logged_tokens += self.plan.tokens_per_step
+            train_loss, lr, stop_asked = self._step(state)
+            progress = {"step": state.step, "tokens": state.tokens, "flops": state.flops}
             if not math.isfinite(train_loss):
                 return self.state_file.finish(ExitCode.DIVERGED, f"non-finite training loss at step {state.step}",
-                                              step=state.step, tokens=state.tokens, flops=state.flops)
+                                              **progress)
             last = state.step == self.total_steps
             evaluation = self._evaluate() if last or state.step % self.cfg.train.val_every == 0 else {}
             if last or evaluation or state.step % self.cfg.train.log_every == 0:
-                self._log(state, train_loss, lr, logged_tokens / busy_s, evaluation)
-                logged_tokens, busy_s = 0, 0.0
-                self.state_file.update(step=state.step, tokens=state.tokens, flops=state.flops)
+                self._log(state, train_loss, lr, evaluation)
+                self.state_file.update(**progress)
             stop_asked = stop_asked and not last
             if stop_asked or last or state.step % self.cfg.train.checkpoint_every == 0:
                 self.checkpointer.save(self.engine, state)
-                checkpoint_step = state.step
-                self.state_file.update(checkpoint_step=checkpoint_step)
+                self.state_file.update(checkpoint_step=state.step)
             if stop_asked:
                 name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
-                return self.state_file.finish(ExitCode.REQUEUE, f"stopped at step {state.step} by {name}",
-                                              step=state.step, tokens=state.tokens, flops=state.flops)
+                return self.state_file.finish(ExitCode.REQUEUE, f"stopped at step {state.step} by {name}", **progress)
         digests = [None] * self.world
         dist.all_gather_object(digests, param_digest(self.engine, self.cfg.deepspeed.stage == 3))
         return self.state_file.finish(ExitCode.COMPLETED, step=state.step, tokens=state.tokens, flops=state.flops,
                                       param_digests=digests)
+
+    def _resume(self) -> TrainState:
+        """The latest checkpoint's state (resume=true), else step 0; records the start in state.json."""
+        state = TrainState(samples_per_step=self.plan.samples_per_step)
+        if self.cfg.resume:
+            state = self.checkpointer.load(self.engine, self.plan.samples_per_step) or state
+        if self.rank == 0:
+            self._write_config()
+            self._start_wandb()
+        resumed_from = state.step or None
+        self.state_file.update(step=state.step, tokens=state.tokens, flops=state.flops, total_steps=self.total_steps,
+                               resumed_from=resumed_from, checkpoint_step=resumed_from)
+        return state
+
+    def _step(self, state: TrainState) -> tuple[float, float, bool]:
+        """One optimizer step over every micro-batch; (mean loss over micro-batches and ranks, lr, stop?)."""
+        import torch
+        import torch.distributed as dist
+
+        started = time.perf_counter()
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = self.schedule(state.step)
+        lr = self.engine.get_lr()[0]  # what the optimizer will use, as DeepSpeed reports it
+        loss_sum = torch.zeros(())
+        for micro in range(self.plan.accum):
+            index = self.plan.index(state.step, micro, self.rank)
+            batch = self.family.batch("train", index, self.plan.micro_batch_size)
+            batch = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.items()}
+            loss = self.family.loss(self.engine, batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            loss_sum += loss.detach().float().cpu()
+        shared = torch.stack([loss_sum / self.plan.accum, torch.tensor(float(self.stop.signum != 0))])
+        dist.all_reduce(shared)  # the mean loss and whether any rank was asked to stop, in one call
+        state.step += 1
+        state.tokens += self.plan.tokens_per_step
+        state.flops += self.flops_per_token * self.plan.tokens_per_step
+        state.data_index = self.plan.index(state.step, 0, 0)
+        self.busy_s += time.perf_counter() - started
+        self.logged_tokens += self.plan.tokens_per_step
+        return shared[0].item() / self.world, lr, shared[1].item() > 0
 
     def _evaluate(self) -> dict[str, float]:
         import torch
@@ -428,8 +439,10 @@ class Trainer:
         dist.all_reduce(mean)
         return {k: v / self.world for k, v in zip(keys, mean.tolist())}
 
-    def _log(self, state: TrainState, train_loss: float, lr: float, tokens_per_s: float,
-             evaluation: dict[str, float]) -> None:
+    def _log(self, state: TrainState, train_loss: float, lr: float, evaluation: dict[str, float]) -> None:
+        """Rank 0 appends the step's record; throughput counts training time since the last record only."""
+        tokens_per_s = self.logged_tokens / self.busy_s
+        self.logged_tokens, self.busy_s = 0, 0.0
         if self.rank != 0:
             return
         peak = self.cfg.cluster.device_peak_flops

@@ -107,8 +107,8 @@ def copy_checkpoint(source: Path, target: Path, step: int) -> None:
 @pytest.mark.mpi
 def test_zero0_trains_logs_mirrors_to_wandb_offline_and_resumes_exactly(tmp_path):
     secret = "0123456789abcdef0123456789abcdef01234567"
-    code, output = ladder_train(tmp_path / "a", "deepspeed=zero0", "wandb.mode=offline", "cluster.device_peak_flops=1e12",
-                                env={"WANDB_API_KEY": secret})
+    code, output = ladder_train(tmp_path / "a", "deepspeed=zero0", "wandb.mode=offline",
+                                "cluster.device_peak_flops=1e12", env={"WANDB_API_KEY": secret})
     check_uninterrupted(tmp_path / "a", 0, code, output, peak=1e12)
     assert list((tmp_path / "a" / "wandb").glob("offline-run-*/run-*.wandb")), "no offline W&B run"
     for path in (tmp_path / "a").rglob("*"):

@@ -205,3 +205,19 @@ def test_supervise_forwards_sigterm_as_asked():
     assert local_launch.supervise(procs, {signal.SIGTERM: signal.SIGUSR2}) == 75
     assert [p.returncode for p in procs] == [75, 75]
     assert signal.getsignal(signal.SIGTERM) == before  # the supervisor's handlers are gone
+
+
+def test_a_failing_wandb_warns_once_and_the_run_goes_on(tmp_path):
+    """online without an API key: W&B refuses at init; the mirror says so once and logging is a no-op."""
+    code = ("from launcher.metrics import WandbMirror\n"
+            f"mirror = WandbMirror('online', {str(tmp_path)!r}, 'abc123', {{'N': 1}}, project='p')\n"
+            "mirror.log({'step': 1, 'train_loss': 1.0})\n"
+            "mirror.finish(0)\n"
+            "print('run went on', mirror.run)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "run went on None\n", proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: W&B mirror disabled")]
+    assert len(warnings) == 1, proc.stderr
