@@ -1,9 +1,11 @@
 """A run's curve: rank 0 appends one JSON line per logged step to ``metrics.jsonl``; W&B mirrors it.
 
-Keys of a line: ``step`` (optimizer steps done), ``tokens`` and ``flops`` (cumulative), ``train_loss``
-(mean over micro-batches and ranks), ``lr``, ``tokens_per_s``, ``mfu`` (null without a device peak),
-``time`` (unix seconds); on validation steps also ``val_loss`` and whatever else the family evaluates
-(CLIP: ``zero_shot_acc``).
+Keys of a line: ``step`` (optimizer steps done), ``tokens`` and ``flops`` (cumulative training tokens
+and FLOPs), ``train_loss`` (mean over micro-batches and ranks), ``lr`` (of that step, as the optimizer
+had it), ``tokens_per_s`` (training throughput since the previous line, validation and checkpoints
+excluded), ``mfu`` (flops/s over device_peak_flops x ranks; null without a peak), ``time`` (unix
+seconds); on validation steps also ``val_loss`` and whatever else the family evaluates (CLIP:
+``zero_shot_acc``). Non-finite values are written as null.
 
 The file is append-only and the source of truth. A resumed run starts again after its checkpoint, so
 steps logged after that checkpoint by the interrupted attempt appear twice: ``read_metrics`` keeps the

@@ -434,7 +434,11 @@ def wait_reachable(dist: DistEnv, deadline: float, timeout_s: float) -> None:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
-def connect(dist: DistEnv, backend: str, timeout_s: float, log: Callable[[str], None] = print) -> None:
+def _print_now(line: str) -> None:
+    print(line, flush=True)
+
+
+def connect(dist: DistEnv, backend: str, timeout_s: float, log: Callable[[str], None] = _print_now) -> None:
     """Join all ranks into torch.distributed's default group within ``timeout_s``, then one all-reduce."""
     import torch
     import torch.distributed as torch_dist
