@@ -81,8 +81,10 @@ def main() -> None:
           f"heads {cfg.n_heads}, batch {args.batch}, threads {torch.get_num_threads()}, "
           f"{args.repeats} timed steps after {args.warmup} warm-up")
     for name in runs:
-        print(f"{name:>5}: {rate[name]:10.1f} tokens/s  (median step {statistics.median(times[name]) * 1e3:.1f} ms)")
-    print(f"ratio ours/hf: {rate['ours'] / rate['hf']:.3f}  (goal >= 1.10)")
+        print(f"{name:>5}: {rate[name]:10.1f} tokens/s  (median step {statistics.median(times[name]) * 1e3:.1f} ms, "
+              f"best {min(times[name]) * 1e3:.1f} ms)")
+    best_ratio = min(times["hf"]) / min(times["ours"])
+    print(f"ratio ours/hf: {rate['ours'] / rate['hf']:.3f} on medians, {best_ratio:.3f} on best steps  (goal >= 1.10)")
 
 
 if __name__ == "__main__":

@@ -216,30 +216,39 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Te
 
 
 def _chunked_cross_entropy(h, weight, labels, chunk_elements: int, with_grad: bool):
-    """Sum of token losses of logits ``h @ weight.T``; with_grad: also its gradients wrt h and weight."""
+    """Sum of token losses of logits ``h @ weight.T``; with_grad: also its gradients wrt h and weight.
+
+    Each chunk's logits are turned into the softmax in place (max, subtract, exp, sum, divide): no
+    [chunk, vocab] temporaries besides the logits themselves.
+    """
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
     h_c, w_c = h.to(dtype), weight.to(dtype)  # the casts autocast would make, made once
     chunk = max(1, chunk_elements // weight.shape[0])
     total = torch.zeros((), dtype=torch.float32, device=h.device)
-    grad_h = torch.empty_like(h) if with_grad else None
-    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
+    grad_h, grad_w = [], None
     with torch.autocast(device, enabled=False):
         for start in range(0, h.shape[0], chunk):
             hs, ys = h_c[start:start + chunk], labels[start:start + chunk]
             logits = (hs @ w_c.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, ys[:, None]).squeeze(1)).sum()
+            top = logits.amax(dim=-1, keepdim=True)
+            target = logits.gather(1, ys[:, None])
+            denominator = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)
+            total += (denominator.log() + top - target).sum()  # log-sum-exp minus the target's logit
             if with_grad:
-                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                probs = logits.div_(denominator)  # softmax
                 probs[torch.arange(len(ys), device=h.device), ys] -= 1.0  # d(token loss) / d(logits)
                 g = probs.to(dtype)
-                grad_h[start:start + chunk] = g @ w_c
-                if g.dtype == grad_w.dtype:
+                grad_h.append(g @ w_c)
+                if grad_w is None:
+                    grad_w = (g.T @ hs).float()
+                elif g.dtype == grad_w.dtype:
                     grad_w.addmm_(g.T, hs)
                 else:
                     grad_w += (g.T @ hs).float()
-    return total, grad_h, grad_w
+    if not with_grad:
+        return total, None, None
+    return total, (grad_h[0] if len(grad_h) == 1 else torch.cat(grad_h)).to(h.dtype), grad_w
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
