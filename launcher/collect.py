@@ -31,8 +31,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from launcher.errors import UserError
+from launcher.metrics import METRICS_FILE, latest_attempt
 
-METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.csv"
 REQUIRED_KEYS = ("step", "tokens", "train_loss")  # a line without one of these is dropped
 CSV_HEADER = "run,family,N,N_non_embedding,budget,diverged,step,D,C,train_loss,val_loss"
@@ -181,15 +181,6 @@ class _Parsed:
     error: Optional[str] = None  # the run is skipped
     nonfinite_step: Optional[int] = None  # the first step with a non-finite train or val loss
     last: Optional[dict] = None  # the file's last record, all its keys
-
-
-def _latest_attempt(step: np.ndarray) -> np.ndarray:
-    """Indices of the records the latest attempts wrote: a record is dropped when a later one has a step
-    not after it (a resume repeats steps after its checkpoint), as ``launcher.metrics.read_metrics`` does."""
-    later_min = np.minimum.accumulate(step[::-1])[::-1]
-    keep = np.ones(len(step), dtype=bool)
-    keep[:-1] = step[:-1] < later_min[1:]
-    return np.flatnonzero(keep)
 
 
 class _Columns(NamedTuple):
@@ -358,7 +349,7 @@ def parse_metrics(path: Path, prefix: bytes = b"", flops_per_token: float = math
         out.error = f"{METRICS_FILE} has no valid record ({out.issues[0]})"
         return out
     step = columns.numbers[0].astype(np.int64)
-    keep = _latest_attempt(step)
+    keep = latest_attempt(step)
     rows = columns.rows
     if len(keep) < len(step):
         out.issues.append(f"{len(step) - len(keep)} record(s) repeated by a resume: kept the latest attempt's")

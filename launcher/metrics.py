@@ -8,8 +8,9 @@ seconds); on validation steps also ``val_loss`` and whatever else the family eva
 ``zero_shot_acc``). Non-finite values are written as null.
 
 The file is append-only and the source of truth. A resumed run starts again after its checkpoint, so
-steps logged after that checkpoint by the interrupted attempt appear twice: ``read_metrics`` keeps the
-records of the latest attempt (a step that goes back starts a new attempt and drops what it repeats).
+steps logged after that checkpoint by the interrupted attempt appear twice: ``latest_attempt`` is the one
+rule every reader applies (``read_metrics`` here, ``launcher.collect``'s vectorised reader): keep the records
+of the latest attempt (a step that goes back starts a new attempt and drops what it repeats).
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
+
+import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -37,23 +40,27 @@ class MetricsLog:
             os.fsync(handle.fileno())
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The curve of a run as its latest attempts wrote it: one record per step, in step order.
+def latest_attempt(steps: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Indices, in file order, of the records the latest attempts wrote: a record is dropped when a later
+    one's step is not after it (a resume logs again the steps after its checkpoint)."""
+    step = np.asarray(steps)
+    later_min = np.minimum.accumulate(step[::-1])[::-1]
+    keep = np.ones(len(step), dtype=bool)
+    keep[:-1] = step[:-1] < later_min[1:]
+    return np.flatnonzero(keep)
 
-    A record whose step is not after the previous one marks a resume: the records it repeats are dropped.
-    A torn last line (a run killed while writing) is skipped.
-    """
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The curve of a run as its latest attempts wrote it (``latest_attempt``): one record per step, in step
+    order. A torn line (a run killed while writing) is skipped."""
     records: list[dict[str, Any]] = []
     with open(path) as handle:
         for line in handle:
             try:
-                record = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-            while records and records[-1]["step"] >= record["step"]:
-                records.pop()
-            records.append(record)
-    return records
+    return [records[i] for i in latest_attempt([r["step"] for r in records]).tolist()]
 
 
 class WandbMirror:

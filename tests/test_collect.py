@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher import cli
-from launcher.collect import CSV_HEADER, _careful_columns, _fast_columns, collect_sweep
+from launcher import cli, collect, metrics
+from launcher.collect import CSV_HEADER, _careful_columns, _fast_columns, collect_sweep, parse_metrics
 from launcher.jobdb import JobDB
 from launcher.metrics import read_metrics
 from launcher.plan import RunSpec
@@ -142,6 +142,28 @@ def test_fast_path_agrees_with_json_per_line():
         np.testing.assert_array_equal(fast.val_logged, careful.val_logged)
         assert fast.rows == careful.rows
     assert fast.rows.startswith(b"1,12500.0,") and fast.val_logged.sum() == 5 and np.isnan(fast.val[7])
+
+
+def test_collect_and_the_runtime_reader_share_one_resume_rule(tmp_path):
+    # one name and one rule, imported from launcher.metrics, not copies that could drift
+    assert collect.METRICS_FILE is metrics.METRICS_FILE
+    assert collect.latest_attempt is metrics.latest_attempt
+    s = spec("s", "a", 50_000, 10**6, steps=30)
+    records = curve_records(s)
+    rng = np.random.default_rng(0)
+    for trial in range(20):  # attempts that each resume from an earlier checkpoint, some past the last end
+        log, step = [], 0
+        for _ in range(rng.integers(1, 5)):
+            step = int(rng.integers(0, step + 1))
+            end = int(rng.integers(step + 1, s.steps + 1))
+            log += [dict(r, train_loss=r["train_loss"] + len(log)) for r in records[step:end]]
+            step = end
+        path = write_metrics(tmp_path / str(trial), log)
+        expected = read_metrics(path)
+        curve = parse_metrics(path).curve
+        np.testing.assert_array_equal(curve.step, [r["step"] for r in expected])
+        np.testing.assert_array_equal(curve.train_loss, [r["train_loss"] for r in expected])
+        assert all(a < b for a, b in zip(curve.step, curve.step[1:]))
 
 
 def test_broken_files_are_skipped_or_cleaned_and_reported(tmp_path):
