@@ -139,6 +139,21 @@ def test_porian_weighted_isoflop_exponents(published):
     assert by_t["b"] == pytest.approx(float(published["t_exponent"]), abs=1e-3)
 
 
+def test_approach2_takes_single_points_as_optima_only_when_every_budget_is_one():
+    points = isoflop_points([1e18, 3e18, 1e19], seed=1)
+    optima = [min((p for p in points if p["C"] == C), key=lambda p: p["loss"]) for C in (1e18, 3e18, 1e19)]
+    assert [b["n_points"] for b in fit_points(optima, "2")["budgets"]] == [1, 1, 1]
+    raw = [p for p in points if p["C"] != 1e19] + optima[2:]  # the largest budget ran one size
+    fit = fit_points(raw, "2")
+    assert [b["n_points"] for b in fit["budgets"]] == [7, 7]
+    assert fit["skipped_budgets"] == [{"budget": 1e19, "error": "budget 1e+19: a parabola needs runs of 3+ "
+                                                               "distinct sizes, got 1"}]
+    two_sizes = [p for C in (3e18, 1e19) for p in [q for q in points if q["C"] == C][2:4]]
+    with pytest.raises(UserError, match=r"^approach 2: needs optima at 2\+ isoFLOP budgets, got 1 \(budget 3e\+18: "
+                                        r"a parabola needs runs of 3\+ distinct sizes, got 2; budget 1e\+19: "):
+        fit_points([p for p in points if p["C"] == 1e18] + two_sizes, "2")
+
+
 def test_porian_named_configurations_are_among_those_checked():
     labels = {r["paper_label"]: float(r["n_exponent"]) for r in WEIGHTED}
     assert labels["Reproducing Kaplan et al."] == pytest.approx(0.8353, abs=1e-4)

@@ -115,6 +115,23 @@ def test_unsupported_parts_record_errors_instead_of_raising():
     json.dumps(out, allow_nan=False)
 
 
+def test_approach2_skips_budgets_of_fewer_than_3_sizes_instead_of_taking_a_run_as_the_optimum():
+    finals, _ = sweep(budgets=(1e17, 4e17, 1.6e18), sizes=(1.0,))  # one run per budget
+    out = fit_sweep(finals, [], budget_flops=1e19, n_boot=5)
+    assert set(out["approach2"]) == {"error"} and set(out["approach3"]) == {"error"}
+    assert out["approach2"]["error"].startswith("approach 2: needs optima at 2+ isoFLOP budgets, got 0")
+    assert "budget 1e+17: a parabola needs runs of 3+ distinct sizes, got 1" in out["approach2"]["error"]
+    assert "approach2" not in out["bootstrap"] and "error" in out["recommendation"]
+    # a sweep whose largest budget ran a single size: that budget is skipped, not fitted as an optimum
+    full, _ = sweep(budgets=(1e17, 4e17))
+    lone, _ = sweep(budgets=(1.6e18,), sizes=(3.2,))
+    approach2 = fit_sweep(full + lone, [], budget_flops=None, n_boot=5)["approach2"]
+    assert [b["budget"] for b in approach2["budgets"]] == [1e17, 4e17]
+    assert approach2["skipped_budgets"] == [
+        {"budget": 1.6e18, "error": "budget 1.6e+18: a parabola needs runs of 3+ distinct sizes, got 1"}]
+    assert approach2["a"] == pytest.approx(BETA / (ALPHA + BETA), abs=0.05)
+
+
 def test_bad_arguments():
     finals, curves = sweep()
     with pytest.raises(UserError, match="n_boot"):

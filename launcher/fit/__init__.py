@@ -7,7 +7,9 @@ points are dicts (or numpy structured rows) with N, D, loss and optionally C (de
 budget (isoFLOP label) and name. ``weights`` (one per point) are 1/σ² weights in every least
 squares: per point in the approach-2 parabolas, approach 3's Huber sum and the Kaplan/BNSL
 residuals; in approach 2 a budget weighs its points' total in the power-law step, so a set of
-published per-budget optima with weights 1/σ²(log n*) gives Porian et al.'s weighted fit.
+published per-budget optima with weights 1/σ²(log n*) gives Porian et al.'s weighted fit. Approach 2
+takes a point set in which every budget holds one point as those optima; any other set as runs,
+whose budgets with fewer than 3 distinct N are skipped (``fit_sweep``'s runs are always runs).
 Approaches: "1" (envelope; pass curve points), "2" (isoFLOP parabolas), "3" (parametric
 L = E + A/N^α + B/D^β), "kaplan", "bnsl" (loss against C, one break).
 
@@ -38,9 +40,14 @@ L = E + A/N^α + B/D^β), "kaplan", "bnsl" (loss against C, one break).
                            alternatives: {approach2: {...same keys}}}
     extrapolation         {held_out_budget, C, observed: {N_opt, loss_opt, from: "parabola"|"best run"},
                            approach2|approach3: {N_opt, loss_opt, rel_error_N_opt, rel_error_loss}}
+    inputs                {sweep, runs, final_points, curve_points_logged, curve_points_fitted, budget_flops,
+                           budget_source, n_boot, seed, skipped: [{run, reason}], warnings, fingerprint}
+                           added by ``launcher.analysis`` when it writes fit.json (also beside a whole-fit
+                           error); fingerprint: sha1 of the fit's inputs, so a report can tell a stale fit
 
-Any part the data cannot support is {"error": "..."} instead (e.g. approach 2 with one budget,
-the extrapolation check with fewer than 3 budgets, the recommendation without a budget).
+Any part the data cannot support is {"error": "..."} instead (e.g. approach 2 with fewer than 2
+budgets of 3+ distinct sizes, the extrapolation check with fewer than 3 budgets, the recommendation
+without a budget).
 Intervals are bootstrap percentiles over runs resampled within their budget.
 """
 from __future__ import annotations

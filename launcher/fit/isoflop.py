@@ -3,8 +3,14 @@
 Per budget, loss is fitted as a parabola in ln N (and separately in ln D) by weighted least
 squares; its vertex is (N_opt, loss_opt) and (D_opt). N_opt ∝ C^a and D_opt ∝ C^b then come from
 weighted log-log least squares over budgets, each budget weighted by the total weight of its
-points. A budget given as a single point is taken as its own optimum, so published minima with
-weights 1/σ² of log n* (Porian et al. 2024) go straight to the power-law step.
+points.
+
+Points are either runs (raw isoFLOP points) or per-budget optima already found. Optima go straight
+to the power-law step, so published minima with weights 1/σ² of log n* (Porian et al. 2024) give the
+authors' weighted fit. Runs need a parabola per budget: a budget with fewer than 3 distinct sizes is
+skipped with its reason, never taken as its own optimum (that would fit a power law to whichever sizes
+happened to run, with a spuriously tight bootstrap interval). Unless the caller says which, a point
+set is optima when every budget holds exactly one point; a sweep's runs are always runs.
 """
 from __future__ import annotations
 
@@ -63,11 +69,11 @@ class IsoflopMinimum:
                 "parabola_lnD": None if self.parabola_D is None else self.parabola_D.as_list()}
 
 
-def budget_minimum(points: Points, budget: Budget) -> IsoflopMinimum:
-    """The vertex of one budget's parabolas (or its single point)."""
+def budget_minimum(points: Points, budget: Budget, given: bool = False) -> IsoflopMinimum:
+    """The vertex of one budget's parabolas, or its point when ``given`` (the points are optima)."""
     idx = budget.index[points.weight[budget.index] > 0]
     w = points.weight[idx]
-    if idx.size == 1:
+    if given:
         i = idx[0]
         return IsoflopMinimum(budget.label, budget.C, 1, points.N[i], points.D[i], points.loss[i], float(w[0]))
     lnN, lnD, loss = np.log(points.N[idx]), np.log(points.D[idx]), points.loss[idx]
@@ -110,14 +116,18 @@ class IsoflopFit:
                 "budgets": [m.as_dict() for m in self.minima], "skipped_budgets": self.skipped}
 
 
-def isoflop_minima(points: Points) -> tuple[list[IsoflopMinimum], list[dict]]:
-    """Minima of every budget that has one; the others as {"budget", "error"}."""
+def isoflop_minima(points: Points, optima: bool | None = None) -> tuple[list[IsoflopMinimum], list[dict]]:
+    """Minima of every budget that has one; the others as {"budget", "error"}. ``optima``: whether the
+    points are per-budget optima rather than runs; None infers it (every budget a single point)."""
+    groups = budgets(points)
+    if optima is None:
+        optima = all(b.index.size == 1 for b in groups)
     minima, skipped = [], []
-    for budget in budgets(points):
+    for budget in groups:
         if not np.any(points.weight[budget.index] > 0):
             continue
         try:
-            minima.append(budget_minimum(points, budget))
+            minima.append(budget_minimum(points, budget, optima))
         except UserError as exc:
             skipped.append({"budget": budget.label, "error": str(exc)})
     return minima, skipped
@@ -135,5 +145,6 @@ def fit_optima(minima: list[IsoflopMinimum], skipped: list[dict] | None = None) 
     return IsoflopFit(minima, list(skipped or []), *laws)
 
 
-def fit_isoflop(points: Points) -> IsoflopFit:
-    return fit_optima(*isoflop_minima(points))
+def fit_isoflop(points: Points, optima: bool | None = None) -> IsoflopFit:
+    """Approach 2 on runs or on given optima (``optima`` as in ``isoflop_minima``)."""
+    return fit_optima(*isoflop_minima(points, optima))

@@ -90,7 +90,7 @@ class SweepFitter:
     def run(self) -> dict:
         envelope, env_err = _attempt(fit_envelope, self.curves) if self.curves is not None else (
             None, {"error": "approach 1: no curve points"})
-        iso, iso_err = _attempt(fit_isoflop, self.finals)
+        iso, iso_err = _attempt(fit_isoflop, self.finals, optima=False)
         chin, chin_err = _attempt(fit_chinchilla, self.finals)
         out = {"schema": SCHEMA, "n_runs": len(self.finals),
                "n_curve_points": 0 if self.curves is None else len(self.curves),
@@ -128,7 +128,7 @@ class SweepFitter:
         if iso is not None:
             laws = np.full((self.n_boot, 6), np.nan)
             for r, c in enumerate(counts):
-                fit, _ = _attempt(fit_isoflop, self.finals.with_weight(c))
+                fit, _ = _attempt(fit_isoflop, self.finals.with_weight(c), optima=False)
                 if fit is not None:
                     laws[r] = [fit.a, fit.b, fit.N_law.coef, fit.D_law.coef, fit.loss_law.coef, fit.loss_law.exponent]
             result["approach2"] = laws
@@ -233,7 +233,7 @@ class SweepFitter:
         weight[held.index] = 0.0
         train = self.finals.with_weight(weight)
         out = {"held_out_budget": held.label, "C": held.C, "observed": seen}
-        iso, err = _attempt(fit_isoflop, train)
+        iso, err = _attempt(fit_isoflop, train, optima=False)
         if iso is not None:
             N, _, L = iso.optimum(held.C)
             out["approach2"] = self._prediction(N, L, seen)
