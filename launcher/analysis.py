@@ -135,6 +135,11 @@ def _g(value, spec: str = ".3g") -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
+def percent(fraction, spec: str = "+.1f") -> str:
+    """A relative error as a percentage; "n/a" where the fitter could not give one."""
+    return _g(None if fraction is None else 100 * fraction, spec) + ("" if fraction is None else "%")
+
+
 def _ci(ci, spec: str = ".3g") -> str:
     if not ci or ci[0] is None or ci[1] is None:
         return ""
@@ -206,8 +211,8 @@ def summary_lines(fit: dict) -> list[str]:
             if "error" in part:
                 lines.append(f"  {approach}: {reason(part, approach.replace('approach', 'approach '))}")
             else:
-                lines.append(f"  {approach}: N_opt error {100 * part['rel_error_N_opt']:+.1f}%, "
-                             f"loss error {100 * part['rel_error_loss']:+.2f}%")
+                lines.append(f"  {approach}: N_opt error {percent(part.get('rel_error_N_opt'))}, "
+                             f"loss error {percent(part.get('rel_error_loss'), '+.2f')}")
     return lines
 
 

@@ -22,7 +22,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from launcher.analysis import BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, reason, summary_lines
+from launcher.analysis import (BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, percent, reason,
+                               summary_lines)
 from launcher.collect import Collected, collect_sweep, parse_sweep_args
 
 REPORT_FILE = "report.html"
@@ -371,8 +372,8 @@ def _extrapolation(fit: dict) -> str:
                         f'{_e(reason(part, approach.replace("approach", "approach ")))}</td></tr>')
         else:
             rows.append(f'<tr><td class="l">{approach}</td><td>{si(part["N_opt"])}</td>'
-                        f'<td>{100 * part["rel_error_N_opt"]:+.1f}%</td><td>{part["loss_opt"]:.4g}</td>'
-                        f'<td>{100 * part["rel_error_loss"]:+.2f}%</td></tr>')
+                        f'<td>{percent(part.get("rel_error_N_opt"))}</td><td>{sci(part.get("loss_opt"))}</td>'
+                        f'<td>{percent(part.get("rel_error_loss"), "+.2f")}</td></tr>')
     return (f'<p>Fitted without the largest budget (C = {sci(ext.get("C"))}), then asked for its optimum: '
             f'observed N_opt {si(seen.get("N_opt"))}, loss {sci(seen.get("loss_opt"))} (from the {_e(seen.get("from"))}).'
             f'</p><table><tr><th class="l">law</th><th>predicted N_opt</th><th>error</th><th>predicted loss</th>'

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from launcher import cli
-from launcher.analysis import BUDGET_ARGUMENT, fit_sweep_dir, reason
+from launcher.analysis import BUDGET_ARGUMENT, fit_sweep_dir, reason, summary_lines
 from launcher.report import PLOTS_DIR, si, sci, write_report
 from test_collect import LAW, curve_records, isoflop_specs, make_sweep, spec, write_metrics
 
@@ -141,3 +141,16 @@ def test_report_when_the_fit_fails(tmp_path, capsys):
     page = (tmp_path / "e" / "report.html").read_text()
     assert '<div class="error"><b>The fit failed:</b> no completed run to fit' in page
     assert "not drawn" in page
+
+
+def test_summary_when_the_extrapolation_has_no_error_to_give():
+    """A held-out budget whose optimum could not be located leaves its relative errors null (CLIP sweeps)."""
+    fit = {"inputs": {"sweep": "clip_tiny"}, "recommendation": {"error": "no law"},
+           "extrapolation": {"C": 1e12, "observed": {"N_opt": 5e4, "from": "runs"},
+                             "approach2": {"N_opt": 4e4, "rel_error_N_opt": None, "loss_opt": None,
+                                           "rel_error_loss": None},
+                             "approach3": {"N_opt": 6e4, "rel_error_N_opt": 0.2, "loss_opt": 2.0,
+                                           "rel_error_loss": -0.01}}}
+    lines = summary_lines(fit)
+    assert "  approach2: N_opt error n/a, loss error n/a" in lines
+    assert "  approach3: N_opt error +20.0%, loss error -1.00%" in lines
