@@ -29,8 +29,8 @@ from typing import Optional
 from launcher.cluster import ClusterProfile
 from launcher.config import validate
 from launcher.errors import UserError
-from launcher.jobdb import ACTIVE, EXIT_CODE_STATES, JobDB, RunRecord, TransitionError, fold_run_states, \
-    read_state_file
+from launcher.jobdb import ACTIVE, EXIT_CODE_STATES, STATUS_STATES, JobDB, RunRecord, TransitionError, \
+    fold_run_states, read_state_file
 from launcher.pack import PackItem, pack, pack_array
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import FINISHED_JOB_STATES, BatchJob, Dependency, Scheduler, Step
@@ -379,8 +379,8 @@ def _fold_job_end(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequ
         key = f"{job_id}_{i}" if array_index is not None else job_id
         codes = [code for _, code in ended.get(key, {}).get(record.name, [])]
         try:
-            if not codes and mine[-1].ended is None:  # no step of it ended: never started, or killed with the job
-                db.finish(run_hash, "cancelled" if job_state == "cancelled" else "timed_out",
+            if not codes and mine[-1].ended is None:
+                db.finish(run_hash, _unlogged_end(record.run_dir, mine[-1].submitted, job_state),
                           detail=f"job {job_id} {job_state}")
             for k, code in enumerate(codes):
                 if k >= len(mine):
@@ -395,6 +395,16 @@ def _fold_job_end(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequ
         if now != record.state:
             changes.append((record.name, record.state, now))
     return changes
+
+
+def _unlogged_end(run_dir: str, since: float, job_state: str) -> str:
+    """How a run ended that no step log line reports (a job not rendered here, or killed with its job):
+    what its state.json says since the attempt began, else timed_out (ready to continue) or cancelled."""
+    reported = read_state_file(run_dir) or {}
+    state = STATUS_STATES.get(reported.get("status")) if reported.get("_mtime", 0) >= since else None
+    if state in ("completed", "diverged", "failed", "timed_out"):
+        return state
+    return "cancelled" if job_state == "cancelled" else "timed_out"
 
 
 def _fold_retries(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str],
