@@ -23,7 +23,12 @@ CONFIG_DIR = Path(os.environ.get("SCALELADDER_CONFIG_DIR", Path(__file__).resolv
 
 
 def compose(overrides: list[str], config_name: str = "config") -> dict:
-    """Compose ``config_name`` with Hydra overrides into a plain, resolved dict."""
+    """Compose ``config_name`` with Hydra overrides into a plain, resolved dict.
+
+    Value overrides are applied with Hydra's ``++`` (set or add): a field that a YAML file does not list
+    (say ``cluster.max_retries`` on a short profile) is as settable as one it does, and a typo reaches
+    ``validate``, whose message names the field, the nearest real one and every allowed one.
+    """
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -31,32 +36,26 @@ def compose(overrides: list[str], config_name: str = "config") -> dict:
 
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=[_set_or_add(o) for o in overrides])
         return OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(_explain(str(exc), list(overrides), config_name)) from None
+        raise UserError(_explain(str(exc))) from None
 
 
-def _explain(text: str, overrides: list[str], config_name: str) -> str:
-    """Hydra's message as one line naming the field and what is allowed."""
+def _set_or_add(override: str) -> str:
+    """``key=value`` becomes ``++key=value`` unless it picks a config group option (``model=clip/tiny``)."""
+    key, sep, _ = override.partition("=")
+    if not sep or key.startswith(("+", "~")) or (CONFIG_DIR / key).is_dir():
+        return override
+    return "++" + override
+
+
+def _explain(text: str) -> str:
+    """Hydra's message as one line naming the group and what is allowed."""
     missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
     if missing and (CONFIG_DIR / missing.group(1)).is_dir():
         group, option = missing.groups()
         return f"{group}: {option!r} is not an option; allowed: {', '.join(group_options(group))}"
-    unknown = re.match(r"Could not override '([^']+)'", text)
-    if unknown:
-        parent, _, key = unknown.group(1).rpartition(".")
-        rest = [o for o in overrides if not o.lstrip("+~").startswith(unknown.group(1) + "=")]
-        try:
-            node = compose(rest, config_name)
-            for part in filter(None, parent.split(".")):
-                node = node[part]
-        except (UserError, KeyError, TypeError):
-            node = None
-        if isinstance(node, dict):
-            near = difflib.get_close_matches(key, list(node), n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
-            return f"{unknown.group(1)}: unknown field{hint}; allowed: {', '.join(sorted(node))}"
     return _first_line(text)
 
 

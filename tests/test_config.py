@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("override, message", [
     ("train.lr=abc", "train.lr: expected float, got 'abc'"),
-    ("model.n_layerz=2", "model.n_layerz: unknown field (did you mean 'n_layer'?); allowed: d_model, family,"),
+    ("model.n_layerz=2", "model.n_layerz: unknown field (did you mean 'n_layer'?); allowed: d_model, gelu,"),
+    ("cluster.max_retriez=2", "cluster.max_retriez: unknown field (did you mean 'max_retries'?); allowed: account,"),
     ("deepspeed=zero9", "deepspeed: 'zero9' is not an option; allowed: zero0, zero1, zero2, zero3, zero3_offload"),
     ("nprocs=2", "nprocs: unknown field (did you mean 'nproc'?)"),
     ("train.precision=fp8", "train.precision: 'fp8' is not allowed; allowed: fp32, bf16, fp16"),
@@ -54,3 +55,10 @@ def test_good_overrides_compose():
                            "rendezvous.interface=hsn0", "deepspeed.min_loss_scale=2"])
     assert (run.deepspeed.stage, run.train.max_steps, run.nproc, run.run_dir) == (3, 3, 2, "/tmp/x")
     assert (run.rendezvous.interface, run.deepspeed.min_loss_scale) == ("hsn0", 2)
+
+
+def test_a_field_its_yaml_does_not_list_is_settable():
+    """The local profile's YAML is short; every ClusterProfile field can still be overridden."""
+    assert "max_retries" not in (REPO / "hydra_configs" / "cluster" / "local.yaml").read_text()
+    run = load_run_config(["cluster.max_retries=7", "model=clip/tiny", "model.embed_dim=48"])
+    assert run.cluster.max_retries == 7 and run.model["family"] == "clip" and run.model["embed_dim"] == 48
