@@ -256,15 +256,22 @@ def build_engine(run: RunConfig, rank: int, world: int):
 
 
 class StopRequest:
-    """SIGTERM/SIGUSR2 (scheduler warning before the walltime) ask for a checkpoint and a requeue."""
+    """SIGTERM/SIGUSR2 (scheduler warning before the walltime) ask for a checkpoint and a requeue.
+
+    The handler only records the first signal: more of them (schedulers and launchers often send several)
+    change nothing while the checkpoint is written. Interrupted system calls are restarted (SA_RESTART),
+    so C code blocked in one (a collective's socket read, a file write) does not fail with EINTR mid-save.
+    """
 
     def __init__(self):
         self.signum = 0
         for sig in (signal.SIGTERM, signal.SIGUSR2):
             signal.signal(sig, self._set)
+            signal.siginterrupt(sig, False)
 
     def _set(self, signum, _frame) -> None:
-        self.signum = signum
+        if not self.signum:
+            self.signum = signum
 
 
 class RunStateFile:

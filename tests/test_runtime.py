@@ -4,7 +4,8 @@ Each stage trains the tiny LM for K steps once without interruption (loss falls,
 the same parameters, metrics carry the interface keys) and once interrupted at step j < K and resumed:
 the resumed curve must be the uninterrupted one. Stages 0 and 1 resume from the uninterrupted run's
 own step-j checkpoint (as if it had been killed after logging step K); stage 2 is stopped by SIGTERM
-(plain local processes), stage 3 by SIGUSR2 (under mpirun).
+(plain local processes), stage 3 by SIGUSR2 (under mpirun). A one-rank run gets a second signal while
+the checkpoint the first asked for is written.
 """
 from __future__ import annotations
 
@@ -31,20 +32,29 @@ KEYS = {"step", "tokens", "flops", "train_loss", "lr", "tokens_per_s", "mfu", "t
 needs_mpi = pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun")
 
 
-def ladder_train(run_dir: Path, *overrides: str, stop_with: int | None = None, env: dict | None = None):
-    """``ladder train`` as a user runs it; with ``stop_with``, that signal as soon as step 1 is logged."""
+def ladder_train(run_dir: Path, *overrides: str, stop_with: int | None = None, then: int | None = None,
+                 env: dict | None = None):
+    """``ladder train`` as a user runs it; with ``stop_with``, that signal as soon as step 1 is logged, and
+    with ``then``, that one as soon as the checkpoint it asked for is being written."""
     command = [sys.executable, "-m", "launcher.cli", "train", *COMMON, *overrides, f"run_dir={run_dir}"]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     if stop_with is not None:
-        metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 240
-        while not (metrics.exists() and metrics.read_text()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-            time.sleep(0.01)
+        wait_for(proc, lambda: (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text())
         proc.send_signal(stop_with)
+    if then is not None:
+        wait_for(proc, (run_dir / "checkpoints").exists, poll_s=0.0005)
+        proc.send_signal(then)
     output = proc.communicate(timeout=300)[0]
     return proc.returncode, output
+
+
+def wait_for(proc: subprocess.Popen, condition, poll_s: float = 0.01) -> None:
+    deadline = time.monotonic() + 240
+    while not condition():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(poll_s)
 
 
 def state(run_dir: Path) -> dict:
@@ -165,3 +175,19 @@ def test_non_finite_loss_stops_the_run_as_diverged(tmp_path):
     assert (final["status"], final["exit_code"]) == ("diverged", 3)
     assert final["message"].startswith("non-finite training loss at step")
     assert final["step"] <= K and not (tmp_path / "checkpoints" / "latest").exists()
+
+
+def test_a_second_signal_while_the_checkpoint_is_written_changes_nothing(tmp_path):
+    code, output = ladder_train(tmp_path, "nproc=1", "train.checkpoint_every=100", stop_with=signal.SIGUSR2,
+                                then=signal.SIGTERM)
+    assert code == ExitCode.REQUEUE, output
+    stopped = state(tmp_path)
+    assert (stopped["status"], stopped["exit_code"], stopped["checkpoint_step"]) == ("requeue", 75, stopped["step"])
+    assert stopped["message"] == f"stopped at step {stopped['step']} by SIGUSR2"  # the first signal's stop
+    assert (tmp_path / "checkpoints" / "latest").read_text() == f"step_{stopped['step']:08d}"
+
+    code, output = ladder_train(tmp_path, "nproc=1")
+    assert code == ExitCode.COMPLETED, output
+    final = state(tmp_path)
+    assert (final["status"], final["resumed_from"], final["step"]) == ("completed", stopped["step"], K)
+    assert sorted(losses(tmp_path)) == list(range(1, K + 1))

@@ -1,6 +1,7 @@
 """The runtime's parts that need no second rank: schedule, batch split, DeepSpeed config, files, signals."""
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -169,14 +170,26 @@ def test_threads_per_rank():
     assert local_launch.threads_per_rank(64, {}) == "1"
 
 
-def test_stop_request_records_the_signal():
+def test_stop_request_records_the_first_signal_and_restarts_interrupted_system_calls():
+    """A second signal (say while the checkpoint is written) changes nothing, and C code blocked in a system
+    call (a collective's socket read in the checkpoint's barrier) sees it restarted, not failed with EINTR."""
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    libc = ctypes.CDLL(None, use_errno=True)
+    read_end, write_end = os.pipe()
     try:
         stop = StopRequest()
-        os.kill(os.getpid(), signal.SIGUSR2)
+        main = threading.main_thread().ident
+        threading.Timer(0.1, signal.pthread_kill, (main, signal.SIGUSR2)).start()
+        threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGTERM)).start()
+        threading.Timer(0.4, os.write, (write_end, b"x")).start()
+        buffer = ctypes.create_string_buffer(1)
+        got = libc.read(read_end, buffer, 1)  # blocks in C while both signals arrive
+        assert (got, buffer.raw) == (1, b"x"), f"read failed: {os.strerror(ctypes.get_errno())}"
         time.sleep(0.05)
         assert stop.signum == signal.SIGUSR2
     finally:
+        os.close(read_end)
+        os.close(write_end)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
