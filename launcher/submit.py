@@ -39,6 +39,7 @@ JOBS = "jobs"
 CANCEL_MARK = "CANCELLED"  # written by `ladder cancel`: jobs ending after it submit no continuation
 DONE_EXIT_CODES = (0, 3)  # completed, diverged: the run needs no more steps
 REQUEUE_EXIT_CODE = 75  # checkpointed: continue in the next job
+USAGE_EXIT_CODE = 2  # `ladder train` refused its configuration: trying again cannot help
 
 
 def _echo(line: str) -> None:
@@ -300,6 +301,9 @@ def _tries_left(run: dict, codes: list[int], profile: ClusterProfile) -> int:
         return 0
     if codes and codes[-1] == REQUEUE_EXIT_CODE:
         return profile.max_retries  # it made progress: the failure streak ends
+    if codes and codes[-1] == USAGE_EXIT_CODE:
+        _echo(f"run {run['name']}: its configuration was refused (exit 2, see its log); not retried")
+        return 0
     streak = 0
     for code in reversed(codes):
         if code in DONE_EXIT_CODES or code == REQUEUE_EXIT_CODE:

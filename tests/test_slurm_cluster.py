@@ -122,7 +122,8 @@ def test_packed_sweep_runs_as_concurrent_steps_and_the_database_agrees(dev_slurm
 
 
 def test_two_node_deepspeed_run_meets_through_slurm_variables(dev_slurm, tmp_path):
-    sweep = Sweep(tmp_path, "ds2", *ONE_RUN, "++sweep.nodes=2", "++sweep.ranks_per_run=2", "deepspeed=zero2")
+    sweep = Sweep(tmp_path, "ds2", *ONE_RUN, "++sweep.nodes=2", "++sweep.ranks_per_run=2", "deepspeed=zero2",
+                  "train.micro_batch_size=8")  # 2 ranks x 8 samples x 64 tokens: the sweep's 1024-token batch
     ((job, _),) = sweep.submitted
     assert job.nodes == 2 and job.lanes == 1
     runs = sweep.wait_done()
@@ -228,7 +229,7 @@ def test_cancel_leaves_runs_resumable(dev_slurm, tmp_path):
 
 def test_a_killed_rank_fails_its_run_which_retries_from_its_checkpoint(dev_slurm, tmp_path):
     sweep = Sweep(tmp_path, "kill", "sweep=tiny", "sweep.budgets=[3e10]", "sweep.params=[20000]",
-                  "++sweep.ranks_per_run=2", "train.checkpoint_every=20")
+                  "++sweep.ranks_per_run=2", "train.micro_batch_size=8", "train.checkpoint_every=20")
     (job_id,) = sweep.job_ids
     (name,) = sweep.runs()
     wait_until(lambda: (sweep.state(name).get("checkpoint_step") or 0) >= 20, 180, "a checkpoint")
