@@ -20,6 +20,7 @@ from typing import Optional
 
 from launcher.collect import Collected, collect_sweep, parse_sweep_args
 from launcher.errors import UserError
+from launcher.files import atomic_write
 
 FIT_FILE = "fit.json"
 CURVE_POINTS_PER_RUN = 200
@@ -32,13 +33,6 @@ def _read_json(path: Path) -> Optional[dict]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def achieved_flops_per_device(collected: Collected, plan: dict) -> Optional[float]:
@@ -124,7 +118,7 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
     except UserError as exc:
         fit = {"schema": SCHEMA, "error": str(exc)}
     fit["inputs"] = inputs
-    write_text(sweep_dir / FIT_FILE, json.dumps(fit, indent=1, allow_nan=False))
+    atomic_write(sweep_dir / FIT_FILE, json.dumps(fit, indent=1, allow_nan=False))
     return fit
 
 

@@ -21,21 +21,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from launcher.errors import UserError
+from launcher.files import atomic_write
 
 LATEST = "latest"
 KEEP = 2  # complete checkpoints kept: the newest and one before it, in case the newest is unreadable
 _TAG = re.compile(r"step_(\d{8,})")
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write a whole file or nothing: a temporary beside it, fsync, then os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass

@@ -23,6 +23,8 @@ from typing import Any, Literal, Optional
 from launcher.cluster import ClusterProfile
 from launcher.config import RunConfig, compose, group_options, load_run_config, validate
 from launcher.errors import UserError
+from launcher.files import atomic_write_json
+from launcher.metrics import METRICS_FILE, read_metrics
 
 
 @dataclasses.dataclass
@@ -456,7 +458,7 @@ def measure_throughput(setup: SweepSetup, specs: list[RunSpec], echo: Callable[[
                 raise UserError(f"calibration run {spec.name} failed (exit {code}); see {log}, "
                                 f"or plan with --no-calibrate")
             cache[keys[spec.config_hash]] = {"N": spec.N, **_calibration_result(spec, run_dir, wall)}
-        _write_json(cache_path, cache)
+        atomic_write_json(cache_path, cache)
     measured = [cache[keys[h]] for h in probes]
     return Throughput("measured", tuple((m["N"], m["flops_per_s"]) for m in measured), runs_per_node=float(slots),
                       overhead_s=max(m["overhead_s"] for m in measured))
@@ -464,7 +466,8 @@ def measure_throughput(setup: SweepSetup, specs: list[RunSpec], echo: Callable[[
 
 def _calibration_result(spec: RunSpec, run_dir: Path, wall_s: float) -> dict:
     """FLOP/s over the steady steps (the first step pays for warm-up) and the run's fixed overhead."""
-    records = read_metrics(run_dir / "metrics.jsonl")
+    path = run_dir / METRICS_FILE
+    records = read_metrics(path) if path.exists() else []
     steady = [r for r in records if r.get("step", 0) > 1 and r.get("tokens_per_s")]
     if not steady:
         raise UserError(f"calibration run {spec.name}: metrics.jsonl has no steady steps to measure; "
@@ -475,34 +478,10 @@ def _calibration_result(spec: RunSpec, run_dir: Path, wall_s: float) -> dict:
             "overhead_s": max(0.0, wall_s - train_s), "wall_s": wall_s, "steps": len(records)}
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl records, the last one per step (a resumed run may log a step twice)."""
-    by_step: dict[int, dict] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line being written
-        if "step" in record:
-            by_step[record["step"]] = record
-    return [by_step[s] for s in sorted(by_step)]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def write_plan(plan: Plan) -> Path:
     """``<sweep_dir>/plan.json``: the resolved plan, for the collector, the report and people."""
     path = plan.sweep_dir / "plan.json"
-    _write_json(path, plan.to_json())
+    atomic_write_json(path, plan.to_json())
     return path
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from launcher.analysis import (BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, percent, reason,
                                summary_lines)
 from launcher.collect import Collected, collect_sweep, parse_sweep_args
+from launcher.files import atomic_write
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.txt"
@@ -482,7 +483,6 @@ def write_report(sweep_dir: str | os.PathLike, *, wandb_mode: Optional[str] = No
 
     ``collected``: the sweep as just collected, to save collecting it again.
     """
-    from launcher.analysis import write_text
     from launcher.wandb_sync import log_summary_run
 
     sweep_dir = Path(sweep_dir)
@@ -490,9 +490,9 @@ def write_report(sweep_dir: str | os.PathLike, *, wandb_mode: Optional[str] = No
     fit = _current_fit(sweep_dir, collected)
     plots = make_plots(sweep_dir, collected, fit)
     summary = summary_lines(fit)
-    write_text(sweep_dir / SUMMARY_FILE, "\n".join(summary) + "\n")
+    atomic_write(sweep_dir / SUMMARY_FILE, "\n".join(summary) + "\n")
     path = sweep_dir / REPORT_FILE
-    write_text(path, render_html(sweep_dir, collected, fit, plots, summary))
+    atomic_write(path, render_html(sweep_dir, collected, fit, plots, summary))
     log_summary_run(sweep_dir, fit, flop_ledger(collected), {p.name: p.path for p in plots if p.path}, wandb_mode)
     return path
 

@@ -55,7 +55,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from launcher import rendezvous
-from launcher.checkpoint import Checkpointer, TrainState, atomic_write
+from launcher.checkpoint import Checkpointer, TrainState
+from launcher.files import atomic_write
 from launcher.config import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
 from launcher.metrics import MetricsLog, WandbMirror

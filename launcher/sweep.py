@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import UserError
+from launcher.metrics import METRICS_FILE
 from launcher.jobdb import ACTIVE, EXIT_CODE_STATES, FINAL, JobDB, RunRecord, fold_run_states
 from launcher.plan import Plan, RunSpec, build_plan, make_console, parse_args, print_plan, write_plan
 from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
@@ -156,7 +157,7 @@ class LocalSweepRunner:
         runs = {r.config_hash: r for r in self.db.runs(self.plan.sweep.name) if r.config_hash in self.specs}
         progress.update(overall, completed=sum(1 for r in runs.values() if r.state in FINAL))
         for digest, task in bars.items():
-            record = last_record(Path(runs[digest].run_dir) / "metrics.jsonl")
+            record = last_record(Path(runs[digest].run_dir) / METRICS_FILE)
             if record and isinstance(record.get("train_loss"), float):
                 progress.update(task, completed=record.get("step", 0),
                                 description=f"{runs[digest].name} loss {record['train_loss']:.3f}")
