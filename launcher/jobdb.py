@@ -222,15 +222,7 @@ class JobDB:
 
     def runs(self, sweep: Optional[str] = None, states: Optional[Iterable[str]] = None) -> list[RunRecord]:
         """Runs in plan order (insertion), optionally of one sweep and in some states."""
-        query, args = "SELECT * FROM runs WHERE 1", []
-        if sweep is not None:
-            query += " AND sweep = ?"
-            args.append(sweep)
-        if states is not None:
-            states = list(states)
-            query += f" AND state IN ({','.join('?' * len(states))})"
-            args += states
-        return [_run_record(r) for r in self._conn.execute(query + " ORDER BY rowid", args)]
+        return [_run_record(r) for r in self._select("runs", sweep, states, "rowid")]
 
     def run(self, key: str) -> RunRecord:
         """A run by config hash or by name."""
@@ -363,7 +355,12 @@ class JobDB:
                          (state, time.time(), scheduler, str(job_id)))
 
     def jobs(self, sweep: Optional[str] = None, states: Optional[Iterable[str]] = None) -> list[Job]:
-        query, args = "SELECT * FROM jobs WHERE 1", []
+        return [Job(**{**dict(r), "runs": json.loads(r["runs"] or "[]")})
+                for r in self._select("jobs", sweep, states, "submitted")]
+
+    def _select(self, table: str, sweep: Optional[str], states: Optional[Iterable[str]], order: str):
+        """Rows of ``table`` (a name from this module, never from a user), optionally of one sweep and states."""
+        query, args = f"SELECT * FROM {table} WHERE 1", []
         if sweep is not None:
             query += " AND sweep = ?"
             args.append(sweep)
@@ -371,8 +368,7 @@ class JobDB:
             states = list(states)
             query += f" AND state IN ({','.join('?' * len(states))})"
             args += states
-        return [Job(**{**dict(r), "runs": json.loads(r["runs"] or "[]")})
-                for r in self._conn.execute(query + " ORDER BY submitted", args)]
+        return self._conn.execute(f"{query} ORDER BY {order}", args)
 
     def events(self, key: Optional[str] = None) -> list[dict]:
         """The history: every transition, plan and job event, oldest first."""
