@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.cluster import ClusterProfile
-from launcher.config import validate
+from launcher.config import compose, validate
 from launcher.errors import UserError
+from launcher.files import atomic_write, atomic_write_json
 from launcher.jobdb import ACTIVE, EXIT_CODE_STATES, STATUS_STATES, JobDB, RunRecord, TransitionError, \
     fold_run_states, read_state_file
 from launcher.pack import PackItem, pack, pack_array
@@ -148,13 +149,6 @@ def _read_json(path: Path) -> Optional[dict]:
         return None
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def manifest_of(job: BatchJob, profile: ClusterProfile, scheduler: Scheduler, script: Path) -> dict:
     return {"name": job.name, "sweep": job.sweep, "sweep_dir": job.sweep_dir, "workdir": job.workdir,
             "scheduler": scheduler.name, "profile": dataclasses.asdict(profile), "job_id": None,
@@ -165,12 +159,9 @@ def manifest_of(job: BatchJob, profile: ClusterProfile, scheduler: Scheduler, sc
 
 
 def write_script(scheduler: Scheduler, job: BatchJob, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{job.name}{scheduler.script_suffix}"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(scheduler.render(job))
-    tmp.chmod(0o755)
-    os.replace(tmp, path)
+    atomic_write(path, scheduler.render(job))
+    path.chmod(0o755)
     return path
 
 
@@ -178,9 +169,9 @@ def submit_job(scheduler: Scheduler, job: BatchJob) -> str:
     """Write the job's script and manifest, submit it, and put its id in the manifest."""
     script = write_script(scheduler, job, Path(job.sweep_dir) / JOBS)
     manifest = manifest_of(job, scheduler.profile, scheduler, script)
-    _write_json(Path(job.manifest), manifest)  # before sbatch: the job may end before we hear its id
+    atomic_write_json(Path(job.manifest), manifest)  # before sbatch: the job may end before we hear its id
     job_id = scheduler.submit(script, job.dependency)
-    _write_json(Path(job.manifest), {**manifest, "job_id": job_id, "submitted": time.time()})
+    atomic_write_json(Path(job.manifest), {**manifest, "job_id": job_id, "submitted": time.time()})
     return job_id
 
 
@@ -212,6 +203,7 @@ def submit_sweep(overrides: list[str], dependency: Optional[Dependency] = None, 
     """Plan, record, pack, render and submit a sweep's runs that still need training."""
     from launcher.plan import build_plan, write_plan
 
+    get_scheduler(validate(ClusterProfile, compose(overrides)["cluster"], "cluster"))  # before any calibration
     plan = build_plan(overrides, calibrate=calibrate, echo=_echo)
     plan.check_budget(over_budget_ok)
     plan.sweep_dir = plan.sweep_dir.resolve()
@@ -481,7 +473,7 @@ def render_sweep(overrides: list[str], out_dir: Path, calibrate: bool = True) ->
     written = []
     for job in jobs:
         script = write_script(scheduler, job, out_dir)
-        _write_json(out_dir / f"{job.name}.json", manifest_of(job, profile, scheduler, script))
+        atomic_write_json(out_dir / f"{job.name}.json", manifest_of(job, profile, scheduler, script))
         written.append(script)
     return written
 
