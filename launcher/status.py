@@ -21,9 +21,10 @@ def reconcile(db: JobDB, sweep: str, profile: ClusterProfile) -> list[tuple[str,
     Runs on this machine (scheduler local) report only through their files. Under a batch scheduler the
     adapter's view of the jobs comes in too, with the jobs' own records (launcher.submit.sync).
     """
-    if profile.scheduler in REGISTRY:
-        from launcher.submit import sync
+    from launcher.submit import batch_profile, sync
 
+    profile = batch_profile(db, sweep, profile)  # `ladder status sweep=<name>` of a submitted sweep
+    if profile.scheduler in REGISTRY:
         return sync(db, sweep, db.path.parent, get_scheduler(profile))
     return fold_run_states(db, sweep)
 

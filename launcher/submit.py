@@ -33,7 +33,7 @@ from launcher.files import atomic_write, atomic_write_json
 from launcher.jobdb import ACTIVE, EXIT_CODE_STATES, STATUS_STATES, JobDB, RunRecord, TransitionError, \
     fold_run_states, read_state_file
 from launcher.pack import PackItem, pack, pack_array
-from launcher.schedulers import get_scheduler
+from launcher.schedulers import REGISTRY, get_scheduler
 from launcher.schedulers.base import FINISHED_JOB_STATES, BatchJob, Dependency, Scheduler, Step
 
 JOBS = "jobs"
@@ -421,16 +421,29 @@ def _fold_retries(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequ
 # ------------------------------------------------------------------------------------------ cancel
 
 
+def batch_profile(db: JobDB, sweep: str, profile: ClusterProfile) -> ClusterProfile:
+    """The profile of the scheduler that runs the sweep: ``profile`` when it has a batch scheduler, else
+    the one ``ladder submit`` recorded, so ``ladder status`` and ``ladder cancel`` need no ``cluster=``."""
+    if profile.scheduler in REGISTRY:
+        return profile
+    recorded = (db.sweep_config(sweep) or {}).get("cluster")
+    if recorded and recorded.get("scheduler") in REGISTRY:
+        return validate(ClusterProfile, recorded, "cluster")
+    return profile
+
+
 def cancel_sweep(overrides: list[str]) -> list[str]:
     """Cancel a sweep's queued and running jobs; their runs become cancelled and stay resumable."""
-    from launcher.plan import load_sweep
+    from launcher.plan import compose_sweep
 
-    setup = load_sweep(overrides)
-    sweep, sweep_dir = setup.sweep.name, setup.sweep_dir.resolve()
-    scheduler = get_scheduler(setup.cluster)
+    config, profile, sweep_dir = compose_sweep(overrides)
+    sweep, sweep_dir = config.name, sweep_dir.resolve()
+    if not (sweep_dir / "jobdb.sqlite").exists():
+        raise UserError(f"sweep={sweep}: nothing submitted (no job database in {sweep_dir}; give sweeps_root=<dir>?)")
     (sweep_dir / JOBS).mkdir(parents=True, exist_ok=True)
     (sweep_dir / JOBS / CANCEL_MARK).write_text(f"{time.time()}\n")  # first: no job continues after this
     with JobDB(sweep_dir / "jobdb.sqlite") as db:
+        scheduler = get_scheduler(batch_profile(db, sweep, profile))
         sync(db, sweep, sweep_dir, scheduler)
         ids = {j.job_id for j in db.jobs(sweep) if j.state not in FINISHED_JOB_STATES}
         ids |= {str(m["job_id"]) for m in manifests(sweep_dir) if m.get("job_id") and m.get("sweep") == sweep}

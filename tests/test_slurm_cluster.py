@@ -92,6 +92,13 @@ def slurm_job(cluster, job_id: str) -> dict[str, str]:
 def test_dev_cluster_nodes_are_separate_hosts(dev_slurm):
     hosts = dev_slurm.run("srun", "--nodes=2", "--ntasks=4", "hostname").stdout.split()
     assert len(hosts) == 4 and len(set(hosts)) == 2 and all(re.fullmatch(r"n\d+", h) for h in hosts)
+    mpi = dev_slurm.run("srun", "--mpi=pmix", "--nodes=2", "--ntasks=2", sys.executable, "-c",
+                        "import socket; from mpi4py import MPI; c = MPI.COMM_WORLD; "
+                        "print(c.allreduce(c.Get_rank()), c.Get_size(), *sorted(c.allgather(socket.gethostname())))")
+    lines = mpi.stdout.splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1]
+    total, size, first, second = lines[0].split()
+    assert (total, size) == ("1", "2") and first != second  # an MPI allreduce across two nodes
     began = time.monotonic()
     again = subprocess.run([str(REPO / "slurm/dev-cluster/up")], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "already running" in again.stderr and time.monotonic() - began < 10
@@ -115,7 +122,8 @@ def test_packed_sweep_runs_as_concurrent_steps_and_the_database_agrees(dev_slurm
     hosts = {sweep.state(name)["hostname"] for name in runs}
     assert len(hosts) >= 2  # the runs' steps ran on different nodes
     assert all(len(read_metrics(sweep.dir / "runs" / name / "metrics.jsonl")) == runs[name].steps for name in runs)
-    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", *sweep.overrides, "--json"],
+    plain = [o for o in sweep.overrides if not o.startswith("cluster=")]  # the sweep remembers its cluster
+    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", *plain, "--json"],
                             capture_output=True, text=True, timeout=120, cwd=REPO)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["counts"] == {"completed": 6}
