@@ -24,17 +24,20 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from launcher.cluster import ClusterProfile
 from launcher.config import compose, validate
 from launcher.errors import UserError
 from launcher.files import atomic_write, atomic_write_json
-from launcher.jobdb import ACTIVE, EXIT_CODE_STATES, STATUS_STATES, JobDB, RunRecord, TransitionError, \
-    fold_run_states, read_state_file
+from launcher.jobdb import ACTIVE, EXIT_CODE_STATES, STATUS_STATES, JobDB, TransitionError, fold_run_states, \
+    read_state_file
 from launcher.pack import PackItem, pack, pack_array
 from launcher.schedulers import REGISTRY, get_scheduler
 from launcher.schedulers.base import FINISHED_JOB_STATES, BatchJob, Dependency, Scheduler, Step
+
+if TYPE_CHECKING:
+    from launcher.plan import RunSpec
 
 JOBS = "jobs"
 CANCEL_MARK = "CANCELLED"  # written by `ladder cancel`: jobs ending after it submit no continuation
@@ -119,15 +122,14 @@ def build_jobs(scheduler: Scheduler, steps: Sequence[Step], ctx: JobContext,
     return jobs
 
 
-def step_for(record: RunRecord, nodes: int, ranks: int, est_node_hours: Optional[float], profile: ClusterProfile,
-             tries: int) -> Step:
-    """A run as a step of a job, with the plan's estimate of its whole training time."""
-    if est_node_hours is None:
-        raise UserError(f"run {record.name}: no time estimate to pack it by; set cluster.device_peak_flops "
+def step_for(spec: RunSpec, run_dir: str, overrides: Sequence[str], profile: ClusterProfile, tries: int) -> Step:
+    """A planned run as a step of a job, with the plan's estimate of its whole training time."""
+    if spec.est_node_hours is None:
+        raise UserError(f"run {spec.name}: no time estimate to pack it by; set cluster.device_peak_flops "
                         "or let the planner calibrate (drop --no-calibrate)")
-    hours = est_node_hours * profile.devices_per_node / ranks  # the plan's node-hours back to wall hours
-    return Step(index=0, name=record.name, config_hash=record.config_hash, run_dir=record.run_dir,
-                overrides=tuple(record.overrides), nodes=nodes, ranks=ranks, hours=hours, tries=tries)
+    hours = spec.est_node_hours * profile.devices_per_node / spec.ranks_per_run  # node-hours back to wall hours
+    return Step(index=0, name=spec.name, config_hash=spec.config_hash, run_dir=str(run_dir),
+                overrides=tuple(overrides), nodes=spec.nodes, ranks=spec.ranks_per_run, hours=hours, tries=tries)
 
 
 def _left(run_dir: str) -> float:
@@ -223,8 +225,7 @@ def submit_sweep(overrides: list[str], dependency: Optional[Dependency] = None, 
             if failures >= profile.max_retries:
                 _echo(f"run {record.name}: failed {failures} times in a row; not retried (cluster.max_retries)")
                 continue
-            spec = specs[record.config_hash]
-            steps.append(step_for(record, spec.nodes, spec.ranks_per_run, spec.est_node_hours, profile,
+            steps.append(step_for(specs[record.config_hash], record.run_dir, record.overrides, profile,
                                   profile.max_retries - failures))
         if not steps:
             _echo(f"sweep {name}: no run needs submitting")
@@ -303,7 +304,8 @@ def _tries_left(run: dict, codes: list[int], profile: ClusterProfile) -> int:
         streak += 1
     left = run["tries"] - streak
     if codes and left <= 0:
-        _echo(f"run {run['name']}: failed {len(codes)} times in a row; not retried (cluster.max_retries)")
+        in_a_row = profile.max_retries - run["tries"] + streak
+        _echo(f"run {run['name']}: failed {in_a_row} times in a row; not retried (cluster.max_retries)")
     return max(0, left)
 
 
@@ -472,15 +474,8 @@ def render_sweep(overrides: list[str], out_dir: Path, calibrate: bool = True) ->
     plan = build_plan(overrides, calibrate=calibrate, echo=_echo)
     profile, sweep_dir = plan.cluster, plan.sweep_dir.resolve()
     scheduler = get_scheduler(profile)
-    steps = []
-    for spec in plan.runs:
-        record = RunRecord(config_hash=spec.config_hash, sweep=spec.sweep, name=spec.name, family=spec.family,
-                           N=spec.N, N_non_embedding=spec.N_non_embedding, D=spec.D, C=spec.C, budget=spec.budget,
-                           steps=spec.steps, run_dir=str(spec.run_dir(sweep_dir)),
-                           overrides=spec.overrides(sweep_dir), est_node_hours=spec.est_node_hours, state="planned",
-                           job_id=None, exit_code=None, attempts=0, consecutive_failures=0, created=0.0, updated=0.0)
-        steps.append(step_for(record, spec.nodes, spec.ranks_per_run, spec.est_node_hours, profile,
-                              profile.max_retries))
+    steps = [step_for(spec, spec.run_dir(sweep_dir), spec.overrides(sweep_dir), profile, profile.max_retries)
+             for spec in plan.runs]
     jobs = build_jobs(scheduler, steps, JobContext(plan.sweep.name, sweep_dir, Path.cwd(), profile))
     scheduler.validate(jobs)
     written = []
