@@ -212,6 +212,24 @@ def test_walltime_warning_checkpoints_and_the_continuations_end_with_the_same_cu
     assert [r.get("val_loss") for r in resumed] == [r.get("val_loss") for r in whole]
 
 
+def test_usr2_to_the_batch_shell_takes_the_same_path(dev_slurm, tmp_path):
+    sweep = Sweep(tmp_path, "usr2", "sweep=tiny", "sweep.budgets=[3e10]", "sweep.params=[20000,60000]",
+                  "train.checkpoint_every=20")
+    (first_id,) = sweep.job_ids
+    names = list(sweep.runs())
+    wait_until(lambda: all((sweep.state(n).get("checkpoint_step") or 0) >= 20 for n in names), 180,
+               "a checkpoint of every run")
+    dev_slurm.run("scancel", "--signal=USR2", "--batch", first_id)  # the batch shell and its children
+    runs = sweep.wait_done()
+    assert {r.state for r in runs.values()} == {"completed"}
+    _, jobs, _ = sweep.sync()
+    assert len(jobs) == 2 and jobs[1].depends_on == f"afterany:{first_id}"
+    steps = sweep.steps()
+    assert steps[first_id] == {n: [(1, 75)] for n in names}
+    assert steps[jobs[1].job_id] == {n: [(1, 0)] for n in names}
+    assert all(sweep.state(n)["resumed_from"] >= 20 for n in names)
+
+
 def test_cancel_leaves_runs_resumable(dev_slurm, tmp_path):
     overrides = ["sweep=tiny", "sweep.budgets=[3e10]", "sweep.params=[20000,60000]", "train.checkpoint_every=20"]
     sweep = Sweep(tmp_path, "cx", *overrides)
