@@ -28,7 +28,7 @@ from launcher.submit import cancel_sweep, read_steps, submit_sweep, sync
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
-ONE_RUN = ["sweep=tiny", "sweep.budgets=[1e10]", "sweep.params=[20000]"]
+ONE_RUN = ["sweep=tiny", "sweep.budgets=[5e9]", "sweep.params=[20000]"]
 
 
 class Sweep:
@@ -147,7 +147,7 @@ def test_two_node_deepspeed_run_meets_through_slurm_variables(dev_slurm, tmp_pat
 
 
 def test_job_array_with_a_throttle(dev_slurm, tmp_path):
-    sweep = Sweep(tmp_path, "arr", "sweep=tiny", "sweep.budgets=[1e10]", "cluster.submission=array",
+    sweep = Sweep(tmp_path, "arr", "sweep=tiny", "sweep.budgets=[5e9]", "cluster.submission=array",
                   "cluster.array_throttle=2")
     ((job, job_id),) = sweep.submitted
     assert job.array and len(job.steps) == 3
