@@ -303,6 +303,14 @@ class RunStateFile:
 # ------------------------------------------------------------------------------------------- trainer
 
 
+def close_process_group() -> None:
+    """Stop the process group's worker threads before the interpreter stops: a gloo thread that still
+    drops a tensor during shutdown aborts the rank ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class Trainer:
     """One rank of one run."""
 
@@ -335,6 +343,7 @@ class Trainer:
         finally:
             if self.wandb is not None:
                 self.wandb.finish(self.state_file.state["exit_code"])
+            close_process_group()
 
     def _setup(self) -> None:
         import torch
