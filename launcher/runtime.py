@@ -233,8 +233,15 @@ def find_ranks(run: RunConfig) -> rendezvous.DistEnv:
                               run.rendezvous.port_base, run.rendezvous.port_span)
 
 
+def extensions_dir() -> str:
+    """DeepSpeed JIT-builds its shm comm op on every start: one cache per Python environment (the set-up
+    step pre-builds it there), so two environments never rebuild each other's copy under a running job."""
+    return str(Path(sys.prefix) / "torch_extensions")
+
+
 def build_engine(run: RunConfig, rank: int, world: int):
     """(family, batch plan, DeepSpeed engine) on joined ranks: the same initial weights everywhere."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
     import deepspeed
     import torch
     from deepspeed.utils import logger as ds_logger
