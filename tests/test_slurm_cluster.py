@@ -178,17 +178,18 @@ def test_dependency_chain(dev_slurm, tmp_path):
 
 
 def test_walltime_warning_checkpoints_and_the_continuations_end_with_the_same_curve(dev_slurm, tmp_path):
-    # 2-min jobs warned 100 s before their end: the controller checks limits every 30 s, so the warning
-    # comes 20-50 s into each job; ~40 s of training need one or more continuations
-    long_run = ["sweep=tiny", "sweep.budgets=[1.5e11]", "sweep.params=[20000]", "train.checkpoint_every=100",
-                "train.val_every=100"]
+    # 2-min jobs warned 90 s before their end: the controller checks limits every 30 s, so the warning
+    # comes 30-60 s into each job; a run of over a minute and a half of training on an idle machine
+    # (several under load) cannot end inside the first job, whatever the machine's speed
+    long_run = ["sweep=tiny", "sweep.budgets=[9e11]", "sweep.params=[20000]", "train.checkpoint_every=1000",
+                "train.val_every=1000"]
     reference = Sweep(tmp_path, "whole", *long_run)
-    cut = Sweep(tmp_path, "cut", *long_run, "cluster.walltime_min=2", "cluster.signal_before_s=100")
+    cut = Sweep(tmp_path, "cut", *long_run, "cluster.walltime_min=2", "cluster.signal_before_s=90")
     ((job, first_id),) = cut.submitted
     script = (cut.dir / "jobs" / f"{job.name}.sbatch").read_text()
-    assert "#SBATCH --time=00:02:00" in script and "#SBATCH --signal=B:USR2@100" in script
-    runs = cut.wait_done(timeout=420)
-    reference.wait_done(timeout=120)
+    assert "#SBATCH --time=00:02:00" in script and "#SBATCH --signal=B:USR2@90" in script
+    runs = cut.wait_done(timeout=900)
+    reference.wait_done(timeout=300)
     (name,) = runs
     assert runs[name].state == "completed"
     _, jobs, attempts = cut.sync()
