@@ -38,7 +38,7 @@ def _alive(pidfile: Path) -> bool:
 @pytest.fixture(scope="session")
 def dev_slurm() -> DevCluster:
     """The dev cluster: started with ``up`` unless it runs already, stopped with ``down`` at the end
-    only if this session started it."""
+    only if this test run started it."""
     if os.geteuid() != 0:
         pytest.skip("the dev Slurm cluster needs root (slurm/dev-cluster/up starts slurmctld, slurmd, munged)")
     state = Path(os.environ.get("DEV_SLURM_DIR", REPO / ".dev-slurm"))
