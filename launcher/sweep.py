@@ -20,7 +20,7 @@ from typing import Optional
 
 from launcher.errors import UserError
 from launcher.metrics import METRICS_FILE
-from launcher.jobdb import ACTIVE, EXIT_CODE_STATES, FINAL, JobDB, RunRecord, fold_run_states
+from launcher.jobdb import ACTIVE, EXIT_CODE_STATES, FINAL, JobDB, RunRecord, fold_run_states, read_state_file
 from launcher.plan import Plan, RunSpec, build_plan, make_console, parse_args, print_plan, write_plan
 from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
 
@@ -132,7 +132,9 @@ class LocalSweepRunner:
             if code is None:
                 continue
             state = EXIT_CODE_STATES.get(code, "failed")
-            if proc.stop_requested and state == "failed":
+            if state == "failed" and (read_state_file(self.db.run(digest).run_dir) or {}).get("status") == "completed":
+                state = "completed"  # it finished, then a signal ended the process while it was closing down
+            elif proc.stop_requested and state == "failed":
                 state = "timed_out"  # stopped by us before it could checkpoint: it resumes from the last one
             run = self.db.finish(digest, state, exit_code=code)
             del self.active[digest]

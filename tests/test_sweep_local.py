@@ -50,8 +50,10 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
         if not db_path.exists():
             return None
         runs = snapshot(db_path)
+        reported = {n: read_state_file(sweep_dir / "runs" / n) or {} for n in runs}
+        # past its first step, and far enough from its last that the interrupt cannot arrive after it
         training = [n for n, (state, _) in runs.items() if state == "running"
-                    and (read_state_file(sweep_dir / "runs" / n) or {}).get("step", 0) >= 1]
+                    and 1 <= reported[n].get("step", 0) <= reported[n].get("total_steps", 0) // 2]
         return any(state == "completed" for state, _ in runs.values()) and training
 
     training = wait_for(one_done_one_training, 400, first, "a completed run and a run in training")
