@@ -232,7 +232,7 @@ def test_usr2_to_the_batch_shell_takes_the_same_path(dev_slurm, tmp_path):
 
 
 def test_cancel_leaves_runs_resumable(dev_slurm, tmp_path):
-    overrides = ["sweep=tiny", "sweep.budgets=[3e10]", "sweep.params=[20000,60000]", "train.checkpoint_every=20"]
+    overrides = ["sweep=tiny", "sweep.budgets=[1.2e11]", "sweep.params=[20000,60000]", "train.checkpoint_every=20"]
     sweep = Sweep(tmp_path, "cx", *overrides)
     names = list(sweep.runs())
     wait_until(lambda: all((sweep.state(n).get("checkpoint_step") or 0) >= 20 for n in names), 180,
