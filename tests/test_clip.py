@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -160,19 +159,6 @@ def test_clip_family_learns_digits_zero_shot():
     assert after["val_loss"] < before["val_loss"] - 0.3
     assert after["zero_shot_acc"] > 0.3  # chance is 0.1
     assert math.isfinite(after["val_loss"]) and model.training
-
-
-@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "model" / "clip").glob("*.yaml")), ids=lambda p: p.stem)
-def test_hydra_yaml_spells_out_the_named_config(path):
-    text = path.read_text()
-    assert text.startswith("# @package model")
-    values = yaml.safe_load(text)
-    assert values.pop("family") == "clip"
-    assert values == dataclasses.asdict(NAMED[path.stem])
-
-
-def test_every_named_config_has_a_yaml():
-    assert {p.stem for p in (CONFIG_DIR / "model" / "clip").glob("*.yaml")} == set(NAMED)
 
 
 def test_invalid_config_names_the_field():

@@ -11,6 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_family
+from models.clip import NAMED as CLIP_NAMED
 from models.gpt_neox import (NAMED, GPTNeoX, GPTNeoXConfig, flops_per_token, linear_cross_entropy, load_hf_state_dict,
                              param_counts, solve_shape)
 
@@ -182,17 +183,23 @@ def test_invalid_config_names_the_field():
         GPTNeoXConfig(gelu="relu")
 
 
-@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "model" / "gpt_neox").glob("*.yaml")), ids=lambda p: p.stem)
+FAMILY_NAMED = {"gpt_neox": NAMED, "clip": CLIP_NAMED}
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "model").glob("*/*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_hydra_yaml_spells_out_the_named_config(path):
     text = path.read_text()
     assert text.startswith("# @package model")
     values = yaml.safe_load(text)
-    assert values.pop("family") == "gpt_neox"
-    assert values == dataclasses.asdict(NAMED[path.stem])
+    family = path.parent.name
+    assert values.pop("family") == family
+    assert values == dataclasses.asdict(FAMILY_NAMED[family][path.stem])
 
 
-def test_every_named_config_has_a_yaml():
-    assert {p.stem for p in (CONFIG_DIR / "model" / "gpt_neox").glob("*.yaml")} == set(NAMED)
+@pytest.mark.parametrize("family", FAMILY_NAMED)
+def test_every_named_config_has_a_yaml(family):
+    assert {p.stem for p in (CONFIG_DIR / "model" / family).glob("*.yaml")} == set(FAMILY_NAMED[family])
 
 
 def test_lm_family_trains_and_evaluates(tmp_path):
