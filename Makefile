@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	  else $(PY) -m pip install -q $(TORCH_CPU); fi; fi
 	$(PY) -m pip install -q -e '.[test]'
 	@# DeepSpeed JIT-builds its shared-memory comm op at init_distributed even on gloo: build it once here.
-	TORCH_EXTENSIONS_DIR=$$($(PY) -c 'from launcher.runtime import extensions_dir; print(extensions_dir())') \
+	TORCH_EXTENSIONS_DIR=$$($(PY) -c 'from launcher.run.runtime import extensions_dir; print(extensions_dir())') \
 	  $(PY) -c "from deepspeed.accelerator import get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()" >/dev/null 2>&1 || \
 	  echo "note: DeepSpeed's shm op did not pre-build; it will build on first use"
 	touch $(STAMP)

@@ -2,7 +2,7 @@
 
 Writes a synthetic sweep into a temporary directory: plan.json plus runs/<name>/metrics.jsonl in the
 runtime's line format (compact JSON, validation every 20 steps), then times ``collect_sweep`` (every file
-parsed, curves.csv written) and ``launcher.metrics.read_metrics`` (json.loads per line) on a sample of the
+parsed, curves.csv written) and ``launcher.run.metrics.read_metrics`` (json.loads per line) on a sample of the
 same files, extrapolated to all of them. Usage: python bench/collect_curves.py [--runs 10000] [--points 1000]
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from launcher.collect import collect_sweep
-from launcher.metrics import read_metrics
+from launcher.analysis.collect import collect_sweep
+from launcher.run.metrics import read_metrics
 
 GOAL_S = 15.0
 DISTINCT = 64  # distinct curves written; run i gets curve i % DISTINCT (parsing cost does not depend on it)
@@ -94,7 +94,7 @@ def main() -> None:
         print(f"collect_sweep: {ours:.2f} s wall, {ours_cpu:.2f} s CPU (all processes) for {args.runs} curves "
               f"({n_points} points, curves.csv {collected.csv_path.stat().st_size / 1e9:.2f} GB); goal <= "
               f"{GOAL_S:.0f} s: {'met' if ours <= GOAL_S else 'NOT met'}")
-        print(f"baseline (launcher.metrics.read_metrics, json.loads per line, no CSV; {len(sample)} files "
+        print(f"baseline (launcher.run.metrics.read_metrics, json.loads per line, no CSV; {len(sample)} files "
               f"extrapolated): {baseline:.2f} s wall, {baseline_cpu:.2f} s CPU; speed-up {baseline / ours:.1f}x wall, "
               f"{baseline_cpu / ours_cpu:.1f}x CPU")
         load = os.getloadavg()[0]

@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 from scipy.special import huber, logsumexp  # noqa: E402
 
-from launcher.fit.chinchilla import HUBER_DELTA, chinchilla_grid, fit_chinchilla  # noqa: E402
-from launcher.fit.points import as_points  # noqa: E402
+from launcher.analysis.fit.chinchilla import HUBER_DELTA, chinchilla_grid, fit_chinchilla  # noqa: E402
+from launcher.analysis.fit.points import as_points  # noqa: E402
 
 GOAL = 50.0
 

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from launcher.jobdb import JobDB
-from launcher.plan import build_plan
+from launcher.sweep.jobdb import JobDB
+from launcher.sweep.plan import build_plan
 
 GOAL_S = 10.0
 

@@ -1,9 +1,9 @@
 """Packing efficiency on Frontier's queue policy: node-hours trained / node-hours allocated.
 
-A 200-run isoFLOP sweep of one-GCD runs (4 budgets x 50 sizes, planned by ``launcher.plan`` for
+A 200-run isoFLOP sweep of one-GCD runs (4 budgets x 50 sizes, planned by ``launcher.sweep.plan`` for
 cluster=frontier, so its hours come from the profile's peak x assumed MFU) is executed in simulation:
 
-- packed: ``launcher.pack`` builds at most 4 jobs (the eligible-job limit); in each job, lanes take the
+- packed: ``launcher.sweep.pack`` builds at most 4 jobs (the eligible-job limit); in each job, lanes take the
   next run when free, every run start costs the profile's run_overhead_min, the USR2 warning comes
   signal_before_min before the walltime, running runs checkpoint (1 min) and stop, and each job's
   unfinished runs are packed again into its continuation, until every run is done;
@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launcher.pack import PackedJob, PackItem, PackPolicy, one_job_per_run, pack  # noqa: E402
-from launcher.plan import build_plan  # noqa: E402
+from launcher.sweep.pack import PackedJob, PackItem, PackPolicy, one_job_per_run, pack  # noqa: E402
+from launcher.sweep.plan import build_plan  # noqa: E402
 
 SAVE_H = 1 / 60  # checkpoint at the warning
 SIGMA = 0.15

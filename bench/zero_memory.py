@@ -1,7 +1,7 @@
 """ZeRO-3 against ZeRO-0: bytes of parameters, gradients and optimizer state each rank holds (2 ranks),
 in fp32 and in bf16 mixed precision (what sweeps on GPUs run: cluster profiles slurm, lsf, frontier).
 
-Every run uses ``ladder train``'s own engine (``launcher.runtime.build_engine``: same DeepSpeed config,
+Every run uses ``ladder train``'s own engine (``launcher.run.runtime.build_engine``: same DeepSpeed config,
 same AdamW) on a GPT-NeoX wide enough that ZeRO-3 partitions its matrices (DeepSpeed keeps tensors
 under 1e5 elements whole on every rank). After one full step (so AdamW's state exists) and the
 backward pass of a second (so gradients exist), each rank adds up the storages it holds, each storage
@@ -27,8 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from launcher import local_launch, rendezvous
-from launcher.config import load_run_config
+from launcher.run import local_launch, rendezvous
+from launcher.config.run import load_run_config
 
 MODEL = ["model=gpt_neox/tiny", "model.d_model=512", "model.n_layer=4", "model.n_heads=8", "model.seq_len=32",
          "train.micro_batch_size=2", "train.global_batch_tokens=128", "train.max_steps=2"]
@@ -81,7 +81,7 @@ def held_bytes(engine) -> dict[str, int]:
 
 def worker(overrides: list[str], out: Path) -> int:
     """One rank: join, build the engine as ``ladder train`` does, one step and one backward, then count."""
-    from launcher.runtime import build_engine, find_ranks
+    from launcher.run.runtime import build_engine, find_ranks
 
     run = load_run_config(overrides)
     dist = find_ranks(run)

@@ -12,18 +12,18 @@ import sys
 from launcher.errors import UserError
 
 COMMANDS = {
-    "train": ("launcher.runtime:main", "train one run (Hydra overrides; nproc=N starts N local ranks)"),
-    "describe": ("launcher.describe:main", "exact parameters and training FLOPs per token of a model"),
-    "plan": ("launcher.plan:main", "show a sweep's runs, node-hours and budget without submitting"),
-    "sweep": ("launcher.sweep:main", "run a sweep on this machine, then collect, fit and report"),
-    "submit": ("launcher.submit:main", "record a sweep in the job database and submit it to the scheduler"),
-    "status": ("launcher.status:main", "a sweep's runs and states, reconciled with the scheduler"),
-    "cancel": ("launcher.submit:cancel_main", "cancel a sweep's queued and running jobs"),
-    "render": ("launcher.submit:render_main", "write the job scripts a submission would use"),
-    "collect": ("launcher.collect:main", "gather every run's metrics.jsonl into one table of curves"),
-    "fit": ("launcher.analysis:fit_main", "fit scaling laws to a sweep or to a CSV of points"),
-    "report": ("launcher.report:main", "write report.html and plots for a sweep"),
-    "wandb-sync": ("launcher.wandb_sync:main", "upload a sweep's offline W&B runs (from a login node)"),
+    "train": ("launcher.run.runtime:main", "train one run (Hydra overrides; nproc=N starts N local ranks)"),
+    "describe": ("launcher.run.describe:main", "exact parameters and training FLOPs per token of a model"),
+    "plan": ("launcher.sweep.plan:main", "show a sweep's runs, node-hours and budget without submitting"),
+    "sweep": ("launcher.sweep.local:main", "run a sweep on this machine, then collect, fit and report"),
+    "submit": ("launcher.sweep.submit:main", "record a sweep in the job database and submit it to the scheduler"),
+    "status": ("launcher.sweep.status:main", "a sweep's runs and states, reconciled with the scheduler"),
+    "cancel": ("launcher.sweep.submit:cancel_main", "cancel a sweep's queued and running jobs"),
+    "render": ("launcher.sweep.submit:render_main", "write the job scripts a submission would use"),
+    "collect": ("launcher.analysis.collect:main", "gather every run's metrics.jsonl into one table of curves"),
+    "fit": ("launcher.analysis.fitting:fit_main", "fit scaling laws to a sweep or to a CSV of points"),
+    "report": ("launcher.analysis.report:main", "write report.html and plots for a sweep"),
+    "wandb-sync": ("launcher.analysis.wandb_sync:main", "upload a sweep's offline W&B runs (from a login node)"),
 }
 
 

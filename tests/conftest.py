@@ -10,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DEV_CLUSTER = REPO / "slurm" / "dev-cluster"
+# the dev_slurm profile's scheduler_conf names this folder; absolute, so tests may run from any folder
+os.environ.setdefault("DEV_SLURM_DIR", str(REPO / ".dev-slurm"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launcher.config import load_run_config
-from launcher.runtime import make_family
+from launcher.config.run import load_run_config
+from launcher.run.runtime import make_family
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = ["model=gpt_neox/tiny", "model.d_model=64", "model.n_layer=2", "model.n_heads=4", "model.seq_len=32",

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher import cli, collect, metrics
-from launcher.collect import CSV_HEADER, _careful_columns, _fast_columns, collect_sweep, parse_metrics
-from launcher.jobdb import JobDB
-from launcher.metrics import read_metrics
-from launcher.plan import RunSpec
+from launcher import cli
+from launcher.analysis import collect
+from launcher.run import metrics
+from launcher.analysis.collect import CSV_HEADER, _careful_columns, _fast_columns, collect_sweep, parse_metrics
+from launcher.sweep.jobdb import JobDB
+from launcher.run.metrics import read_metrics
+from launcher.sweep.plan import RunSpec
 
 # A Chinchilla-like law the synthetic runs follow: L(N, D) = E + A / N^alpha + B / D^beta.
 LAW = dict(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28)
@@ -145,7 +147,7 @@ def test_fast_path_agrees_with_json_per_line():
 
 
 def test_collect_and_the_runtime_reader_share_one_resume_rule(tmp_path):
-    # one name and one rule, imported from launcher.metrics, not copies that could drift
+    # one name and one rule, imported from launcher.run.metrics, not copies that could drift
     assert collect.METRICS_FILE is metrics.METRICS_FILE
     assert collect.latest_attempt is metrics.latest_attempt
     s = spec("s", "a", 50_000, 10**6, steps=30)

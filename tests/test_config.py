@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from launcher import cli
-from launcher.config import load_run_config
+from launcher.config.run import load_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from launcher import cli
-from launcher.config import load_run_config
-from launcher.runtime import make_family
+from launcher.config.run import load_run_config
+from launcher.run.runtime import make_family
 
 REPO = Path(__file__).resolve().parent.parent
 

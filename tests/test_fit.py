@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from launcher.errors import UserError
-from launcher.fit import fit_points
-from launcher.fit.bnsl import fit_bnsl
-from launcher.fit.bootstrap import resample_counts
-from launcher.fit.chinchilla import HuberObjective, chinchilla_grid
-from launcher.fit.lbfgs import minimize_lbfgs_batched
+from launcher.analysis.fit import fit_points
+from launcher.analysis.fit.bnsl import fit_bnsl
+from launcher.analysis.fit.bootstrap import resample_counts
+from launcher.analysis.fit.chinchilla import HuberObjective, chinchilla_grid
+from launcher.analysis.fit.lbfgs import minimize_lbfgs_batched
 
 DATA = Path(__file__).parent / "data" / "scaling"
 # Besiroglu et al. (2024)'s replication of Chinchilla's approach 3

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from launcher.errors import UserError
-from launcher.fit.cli import main
+from launcher.analysis.fit.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 

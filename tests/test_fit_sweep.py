@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from launcher.errors import UserError
-from launcher.fit import fit_sweep
+from launcher.analysis.fit import fit_sweep
 
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
 G = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from launcher.errors import UserError
-from launcher.jobdb import TRANSITIONS, JobDB, TransitionError, fold_run_states
-from launcher.plan import RunSpec
+from launcher.sweep.jobdb import TRANSITIONS, JobDB, TransitionError, fold_run_states
+from launcher.sweep.plan import RunSpec
 
 
 def spec(i: int, name: str | None = None, digest: str | None = None) -> RunSpec:

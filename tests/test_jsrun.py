@@ -5,10 +5,11 @@ import dataclasses
 
 import pytest
 
-from launcher.cluster import ClusterProfile
-from launcher.config import compose, validate
+from launcher.config.cluster import ClusterProfile
+from launcher.config.compose import compose
+from launcher.config.validate import validate
 from launcher.errors import UserError
-from launcher.jsrun import ResourceSets, jsrun_argv, resource_sets, resource_sets_for_nodes, rs_per_node
+from launcher.schedulers.jsrun import ResourceSets, jsrun_argv, resource_sets, resource_sets_for_nodes, rs_per_node
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cluster import ClusterProfile
-from launcher.config import compose, validate
+from launcher.config.cluster import ClusterProfile
+from launcher.config.compose import compose
+from launcher.config.validate import validate
 from launcher.errors import UserError
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency
-from launcher.schedulers.lsf import (LsfRecord, LsfScheduler, dependency_condition, directive_arg, from_lsf,
-                                     parse_bjobs_json, parse_bjobs_plain, parse_bsub, parse_signal_output, to_lsf,
-                                     walltime, warning_minutes)
+from launcher.schedulers.lsf import (LsfRecord, LsfScheduler, dependency_condition, directive_arg, from_lsf, parse_bjobs_json, parse_bjobs_plain, parse_bsub, parse_signal_output, to_lsf, walltime, warning_minutes)
 
 DATA = Path(__file__).parent / "data" / "lsf"
 GOLDEN = Path(__file__).parent / "golden" / "summit"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.submit import render_sweep
+from launcher.sweep.submit import render_sweep
 from test_lsf import assert_golden, local_lsf, shellcheck  # noqa: F401 (local_lsf: a fixture)
 
 SUMMIT = ["cluster=summit", "cluster.account=ABC123"]

@@ -5,10 +5,11 @@ import random
 
 import pytest
 
-from launcher.cluster import ClusterProfile, QueueBin
-from launcher.config import compose, validate
+from launcher.config.cluster import ClusterProfile, QueueBin
+from launcher.config.compose import compose
+from launcher.config.validate import validate
 from launcher.errors import UserError
-from launcher.pack import PackItem, PackPolicy, one_job_per_run, pack, pack_array
+from launcher.sweep.pack import PackItem, PackPolicy, one_job_per_run, pack, pack_array
 
 
 def frontier_policy(**changes) -> PackPolicy:

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from launcher.cli import main as ladder
-from launcher.config import load_run_config
+from launcher.config.run import load_run_config
 from launcher.errors import UserError
-from launcher.plan import build_plan, config_hash, merge_overrides
+from launcher.sweep.plan import build_plan, config_hash, merge_overrides
 from models import gpt_neox
 
 

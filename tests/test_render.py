@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cluster import ClusterProfile
-from launcher.config import compose, validate
+from launcher.config.cluster import ClusterProfile
+from launcher.config.compose import compose
+from launcher.config.validate import validate
 from launcher.errors import UserError
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency, Step, quote_with_variables
-from launcher.submit import JobContext, build_jobs, render_main
+from launcher.sweep.submit import JobContext, build_jobs, render_main
 
 GOLDEN = Path(__file__).parent / "golden" / "frontier"
 SWEEP_DIR = Path("/lustre/orion/abc123/proj-shared/sweeps/golden")

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import UserError
-from launcher.rendezvous import (DistEnv, connect, derive_port, discover, expand_hostlist, expand_tasks_per_node,
-                                 interface_address, resolve)
+from launcher.run.rendezvous import (DistEnv, connect, derive_port, discover, expand_hostlist, expand_tasks_per_node, interface_address, resolve)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()
@@ -282,12 +281,12 @@ def test_unresolvable_master_is_named(restore_environ, tmp_path):
 
 needs_mpi = pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun")
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]
-RENDEZVOUS = [sys.executable, "-m", "launcher.rendezvous", "--timeout", "60"]
+RENDEZVOUS = [sys.executable, "-m", "launcher.run.rendezvous", "--timeout", "60"]
 
 
 def mpirun(tmp_path: Path, nproc: int, wrapper_body: str, extra_env: dict[str, str] | None = None,
            args: tuple = ()) -> str:
-    """``nproc`` real ranks of ``python -m launcher.rendezvous`` under mpirun, each through a bash wrapper."""
+    """``nproc`` real ranks of ``python -m launcher.run.rendezvous`` under mpirun, each through a bash wrapper."""
     wrapper = tmp_path / "rank.sh"
     wrapper.write_text("#!/bin/bash\nset -e\n" + textwrap.dedent(wrapper_body) + '\nexec "$@"\n')
     wrapper.chmod(0o755)

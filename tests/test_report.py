@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from launcher import cli
-from launcher.analysis import BUDGET_ARGUMENT, fit_sweep_dir, reason, summary_lines
-from launcher.report import PLOTS_DIR, si, sci, write_report
+from launcher.analysis.fitting import BUDGET_ARGUMENT, fit_sweep_dir, reason, summary_lines
+from launcher.analysis.report import PLOTS_DIR, si, sci, write_report
 from test_collect import LAW, curve_records, isoflop_specs, make_sweep, spec, write_metrics
 
 N_BOOT = 20

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from launcher.config import load_run_config
-from launcher.metrics import read_metrics
-from launcher.runtime import ExitCode, Schedule, make_family
+from launcher.config.run import load_run_config
+from launcher.run.metrics import read_metrics
+from launcher.policy import ExitCode
+from launcher.run.runtime import Schedule, make_family
 
 REPO = Path(__file__).resolve().parent.parent
 K, J = 8, 4  # steps of a run; the checkpoint the copied-checkpoint resumes start from

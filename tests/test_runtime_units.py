@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from launcher import local_launch
-from launcher.checkpoint import Checkpointer, atomic_write
-from launcher.config import load_run_config
+from launcher.run import local_launch
+from launcher.run.checkpoint import Checkpointer, atomic_write
+from launcher.config.run import load_run_config
 from launcher.errors import UserError
-from launcher.metrics import MetricsLog, read_metrics
-from launcher.runtime import (BatchPlan, Schedule, StopRequest, default_run_dir, deepspeed_config, make_family,
-                              param_groups, run_steps, schedule_steps)
+from launcher.run.metrics import MetricsLog, read_metrics
+from launcher.run.runtime import (BatchPlan, Schedule, StopRequest, default_run_dir, deepspeed_config, make_family, param_groups, run_steps, schedule_steps)
 
 
 def train_config(*overrides: str):
@@ -222,7 +221,7 @@ def test_supervise_forwards_sigterm_as_asked():
 
 def test_a_failing_wandb_warns_once_and_the_run_goes_on(tmp_path):
     """online without an API key: W&B refuses at init; the mirror says so once and logging is a no-op."""
-    code = ("from launcher.metrics import WandbMirror\n"
+    code = ("from launcher.run.metrics import WandbMirror\n"
             f"mirror = WandbMirror('online', {str(tmp_path)!r}, 'abc123', {{'N': 1}}, project='p')\n"
             "mirror.log({'step': 1, 'train_loss': 1.0})\n"
             "mirror.finish(0)\n"

@@ -18,13 +18,14 @@ from typing import Callable
 
 import pytest
 
-from launcher.cluster import ClusterProfile
-from launcher.config import compose, validate
-from launcher.jobdb import JobDB, read_state_file
-from launcher.plan import read_metrics
+from launcher.config.cluster import ClusterProfile
+from launcher.config.compose import compose
+from launcher.config.validate import validate
+from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.sweep.plan import read_metrics
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency
-from launcher.submit import cancel_sweep, read_steps, submit_sweep, sync
+from launcher.sweep.submit import cancel_sweep, read_steps, submit_sweep, sync
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from launcher.jobdb import JobDB, read_state_file
-from launcher.plan import build_plan, read_metrics
+from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.sweep.plan import build_plan, read_metrics
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.submitit_exec import fresh_folder, record, submit_runs
-from launcher.submit import sync
+from launcher.sweep.submit import sync
 
 
 def plan(tmp_path: Path, cluster: str, *overrides: str):

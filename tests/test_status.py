@@ -5,9 +5,9 @@ import json
 import time
 
 from launcher.cli import main as ladder
-from launcher.jobdb import JobDB
-from launcher.plan import build_plan
-from launcher.sweep import record_plan
+from launcher.sweep.jobdb import JobDB
+from launcher.sweep.plan import build_plan
+from launcher.sweep.local import record_plan
 
 
 def recorded_sweep(tmp_path):

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.jobdb import JobDB, read_state_file
-from launcher.plan import build_plan, read_metrics
+from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.sweep.plan import build_plan, read_metrics
 
 FAST = ["wandb.mode=disabled", "--no-calibrate"]  # neither changes a run's identity (config hash)
 

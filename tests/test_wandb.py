@@ -7,9 +7,9 @@ import struct
 import pytest
 
 from launcher import cli
-from launcher.analysis import fit_sweep_dir
-from launcher.report import write_report
-from launcher.wandb_sync import SUMMARY_JOB_TYPE, log_summary_run, offline_run_dirs, summary_run_id
+from launcher.analysis.fitting import fit_sweep_dir
+from launcher.analysis.report import write_report
+from launcher.analysis.wandb_sync import SUMMARY_JOB_TYPE, log_summary_run, offline_run_dirs, summary_run_id
 from test_collect import curve_records, isoflop_specs, make_sweep, write_metrics
 
 BLOCK, HEADER = 32768, 7  # the .wandb file is a LevelDB-style log: 32 KiB blocks of (crc, length, type) chunks

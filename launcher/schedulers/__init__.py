@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-from launcher.cluster import ClusterProfile
+from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
 from launcher.schedulers.base import Scheduler
 

@@ -23,9 +23,10 @@ from typing import Any, ClassVar, Literal, Optional
 
 import jinja2
 
-from launcher.cluster import REPO_ROOT, ClusterProfile
+from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.pack import PackedJob, PackPolicy
+from launcher.resources import shipped
+from launcher.sweep.pack import PackedJob, PackPolicy
 
 # Job states adapters report; "ended" means the scheduler no longer knows how a job ended (no accounting).
 JOB_STATES = ("queued", "running", "completed", "failed", "cancelled", "timed_out", "ended")
@@ -151,7 +152,7 @@ class Scheduler(abc.ABC):
     """A batch scheduler: the subclass gives its template folder, step command and commands."""
 
     name: ClassVar[str]
-    template_dir: ClassVar[str]  # folder of the repository holding the scheduler's templates
+    template_dir: ClassVar[str]  # the shipped (and each site layer's) folder of the scheduler's templates
     default_template: ClassVar[str]
     script_suffix: ClassVar[str]
     conf_variable: ClassVar[Optional[str]] = None  # environment variable naming the scheduler's config file
@@ -167,8 +168,19 @@ class Scheduler(abc.ABC):
 
     # ------------------------------------------------------------------------------------------ render
 
+    def template_dirs(self) -> list[Path]:
+        """Where templates are looked up, in order: each site layer's folder, the shipped one, the lane shell's."""
+        site = [Path(d) / self.template_dir for d in self.profile.site_dirs]
+        return [*(d for d in site if d.is_dir()), shipped(self.template_dir), Path(__file__).parent]
+
     def template_env(self) -> jinja2.Environment:
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(REPO_ROOT / self.template_dir)),
+        """Templates by name through the layers; ``shipped/NAME`` is always the shipped one, so a site
+        template may extend a shipped template of the same name."""
+        dirs = self.template_dirs()
+        loader = jinja2.ChoiceLoader([
+            jinja2.PrefixLoader({"shipped": jinja2.FileSystemLoader(str(shipped(self.template_dir)))}),
+            jinja2.FileSystemLoader([str(d) for d in dirs])])
+        env = jinja2.Environment(loader=loader,
                                  undefined=jinja2.StrictUndefined, finalize=_finalize, autoescape=False,
                                  keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
         env.filters.update(q=quote, words=lambda values: Shell(" ".join(quote(v) for v in values)),
@@ -181,7 +193,8 @@ class Scheduler(abc.ABC):
         try:
             template = self.template_env().get_template(name)
         except jinja2.TemplateNotFound:
-            raise UserError(f"cluster.template: {name!r} not found in {REPO_ROOT / self.template_dir}") from None
+            where = ", ".join(str(d) for d in self.template_dirs()[:-1])
+            raise UserError(f"cluster.template: {name!r} not found in {where}") from None
         job = dataclasses.replace(job, steps=tuple(self.complete_step(job, s) for s in job.steps))
         return template.render(job=job, cluster=self.profile, setup=[Shell(line) for line in self.profile.setup],
                                **self.context(job))

@@ -18,9 +18,9 @@ import shlex
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from launcher.cluster import ClusterProfile
+from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.jsrun import resource_sets
+from launcher.schedulers.jsrun import resource_sets
 from launcher.schedulers.base import BatchJob, Dependency, Scheduler, Shell, Step
 from launcher.schedulers.slurm import _aggregate as aggregate  # scheduler-neutral; to move to base
 

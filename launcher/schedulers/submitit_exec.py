@@ -23,12 +23,11 @@ from typing import Literal, Optional
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from launcher.cluster import ClusterProfile
+from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.jobdb import JobDB
+from launcher.policy import ExitCode, ending
+from launcher.sweep.jobdb import JobDB
 
-REQUEUE_EXIT_CODE = 75
-DONE_EXIT_CODES = (0, 3)  # completed, diverged
 
 
 class TrainRun(Checkpointable):
@@ -42,9 +41,9 @@ class TrainRun(Checkpointable):
         argv = [sys.executable, "-m", "launcher.cli", "train", *overrides]
         self._child = subprocess.Popen(argv, env={**os.environ, **self.env})
         code = self._child.wait()
-        if code not in DONE_EXIT_CODES:
+        if not ending(code).finished:
             raise RuntimeError(f"ladder train exited {code}" + (" (checkpointed: submit it again to continue)"
-                                                                  if code == REQUEUE_EXIT_CODE else ""))
+                                                                  if code == ExitCode.REQUEUE else ""))
         return code
 
     def checkpoint(self, overrides: Sequence[str]) -> DelayedSubmission:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from submitit.core import core, job_environment, logger, utils
 
-from launcher.cluster import ClusterProfile
+from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
 from launcher.schedulers.base import BatchJob
 from launcher.schedulers.lsf import LsfScheduler, bsub_argv, commands, parse_bsub
@@ -48,15 +48,13 @@ def submitit_id(job_id: str) -> str:
 
 
 def load_profile(name: str) -> ClusterProfile:
-    """hydra_configs/cluster/<name>.yaml, validated, without starting Hydra (the caller may be a Hydra app)."""
-    from omegaconf import OmegaConf
+    """The cluster profile ``name`` (site layers first), composed and validated."""
+    from launcher.config.compose import compose, group_options
+    from launcher.config.validate import validate
 
-    from launcher.config import CONFIG_DIR, group_options, validate
-
-    path = CONFIG_DIR / "cluster" / f"{name}.yaml"
-    if not path.exists():
+    if name not in group_options("cluster"):
         raise UserError(f"lsf_profile: no cluster profile {name!r}; allowed: {', '.join(group_options('cluster'))}")
-    return validate(ClusterProfile, OmegaConf.to_container(OmegaConf.load(path), resolve=True), "cluster")
+    return validate(ClusterProfile, compose([f"cluster={name}"])["cluster"], "cluster")
 
 
 class LsfInfoWatcher(core.InfoWatcher):

@@ -1,0 +1,623 @@
+"""Collect: every run's ``metrics.jsonl`` becomes one table of curves and the points the fitters take.
+
+``metrics.jsonl`` is the source of truth (compute nodes are often offline; W&B only mirrors it). Each
+run's size and plan (N, N_non_embedding, D, C, budget, family) come from the job database, else from
+``plan.json``, else from the run's own ``config.yaml``; its state from the database, unless the run's
+``state.json`` already reports an end the database has not folded in yet.
+
+A sweep of thousands of runs must be collected in seconds, so a file is first read by a fast path:
+numpy finds the keys and their values in the whole file at once (quotes, colons, line ends), parses the
+needed numbers in one call, and assembles the rows of ``curves.csv`` from the file's own number text.
+Any file the fast path cannot prove well-formed is read again line by line with ``json.loads``, which
+finds and reports the bad lines. Files are parsed in worker processes when there are many.
+
+Nothing a run left behind makes collection fail: a missing, empty or unreadable file skips the run
+(``Collected.skipped``); bad lines (cut, not JSON, missing keys) are dropped with a warning; a run that
+diverged (state diverged, or a non-finite loss) stays in the table and out of the fits.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from launcher.errors import UserError
+from launcher.run.metrics import METRICS_FILE, latest_attempt
+
+CURVES_FILE = "curves.csv"
+REQUIRED_KEYS = ("step", "tokens", "train_loss")  # a line without one of these is dropped
+CSV_HEADER = "run,family,N,N_non_embedding,budget,diverged,step,D,C,train_loss,val_loss"
+# The final loss is the last val_loss if it was measured in the last STALE_VAL_FRACTION of the steps;
+# otherwise the mean of the last train losses (FALLBACK_TRAIN_POINTS of them at most) stands in for it.
+STALE_VAL_FRACTION = 0.1
+FALLBACK_TRAIN_POINTS = 20
+PARALLEL_MIN_RUNS = 64  # below this, starting worker processes costs more than it saves
+_FAST_KEYS = ("step", "tokens", "flops", "train_loss")  # the fast path needs each on every line
+_NOT_STARTED = frozenset({"planned", "queued", "cancelled"})
+
+
+# ------------------------------------------------------------------------------------------ run facts
+
+
+@dataclasses.dataclass
+class RunMeta:
+    """What the plan says of a run, and where it stands."""
+
+    name: str
+    family: str
+    N: int
+    N_non_embedding: int
+    D: int  # planned tokens
+    C: float  # planned training FLOPs (exact accounting)
+    budget: Optional[float]
+    run_dir: Path
+    state: str
+    source: str  # jobdb | plan.json | config.yaml
+
+    @property
+    def flops_per_token(self) -> float:
+        return self.C / self.D
+
+
+def _effective_state(recorded: Optional[str], run_dir: Path) -> str:
+    """The database's state, unless the run's own state.json reports an end not folded in yet."""
+    from launcher.policy import FINAL, STATUS_STATES
+    from launcher.sweep.jobdb import read_state_file
+
+    reported = read_state_file(run_dir)
+    reported = STATUS_STATES.get(reported.get("status")) if reported else None
+    if reported in FINAL and recorded not in FINAL:
+        return reported
+    return recorded or reported or "unknown"
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _meta_from_config(run_dir: Path) -> RunMeta:
+    """A run the database and plan.json do not know: its counts from its own resolved config."""
+    import yaml
+
+    from launcher.sweep.plan import accounting
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    model = dict(config["model"])
+    family = model.pop("family")
+    acct = accounting(family)
+    cfg = acct.config(**model)
+    n_total, n_ne = acct.param_counts(cfg)
+    train = config["train"]
+    tokens = int(train["tokens"] or train["max_steps"] * train["global_batch_tokens"])
+    return RunMeta(run_dir.name, family, n_total, n_ne, tokens, float(acct.flops_per_token(cfg)) * tokens, None,
+                   run_dir, "unknown", "config.yaml")
+
+
+def run_metas(sweep_dir: Path) -> tuple[list[RunMeta], list[tuple[str, str]]]:
+    """Every run of the sweep (database, then plan.json, then run directories), and those left out, why."""
+    metas: dict[str, RunMeta] = {}
+    skipped: list[tuple[str, str]] = []
+    runs_root = sweep_dir / "runs"
+
+    def where(name: str, recorded: Optional[str]) -> Path:
+        local = runs_root / name  # a sweep directory copied off the cluster keeps its runs here
+        return local if local.is_dir() or not recorded else Path(recorded)
+
+    db_path = sweep_dir / "jobdb.sqlite"
+    if db_path.exists():
+        from launcher.sweep.jobdb import JobDB
+
+        with JobDB(db_path) as db:
+            for r in db.runs():
+                run_dir = where(r.name, r.run_dir)
+                metas[r.name] = RunMeta(r.name, r.family, r.N, r.N_non_embedding, r.D, float(r.C), r.budget,
+                                        run_dir, _effective_state(r.state, run_dir), "jobdb")
+    plan = _read_json(sweep_dir / "plan.json") or {}
+    for r in plan.get("runs", []):
+        if r.get("name") in metas:
+            continue
+        run_dir = where(r["name"], None)
+        metas[r["name"]] = RunMeta(r["name"], r["family"], int(r["N"]), int(r["N_non_embedding"]), int(r["D"]),
+                                   float(r["C"]), r.get("budget"), run_dir, _effective_state(None, run_dir),
+                                   "plan.json")
+    if runs_root.is_dir():
+        for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir() and p.name not in metas):
+            try:
+                meta = _meta_from_config(run_dir)
+            except FileNotFoundError:
+                skipped.append((run_dir.name, "not in the job database or plan.json, and no config.yaml"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - one unreadable config must not stop the collection
+                skipped.append((run_dir.name, f"config.yaml unreadable: {type(exc).__name__}: {exc}"))
+                continue
+            meta.state = _effective_state(None, run_dir)
+            metas[meta.name] = meta
+    return list(metas.values()), skipped
+
+
+# ---------------------------------------------------------------------------------------- one file
+
+
+@dataclasses.dataclass
+class Curve:
+    """One run's logged points after resume de-duplication, in step order."""
+
+    step: np.ndarray
+    D: np.ndarray  # tokens so far
+    C: np.ndarray  # training FLOPs so far
+    train_loss: np.ndarray
+    val_loss: np.ndarray  # NaN where the step had no validation
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def thinned(self, limit: int) -> np.ndarray:
+        """Indices of at most ~``limit`` points, log-spaced in step (dense early, where the curve bends) and
+        always with the last point."""
+        n = len(self)
+        if n <= limit:
+            return np.arange(n)
+        return np.unique(np.r_[np.round(np.geomspace(1, n, limit)).astype(int) - 1, n - 1])
+
+
+@dataclasses.dataclass
+class _Parsed:
+    """What a worker sends back for one file."""
+
+    curve: Optional[Curve] = None
+    csv: bytes = b""
+    issues: list[str] = dataclasses.field(default_factory=list)
+    error: Optional[str] = None  # the run is skipped
+    nonfinite_step: Optional[int] = None  # the first step with a non-finite train or val loss
+    last: Optional[dict] = None  # the file's last record, all its keys
+
+
+class _Columns(NamedTuple):
+    """A file's records in file order: the numbers, and the same values as rows of text for curves.csv."""
+
+    numbers: np.ndarray  # [4, n]: step, tokens, flops (NaN: not logged), train_loss
+    rows: bytes  # "step,tokens,flops,train_loss,val_loss\n" per record, the file's own number text
+    val: np.ndarray  # [n], NaN where not logged
+    val_logged: np.ndarray  # [n] bool
+
+
+_QUOTE, _COLON, _COMMA, _NEWLINE, _SPACE = (ord(c) for c in '":,\n ')
+_OPEN, _CLOSE = ord("{"), ord("}")
+
+
+def _key_spans(buf: np.ndarray, key_start: np.ndarray, key_len: np.ndarray, key: bytes, quotes: np.ndarray,
+               line_ends: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(value start, value end) of every occurrence of ``key``, in file order; None if a value is not followed
+    by a comma or by the line's closing brace. ``quotes`` ends with a sentinel past the buffer."""
+    hit = np.flatnonzero(key_len == len(key))
+    for j, char in enumerate(key):
+        hit = hit[buf[key_start[hit] + j] == char]
+    start = key_start[hit] + len(key) + 2  # past the closing quote and the colon
+    start += buf[start] == _SPACE  # json.dumps' default ": "
+    # a value ends where the next key's quote starts (less ", " or ","), or at its line's closing brace
+    line_end = line_ends[np.searchsorted(line_ends, start)]
+    end = np.minimum(quotes[np.searchsorted(quotes, start)], line_end) - 1
+    end -= buf[end] == _SPACE
+    after = buf[end]
+    if (end <= start).any() or not ((after == _COMMA) | (after == _CLOSE)).all():
+        return None
+    return start, end
+
+
+def _gather_rows(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> bytes:
+    """Rows of comma-separated fields: field [i, j] is buf[start[i, j] : start[i, j] + length[i, j]]."""
+    width = (length + 1).ravel()  # each field and the separator after it
+    out_start = np.cumsum(width) - width
+    index = np.arange(int(width.sum())) + np.repeat(start.ravel() - out_start, width)
+    out = buf[index]
+    separators = out_start + width - 1
+    out[separators] = _COMMA
+    out[separators[start.shape[1] - 1::start.shape[1]]] = _NEWLINE
+    return out.tobytes()
+
+
+def _fast_columns(data: bytes) -> Optional[_Columns]:
+    """The columns of a file of flat JSON objects, one per line, each holding every fast key once as a number,
+    found by vectorised scanning; None when the file is anything else (the careful path then reads it)."""
+    if not data.endswith(b"\n"):
+        return None
+    buf = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(buf == _NEWLINE)
+    n = len(ends)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if (buf[starts] != _OPEN).any() or (buf[ends - 1] != _CLOSE).any() or b"\\" in data:
+        return None
+    quotes = np.flatnonzero(buf == _QUOTE)  # without escapes, strings are the quote pairs
+    if len(quotes) % 2:
+        return None
+    opening, closing = quotes[0::2], quotes[1::2]
+    quotes = np.append(quotes, len(buf))
+    is_key = buf[closing + 1] == _COLON
+    key_start, key_len = opening[is_key] + 1, (closing - opening - 1)[is_key]
+    field_start = np.zeros((n, 5), dtype=np.int64)
+    field_len = np.zeros((n, 5), dtype=np.int64)
+    every_line = np.arange(n)
+    for j, key in enumerate((*_FAST_KEYS, "val_loss")):
+        spans = _key_spans(buf, key_start, key_len, key.encode(), quotes, ends)
+        if spans is None:
+            return None
+        start, end = spans
+        lines = np.searchsorted(ends, start)
+        if key == "val_loss":
+            if len(np.unique(lines)) != len(lines):
+                return None
+        elif not np.array_equal(lines, every_line):
+            return None
+        field_start[lines, j], field_len[lines, j] = start, end - start
+    rows = _gather_rows(buf, field_start, field_len)
+    val_lines, val_start, val_end = lines, start, end  # the loop's last key
+    val, val_logged = np.full(n, np.nan), np.zeros(n, dtype=bool)
+    val_logged[val_lines] = True
+    number = (val_end - val_start != 4) | (buf[val_start] != ord("n"))  # the runtime writes non-finite as null
+    try:
+        numbers = np.loadtxt(rows.splitlines(), delimiter=",", usecols=(0, 1, 2, 3), dtype=np.float64,
+                             comments=None, ndmin=2).T
+        val[val_lines[number]] = np.array([data[a:b] for a, b in zip(val_start[number].tolist(),
+                                                                     val_end[number].tolist())],
+                                          dtype=bytes).astype(np.float64)
+    except ValueError:
+        return None
+    if not np.array_equal(numbers[0], np.round(numbers[0])):
+        return None
+    return _Columns(numbers, rows, val, val_logged)
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError
+    return float(value)
+
+
+def _careful_columns(data: bytes, issues: list[str]) -> Optional[_Columns]:
+    """Line by line with json.loads; bad lines are dropped and reported in ``issues``."""
+    rows, texts, bad = [], [], []
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            cut = number == len(lines) and not data.endswith(b"\n")
+            bad.append(f"line {number}: " + ("cut mid-record (last line)" if cut else "not JSON"))
+            continue
+        if not isinstance(record, dict):
+            bad.append(f"line {number}: not a JSON object")
+            continue
+        missing = [k for k in REQUIRED_KEYS if k not in record]
+        if missing:
+            bad.append(f"line {number}: missing {', '.join(missing)}")
+            continue
+        try:  # the runtime writes a non-finite loss as null: NaN here, so that the run counts as diverged
+            step, tokens = _number(record["step"]), _number(record["tokens"])
+            flops, loss, val = (math.nan if record.get(k) is None else _number(record[k])
+                                for k in ("flops", "train_loss", "val_loss"))
+        except TypeError:
+            bad.append(f"line {number}: step, tokens, flops, train_loss or val_loss is not a number")
+            continue
+        if not step.is_integer():
+            bad.append(f"line {number}: step {record['step']!r} is not an integer")
+            continue
+        rows.append((step, tokens, flops, loss, val, "val_loss" in record))
+        texts.append(",".join([json.dumps(record[k]) for k in ("step", "tokens")]
+                              + ["" if record.get("flops") is None else json.dumps(record["flops"]),
+                                 json.dumps(record["train_loss"]),
+                                 json.dumps(record["val_loss"]) if "val_loss" in record else ""]))
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; ... ({len(bad) - 3} more)" if len(bad) > 3 else "")
+        issues.append(f"{len(bad)} bad line(s) dropped: {shown}")
+    if not rows:
+        return None
+    numbers = np.array([r[:4] for r in rows], dtype=np.float64).T
+    return _Columns(numbers, ("\n".join(texts) + "\n").encode(), np.array([r[4] for r in rows]),
+                    np.array([r[5] for r in rows], dtype=bool))
+
+
+def parse_metrics(path: Path, prefix: bytes = b"", flops_per_token: float = math.nan,
+                  state_diverged: bool = False) -> _Parsed:
+    """Read one metrics.jsonl into a Curve and its ``curves.csv`` rows (``prefix`` starts every row)."""
+    out = _Parsed()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        out.error = f"no {METRICS_FILE}"
+        return out
+    except OSError as exc:
+        out.error = f"{METRICS_FILE} unreadable: {exc.strerror or exc}"
+        return out
+    if not data.strip():
+        out.error = f"{METRICS_FILE} is empty"
+        return out
+    columns = _fast_columns(data) or _careful_columns(data, out.issues)
+    if columns is None:
+        out.error = f"{METRICS_FILE} has no valid record ({out.issues[0]})"
+        return out
+    step = columns.numbers[0].astype(np.int64)
+    keep = latest_attempt(step)
+    rows = columns.rows
+    if len(keep) < len(step):
+        out.issues.append(f"{len(step) - len(keep)} record(s) repeated by a resume: kept the latest attempt's")
+        lines = rows.split(b"\n")
+        rows = b"".join(lines[i] + b"\n" for i in keep.tolist())
+    tokens, flops, loss = (columns.numbers[k][keep] for k in (1, 2, 3))
+    val, val_logged = columns.val[keep], columns.val_logged[keep]
+    missing_flops = np.isnan(flops)
+    if missing_flops.any():
+        flops = np.where(missing_flops, tokens * flops_per_token, flops)
+        fields = [line.split(b",") for line in rows.splitlines()]
+        for f, c in zip(fields, flops.tolist()):
+            f[2] = f[2] or json.dumps(c).encode()
+        rows = b"".join(b",".join(f) + b"\n" for f in fields)
+        out.issues.append(f"{int(missing_flops.sum())} record(s) without flops: C = tokens x the plan's "
+                          f"FLOPs per token")
+    out.curve = Curve(step[keep], tokens, flops, loss, val)
+    bad = ~np.isfinite(loss) | (val_logged & ~np.isfinite(val))
+    out.nonfinite_step = int(out.curve.step[np.argmax(bad)]) if bad.any() else None
+    lead = prefix + (b"1," if state_diverged or bad.any() else b"0,")
+    out.csv = lead + rows[:-1].replace(b"\n", b"\n" + lead) + b"\n"
+    out.last = _last_record(data)
+    return out
+
+
+def _last_record(data: bytes) -> Optional[dict]:
+    """The last line that parses as a JSON object (the end-of-run keys: throughput and the like)."""
+    tail = data[data.rfind(b"\n", 0, max(0, len(data) - 4096)) + 1:]  # the last lines
+    for line in reversed(tail.rstrip(b"\n").split(b"\n")):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def _parse_task(task: tuple) -> _Parsed:
+    return parse_metrics(*task)
+
+
+# -------------------------------------------------------------------------------------------- sweep
+
+
+@dataclasses.dataclass
+class CollectedRun:
+    """A run's plan, state and what its curve says about its end."""
+
+    meta: RunMeta
+    points: int = 0
+    D: Optional[float] = None  # tokens reached
+    C: Optional[float] = None  # FLOPs reached
+    loss: Optional[float] = None  # final loss (see loss_source)
+    loss_source: Optional[str] = None
+    diverged: bool = False
+    tokens_per_s: Optional[float] = None  # throughput of the last logged step
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def state(self) -> str:
+        return self.meta.state
+
+    def to_json(self) -> dict:
+        meta = dataclasses.asdict(self.meta)
+        meta["run_dir"] = str(meta["run_dir"])
+        return {**meta, "D_planned": meta.pop("D"), "C_planned": meta.pop("C"), "points": self.points,
+                "D": self.D, "C": self.C, "loss": self.loss, "loss_source": self.loss_source,
+                "diverged": self.diverged, "tokens_per_s": self.tokens_per_s}
+
+
+CURVE_POINT_DTYPE = np.dtype([("name", object), ("N", np.float64), ("D", np.float64), ("C", np.float64),
+                              ("loss", np.float64)])
+
+
+@dataclasses.dataclass
+class Collected:
+    """A sweep's runs, their curves, the points for the fitters, and what was left out and why."""
+
+    sweep_dir: Path
+    runs: list[CollectedRun]
+    curves: dict[str, Curve]
+    final_points: list[dict]
+    skipped: list[tuple[str, str]]
+    warnings: list[str]
+    csv_path: Optional[Path]
+
+    @property
+    def in_fit(self) -> list[CollectedRun]:
+        """Runs whose curves the fitters see: every collected run that did not diverge."""
+        return [r for r in self.runs if r.name in self.curves and not r.diverged]
+
+    @property
+    def curve_points(self) -> np.ndarray:
+        """Every logged point (name, N, D, C, loss = train_loss) of the runs in the fit, as a structured array."""
+        runs = self.in_fit
+        total = sum(len(self.curves[r.name]) for r in runs)
+        out = np.empty(total, dtype=CURVE_POINT_DTYPE)
+        at = 0
+        for r in runs:
+            curve = self.curves[r.name]
+            part = out[at:at + len(curve)]
+            part["name"], part["N"] = r.name, r.meta.N
+            part["D"], part["C"], part["loss"] = curve.D, curve.C, curve.train_loss
+            at += len(curve)
+        return out
+
+    def to_json(self) -> dict:
+        return {"sweep_dir": str(self.sweep_dir), "runs": [r.to_json() for r in self.runs],
+                "final_points": self.final_points, "curve_points": sum(len(self.curves[r.name]) for r in self.in_fit),
+                "skipped": [{"run": n, "reason": why} for n, why in self.skipped], "warnings": self.warnings,
+                "curves_csv": None if self.csv_path is None else str(self.csv_path)}
+
+
+def _csv_prefix(meta: RunMeta) -> bytes:
+    budget = "" if meta.budget is None else repr(float(meta.budget))
+    name = meta.name if not any(c in meta.name for c in ',"\n') else '"' + meta.name.replace('"', '""') + '"'
+    return f"{name},{meta.family},{meta.N},{meta.N_non_embedding},{budget},".encode()
+
+
+def _final_loss(curve: Curve) -> tuple[float, str]:
+    """The final val_loss if it is recent, else the mean of the last train losses; and which it was."""
+    has_val = np.flatnonzero(~np.isnan(curve.val_loss))
+    last_step = int(curve.step[-1])
+    if len(has_val):
+        i = has_val[-1]
+        if last_step - int(curve.step[i]) <= STALE_VAL_FRACTION * last_step:
+            return float(curve.val_loss[i]), "val_loss" if i == len(curve) - 1 else f"val_loss@step{curve.step[i]}"
+    k = max(1, min(FALLBACK_TRAIN_POINTS, len(curve) // 10))
+    return float(np.mean(curve.train_loss[-k:])), f"mean of last {k} train_loss"
+
+
+def _workers(n_tasks: int, workers: Optional[int]) -> int:
+    if workers is not None:
+        return max(1, workers)
+    if n_tasks < PARALLEL_MIN_RUNS:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def collect_sweep(sweep_dir: str | os.PathLike, write_csv: bool = True, workers: Optional[int] = None) -> Collected:
+    """Gather every run of ``sweep_dir`` (see the module docstring); writes ``curves.csv`` atomically."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"sweep directory {sweep_dir} does not exist")
+    metas, skipped = run_metas(sweep_dir)
+    warnings: list[str] = []
+    not_started = [m for m in metas if m.state in _NOT_STARTED and not (m.run_dir / METRICS_FILE).exists()]
+    metas = [m for m in metas if m not in not_started]
+    if not_started:
+        warnings.append(f"{len(not_started)} run(s) not started yet ({_names(not_started)})")
+    tasks = [(m.run_dir / METRICS_FILE, _csv_prefix(m), m.flops_per_token, m.state == "diverged") for m in metas]
+    csv_path = sweep_dir / CURVES_FILE if write_csv else None
+    tmp = csv_path.with_name(f".{CURVES_FILE}.{os.getpid()}.tmp") if csv_path else None
+    runs: list[CollectedRun] = []
+    curves: dict[str, Curve] = {}
+    n_workers = _workers(len(tasks), workers)
+    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) if n_workers > 1 else None
+    try:
+        results = pool.map(_parse_task, tasks, chunksize=max(1, min(64, len(tasks) // (4 * n_workers)))) \
+            if pool else map(_parse_task, tasks)
+        with (open(tmp, "wb") if tmp else open(os.devnull, "wb")) as out:
+            out.write(CSV_HEADER.encode() + b"\n")
+            for meta, parsed in zip(metas, results):
+                for issue in parsed.issues:
+                    warnings.append(f"{meta.name}: {issue}")
+                if parsed.error:
+                    skipped.append((meta.name, parsed.error))
+                    continue
+                out.write(parsed.csv)
+                runs.append(_summarise(meta, parsed, warnings))
+                curves[meta.name] = parsed.curve
+        if tmp:
+            os.replace(tmp, csv_path)
+    finally:
+        if pool:
+            pool.shutdown()
+        if tmp and tmp.exists():
+            tmp.unlink()
+    unfinished = [r for r in runs if r.state != "completed" and not r.diverged]
+    if unfinished:
+        warnings.append(f"{len(unfinished)} run(s) not completed: curves kept, no final point "
+                        f"({', '.join(f'{r.name} {r.state}' for r in unfinished[:5])}"
+                        f"{', ...' if len(unfinished) > 5 else ''})")
+    final_points = [{"name": r.name, "family": r.meta.family, "N": r.meta.N, "N_non_embedding": r.meta.N_non_embedding,
+                     "D": r.D, "C": r.C, "loss": r.loss, "loss_source": r.loss_source, "budget": r.meta.budget}
+                    for r in runs if r.state == "completed" and not r.diverged]
+    return Collected(sweep_dir, runs, curves, final_points, skipped, warnings, csv_path)
+
+
+def _names(metas: list[RunMeta], limit: int = 5) -> str:
+    return ", ".join(m.name for m in metas[:limit]) + (", ..." if len(metas) > limit else "")
+
+
+def _summarise(meta: RunMeta, parsed: _Parsed, warnings: list[str]) -> CollectedRun:
+    curve = parsed.curve
+    run = CollectedRun(meta, points=len(curve), D=float(curve.D[-1]), C=float(curve.C[-1]))
+    run.diverged = meta.state == "diverged" or parsed.nonfinite_step is not None
+    if run.diverged:
+        why = "state diverged" if meta.state == "diverged" else f"non-finite loss at step {parsed.nonfinite_step}"
+        warnings.append(f"{meta.name}: diverged ({why}): kept out of the fits")
+        return run
+    if meta.state == "unknown" and run.D >= meta.D:
+        meta.state = "completed"
+        warnings.append(f"{meta.name}: no state recorded; its curve reached its {meta.D:.4g} tokens: completed")
+    run.loss, run.loss_source = _final_loss(curve)
+    if meta.state == "completed" and run.D < 0.99 * meta.D:
+        warnings.append(f"{meta.name}: completed, but its metrics end at {run.D:.4g} of {meta.D:.4g} tokens")
+    if parsed.last and isinstance(parsed.last.get("tokens_per_s"), (int, float)):
+        run.tokens_per_s = float(parsed.last["tokens_per_s"])
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def resolve_sweep_dir(value: str, sweeps_root: Optional[str] = None) -> Path:
+    """``sweep=<name>`` names ``<sweeps_root>/<name>``; a path to a sweep directory works too."""
+    if not value:
+        raise UserError("sweep: give the sweep's name (sweep=<name>) or its directory")
+    direct = Path(value)
+    if direct.is_dir() and ((direct / "runs").is_dir() or (direct / "plan.json").exists()
+                            or (direct / "jobdb.sqlite").exists()):
+        return direct
+    if sweeps_root is None:
+        from launcher.config.compose import compose
+
+        sweeps_root = compose([]).get("sweeps_root") or "sweeps"
+    path = Path(sweeps_root) / value
+    if not path.is_dir():
+        raise UserError(f"sweep={value}: no sweep directory {path} (sweeps_root={sweeps_root}); "
+                        f"run `ladder sweep` or `ladder submit` first, or give sweeps_root=<dir>")
+    return path
+
+
+def parse_sweep_args(argv: list[str], prog: str, description: str,
+                     add_arguments=None) -> tuple[argparse.Namespace, Path]:
+    """The shared command line of collect, fit, report and wandb-sync: ``sweep=<name> [sweeps_root=<dir>]``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("overrides", nargs="*", help="sweep=<name> [sweeps_root=<dir>]")
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    values = {}
+    for item in args.overrides:
+        key, eq, value = item.partition("=")
+        if not eq or key not in ("sweep", "sweeps_root", "sweep.name"):
+            raise UserError(f"{item}: unknown argument; allowed: sweep=<name>, sweeps_root=<dir>")
+        values["sweep" if key == "sweep.name" else key] = value
+    return args, resolve_sweep_dir(values.get("sweep", ""), values.get("sweeps_root"))
+
+
+def main(argv: list[str]) -> int:
+    args, sweep_dir = parse_sweep_args(
+        argv, "ladder collect", "gather every run's metrics.jsonl into curves.csv",
+        lambda p: p.add_argument("--json", action="store_true", help="print the collection as JSON"))
+    collected = collect_sweep(sweep_dir)
+    if args.json:
+        print(json.dumps(collected.to_json(), indent=1))
+        return 0
+    print(f"{len(collected.runs)} runs collected, {len(collected.final_points)} final points, "
+          f"{sum(len(c) for c in collected.curves.values())} curve points -> {collected.csv_path}")
+    for name, why in collected.skipped:
+        print(f"skipped {name}: {why}")
+    for warning in collected.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0

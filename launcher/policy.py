@@ -1,0 +1,78 @@
+"""The rules every room shares, written once: how a run ends, what each ending means, what is retried.
+
+``ladder train`` exits with one of ``ExitCode``; its ``state.json`` says the matching ``status``; the job
+database records the matching run ``state``. Whoever supervises a step (the local runner, the Slurm and
+LSF lane shells, which are rendered from this table, submit's continuations and the submitit callable)
+asks ``ending(code)`` whether the step is over and whether to start it again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    COMPLETED = 0
+    FAILED = 1  # anything not below: a crash, a node failure, a killed rank
+    USAGE = 2  # bad input (UserError): the same command would fail the same way
+    DIVERGED = 3  # non-finite training loss: a finished, unusable result
+    REQUEUE = 75  # EX_TEMPFAIL: checkpointed on SIGTERM/SIGUSR2, continue in the next job
+
+
+@dataclasses.dataclass(frozen=True)
+class Ending:
+    """What one exit code means for the run and for whoever started the step."""
+
+    code: ExitCode
+    status: str  # the run's state.json status
+    state: str  # the job database's run state
+    finished: bool  # the run needs no more steps
+    retry: bool  # a failure worth another step from the last checkpoint (while tries are left)
+
+
+ENDINGS: dict[ExitCode, Ending] = {e.code: e for e in (
+    Ending(ExitCode.COMPLETED, "completed", "completed", finished=True, retry=False),
+    Ending(ExitCode.FAILED, "failed", "failed", finished=False, retry=True),
+    Ending(ExitCode.USAGE, "failed", "failed", finished=False, retry=False),
+    Ending(ExitCode.DIVERGED, "diverged", "diverged", finished=True, retry=False),
+    Ending(ExitCode.REQUEUE, "requeue", "timed_out", finished=False, retry=False),
+)}
+
+
+def ending(code: int) -> Ending:
+    """The meaning of a step's exit status; any code this table does not name is a failure."""
+    try:
+        return ENDINGS[ExitCode(code)]
+    except ValueError:
+        return ENDINGS[ExitCode.FAILED]
+
+
+def exit_code_state(code: int) -> str:
+    """The job database state a step's exit status leaves its run in."""
+    return ending(code).state
+
+
+def ended_without_failure(code: int) -> bool:
+    """The step did its part (finished, or checkpointed to continue): a failure streak ends here."""
+    return ending(code).finished or code == ExitCode.REQUEUE
+
+
+# the job database's run states; timed_out means checkpointed and ready to continue
+STATES = ("planned", "queued", "running", "completed", "failed", "diverged", "timed_out", "cancelled")
+ACTIVE = frozenset({"queued", "running"})  # states with an open attempt
+FINAL = frozenset(e.state for e in ENDINGS.values() if e.finished)
+# a run's state.json status -> its database state ("running" while the run reports it is alive)
+STATUS_STATES = {"running": "running", **{e.status: e.state for e in ENDINGS.values()}}
+
+
+def shell_codes(predicate) -> str:
+    """The exit codes for which ``predicate(ending)`` holds, as a shell ``case`` pattern (``0|3|75``)."""
+    return "|".join(str(int(e.code)) for e in ENDINGS.values() if predicate(e))
+
+
+# what the lane shells get (launcher/schedulers/lane.sh.j2): a step that ends with one of `ended` is over;
+# one that ends with one of `refused` is a failure that is never retried; any other is retried
+LANE_CODES = {
+    "ended": shell_codes(lambda e: e.finished or e.code == ExitCode.REQUEUE),
+    "refused": shell_codes(lambda e: not e.finished and not e.retry and e.code != ExitCode.REQUEUE),
+}

@@ -1,0 +1,59 @@
+"""Where scaleladder's data live: the shipped folders inside the package, and a site's own layers before them.
+
+``hydra_configs/``, ``slurm/`` and ``lsf/`` are top-level folders of the source tree (admins read them
+there); ``launcher/_shipped/`` links them into the package, so a wheel carries them and an editable
+install finds them the same way. Nothing at run time looks for the source checkout.
+
+A site keeps its own ``cluster/``, ``sweep/``, ``model/``, ``slurm/`` and ``lsf/`` files in one or more
+folders named by ``SCALELADDER_SITE_DIR`` (``:``-separated, earlier wins) or by ``site_dir=`` on the
+command line (before the environment's); they are searched before the shipped ones.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from launcher.errors import UserError
+
+SHIPPED = Path(__file__).resolve().parent / "_shipped"
+SITE_ENV = "SCALELADDER_SITE_DIR"
+SITE_OVERRIDE = "site_dir"
+SITE_FOLDERS = ("cluster", "sweep", "model", "slurm", "lsf")
+
+
+def shipped(folder: str) -> Path:
+    """One of the shipped folders: ``hydra_configs``, ``slurm`` or ``lsf``."""
+    path = SHIPPED / folder
+    if not path.is_dir():
+        raise UserError(f"scaleladder's installation lacks its {folder}/ folder ({path}); reinstall the package")
+    return path
+
+
+def split_site_override(overrides: list[str]) -> tuple[list[str], list[Path]]:
+    """Take ``site_dir=A:B`` out of ``overrides``; return the rest and every site layer, earliest first."""
+    rest, given = [], []
+    for override in overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        if sep and key == SITE_OVERRIDE:
+            given.extend(_split(value, SITE_OVERRIDE))
+        else:
+            rest.append(override)
+    return rest, given + _split(os.environ.get(SITE_ENV, ""), SITE_ENV)
+
+
+def site_override(layers: list[Path]) -> list[str]:
+    """The ``site_dir=`` override that names ``layers`` again (for the runs a sweep starts elsewhere)."""
+    return [f"{SITE_OVERRIDE}={':'.join(str(p) for p in layers)}"] if layers else []
+
+
+def _split(value: str, source: str) -> list[Path]:
+    layers = []
+    for part in value.split(":"):
+        if not part.strip():
+            continue
+        path = Path(part).expanduser().resolve()
+        if not path.is_dir():
+            raise UserError(f"{source}: {part!r} is not a folder; give site folders holding "
+                            f"{', '.join(f'{f}/' for f in SITE_FOLDERS)} (':'-separated, earlier wins)")
+        layers.append(path)
+    return layers

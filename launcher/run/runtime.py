@@ -1,0 +1,468 @@
+"""``ladder train``: one training run, one process per rank, any model family, ZeRO 0-3.
+
+``ladder train <overrides>`` composes the run; without launcher variables and with ``nproc=N > 1``
+it starts N local ranks of itself (``launcher.run.local_launch``), otherwise this process is one rank:
+rendezvous (``launcher.run.rendezvous``), DeepSpeed over ``cluster.dist_backend``, the same initial
+weights on every rank (``torch.manual_seed(seed)``), then the loop.
+
+Data: micro-batch ``micro`` of optimizer step ``step`` on rank ``rank`` is the family's training batch
+``(step * accum + micro) * world + rank``, so a resumed run reads exactly what an uninterrupted one
+would. Gradient accumulation makes world x micro_batch_size x tokens_per_sample x accum equal
+train.global_batch_tokens. The LR warms up linearly over warmup_fraction of the schedule, then decays
+along a cosine to min_lr_ratio x lr; the schedule spans train.tokens (max_steps x global batch when
+tokens is null), and the run stops after max_steps when it is set.
+
+Validation runs on every rank (ZeRO-3 needs every rank in each forward; the family evaluates
+rank-locally) every val_every steps and after the last step; the values logged are the mean over ranks.
+
+Files in ``run_dir`` (rank 0 writes all but the checkpoints):
+  config.yaml      the resolved config, written once
+  metrics.jsonl    append-only curve, see ``launcher.run.metrics`` (a resumed run appends again from its
+                   checkpoint step + 1; readers keep the latest attempt's record per step)
+  checkpoints/     see ``launcher.run.checkpoint``; resume=true continues from the latest
+  state.json       replaced atomically at start, every logged step, every checkpoint and at exit:
+      status            "running" | "completed" | "diverged" | "requeue" | "failed"
+      step, tokens, flops    progress (optimizer steps, cumulative tokens and training FLOPs)
+      total_steps       the step the run stops at
+      checkpoint_step   step of the latest complete checkpoint, or null
+      resumed_from      checkpoint step this attempt started from, or null
+      world_size        ranks of this attempt
+      exit_code         null while running, else the process exit code (below)
+      message           null, or one line on why the run stopped (error, non-finite loss, signal)
+      param_digests     on completion: sha256 of the full parameters as each rank sees them
+      hostname, pid     where rank 0 runs
+      started_at, updated_at, finished_at    unix seconds (finished_at null while running)
+
+Exit codes (``ExitCode``): 0 completed, 1 failed, 2 bad input (the CLI's UserError), 3 diverged
+(non-finite training loss on any rank), 75 requeue (SIGTERM or SIGUSR2: checkpoint written, run again
+to continue; EX_TEMPFAIL).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from launcher.run import rendezvous
+from launcher.run.checkpoint import Checkpointer, TrainState
+from launcher.files import atomic_write
+from launcher.config.run import RunConfig, TrainConfig, load_run_config
+from launcher.errors import UserError
+from launcher.policy import ExitCode, ending
+from launcher.run.metrics import MetricsLog, WandbMirror
+
+
+def main(argv: list[str]) -> int:
+    stop = StopRequest()  # first: a signal during the slow imports is still honoured
+    run = load_run_config(list(argv))
+    if run.nproc > 1 and rendezvous.discover(os.environ).world_size == 1:
+        from launcher.run import local_launch
+
+        BatchPlan.make(run.train, run.nproc, make_family(run).tokens_per_sample)  # one clear line, before any rank
+        return local_launch.launch(run.nproc, [sys.executable, "-m", "launcher.cli", "train", *argv],
+                                   run.cluster.step_launcher)
+    return Trainer(run, stop).run()
+
+
+def make_family(run: RunConfig):
+    from models import build_family
+
+    try:
+        return build_family(run.model, run.data, run.seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def default_run_dir(run: RunConfig) -> Path:
+    """``runs/<family>-<hash>``: the same training config always lands in the same place."""
+    key = {k: dataclasses.asdict(run)[k] for k in ("model", "data", "train", "deepspeed", "seed")}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return Path("runs") / f"{run.model['family']}-{digest}"
+
+
+# ----------------------------------------------------------------------------------- plan and schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    """How the global batch splits over ranks and accumulation steps, and which batch each gets."""
+
+    world: int
+    micro_batch_size: int
+    tokens_per_sample: int
+    accum: int
+
+    @classmethod
+    def make(cls, train: TrainConfig, world: int, tokens_per_sample: int) -> "BatchPlan":
+        per_micro = world * train.micro_batch_size * tokens_per_sample
+        if train.global_batch_tokens % per_micro:
+            raise UserError(f"train.global_batch_tokens: {train.global_batch_tokens} is not a multiple of "
+                            f"world {world} x micro_batch_size {train.micro_batch_size} x tokens_per_sample "
+                            f"{tokens_per_sample} = {per_micro}")
+        return cls(world, train.micro_batch_size, tokens_per_sample, train.global_batch_tokens // per_micro)
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.world * self.micro_batch_size * self.accum
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.samples_per_step * self.tokens_per_sample
+
+    def index(self, step: int, micro: int, rank: int) -> int:
+        return (step * self.accum + micro) * self.world + rank
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Linear warm-up, then cosine decay to min_lr_ratio x lr at the end of the run's tokens."""
+
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+
+    @classmethod
+    def make(cls, train: TrainConfig) -> "Schedule":
+        total = schedule_steps(train)
+        return cls(train.lr, train.lr * train.min_lr_ratio, round(train.warmup_fraction * total), total)
+
+    def __call__(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_steps(train: TrainConfig) -> int:
+    tokens = train.tokens if train.tokens is not None else train.max_steps * train.global_batch_tokens
+    return max(1, math.ceil(tokens / train.global_batch_tokens))
+
+
+def run_steps(train: TrainConfig) -> int:
+    return train.max_steps if train.max_steps is not None else schedule_steps(train)
+
+
+# --------------------------------------------------------------------------------------- DeepSpeed
+
+
+def deepspeed_config(run: RunConfig, plan: BatchPlan) -> dict[str, Any]:
+    """DeepSpeed's JSON config for this run: batch split, ZeRO stage and offload, precision, clipping."""
+    ds, precision = run.deepspeed, run.train.precision
+    zero: dict[str, Any] = {"stage": ds.stage}
+    for key, device in (("offload_optimizer", ds.offload_optimizer), ("offload_param", ds.offload_param)):
+        if device != "none":
+            zero[key] = {"device": device, "pin_memory": run.cluster.device != "cpu"}
+            if device == "nvme":
+                zero[key]["nvme_path"] = ds.nvme_path
+    fp16: dict[str, Any] = {"enabled": precision == "fp16"}
+    if precision == "fp16":  # dynamic loss scaling: loss_scale 0
+        fp16.update(loss_scale=0, initial_scale_power=ds.initial_scale_power, loss_scale_window=ds.loss_scale_window,
+                    hysteresis=ds.hysteresis, min_loss_scale=ds.min_loss_scale)
+    return {
+        "train_batch_size": plan.samples_per_step,
+        "train_micro_batch_size_per_gpu": plan.micro_batch_size,
+        "gradient_accumulation_steps": plan.accum,
+        "gradient_clipping": run.train.grad_clip,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": fp16,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on biases, norms' gains or scalars such as CLIP's logit scale."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def make_optimizer(run: RunConfig, model):
+    """AdamW: torch's, or DeepSpeed's CPU Adam when the optimizer state lives on the CPU (offload)."""
+    groups = param_groups(model, run.train.weight_decay)
+    betas = (run.train.beta1, run.train.beta2)
+    if run.deepspeed.offload_optimizer != "none":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=run.train.lr, betas=betas, adamw_mode=True)
+    import torch
+
+    return torch.optim.AdamW(groups, lr=run.train.lr, betas=betas)
+
+
+def param_digest(engine, sharded: bool) -> str:
+    """sha256 of every full parameter as this rank sees it (ZeRO-3 shards gathered one at a time)."""
+    import deepspeed
+
+    digest = hashlib.sha256()
+    for param in engine.module.parameters():
+        with deepspeed.zero.GatheredParameters([param], enabled=sharded):
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def find_ranks(run: RunConfig) -> rendezvous.DistEnv:
+    """This rank's place and its master, under the run's rendezvous settings."""
+    return rendezvous.resolve(os.environ, run.rendezvous.interface or run.cluster.network_interface,
+                              run.rendezvous.port_base, run.rendezvous.port_span)
+
+
+def extensions_dir() -> str:
+    """DeepSpeed JIT-builds its shm comm op on every start: one cache per Python environment (the set-up
+    step pre-builds it there), so two environments never rebuild each other's copy under a running job."""
+    return str(Path(sys.prefix) / "torch_extensions")
+
+
+def build_engine(run: RunConfig, rank: int, world: int):
+    """(family, batch plan, DeepSpeed engine) on joined ranks: the same initial weights everywhere."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+    import deepspeed
+    import torch
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel("WARNING")
+    # DeepSpeed still calls torch's older collective names; one warning per call would drown the log
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    deepspeed.init_distributed(dist_backend=run.cluster.dist_backend)
+    torch.manual_seed(run.seed)
+    family = make_family(run)
+    model = family.build()
+    torch.manual_seed(run.seed * 100_003 + rank + 1)  # distinct dropout streams per rank
+    plan = BatchPlan.make(run.train, world, family.tokens_per_sample)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=make_optimizer(run, model),
+                                      config=deepspeed_config(run, plan))
+    return family, plan, engine
+
+
+# ---------------------------------------------------------------------------------------- run state
+
+
+class StopRequest:
+    """SIGTERM/SIGUSR2 (scheduler warning before the walltime) ask for a checkpoint and a requeue.
+
+    The handler only records the first signal: more of them (schedulers and launchers often send several)
+    change nothing while the checkpoint is written. Interrupted system calls are restarted (SA_RESTART),
+    so C code blocked in one (a collective's socket read, a file write) does not fail with EINTR mid-save.
+    """
+
+    def __init__(self):
+        self.signum = 0
+        for sig in (signal.SIGTERM, signal.SIGUSR2):
+            signal.signal(sig, self._set)
+            signal.siginterrupt(sig, False)
+
+    def _set(self, signum, _frame) -> None:
+        if not self.signum:
+            self.signum = signum
+
+
+class RunStateFile:
+    """``state.json``: rank 0's account of the run for the job database (schema in the module docstring)."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.path = Path(run_dir) / "state.json"
+        self.enabled = enabled
+        now = time.time()
+        self.state: dict[str, Any] = {
+            "status": "running", "step": 0, "tokens": 0, "flops": 0, "total_steps": None,
+            "checkpoint_step": None, "resumed_from": None, "world_size": None, "exit_code": None, "message": None,
+            "hostname": socket.gethostname(), "pid": os.getpid(), "started_at": now, "updated_at": now,
+            "finished_at": None}
+
+    def update(self, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        self.state.update(fields, updated_at=time.time())
+        atomic_write(self.path, json.dumps(self.state, indent=1) + "\n")
+
+    def finish(self, code: ExitCode, message: Optional[str] = None, **fields: Any) -> int:
+        self.update(status=ending(code).status, exit_code=int(code), message=message, finished_at=time.time(),
+                    **fields)
+        return int(code)
+
+
+# ------------------------------------------------------------------------------------------- trainer
+
+
+def close_process_group() -> None:
+    """Stop the process group's worker threads before the interpreter stops: a gloo thread that still
+    drops a tensor during shutdown aborts the rank ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Trainer:
+    """One rank of one run."""
+
+    def __init__(self, run: RunConfig, stop: StopRequest):
+        self.cfg = run
+        self.run_dir = Path(run.run_dir) if run.run_dir else default_run_dir(run)
+        self.stop = stop
+
+    def run(self) -> int:
+        run = self.cfg
+        dist_env = find_ranks(run)
+        self.rank, self.world = dist_env.rank, dist_env.world_size
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.state_file = RunStateFile(self.run_dir, enabled=self.rank == 0)
+        self.state_file.update(world_size=self.world)
+        self.wandb = None
+        try:
+            rendezvous.connect(dist_env, run.cluster.dist_backend, run.rendezvous.timeout_s)
+            return self._train()
+        except UserError as exc:
+            self.state_file.finish(ExitCode.USAGE, str(exc))
+            raise
+        except KeyboardInterrupt:
+            self.state_file.finish(ExitCode.FAILED, "interrupted (SIGINT)")
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded, then the traceback for the log
+            traceback.print_exc()
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return self.state_file.finish(ExitCode.FAILED, f"{type(exc).__name__}: {first_line}")
+        finally:
+            if self.wandb is not None:
+                self.wandb.finish(self.state_file.state["exit_code"])
+            close_process_group()
+
+    def _setup(self) -> None:
+        import torch
+
+        run = self.cfg
+        self.family, self.plan, self.engine = build_engine(run, self.rank, self.world)
+        self.schedule = Schedule.make(run.train)
+        self.total_steps = run_steps(run.train)
+        self.flops_per_token = self.family.flops_per_token()
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision, torch.float32)
+        self.checkpointer = Checkpointer(self.run_dir, self.rank)
+        self.metrics = MetricsLog(self.run_dir)
+        self.logged_tokens, self.busy_s = 0, 0.0  # since the last metrics record
+
+    def _start_wandb(self) -> None:
+        run = self.cfg
+        total, non_embedding = self.family.param_counts()
+        tokens = self.schedule.total_steps * self.plan.tokens_per_step
+        config = dict(dataclasses.asdict(run), N=total, N_non_embedding=non_embedding, D=tokens,
+                      C=self.flops_per_token * tokens)
+        run_id = hashlib.sha1(str(self.run_dir.resolve()).encode()).hexdigest()[:16]
+        self.wandb = WandbMirror(run.wandb.mode, self.run_dir, run_id, config, project=run.wandb.project,
+                                 entity=run.wandb.entity, group=run.wandb.group,
+                                 job_type=run.wandb.job_type or self.family.name, name=run.wandb.name,
+                                 tags=run.wandb.tags)
+
+    def _write_config(self) -> None:
+        import yaml
+
+        path = self.run_dir / "config.yaml"
+        if not path.exists():
+            atomic_write(path, yaml.safe_dump(dataclasses.asdict(self.cfg), sort_keys=False))
+
+    def _train(self) -> int:
+        import torch.distributed as dist
+
+        self._setup()
+        state = self._resume()
+        while state.step < self.total_steps:
+            train_loss, lr, stop_asked = self._step(state)
+            progress = {"step": state.step, "tokens": state.tokens, "flops": state.flops}
+            if not math.isfinite(train_loss):
+                return self.state_file.finish(ExitCode.DIVERGED, f"non-finite training loss at step {state.step}",
+                                              **progress)
+            last = state.step == self.total_steps
+            evaluation = self._evaluate() if last or state.step % self.cfg.train.val_every == 0 else {}
+            if last or evaluation or state.step % self.cfg.train.log_every == 0:
+                self._log(state, train_loss, lr, evaluation)
+                self.state_file.update(**progress)
+            stop_asked = stop_asked and not last
+            if stop_asked or last or state.step % self.cfg.train.checkpoint_every == 0:
+                self.checkpointer.save(self.engine, state)
+                self.state_file.update(checkpoint_step=state.step)
+            if stop_asked:
+                name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
+                return self.state_file.finish(ExitCode.REQUEUE, f"stopped at step {state.step} by {name}", **progress)
+        digests = [None] * self.world
+        dist.all_gather_object(digests, param_digest(self.engine, self.cfg.deepspeed.stage == 3))
+        return self.state_file.finish(ExitCode.COMPLETED, step=state.step, tokens=state.tokens, flops=state.flops,
+                                      param_digests=digests)
+
+    def _resume(self) -> TrainState:
+        """The latest checkpoint's state (resume=true), else step 0; records the start in state.json."""
+        state = TrainState(samples_per_step=self.plan.samples_per_step)
+        if self.cfg.resume:
+            state = self.checkpointer.load(self.engine, self.plan.samples_per_step) or state
+        if self.rank == 0:
+            self._write_config()
+            self._start_wandb()
+        resumed_from = state.step or None
+        self.state_file.update(step=state.step, tokens=state.tokens, flops=state.flops, total_steps=self.total_steps,
+                               resumed_from=resumed_from, checkpoint_step=resumed_from)
+        return state
+
+    def _step(self, state: TrainState) -> tuple[float, float, bool]:
+        """One optimizer step over every micro-batch; (mean loss over micro-batches and ranks, lr, stop?)."""
+        import torch
+        import torch.distributed as dist
+
+        started = time.perf_counter()
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = self.schedule(state.step)
+        lr = self.engine.get_lr()[0]  # what the optimizer will use, as DeepSpeed reports it
+        loss_sum = torch.zeros(())
+        for micro in range(self.plan.accum):
+            index = self.plan.index(state.step, micro, self.rank)
+            batch = self.family.batch("train", index, self.plan.micro_batch_size)
+            batch = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.items()}
+            loss = self.family.loss(self.engine, batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            loss_sum += loss.detach().float().cpu()
+        shared = torch.stack([loss_sum / self.plan.accum, torch.tensor(float(self.stop.signum != 0))])
+        dist.all_reduce(shared)  # the mean loss and whether any rank was asked to stop, in one call
+        state.step += 1
+        state.tokens += self.plan.tokens_per_step
+        state.flops += self.flops_per_token * self.plan.tokens_per_step
+        state.data_index = self.plan.index(state.step, 0, 0)
+        self.busy_s += time.perf_counter() - started
+        self.logged_tokens += self.plan.tokens_per_step
+        return shared[0].item() / self.world, lr, shared[1].item() > 0
+
+    def _evaluate(self) -> dict[str, float]:
+        import torch
+        import torch.distributed as dist
+
+        values = self.family.evaluate(self.engine, self.cfg.train.val_batches, self.plan.micro_batch_size)
+        keys = sorted(values)
+        mean = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(mean)
+        return {k: v / self.world for k, v in zip(keys, mean.tolist())}
+
+    def _log(self, state: TrainState, train_loss: float, lr: float, evaluation: dict[str, float]) -> None:
+        """Rank 0 appends the step's record; throughput counts training time since the last record only."""
+        tokens_per_s = self.logged_tokens / self.busy_s
+        self.logged_tokens, self.busy_s = 0, 0.0
+        if self.rank != 0:
+            return
+        peak = self.cfg.cluster.device_peak_flops
+        record = {"step": state.step, "tokens": state.tokens, "flops": state.flops, "train_loss": train_loss,
+                  **evaluation, "lr": lr, "tokens_per_s": tokens_per_s,
+                  "mfu": tokens_per_s * self.flops_per_token / (peak * self.world) if peak else None,
+                  "time": time.time()}
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+        self.metrics.append(record)
+        self.wandb.log(record)

@@ -1,0 +1,561 @@
+"""The sweep planner: a sweep config becomes runs with exact N, D and C, node-hours and a budget check.
+
+Model shapes come from the family's shape solver (or are given explicitly), tokens round to whole
+global batches, and every FLOP number comes from the family's own ``flops_per_token``: an isoFLOP run
+trains on D = C / flops_per_token(shape) tokens, so its recorded C is exact rather than 6·N·D.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from launcher.config.cluster import ClusterProfile
+from launcher.config.run import RunConfig, load_run_config
+from launcher.config.compose import compose, config_layers, group_options
+from launcher.config.validate import validate
+from launcher.errors import UserError
+from launcher.resources import split_site_override
+from launcher.files import atomic_write_json
+from launcher.run.metrics import METRICS_FILE, read_metrics
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """One sweep (``hydra_configs/sweep/<name>.yaml``): which runs, how big, on how many nodes.
+
+    Sizes are target parameter counts (``params``, solved into shapes) or explicit ``shapes`` (model
+    field overrides of the base model). Kinds: ``grid`` every size × every ``tokens``; ``isoflop`` every
+    size per FLOP budget (``budgets``), D = C / flops_per_token; ``ladder`` every size at one fixed D
+    (``tokens``) or at D = ``tokens_per_param`` × N; ``clip`` every size × every ``samples`` (CLIP).
+    """
+
+    name: str  # the sweep directory <sweeps_root>/<name>/ and the W&B group
+    kind: Literal["grid", "isoflop", "ladder", "clip"]
+    model: str = "gpt_neox/tiny"  # the base model option: family, vocabulary, seq_len, every unsolved field
+    data: Optional[str] = None  # a data option; null keeps config.yaml's
+    params: list[float] = dataclasses.field(default_factory=list)
+    shapes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    count: Literal["total", "non_embedding"] = "total"  # which N `params` targets
+    aspect_ratio: float = 64.0  # d_model / n_layer of solved shapes
+    head_size: int = 64
+    budgets: list[float] = dataclasses.field(default_factory=list)  # isoflop: FLOPs C of each curve
+    params_per_budget: list[list[float]] = dataclasses.field(default_factory=list)  # isoflop: sizes per budget
+    tokens: list[float] = dataclasses.field(default_factory=list)  # grid: D values; ladder: the one fixed D
+    tokens_per_param: Optional[float] = None  # ladder: D = tokens_per_param × N
+    samples: list[float] = dataclasses.field(default_factory=list)  # clip: samples seen
+    global_batch_tokens: Optional[int] = None  # default: train.global_batch_tokens (samples for CLIP)
+    min_steps: int = 1  # drop runs with fewer optimizer steps (big models at small isoFLOP budgets)
+    nodes: int = 1
+    ranks_per_run: int = 1
+    overrides: list[str] = dataclasses.field(default_factory=list)  # Hydra overrides of every run
+    budget_flops: Optional[float] = None  # recommend N_opt, D_opt at this C; null: what the allocation buys
+    allow_over_budget: bool = False
+    calibration_steps: int = 8
+
+    def __post_init__(self):
+        for name in ("min_steps", "nodes", "ranks_per_run", "head_size", "calibration_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sweep.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.aspect_ratio <= 0:
+            raise ValueError(f"sweep.aspect_ratio: must be > 0, got {self.aspect_ratio}")
+        if self.global_batch_tokens is not None and self.global_batch_tokens < 1:
+            raise ValueError(f"sweep.global_batch_tokens: must be >= 1, got {self.global_batch_tokens}")
+        for name in ("params", "budgets", "tokens", "samples"):
+            if any(v <= 0 for v in getattr(self, name)):
+                raise ValueError(f"sweep.{name}: every value must be > 0, got {getattr(self, name)}")
+        sizes = [name for name in ("params", "shapes", "params_per_budget") if getattr(self, name)]
+        if len(sizes) != 1:
+            raise ValueError(f"sweep: give the model sizes in exactly one of params, shapes, params_per_budget "
+                             f"(got {', '.join(sizes) or 'none'})")
+        if self.params_per_budget and self.kind != "isoflop":
+            raise ValueError("sweep.params_per_budget: only for kind isoflop")
+        need = {"grid": ["tokens"], "isoflop": ["budgets"], "clip": ["samples"], "ladder": []}[self.kind]
+        for name in need:
+            if not getattr(self, name):
+                raise ValueError(f"sweep.{name}: required for kind {self.kind}")
+        if self.params_per_budget and len(self.params_per_budget) != len(self.budgets):
+            raise ValueError(f"sweep.params_per_budget: needs one list per budget ({len(self.budgets)}), "
+                             f"got {len(self.params_per_budget)}")
+        if self.kind == "ladder" and (len(self.tokens) == 1) == (self.tokens_per_param is not None):
+            raise ValueError("sweep: kind ladder needs exactly one of tokens (one value) or tokens_per_param")
+
+
+# ----------------------------------------------------------------------------------- family accounting
+
+
+@dataclasses.dataclass(frozen=True)
+class Accounting:
+    """What the planner needs of a model family: its config, exact counts, FLOPs and shape solver."""
+
+    config: type
+    param_counts: Callable[[Any], tuple[int, int]]
+    flops_per_token: Callable[[Any], int]
+    solve: Optional[Callable[[int, dict, SweepConfig], dict]]  # (target N, base fields, sweep) -> shape
+
+
+def _solve_gpt_neox(target: int, base: dict, sweep: SweepConfig) -> dict:
+    from models import gpt_neox
+
+    fixed = {k: v for k, v in base.items() if k not in ("n_layer", "d_model", "n_heads", "vocab_size", "seq_len")}
+    cfg = gpt_neox.solve_shape(target, aspect_ratio=sweep.aspect_ratio, head_dim=sweep.head_size,
+                               vocab_size=base["vocab_size"], seq_len=base["seq_len"], count=sweep.count, **fixed)
+    return {"n_layer": cfg.n_layer, "d_model": cfg.d_model, "n_heads": cfg.n_heads}
+
+
+def accounting(family: str) -> Accounting:
+    from models import clip, gpt_neox
+
+    families = {
+        "gpt_neox": Accounting(gpt_neox.GPTNeoXConfig, gpt_neox.param_counts, gpt_neox.flops_per_token,
+                               _solve_gpt_neox),
+        "clip": Accounting(clip.CLIPConfig, clip.param_counts, clip.flops_per_sample, None),
+    }
+    if family not in families:
+        raise UserError(f"model.family: {family!r} cannot be planned; allowed: {', '.join(families)}")
+    return families[family]
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One planned run, fully resolved: exact counts, its ``ladder train`` overrides and its hash."""
+
+    name: str
+    sweep: str
+    family: str  # model.family: gpt_neox | clip
+    model: str  # the base model option, e.g. gpt_neox/tiny
+    shape: dict[str, Any]  # model field overrides of the base model
+    N: int  # total parameters
+    N_non_embedding: int
+    D: int  # training tokens (samples for CLIP): steps × global_batch_tokens
+    C: int  # training FLOPs: flops_per_token × D
+    flops_per_token: int
+    budget: Optional[float]  # the isoFLOP budget it belongs to (None outside isoflop sweeps)
+    steps: int
+    global_batch_tokens: int
+    nodes: int
+    ranks_per_run: int
+    base_overrides: tuple[str, ...]  # overrides shared by the sweep's runs (model, data, the sweep's own)
+    config_hash: str  # of the resolved run config, not of the name: the run's identity
+    est_node_hours: Optional[float] = None
+
+    def run_dir(self, sweep_dir: str | os.PathLike) -> Path:
+        return Path(os.path.join(sweep_dir, "runs", self.name))
+
+    def overrides(self, sweep_dir: str | os.PathLike) -> list[str]:
+        """The overrides of ``ladder train`` for this run."""
+        return [*self.base_overrides, *(f"model.{k}={_override_value(v)}" for k, v in self.shape.items()),
+                f"train.tokens={self.D}", "train.max_steps=null",
+                f"train.global_batch_tokens={self.global_batch_tokens}",
+                f"run_dir={os.path.join(sweep_dir, 'runs', self.name)}", f"wandb.group={self.sweep}",
+                f"wandb.job_type={self.family}", f"wandb.name={self.name}"]
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "base_overrides": list(self.base_overrides)}
+
+
+def _override_value(value: Any) -> str:
+    return "null" if value is None else json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(*groups: Iterable[str]) -> list[str]:
+    """Concatenate override lists; a later override of the same key replaces an earlier one."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for override in group:
+            merged.pop(override_key(override), None)
+            merged[override_key(override)] = override
+    return list(merged.values())
+
+
+def config_hash(run: RunConfig) -> str:
+    """Hash what decides a run's result: model, data, optimisation, ZeRO stage and seed.
+
+    Names, directories, W&B fields and the cluster are left out, so the same run planned again (or on
+    another site) has the same identity and is never repeated.
+    """
+    return _digest(run.model, run.data, dataclasses.asdict(run.train), dataclasses.asdict(run.deepspeed), run.seed)
+
+
+def _digest(model: dict, data: dict, train: dict, deepspeed: dict, seed: int) -> str:
+    resolved = {"model": model, "data": data, "train": train, "deepspeed": deepspeed, "seed": seed}
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """Achieved speed of one run: from the profile's peak × MFU, or measured by a calibration run.
+
+    ``points`` are (N, FLOP/s of one run), interpolated in log N; ``runs_per_node`` is how many runs
+    share a node (devices per node / ranks per run; the local runner's parallel runs).
+    """
+
+    source: Literal["peak", "measured"]
+    points: tuple[tuple[int, float], ...]
+    runs_per_node: float
+    overhead_s: float = 0.0  # start-up, data loading and final checkpoint of one run
+
+    def flops_per_s(self, N: int) -> float:
+        points = sorted(self.points)
+        if len(points) == 1 or N <= points[0][0]:
+            return points[0][1]
+        if N >= points[-1][0]:
+            return points[-1][1]
+        for (n0, f0), (n1, f1) in zip(points, points[1:]):
+            if n0 <= N <= n1:
+                t = math.log(N / n0) / math.log(n1 / n0)
+                return math.exp((1 - t) * math.log(f0) + t * math.log(f1))
+        raise AssertionError("unreachable")
+
+    def wall_s(self, spec: RunSpec) -> float:
+        return self.overhead_s + spec.C / self.flops_per_s(spec.N)
+
+    def node_hours(self, spec: RunSpec) -> float:
+        return self.wall_s(spec) / self.runs_per_node / 3600.0
+
+    def node_flops_per_s(self, N: int) -> float:
+        return self.flops_per_s(N) * self.runs_per_node
+
+
+@dataclasses.dataclass
+class Plan:
+    """A sweep's resolved runs with the profile they were estimated for."""
+
+    sweep: SweepConfig
+    cluster: ClusterProfile
+    sweep_dir: Path
+    runs: list[RunSpec]
+    dropped: list[str]  # why planned points were left out
+    throughput: Optional[Throughput] = None  # None: no peak and no calibration: node-hours unknown
+
+    @property
+    def total_node_hours(self) -> Optional[float]:
+        if self.throughput is None:
+            return None
+        return sum(r.est_node_hours for r in self.runs)
+
+    @property
+    def budget_flops(self) -> float:
+        """The compute budget to recommend N_opt, D_opt for: the sweep's, or what the allocation buys."""
+        if self.sweep.budget_flops is not None:
+            return self.sweep.budget_flops
+        largest = max(self.runs, key=lambda r: r.C)
+        if self.throughput is not None and self.cluster.allocation_node_hours:
+            return self.cluster.allocation_node_hours * 3600.0 * self.throughput.node_flops_per_s(largest.N)
+        return 10.0 * largest.C
+
+    def to_json(self) -> dict:
+        return {"sweep": dataclasses.asdict(self.sweep), "cluster": dataclasses.asdict(self.cluster),
+                "sweep_dir": str(self.sweep_dir), "runs": [r.to_json() for r in self.runs],
+                "dropped": self.dropped,
+                "throughput": None if self.throughput is None else dataclasses.asdict(self.throughput),
+                "total_node_hours": self.total_node_hours,
+                "allocation_node_hours": self.cluster.allocation_node_hours, "budget_flops": self.budget_flops}
+
+    def check_budget(self, over_budget_ok: bool = False) -> None:
+        """Refuse a plan that needs more node-hours than the allocation has left."""
+        total, left = self.total_node_hours, self.cluster.allocation_node_hours
+        if total is None or left is None or total <= left or over_budget_ok or self.sweep.allow_over_budget:
+            return
+        raise UserError(f"sweep {self.sweep.name}: the plan needs {total:.4g} node-hours, more than the "
+                        f"{left:.4g} left in the allocation (cluster.allocation_node_hours); shrink the sweep "
+                        f"or pass --over-budget-ok (sweep.allow_over_budget=true)")
+
+
+@dataclasses.dataclass
+class SweepSetup:
+    """A composed sweep: its config, the cluster profile, the base run config and where it lives."""
+
+    sweep: SweepConfig
+    cluster: ClusterProfile
+    run: RunConfig
+    base_overrides: list[str]
+    sweep_dir: Path
+
+
+def compose_sweep(overrides: list[str]) -> tuple[SweepConfig, ClusterProfile, Path]:
+    """The sweep config, cluster profile and sweep directory that ``overrides`` select."""
+    chosen = [o.split("=", 1)[1] for o in overrides if override_key(o) == "sweep" and "=" in o]
+    options = group_options("sweep", config_layers(split_site_override(overrides)[1]))
+    if chosen and chosen[-1] not in options:  # an optional default group skips a missing option silently
+        raise UserError(f"sweep={chosen[-1]}: no such sweep; allowed: {', '.join(options)}")
+    # any sweep field may be overridden, not only those its YAML spells out; validate() checks the names
+    raw = compose([f"++{o.lstrip('+')}" if override_key(o).startswith("sweep.") else o for o in overrides])
+    if not raw.get("sweep"):
+        raise UserError(f"sweep: no sweep selected; pass sweep=<name>, one of: {', '.join(options)}")
+    sweep = validate(SweepConfig, raw["sweep"], "sweep")
+    cluster = validate(ClusterProfile, raw["cluster"], "cluster")
+    return sweep, cluster, Path(raw.get("sweeps_root") or "sweeps") / sweep.name
+
+
+def load_sweep(overrides: list[str]) -> SweepSetup:
+    """Compose ``overrides`` (``sweep=<name>``, ``cluster=<site>``, run overrides) into a validated sweep."""
+    sweep, cluster, sweep_dir = compose_sweep(overrides)
+    user = [o for o in overrides if override_key(o).split(".")[0] not in ("sweep", "sweeps_root")]
+    base = merge_overrides([f"model={sweep.model}"], [f"data={sweep.data}"] if sweep.data else [], sweep.overrides,
+                           user)
+    run = load_run_config(base)
+    return SweepSetup(sweep, cluster, run, base, sweep_dir)
+
+
+def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
+    """The sweep's runs with exact counts (no estimates yet), and the points left out with the reason."""
+    sweep, run = setup.sweep, setup.run
+    base_model = {k: v for k, v in run.model.items() if k != "family"}
+    family = run.model["family"]
+    acct = accounting(family)
+    batch = sweep.global_batch_tokens or run.train.global_batch_tokens
+    solved: dict[int, dict] = {}
+
+    def shape_for(size: Any) -> dict:
+        if isinstance(size, dict):
+            return dict(size)
+        target = int(round(size))
+        if target not in solved:
+            if acct.solve is None:
+                raise UserError(f"sweep.params: model family {family} has no shape solver; give sweep.shapes")
+            solved[target] = acct.solve(target, base_model, sweep)
+        return solved[target]
+
+    counted: dict[str, tuple[dict, int, int, int]] = {}
+
+    def count(shape: dict) -> tuple[dict, int, int, int]:
+        """(model dict, N, N_non_embedding, flops_per_token) of a shape, computed once per shape."""
+        from models.family import from_dict
+
+        key = json.dumps(shape, sort_keys=True)
+        if key not in counted:
+            try:
+                cfg = from_dict(acct.config, {**base_model, **shape}, "model")
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            counted[key] = ({"family": family, **dataclasses.asdict(cfg)}, *acct.param_counts(cfg),
+                            acct.flops_per_token(cfg))
+        return counted[key]
+
+    sizes = list(sweep.shapes or sweep.params)
+    points: list[tuple[dict, Optional[float], Optional[float]]] = []  # (shape, D target, budget)
+    if sweep.kind == "isoflop":
+        for i, budget in enumerate(sweep.budgets):
+            for size in (sweep.params_per_budget[i] if sweep.params_per_budget else sizes):
+                points.append((shape_for(size), None, budget))
+    else:
+        values = {"grid": sweep.tokens, "clip": sweep.samples, "ladder": sweep.tokens[:1] or [None]}[sweep.kind]
+        points = [(shape_for(size), d, None) for size in sizes for d in values]
+
+    train = dataclasses.asdict(run.train)
+    deepspeed = dataclasses.asdict(run.deepspeed)
+    specs, dropped, seen = [], [], {}
+    for shape, target_d, budget in points:
+        model, n_total, n_ne, fpt = count(shape)
+        if budget is not None:
+            target_d = budget / fpt
+        elif target_d is None:
+            target_d = sweep.tokens_per_param * (n_total if sweep.count == "total" else n_ne)
+        steps = max(1, round(target_d / batch))
+        D = steps * batch
+        label = f"N={_short(n_total)}, D={_short(D)}" + (f", C={_budget_tag(budget)}" if budget else "")
+        if steps < sweep.min_steps:
+            dropped.append(f"{label}: {steps} steps < sweep.min_steps={sweep.min_steps}")
+            continue
+        digest = _digest(model, run.data, {**train, "tokens": D, "max_steps": None, "global_batch_tokens": batch},
+                         deepspeed, run.seed)
+        if digest in seen:
+            dropped.append(f"{label}: same run as {seen[digest]}")
+            continue
+        name = (f"c{_budget_tag(budget)}-" if budget else "") + f"n{_short(n_total)}-" \
+            + ("s" if sweep.kind == "clip" else "d") + _short(D)
+        seen[digest] = name
+        specs.append(RunSpec(name=name, sweep=sweep.name, family=family, model=sweep.model, shape=shape,
+                             N=n_total, N_non_embedding=n_ne, D=D, C=fpt * D, flops_per_token=fpt, budget=budget,
+                             steps=steps, global_batch_tokens=batch, nodes=sweep.nodes,
+                             ranks_per_run=sweep.ranks_per_run, base_overrides=tuple(setup.base_overrides),
+                             config_hash=digest))
+    names = Counter(s.name for s in specs)
+    specs = [dataclasses.replace(s, name=f"{s.name}-{s.config_hash[:6]}") if names[s.name] > 1 else s
+             for s in specs]
+    if not specs:
+        raise UserError(f"sweep {sweep.name}: every planned run was left out ({'; '.join(dropped)})")
+    return specs, dropped
+
+
+def build_plan(overrides: list[str], calibrate: bool = True, echo: Callable[[str], None] = print) -> Plan:
+    """Compose, plan, estimate: everything ``ladder plan`` shows and ``ladder sweep`` records."""
+    setup = load_sweep(overrides)
+    specs, dropped = plan_runs(setup)
+    throughput = peak_throughput(setup.cluster, setup.sweep)
+    if throughput is None and calibrate:
+        throughput = measure_throughput(setup, specs, echo)
+    if throughput is not None:
+        specs = [dataclasses.replace(s, est_node_hours=throughput.node_hours(s)) for s in specs]
+    return Plan(setup.sweep, setup.cluster, setup.sweep_dir, specs, dropped, throughput)
+
+
+def peak_throughput(cluster: ClusterProfile, sweep: SweepConfig) -> Optional[Throughput]:
+    """Per-run speed from the profile's per-device peak × assumed MFU (None when the peak is unknown)."""
+    if cluster.device_peak_flops is None:
+        return None
+    ranks = sweep.ranks_per_run
+    return Throughput("peak", ((1, ranks * cluster.device_peak_flops * cluster.assumed_mfu),),
+                      runs_per_node=cluster.devices_per_node / ranks)
+
+
+# ------------------------------------------------------------------------------------- calibration
+
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def measure_throughput(setup: SweepSetup, specs: list[RunSpec], echo: Callable[[str], None] = print) -> Throughput:
+    """Measure one run's FLOP/s with short ``ladder train`` runs of the smallest and largest model.
+
+    Results are cached in ``<sweep_dir>/calibration.json`` by the run's config hash, the profile and
+    the cores per run, so planning again costs nothing. The calibration runs use the sweep's own
+    parallelism (``max_parallel_runs``), so the speed is the one a busy node gives.
+    """
+    from launcher.schedulers.local import LocalProcess, parallel_slots
+
+    cluster, sweep = setup.cluster, setup.sweep
+    slots = parallel_slots(cluster.max_parallel_runs, cluster.cores_per_run)
+    probes = {s.config_hash: s for s in (min(specs, key=lambda s: s.N), max(specs, key=lambda s: s.N))}
+    cache_path = setup.sweep_dir / CALIBRATION_FILE
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    keys = {h: f"{h}-{cluster.name}-{cluster.cores_per_run}c-{sweep.calibration_steps}s" for h in probes}
+    todo = [spec for h, spec in probes.items() if keys[h] not in cache]
+    for start in range(0, len(todo), slots):
+        batch = todo[start:start + slots]
+        echo(f"calibrating: {', '.join(s.name for s in batch)} ({sweep.calibration_steps} steps each)")
+        procs = []
+        for spec in batch:
+            run_dir = setup.sweep_dir / "calibration" / spec.name
+            overrides = merge_overrides(spec.overrides(setup.sweep_dir), [
+                f"run_dir={run_dir}", f"train.max_steps={sweep.calibration_steps}", "resume=false",
+                "wandb.mode=disabled", f"train.val_every={10 ** 9}", f"train.checkpoint_every={10 ** 9}"])
+            log = setup.sweep_dir / "calibration" / f"{spec.name}.log"
+            procs.append((spec, run_dir, log, time.monotonic(),
+                          LocalProcess.start(overrides, log, cluster.cores_per_run, spec.ranks_per_run)))
+        for spec, run_dir, log, began, proc in procs:
+            code = proc.wait()
+            wall = time.monotonic() - began
+            if code != 0:
+                raise UserError(f"calibration run {spec.name} failed (exit {code}); see {log}, "
+                                f"or plan with --no-calibrate")
+            cache[keys[spec.config_hash]] = {"N": spec.N, **_calibration_result(spec, run_dir, wall)}
+        atomic_write_json(cache_path, cache)
+    measured = [cache[keys[h]] for h in probes]
+    return Throughput("measured", tuple((m["N"], m["flops_per_s"]) for m in measured), runs_per_node=float(slots),
+                      overhead_s=max(m["overhead_s"] for m in measured))
+
+
+def _calibration_result(spec: RunSpec, run_dir: Path, wall_s: float) -> dict:
+    """FLOP/s over the steady steps (the first step pays for warm-up) and the run's fixed overhead."""
+    path = run_dir / METRICS_FILE
+    records = read_metrics(path) if path.exists() else []
+    steady = [r for r in records if r.get("step", 0) > 1 and r.get("tokens_per_s")]
+    if not steady:
+        raise UserError(f"calibration run {spec.name}: metrics.jsonl has no steady steps to measure; "
+                        f"raise sweep.calibration_steps")
+    tokens_per_s = statistics.median(r["tokens_per_s"] for r in steady)
+    train_s = spec.global_batch_tokens * len(records) / tokens_per_s
+    return {"tokens_per_s": tokens_per_s, "flops_per_s": tokens_per_s * spec.flops_per_token,
+            "overhead_s": max(0.0, wall_s - train_s), "wall_s": wall_s, "steps": len(records)}
+
+
+def write_plan(plan: Plan) -> Path:
+    """``<sweep_dir>/plan.json``: the resolved plan, for the collector, the report and people."""
+    path = plan.sweep_dir / "plan.json"
+    atomic_write_json(path, plan.to_json())
+    return path
+
+
+# ------------------------------------------------------------------------------------------- output
+
+
+def _short(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _budget_tag(c: float) -> str:
+    return f"{c:.3g}".replace("e+", "e")
+
+
+def make_console():
+    """A rich console; one wide enough for the run table when output goes to a file or a pipe."""
+    from rich.console import Console
+
+    console = Console(log_path=False)
+    return console if console.is_terminal else Console(log_path=False, width=160)
+
+
+def print_plan(plan: Plan, console=None) -> None:
+    """The run table and the budget line."""
+    from rich.table import Table
+
+    console = console or make_console()
+    table = Table(title=f"sweep {plan.sweep.name} ({plan.sweep.kind}, {plan.sweep.model}) on {plan.cluster.name}")
+    for column in ("name", "N", "N_ne", "D", "C", "6ND", "steps", "nodes", "est. node-h"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for r in plan.runs:
+        table.add_row(r.name, _short(r.N), _short(r.N_non_embedding), _short(r.D), f"{r.C:.3g}",
+                      f"{6 * r.N * r.D:.3g}", str(r.steps), str(r.nodes),
+                      "n/a" if r.est_node_hours is None else f"{r.est_node_hours:.3g}")
+    console.print(table)
+    for reason in plan.dropped:
+        console.print(f"left out: {reason}")
+    total, left = plan.total_node_hours, plan.cluster.allocation_node_hours
+    source = {None: "unknown (no device_peak_flops and no calibration)", "peak": "peak x assumed MFU",
+              "measured": "measured by calibration"}[plan.throughput and plan.throughput.source]
+    console.print(f"{len(plan.runs)} runs, C total {sum(r.C for r in plan.runs):.3e} FLOPs; speed: {source}")
+    if total is not None:
+        # this machine is the one node: its node-hours are the wall time of the local runner
+        wall = f", about {total * 60:.1f} min of wall time" if plan.cluster.scheduler == "local" else ""
+        left_text = "no allocation limit" if left is None else f"{left:.4g} node-hours left in the allocation"
+        console.print(f"total {total:.4g} node-hours{wall}; {left_text}")
+    console.print(f"recommendation budget: C = {plan.budget_flops:.3e} FLOPs")
+
+
+def parse_args(prog: str, argv: list[str], description: str, options: Iterable[tuple[str, str]]):
+    """``[options] [hydra overrides]`` for the sweep commands."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sweep=tiny cluster=frontier")
+    for flag, help_ in options:
+        parser.add_argument(flag, action="store_true", help=help_)
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args("ladder plan", argv, "Show a sweep's runs, node-hours and budget without submitting.", [
+        ("--over-budget-ok", "accept a plan over the allocation's remaining node-hours"),
+        ("--no-calibrate", "use the profile's assumed numbers; never run a calibration"),
+        ("--json", "print the plan as JSON")])
+    plan = build_plan(args.overrides, calibrate=not args.no_calibrate,
+                      echo=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=1))
+    else:
+        print_plan(plan)
+    plan.check_budget(args.over_budget_ok)
+    return 0

@@ -1,0 +1,80 @@
+"""``ladder status``: a sweep's runs and where they stand, from the job database.
+
+The runs' own ``state.json`` files are folded in first, so the answer is current without asking the
+scheduler (``sacct`` is often missing or slow); ``reconcile`` is the one place that brings the
+database up to date before reading it.
+"""
+from __future__ import annotations
+
+import json
+
+from launcher.config.cluster import ClusterProfile
+from launcher.errors import UserError
+from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
+from launcher.sweep.plan import compose_sweep, make_console, parse_args
+from launcher.schedulers import REGISTRY, get_scheduler
+
+
+def reconcile(db: JobDB, sweep: str, profile: ClusterProfile) -> list[tuple[str, str, str]]:
+    """Fold what the runs reported (``state.json``) into the database; returns (name, old, new) changes.
+
+    Runs on this machine (scheduler local) report only through their files. Under a batch scheduler the
+    adapter's view of the jobs comes in too, with the jobs' own records (launcher.sweep.submit.sync).
+    """
+    from launcher.sweep.submit import batch_profile, sync
+
+    profile = batch_profile(db, sweep, profile)  # `ladder status sweep=<name>` of a submitted sweep
+    if profile.scheduler in REGISTRY:
+        return sync(db, sweep, db.path.parent, get_scheduler(profile))
+    return fold_run_states(db, sweep)
+
+
+def run_status(run: RunRecord) -> dict:
+    """One run as ``ladder status --json`` shows it: the database's record plus its live progress."""
+    reported = read_state_file(run.run_dir) or {}
+    return {"name": run.name, "state": run.state, "N": run.N, "N_non_embedding": run.N_non_embedding, "D": run.D,
+            "C": run.C, "budget": run.budget, "job_id": run.job_id, "attempts": run.attempts,
+            "consecutive_failures": run.consecutive_failures, "exit_code": run.exit_code,
+            "step": reported.get("step"), "total_steps": reported.get("total_steps", run.steps),
+            "message": reported.get("message"), "config_hash": run.config_hash, "run_dir": run.run_dir}
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args("ladder status", argv, "A sweep's runs and states, with the runs' own reports folded in.",
+                      [("--json", "print the runs as JSON")])
+    sweep, profile, sweep_dir = compose_sweep(args.overrides)
+    name = sweep.name
+    db_path = sweep_dir / "jobdb.sqlite"
+    if not db_path.exists():
+        raise UserError(f"sweep={name}: no job database at {db_path}; run `ladder sweep` or `ladder submit` first "
+                        f"(or give sweeps_root=<dir>)")
+    with JobDB(db_path) as db:
+        changes = reconcile(db, name, profile)
+        runs = [run_status(r) for r in db.runs(name)]
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run["state"]] = counts.get(run["state"], 0) + 1
+    if args.json:
+        print(json.dumps({"sweep": name, "sweep_dir": str(sweep_dir), "counts": counts, "runs": runs}, indent=1))
+        return 0
+    print_status(name, runs, counts, changes)
+    return 0
+
+
+def print_status(name: str, runs: list[dict], counts: dict[str, int], changes: list[tuple[str, str, str]]) -> None:
+    from rich.table import Table
+
+    console = make_console()
+    table = Table(title=f"sweep {name}")
+    for column in ("name", "state", "N", "D", "C", "step", "attempts", "job"):
+        table.add_column(column, justify="left" if column in ("name", "state", "job") else "right")
+    colours = {"completed": "green", "running": "cyan", "failed": "red", "diverged": "magenta", "timed_out": "yellow"}
+    for r in runs:
+        state = f"[{colours[r['state']]}]{r['state']}[/]" if r["state"] in colours else r["state"]
+        step = "" if r["step"] is None else f"{r['step']}/{r['total_steps']}"
+        table.add_row(r["name"], state, f"{r['N']:,}", f"{r['D']:,}", f"{r['C']:.3g}", step, str(r["attempts"]),
+                      r["job_id"] or "")
+    console.print(table)
+    for run_name, old, new in changes:
+        console.print(f"{run_name}: {old} -> {new} (reported by the run)")
+    console.print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no runs")
