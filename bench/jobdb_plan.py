@@ -35,7 +35,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         began = time.perf_counter()
-        plan = build_plan(grid_overrides(args.runs, root), calibrate=False)
+        plan = build_plan(grid_overrides(args.runs, root))
         planned = time.perf_counter()
         with JobDB(plan.sweep_dir / "jobdb.sqlite") as db:
             db.add_sweep(plan.sweep.name, plan.cluster.name, plan.to_json()["sweep"])

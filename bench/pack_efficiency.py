@@ -102,7 +102,7 @@ def execute(runs: dict[str, Run], first: list[PackedJob], policy: PackPolicy, co
 
 def main() -> int:
     t0 = time.perf_counter()
-    plan = build_plan(sweep_overrides(), calibrate=False, echo=lambda line: None)
+    plan = build_plan(sweep_overrides())
     policy = PackPolicy.from_profile(plan.cluster)
     dpn = policy.devices_per_node
     rng = random.Random(2024)

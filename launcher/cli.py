@@ -14,8 +14,9 @@ from launcher.errors import UserError
 COMMANDS = {
     "train": ("launcher.run.runtime:main", "train one run (Hydra overrides; nproc=N starts N local ranks)"),
     "describe": ("launcher.run.describe:main", "exact parameters and training FLOPs per token of a model"),
-    "plan": ("launcher.sweep.plan:main", "show a sweep's runs, node-hours and budget without submitting"),
-    "sweep": ("launcher.sweep.local:main", "run a sweep on this machine, then collect, fit and report"),
+    "show": ("launcher.config.show:main", "a cluster profile resolved, and the file each group option came from"),
+    "plan": ("launcher.commands:plan_main", "show a sweep's runs, node-hours and budget without submitting"),
+    "sweep": ("launcher.commands:sweep_main", "run a sweep on this machine, then collect, fit and report"),
     "submit": ("launcher.sweep.submit:main", "record a sweep in the job database and submit it to the scheduler"),
     "status": ("launcher.sweep.status:main", "a sweep's runs and states, reconciled with the scheduler"),
     "cancel": ("launcher.sweep.submit:cancel_main", "cancel a sweep's queued and running jobs"),

@@ -41,19 +41,18 @@ def split_site_override(overrides: list[str]) -> tuple[list[str], list[Path]]:
     return rest, given + _split(os.environ.get(SITE_ENV, ""), SITE_ENV)
 
 
-def site_override(layers: list[Path]) -> list[str]:
-    """The ``site_dir=`` override that names ``layers`` again (for the runs a sweep starts elsewhere)."""
-    return [f"{SITE_OVERRIDE}={':'.join(str(p) for p in layers)}"] if layers else []
-
-
 def _split(value: str, source: str) -> list[Path]:
-    layers = []
-    for part in value.split(":"):
-        if not part.strip():
-            continue
-        path = Path(part).expanduser().resolve()
-        if not path.is_dir():
-            raise UserError(f"{source}: {part!r} is not a folder; give site folders holding "
-                            f"{', '.join(f'{f}/' for f in SITE_FOLDERS)} (':'-separated, earlier wins)")
-        layers.append(path)
-    return layers
+    """The folders of a ``:``-separated list, each checked to be a site folder (``source`` names the field)."""
+    return [_site_folder(part, source) for part in value.split(":") if part.strip()]
+
+
+def _site_folder(part: str, source: str) -> Path:
+    """A site folder must exist and hold at least one folder scaleladder reads (a typo'd path usually does not)."""
+    path = Path(part).expanduser().resolve()
+    wanted = f"give site folders holding {', '.join(f'{f}/' for f in SITE_FOLDERS)} (':'-separated, earlier wins)"
+    if not path.is_dir():
+        raise UserError(f"{source}: {part!r} is not a folder; {wanted}")
+    known = {*SITE_FOLDERS, *(group.name for group in shipped("hydra_configs").iterdir() if group.is_dir())}
+    if not any((path / name).is_dir() for name in known):
+        raise UserError(f"{source}: {part!r} holds none of the folders scaleladder reads; {wanted}")
+    return path

@@ -1,17 +1,20 @@
-"""The one interface between a model family and the training runtime.
+"""The model-family registry: the one place the launcher learns what a model family is.
 
 The runtime knows nothing of GPT-NeoX or CLIP: it asks a ``ModelFamily`` for a module, for batch
 number i of a split, for a loss and for an evaluation, and for the parameter and FLOP counts it
-logs beside every curve. ``build_family`` turns the plain dicts of the Hydra groups ``model`` and
-``data`` into one, through registries rather than branches: a new family is one registry entry.
+logs beside every curve. The planner and collect ask the same registry entry (``FAMILIES``) for the
+config schema, the exact counts and the shape solver, without building a model or opening data.
+``model_config`` and ``data_config`` are the one check of the ``model`` and ``data`` sections;
+``build_family`` turns those plain dicts into a ``ModelFamily``. A new family is one registry entry.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import types
 import typing
-from typing import Any, Callable, ClassVar, Literal, Protocol, Union
+from typing import Any, Callable, ClassVar, Literal, Optional, Protocol, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +36,10 @@ class ModelFamily(Protocol):
     rank, and must be called on every rank when parameters are sharded.
     """
 
-    name: str  # "gpt_neox" | "clip"
-    tokens_per_sample: int  # LM: seq_len; CLIP: 1 (a sample counts as one token of the sweep)
+    @property
+    def name(self) -> str: ...  # "gpt_neox" | "clip"
+    @property
+    def tokens_per_sample(self) -> int: ...  # LM: seq_len; CLIP: 1 (a sample counts as one token of the sweep)
 
     def build(self) -> torch.nn.Module: ...  # initialised from the current torch RNG state
     def batch(self, split: str, index: int, batch_size: int) -> dict[str, torch.Tensor]: ...
@@ -155,6 +160,9 @@ class CLIPFamily:
 # ------------------------------------------------------------------------------------------- registry
 
 
+Count = Literal["total", "non_embedding"]  # which parameter count a target size means
+
+
 def _lm_family(cfg: GPTNeoXConfig, data: Any, seed: int) -> GPTNeoXFamily:
     if isinstance(data, BytesData) and cfg.vocab_size < 256:
         raise ValueError(f"model.vocab_size: byte data needs >= 256, got {cfg.vocab_size}")
@@ -166,65 +174,144 @@ def _clip_family(cfg: CLIPConfig, data: Any, seed: int) -> CLIPFamily:
     return CLIPFamily(cfg, open_image_text(data, tokenizer, cfg.image_size), seed)
 
 
+def _solve_gpt_neox(target: int, base: dict, aspect_ratio: float, head_size: int, count: Count) -> dict:
+    fixed = {k: v for k, v in base.items() if k not in ("n_layer", "d_model", "n_heads", "vocab_size", "seq_len")}
+    cfg = gpt_neox.solve_shape(target, aspect_ratio=aspect_ratio, head_dim=head_size, vocab_size=base["vocab_size"],
+                               seq_len=base["seq_len"], count=count, **fixed)
+    return {"n_layer": cfg.n_layer, "d_model": cfg.d_model, "n_heads": cfg.n_heads}
+
+
+# (target N, base model fields, aspect ratio, head size, which count) -> the model fields of that size
+ShapeSolver = Callable[[int, dict, float, int, Count], dict]
+
+
 @dataclasses.dataclass(frozen=True)
-class _Family:
-    config: type
+class Family:
+    """Everything the launcher knows of one model family: the planner, collect and the runtime read it here."""
+
+    name: str
+    config: type  # the dataclass of the ``model`` section, less ``family``
     data_kinds: tuple[str, ...]  # the first is what data.kind=auto means
-    make: Callable[[Any, Any, int], ModelFamily]
+    make: Callable[[Any, Any, int], ModelFamily]  # (config, data config, seed) -> what the runtime trains
+    param_counts: Callable[[Any], tuple[int, int]]  # config -> (total, non_embedding)
+    flops_per_token: Callable[[Any], int]  # config -> training FLOPs per token (per sample for CLIP)
+    solve_shape: Optional[ShapeSolver] = None  # None: sweeps give explicit shapes
+
+    def solve(self, target: int, base: dict, aspect_ratio: float, head_size: int, count: Count) -> dict:
+        """The model fields (a shape) of about ``target`` parameters; ValueError when the family has no solver."""
+        if self.solve_shape is None:
+            raise ValueError(f"sweep.params: model family {self.name} has no shape solver; give sweep.shapes")
+        return self.solve_shape(target, base, aspect_ratio, head_size, count)
 
 
-MODEL_CONFIGS: dict[str, type] = {"gpt_neox": GPTNeoXConfig, "clip": CLIPConfig}
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("gpt_neox", GPTNeoXConfig, ("bytes", "token_bin"), _lm_family, gpt_neox.param_counts,
+           gpt_neox.flops_per_token, _solve_gpt_neox),
+    Family("clip", CLIPConfig, ("digits", "webdataset"), _clip_family, clip.param_counts, clip.flops_per_sample),
+)}
 DATA_CONFIGS: dict[str, type] = {"auto": AutoData, "bytes": BytesData, "token_bin": TokenBinData,
                                  "digits": DigitsData, "webdataset": WebDatasetData}
-_FAMILIES: dict[str, _Family] = {
-    "gpt_neox": _Family(GPTNeoXConfig, ("bytes", "token_bin"), _lm_family),
-    "clip": _Family(CLIPConfig, ("digits", "webdataset"), _clip_family),
-}
+
+
+def family(name: Any) -> Family:
+    """The registry entry of ``model.family``; ValueError names the field and the families there are."""
+    if name not in FAMILIES:
+        raise ValueError(f"model.family: {name!r} is not allowed; allowed: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def model_config(model: dict) -> Any:
+    """The family's config for a ``model`` section (``family`` and fields): the one check of a model config."""
+    fields = {k: v for k, v in model.items() if k != "family"}
+    return from_dict(family(model.get("family")).config, fields, "model")
+
+
+def checked_model(model: dict) -> dict:
+    """A ``model`` section checked and spelled out: every field, with its default where not given."""
+    return {"family": model.get("family"), **dataclasses.asdict(model_config(model))}
+
+
+def data_config(data: dict) -> Any:
+    """The config for a ``data`` section (``kind`` and fields): the one check of a data config."""
+    kind = data.get("kind")
+    if kind not in DATA_CONFIGS:
+        raise ValueError(f"data.kind: {kind!r} is not allowed; allowed: {', '.join(sorted(DATA_CONFIGS))}")
+    return from_dict(DATA_CONFIGS[kind], {k: v for k, v in data.items() if k != "kind"}, "data")
+
+
+def checked_data(data: dict) -> dict:
+    """A ``data`` section checked and spelled out."""
+    return {"kind": data.get("kind"), **dataclasses.asdict(data_config(data))}
 
 
 def build_family(model: dict, data: dict, seed: int) -> ModelFamily:
     """The family named by ``model["family"]``, fed by ``data["kind"]``; ValueError names a bad field."""
-    model, data = dict(model), dict(data)
-    family, kind = model.pop("family", None), data.pop("kind", None)
-    if family not in _FAMILIES:
-        raise ValueError(f"model.family: {family!r} is not allowed; allowed: {', '.join(_FAMILIES)}")
-    entry = _FAMILIES[family]
-    cfg = from_dict(entry.config, model, "model")
-    if kind not in DATA_CONFIGS:
-        raise ValueError(f"data.kind: {kind!r} is not allowed; allowed: {', '.join(DATA_CONFIGS)}")
+    entry, cfg = family(model.get("family")), model_config(model)
+    source, kind = data_config(data), data.get("kind")
     if kind == "auto":
-        from_dict(AutoData, data, "data")
-        kind, data = entry.data_kinds[0], {}
+        source = DATA_CONFIGS[entry.data_kinds[0]]()
     elif kind not in entry.data_kinds:
-        raise ValueError(f"data.kind: {kind!r} cannot feed model family {family}; "
+        raise ValueError(f"data.kind: {kind!r} cannot feed model family {entry.name}; "
                          f"allowed: auto, {', '.join(entry.data_kinds)}")
-    return entry.make(cfg, from_dict(DATA_CONFIGS[kind], data, "data"), seed)
+    return entry.make(cfg, source, seed)
 
 
-def from_dict(cls: type, values: dict, path: str):
-    """``cls(**values)`` after checking names and types; ValueError("path.field: ...") otherwise."""
+# ----------------------------------------------------------------------------------------- checking
+
+
+def from_dict(cls: type, values: dict, path: str) -> Any:
+    """``cls(**values)`` after checking names and types; ValueError("path.field: ...") otherwise.
+
+    Numbers are taken as the field asks (an integral float for an int, a numeric string for a float:
+    YAML reads 1e-3 without a dot as a string); a config's own checks speak for themselves.
+    """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    checked = {}
     for key, value in values.items():
         if key not in hints:
-            raise ValueError(f"{path}.{key}: unknown field; allowed: {', '.join(names) or '(none)'}")
-        if not _is_instance(value, hints[key]):
-            raise ValueError(f"{path}.{key}: expected {_describe(hints[key])}, got {value!r}")
-    values = {k: float(v) if hints[k] is float else v for k, v in values.items()}
-    return cls(**values)
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ValueError(f"{path}.{key}: unknown field{hint}; allowed: {', '.join(names) or '(none)'}")
+        checked[key] = _coerce(value, hints[key], f"{path}.{key}")
+    return cls(**checked)
 
 
-def _is_instance(value: Any, tp: Any) -> bool:
+_NOT_THIS = object()  # _convert's answer when a value is not of the type asked
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        return any(_is_instance(value, arg) for arg in args)
     if origin is Literal:
-        return value in args
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value in args:
+            return value
+        raise ValueError(f"{path}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
+    for option in args if origin in (Union, types.UnionType) else (tp,):
+        converted = _convert(value, option)
+        if converted is not _NOT_THIS:
+            return converted
+    raise ValueError(f"{path}: expected {_describe(tp)}, got {value!r}")
+
+
+def _convert(value: Any, tp: Any) -> Any:
+    if tp is type(None):
+        return None if value is None else _NOT_THIS
+    if isinstance(value, bool):
+        return value if tp is bool else _NOT_THIS
     if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) else _NOT_THIS
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return _NOT_THIS
+        return float(value) if isinstance(value, (int, float)) else _NOT_THIS
+    if tp is str:
+        return str(value) if isinstance(value, (str, int, float)) else _NOT_THIS
+    return value if isinstance(value, tp) else _NOT_THIS
 
 
 def _describe(tp: Any) -> str:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from launcher.errors import UserError
-from launcher.sweep.jobdb import TRANSITIONS, JobDB, TransitionError, fold_run_states
+from launcher.sweep.jobdb import TRANSITIONS, JobDB, TransitionError, attempt_step, fold_run_states, reports_on
 from launcher.sweep.plan import RunSpec
 
 
@@ -116,21 +116,43 @@ def test_fold_run_states(db, tmp_path):
     db.add_runs("s", [spec(i) for i in range(4)], tmp_path)
     for i in range(4):
         db.queue(f"run{i}", "slurm", str(100 + i))
-    time.sleep(0.01)
-    write_state(tmp_path / "runs" / "run0", status="running", step=3)
-    write_state(tmp_path / "runs" / "run1", status="completed", step=9, exit_code=0)
-    write_state(tmp_path / "runs" / "run2", status="requeue", step=5, exit_code=75)
+    step = {"job_attempt": 1}  # the first start of each run in its job, as the lane shell numbers it
+    write_state(tmp_path / "runs" / "run0", status="running", step=3, job_key="100", **step)
+    write_state(tmp_path / "runs" / "run1", status="completed", step=9, exit_code=0, job_key="101", **step)
+    write_state(tmp_path / "runs" / "run2", status="requeue", step=5, exit_code=75, job_key="102", **step)
+    write_state(tmp_path / "runs" / "run3", status="completed", step=9, exit_code=0)  # no job: not this attempt's
     changes = fold_run_states(db, "s")
     assert sorted(changes) == [("run0", "queued", "running"), ("run1", "queued", "completed"),
                                ("run2", "queued", "timed_out")]
     assert [db.run(f"run{i}").state for i in range(4)] == ["running", "completed", "timed_out", "queued"]
     assert db.attempts("run2")[0].exit_code == 75
     assert fold_run_states(db, "s") == []  # nothing new
-    # run2 is queued again; its stale state.json (older than the new attempt) must not end it
-    time.sleep(0.01)
+    # run2 is queued again; its stale state.json (job 102's) must not end it, however new the file looks
     db.queue("run2", "slurm", "200")
+    future = time.time() + 3600
+    os.utime(tmp_path / "runs" / "run2" / "state.json", (future, future))
     assert fold_run_states(db, "s") == []
     assert db.run("run2").state == "queued"
+    # its new job's report counts, however old the file looks (another node's clock)
+    write_state(tmp_path / "runs" / "run2", status="running", step=6, job_key="200", **step)
+    os.utime(tmp_path / "runs" / "run2" / "state.json", (0, 0))
+    assert fold_run_states(db, "s") == [("run2", "queued", "running")]
+
+
+def test_a_report_belongs_to_its_step_or_a_later_one_of_the_same_job(db, tmp_path):
+    db.add_runs("s", [spec(0), spec(1)], tmp_path)
+    db.queue("run0", "lsf", "300", array_index=4)
+    db.finish("run0", "failed", exit_code=1)
+    second = db.start("run0", "lsf", "300", array_index=4)  # the job's lane started the failed step again
+    attempts = db.attempts("run0")
+    assert attempt_step(attempts, attempts[0]) == ("300_4", 1) and attempt_step(attempts, second) == ("300_4", 2)
+    assert reports_on({"job_key": "300_4", "job_attempt": 2}, attempts, second)
+    assert reports_on({"job_key": "300_4", "job_attempt": 3}, attempts, second)  # a later retry's
+    assert not reports_on({"job_key": "300_4", "job_attempt": 1}, attempts, second)  # the failed step's
+    assert not reports_on({"job_key": "300", "job_attempt": 2}, attempts, second)  # another job's
+    assert not reports_on({"status": "completed"}, attempts, second)  # written outside a job script
+    local = db.start("run1", "local", "local:123")
+    assert reports_on({"status": "completed"}, db.attempts("run1"), local)  # the local runner's own run
 
 
 def _worker(path: str, worker: int, n_runs: int, iterations: int, results) -> None:

@@ -22,7 +22,9 @@ from launcher.config.validate import validate
 from launcher.errors import UserError
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency
-from launcher.schedulers.lsf import (LsfRecord, LsfScheduler, dependency_condition, directive_arg, from_lsf, parse_bjobs_json, parse_bjobs_plain, parse_bsub, parse_signal_output, to_lsf, walltime, warning_minutes)
+from launcher.schedulers.lsf import (LsfRecord, LsfScheduler, dependency_condition, directive_arg, element_id, from_lsf,
+                                     job_key, key_path, parse_bjobs_json, parse_bjobs_plain, parse_bsub,
+                                     parse_signal_output, to_lsf, walltime, warning_minutes)
 
 DATA = Path(__file__).parent / "data" / "lsf"
 GOLDEN = Path(__file__).parent / "golden" / "summit"
@@ -247,6 +249,24 @@ def test_array_ids_between_the_adapter_and_lsf():
     assert from_lsf("4300[1]") == "4300_0" and from_lsf("4300") == "4300"
 
 
+def test_task_keys_and_lsf_elements_are_one_mapping():
+    """bsub -J "name[1-n]" makes elements 1..n (LSB_JOBINDEX, bjobs "4300[k]", IBM's "Job arrays"); the
+    job scripts' JOB_KEY, the adapter and submitit name them by task 0..n-1: element k is task k - 1."""
+    from test_render import profile as render_profile, render_all, steps
+
+    n = 3
+    (script,) = render_all(render_profile("summit", "cluster.submission=array"), steps(n, 0.2)).values()
+    assert '#BSUB -J "golden-001[1-3]%' in script  # LSF's documented 1-based index range
+    [key_line] = [line for line in script.splitlines() if line.startswith('if [ "${LSB_JOBINDEX')]
+    for element in (0, *range(1, n + 1)):  # 0: LSF's LSB_JOBINDEX outside an array
+        environ = {"LSB_JOBID": "4300", "LSB_JOBINDEX": str(element)}
+        done = subprocess.run(["bash", "-c", f'{key_line}\necho "$JOB_KEY"'], env=environ, capture_output=True,
+                              text=True, check=True)
+        key = "4300" if element == 0 else f"4300_{element - 1}"
+        assert done.stdout.strip() == key == job_key(environ) == from_lsf(element_id("4300", element))
+        assert to_lsf(key) == element_id("4300", element)
+
+
 @pytest.mark.parametrize("kind,condition", [("afterany", "ended(7)"), ("afterok", "done(7)"),
                                             ("afternotok", "exit(7)"), ("after", "started(7)")])
 def test_dependency_conditions(kind, condition):
@@ -272,3 +292,10 @@ def test_walltime(minutes, text):
 @pytest.mark.parametrize("seconds,minutes", [(600, "10"), (61, "2"), (30, "1"), (60, "1")])
 def test_warning_time_in_whole_minutes(seconds, minutes):
     assert warning_minutes(seconds) == minutes
+
+
+def test_key_path_expands_the_job_tags_and_nothing_else():
+    word = key_path("/tmp/my $HOME `id` logs/%j/%A_%a.out")
+    done = subprocess.run(["bash", "-c", f'JOB_KEY=4300_2 LSB_JOBID=4300; printf "%s" {word}'], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout == "/tmp/my $HOME `id` logs/4300_2/4300_2.out"

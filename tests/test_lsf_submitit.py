@@ -16,8 +16,7 @@ import pytest
 import submitit
 
 from launcher.errors import UserError
-from launcher.schedulers.submitit_lsf import LsfExecutor, LsfInfoWatcher, LsfJob, LsfJobEnvironment, load_profile, \
-    lsf_id, submitit_id
+from launcher.schedulers.submitit_lsf import LsfExecutor, LsfInfoWatcher, LsfJob, LsfJobEnvironment, load_profile
 from test_lsf import FakeLsf, assert_golden, local_lsf, shellcheck  # noqa: F401 (local_lsf: a fixture)
 
 
@@ -82,7 +81,7 @@ def test_submission_script_matches_golden_and_job_id_is_parsed(recorded_lsf, tmp
     assert_golden("submitit_job.lsf", script.read_text(), places)
 
     jobs = executor.map_array(add, [1, 2, 3], [10, 20, 30])
-    assert [j.job_id for j in jobs] == ["4242_1", "4242_2", "4242_3"]
+    assert [j.job_id for j in jobs] == ["4242_0", "4242_1", "4242_2"]  # tasks from 0, LSF's elements 1-3
     assert all(j.paths.submitted_pickle.exists() for j in jobs)
     array_script = Path(recorded_lsf.calls()[-1][1]).resolve()  # one script for the whole array
     shellcheck(array_script)
@@ -100,11 +99,6 @@ def test_bad_parameters_fail_at_update(recorded_lsf, tmp_path):
         LsfExecutor(tmp_path, profile="nowhere")
 
 
-def test_ids_between_lsf_and_submitit():
-    assert lsf_id("4242_3") == "4242[3]" and lsf_id("4242") == "4242"
-    assert submitit_id("4242[3]") == "4242_3" and submitit_id("4242") == "4242"
-
-
 def test_job_environment_reads_lsf_and_jsrun(monkeypatch, tmp_path):
     rankfile = tmp_path / "rankfile"
     rankfile.write_text("batch3\n" + "a01n01\n" * 6 + "a01n02\n" * 6)
@@ -115,7 +109,7 @@ def test_job_environment_reads_lsf_and_jsrun(monkeypatch, tmp_path):
     env = submitit.JobEnvironment()
     assert isinstance(env, LsfJobEnvironment)
     assert (env.job_id, env.global_rank, env.local_rank, env.num_tasks, env.num_nodes, env.node) == \
-        ("4300_2", 7, 1, 12, 2, 1)
+        ("4300_1", 7, 1, 12, 2, 1)  # element 2 of LSF's array is task 1
     assert env.hostnames == ["a01n01", "a01n02"]
     monkeypatch.setenv("LSB_JOBINDEX", "0")
     assert submitit.JobEnvironment().job_id == "4300"
@@ -129,6 +123,8 @@ def test_a_submitted_function_runs_and_returns(local_lsf, tmp_path):
     jobs = executor.map_array(add, [1, 2, 3], [10, 20, 30])
     assert [j.result() for j in jobs] == [11, 22, 33]
     assert final_state(jobs[1]) == "DONE"
+    # each element's logs are where submitit reads them: named by its task from 0, not LSF's %I from 1
+    assert all(f"JobEnvironment(job_id={j.job_id}," in (j.stdout() or "") for j in jobs), [j.paths.stdout for j in jobs]
 
 
 def test_cancel_kills_the_job(local_lsf, tmp_path):

@@ -9,12 +9,14 @@ import pytest
 from launcher.cli import main as ladder
 from launcher.config.run import load_run_config
 from launcher.errors import UserError
-from launcher.sweep.plan import build_plan, config_hash, merge_overrides
+from launcher.identity import config_hash
+from launcher.sweep.calibrate import calibrated_plan
+from launcher.sweep.plan import Budget, merge_overrides
 from models import gpt_neox
 
 
 def plan(*overrides: str, calibrate: bool = False):
-    return build_plan(list(overrides), calibrate=calibrate)
+    return calibrated_plan(list(overrides), calibrate=calibrate)
 
 
 def test_isoflop_runs_have_exact_counts_whole_batches_and_exact_flops(tmp_path):
@@ -140,6 +142,19 @@ def test_plan_json_lists_every_run(capsys):
     assert set(data["runs"][0]) >= {"name", "family", "N", "N_non_embedding", "D", "C", "budget", "steps",
                                     "global_batch_tokens", "nodes", "ranks_per_run", "est_node_hours", "config_hash"}
     assert data["total_node_hours"] is None and data["throughput"] is None  # no peak, no calibration
+
+
+def test_the_budget_is_decided_once_and_plan_json_names_its_source(capsys):
+    assert plan("sweep=tiny", "sweep.budget_flops=1e12").budget == Budget(1e12, "sweep.budget_flops")
+    bought = plan("sweep=tiny", *PEAK, "cluster.allocation_node_hours=2").budget  # a node: 4 x 1e9 x 0.5 FLOP/s
+    assert bought.flops == pytest.approx(2 * 3600 * 2e9)
+    assert bought.source == "cluster.allocation_node_hours 2 x 3600 s x 2e+09 FLOP/s per node, peak x assumed MFU"
+    unknown = plan("sweep=tiny")  # the local profile: 1 node-hour left, no peak, no calibration
+    assert unknown.budget == Budget(10 * max(r.C for r in unknown.runs), "10 x the largest run's C "
+                                    "(speed unknown: no device_peak_flops and no calibration)")
+    assert ladder(["plan", "sweep=tiny", "--no-calibrate", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["budget_flops"], data["budget_source"]) == (unknown.budget.flops, unknown.budget.source)
 
 
 def test_calibration_measures_and_is_cached(tmp_path):

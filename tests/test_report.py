@@ -5,14 +5,14 @@ import base64
 import json
 import re
 import shutil
-import statistics
 
 import numpy as np
 import pytest
 
 from launcher import cli
-from launcher.analysis.fitting import BUDGET_ARGUMENT, fit_sweep_dir, reason, summary_lines
-from launcher.analysis.report import PLOTS_DIR, si, sci, write_report
+from launcher.analysis.fitting import BUDGET_ARGUMENT, NO_BUDGET, fit_sweep_dir, reason, summary_lines
+from launcher.analysis.report import PLOTS_DIR, write_report
+from launcher.numbers import sci, si
 from test_collect import LAW, curve_records, isoflop_specs, make_sweep, spec, write_metrics
 
 N_BOOT = 20
@@ -59,20 +59,24 @@ def test_fit_sweep_dir_recovers_the_law(law_sweep):
     assert "error" not in fit["extrapolation"]
 
 
-def test_budget_from_the_allocation_when_the_plan_has_none(tmp_path):
-    specs = isoflop_specs("alloc", budgets=(1e16, 1e17), per_budget=3, steps=20)
+def test_the_fit_takes_the_budget_and_its_source_from_plan_json(tmp_path):
+    specs = isoflop_specs("alloc", budgets=(1e16, 3e16, 1e17), per_budget=3, steps=20)
     sweep_dir = make_sweep(tmp_path, "alloc", specs, budget_flops=None)
     for i, s in enumerate(specs):
         write_metrics(sweep_dir / "runs" / s.name, curve_records(s, seed=i))
+    fit = fit_sweep_dir(sweep_dir, n_boot=5)  # plan.json records no budget: nothing is made up here
+    assert fit["inputs"]["budget_flops"] is None and fit["inputs"]["budget_source"] == NO_BUDGET
+    assert "error" in fit["recommendation"]
+    plan = json.loads((sweep_dir / "plan.json").read_text())
+    source = "cluster.allocation_node_hours 1 x 3600 s x 1e+14 FLOP/s per node, measured by calibration"
+    (sweep_dir / "plan.json").write_text(json.dumps({**plan, "budget_flops": 3.6e17, "budget_source": source}))
     fit = fit_sweep_dir(sweep_dir, n_boot=5)
-    # plan.json: allocation_node_hours 1.0, 1 device per node; each run's last record logs tokens/s
-    rates = [curve_records(s)[-1]["tokens_per_s"] * s.flops_per_token for s in specs]
-    assert fit["inputs"]["budget_flops"] == pytest.approx(3600.0 * statistics.median(rates))
-    assert fit["recommendation"]["C"] == pytest.approx(3600.0 * statistics.median(rates))
+    assert (fit["recommendation"]["C"], fit["inputs"]["budget_source"]) == (3.6e17, source)
+    assert f"budget C = 3.6e+17 FLOPs ({source})" in summary_lines(fit)
 
 
 def test_ladder_fit_cli(law_sweep, tmp_path, capsys):
-    sweep_dir = shutil.copytree(law_sweep[0], tmp_path / "copy")
+    shutil.copytree(law_sweep[0], tmp_path / "copy")
     assert cli.main(["fit", "sweep=copy", f"sweeps_root={tmp_path}", "--json", "--n-boot", "5",
                      "--budget-flops", "1e18"]) == 0
     fit = json.loads(capsys.readouterr().out)

@@ -19,7 +19,8 @@ from launcher.run.checkpoint import Checkpointer, atomic_write
 from launcher.config.run import load_run_config
 from launcher.errors import UserError
 from launcher.run.metrics import MetricsLog, read_metrics
-from launcher.run.runtime import (BatchPlan, Schedule, StopRequest, default_run_dir, deepspeed_config, make_family, param_groups, run_steps, schedule_steps)
+from launcher.run.runtime import (BatchPlan, RunStateFile, Schedule, StopRequest, default_run_dir, deepspeed_config,
+                                  make_family, param_groups, run_steps, schedule_steps)
 
 
 def train_config(*overrides: str):
@@ -143,6 +144,20 @@ def test_atomic_write_replaces_whole_files(tmp_path):
     atomic_write(path, json.dumps({"status": "completed"}))
     assert json.loads(path.read_text()) == {"status": "completed"}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_state_file_names_the_job_step_that_wrote_it(tmp_path, monkeypatch):
+    """The lane shell's job key and attempt (the step log's) go into state.json; outside a job, null."""
+    monkeypatch.setenv("SCALELADDER_JOB_KEY", "4300_2")
+    monkeypatch.setenv("SCALELADDER_JOB_ATTEMPT", "3")
+    RunStateFile(tmp_path, enabled=True).update(step=1)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert (state["job_key"], state["job_attempt"], state["step"]) == ("4300_2", 3, 1)
+    monkeypatch.delenv("SCALELADDER_JOB_KEY")
+    monkeypatch.delenv("SCALELADDER_JOB_ATTEMPT")
+    RunStateFile(tmp_path, enabled=True).update(step=2)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert (state["job_key"], state["job_attempt"]) == (None, None)
 
 
 def test_no_checkpoint_yet(tmp_path):

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from launcher.run.metrics import read_metrics
 from launcher.sweep.jobdb import JobDB, read_state_file
-from launcher.sweep.plan import build_plan, read_metrics
+from launcher.sweep.plan import build_plan
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.submitit_exec import fresh_folder, record, submit_runs
 from launcher.sweep.submit import sync
 
 
 def plan(tmp_path: Path, cluster: str, *overrides: str):
-    p = build_plan([f"cluster={cluster}", f"sweeps_root={tmp_path}", "sweep=tiny", "sweep.name=sub", *overrides],
-                   calibrate=False, echo=lambda line: None)
+    p = build_plan([f"cluster={cluster}", f"sweeps_root={tmp_path}", "sweep=tiny", "sweep.name=sub", *overrides])
     return p, p.sweep_dir.resolve()
 
 

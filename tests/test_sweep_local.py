@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.run.metrics import read_metrics
 from launcher.sweep.jobdb import JobDB, read_state_file
-from launcher.sweep.plan import build_plan, read_metrics
+from launcher.sweep.plan import build_plan
 
 FAST = ["wandb.mode=disabled", "--no-calibrate"]  # neither changes a run's identity (config hash)
 
@@ -80,7 +81,14 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
     assert "N_opt = " in second.stdout and "report: " in second.stdout
     fit = json.loads((sweep_dir / "fit.json").read_text())
     assert fit["n_runs"] == len(after_first)
-    plan = build_plan([f"sweeps_root={tmp_path}", "sweep=tiny"], calibrate=False)
+    # the budget is the planner's, and the fit and its summary say where the planner got it
+    planned = json.loads((sweep_dir / "plan.json").read_text())
+    assert planned["budget_source"].startswith("10 x the largest run's C")  # --no-calibrate: no speed known
+    assert (fit["inputs"]["budget_flops"], fit["inputs"]["budget_source"]) == \
+        (planned["budget_flops"], planned["budget_source"])
+    assert f"FLOPs ({planned['budget_source']})" in (sweep_dir / "summary.txt").read_text()
+    assert "--budget-flops" not in (sweep_dir / "summary.txt").read_text()
+    plan = build_plan([f"sweeps_root={tmp_path}", "sweep=tiny"])
     with JobDB(db_path) as db:
         runs = {r.name: r for r in db.runs()}
         attempts = {name: [(a.state, a.exit_code) for a in db.attempts(r.config_hash)] for name, r in runs.items()}

@@ -26,12 +26,16 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
+from launcher.arguments import CommandParser, command_parser
 from launcher.errors import UserError
+from launcher.policy import FINAL, STATUS_STATES
 from launcher.run.metrics import METRICS_FILE, latest_attempt
+from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.sweep.plan import read_plan
 
 CURVES_FILE = "curves.csv"
 REQUIRED_KEYS = ("step", "tokens", "train_loss")  # a line without one of these is dropped
@@ -70,9 +74,6 @@ class RunMeta:
 
 def _effective_state(recorded: Optional[str], run_dir: Path) -> str:
     """The database's state, unless the run's own state.json reports an end not folded in yet."""
-    from launcher.policy import FINAL, STATUS_STATES
-    from launcher.sweep.jobdb import read_state_file
-
     reported = read_state_file(run_dir)
     reported = STATUS_STATES.get(reported.get("status")) if reported else None
     if reported in FINAL and recorded not in FINAL:
@@ -80,29 +81,19 @@ def _effective_state(recorded: Optional[str], run_dir: Path) -> str:
     return recorded or reported or "unknown"
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _meta_from_config(run_dir: Path) -> RunMeta:
     """A run the database and plan.json do not know: its counts from its own resolved config."""
     import yaml
 
-    from launcher.sweep.plan import accounting
+    from models.family import family, model_config  # torch: only for runs neither record knows
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    model = dict(config["model"])
-    family = model.pop("family")
-    acct = accounting(family)
-    cfg = acct.config(**model)
-    n_total, n_ne = acct.param_counts(cfg)
+    entry, cfg = family(config["model"].get("family")), model_config(config["model"])
+    n_total, n_ne = entry.param_counts(cfg)
     train = config["train"]
     tokens = int(train["tokens"] or train["max_steps"] * train["global_batch_tokens"])
-    return RunMeta(run_dir.name, family, n_total, n_ne, tokens, float(acct.flops_per_token(cfg)) * tokens, None,
-                   run_dir, "unknown", "config.yaml")
+    return RunMeta(run_dir.name, entry.name, n_total, n_ne, tokens, float(entry.flops_per_token(cfg)) * tokens,
+                   None, run_dir, "unknown", "config.yaml")
 
 
 def run_metas(sweep_dir: Path) -> tuple[list[RunMeta], list[tuple[str, str]]]:
@@ -117,15 +108,12 @@ def run_metas(sweep_dir: Path) -> tuple[list[RunMeta], list[tuple[str, str]]]:
 
     db_path = sweep_dir / "jobdb.sqlite"
     if db_path.exists():
-        from launcher.sweep.jobdb import JobDB
-
         with JobDB(db_path) as db:
             for r in db.runs():
                 run_dir = where(r.name, r.run_dir)
                 metas[r.name] = RunMeta(r.name, r.family, r.N, r.N_non_embedding, r.D, float(r.C), r.budget,
                                         run_dir, _effective_state(r.state, run_dir), "jobdb")
-    plan = _read_json(sweep_dir / "plan.json") or {}
-    for r in plan.get("runs", []):
+    for r in read_plan(sweep_dir).get("runs", []):
         if r.get("name") in metas:
             continue
         run_dir = where(r["name"], None)
@@ -590,13 +578,12 @@ def resolve_sweep_dir(value: str, sweeps_root: Optional[str] = None) -> Path:
 
 
 def parse_sweep_args(argv: list[str], prog: str, description: str,
-                     add_arguments=None) -> tuple[argparse.Namespace, Path]:
+                     add_arguments: Optional[Callable[[CommandParser], object]] = None) -> tuple[argparse.Namespace, Path]:
     """The shared command line of collect, fit, report and wandb-sync: ``sweep=<name> [sweeps_root=<dir>]``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("overrides", nargs="*", help="sweep=<name> [sweeps_root=<dir>]")
+    parser = command_parser(prog, description, overrides_help="sweep=<name> [sweeps_root=<dir>]")
     if add_arguments:
         add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     values = {}
     for item in args.overrides:
         key, eq, value = item.partition("=")

@@ -3,17 +3,14 @@
 The fit itself is ``launcher.analysis.fit.fit_sweep``; this module feeds it a sweep directory: the completed
 runs' final points, their curves (thinned to log-spaced points per run: approach 1 bins the curves
 by log C, so a thousand points per run add time and no information), and the budget to recommend a
-size for. That budget is the sweep's own (``plan.json``), else what the rest of the allocation buys:
-allocation_node_hours x 3600 x devices_per_node x the FLOP/s a device achieved in the sweep's runs.
-``fit.json`` also records its inputs, so the report can tell whether it is stale.
+size for: the caller's (``--budget-flops``), else the one the planner decided and ``plan.json`` records
+with its source (``launcher.sweep.plan.recommendation_budget``). ``fit.json`` also records its inputs
+and where the budget came from, so the report can tell whether it is stale and the summary says why.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,46 +18,23 @@ from typing import Optional
 from launcher.analysis.collect import Collected, collect_sweep, parse_sweep_args
 from launcher.errors import UserError
 from launcher.files import atomic_write
+from launcher.identity import content_hash
+from launcher.numbers import interval, percent, sci
+from launcher.sweep.plan import Budget, read_plan
 
 FIT_FILE = "fit.json"
 CURVE_POINTS_PER_RUN = 200
 N_BOOT = 100
-BUDGET_ARGUMENT = "given by the caller (--budget-flops)"  # fit.json's budget_source when none was looked up
+BUDGET_ARGUMENT = "given by the caller (--budget-flops)"  # fit.json's budget_source when plan.json was not asked
+NO_BUDGET = "no budget: plan.json records none; plan the sweep (ladder sweep, ladder submit) or pass --budget-flops"
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+def planned_budget(sweep_dir: Path) -> Budget | None:
+    """The budget plan.json records with its source; None for a sweep folder without one."""
+    plan = read_plan(sweep_dir)
+    if plan.get("budget_flops") is None:
         return None
-
-
-def achieved_flops_per_device(collected: Collected, plan: dict) -> Optional[float]:
-    """Median over runs of logged tokens/s x FLOPs per token / devices the run used."""
-    ranks = {r.get("name"): r.get("ranks_per_run") or 1 for r in plan.get("runs", [])}
-    rates = [r.tokens_per_s * r.meta.flops_per_token / ranks.get(r.name, 1)
-             for r in collected.runs if r.tokens_per_s and r.tokens_per_s > 0]
-    return statistics.median(rates) if rates else None
-
-
-def default_budget_flops(sweep_dir: Path, collected: Collected) -> tuple[Optional[float], str]:
-    """The budget to recommend N_opt, D_opt for, and where it came from."""
-    plan = _read_json(sweep_dir / "plan.json") or {}
-    if plan.get("budget_flops"):
-        return float(plan["budget_flops"]), "plan.json budget_flops"
-    cluster = plan.get("cluster") or {}
-    hours, devices = cluster.get("allocation_node_hours"), cluster.get("devices_per_node") or 1
-    if not hours:
-        return None, "no budget: plan.json has neither budget_flops nor cluster.allocation_node_hours"
-    per_device = achieved_flops_per_device(collected, plan)
-    how = "FLOP/s per device achieved by the runs"
-    if per_device is None and cluster.get("device_peak_flops"):
-        per_device = cluster["device_peak_flops"] * cluster.get("assumed_mfu", 1.0)
-        how = "device_peak_flops x assumed_mfu"
-    if per_device is None:
-        return None, "no budget: no run logged its throughput and the cluster profile has no device_peak_flops"
-    return (hours * 3600.0 * devices * per_device,
-            f"allocation_node_hours {hours:g} x 3600 x {devices} devices x {per_device:.3g} {how}")
+    return Budget(float(plan["budget_flops"]), plan.get("budget_source") or "plan.json budget_flops")
 
 
 def thinned_curve_points(collected: Collected, per_run: int = CURVE_POINTS_PER_RUN) -> list[dict]:
@@ -76,8 +50,7 @@ def thinned_curve_points(collected: Collected, per_run: int = CURVE_POINTS_PER_R
 
 def fingerprint(final_points: list[dict], n_curve_points: int, budget_flops, n_boot: int, seed: int) -> str:
     """Identifies a fit's inputs; a report refits when the sweep's data no longer match it."""
-    payload = json.dumps([final_points, n_curve_points, budget_flops, n_boot, seed], sort_keys=True, default=str)
-    return hashlib.sha1(payload.encode()).hexdigest()
+    return content_hash([final_points, n_curve_points, budget_flops, n_boot, seed], length=40)
 
 
 def fit_inputs(collected: Collected, budget_flops: Optional[float], n_boot: int = N_BOOT, seed: int = 0):
@@ -107,7 +80,8 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
     collected = collected or collect_sweep(sweep_dir)
     source = BUDGET_ARGUMENT
     if budget_flops is None:
-        budget_flops, source = default_budget_flops(sweep_dir, collected)
+        planned = planned_budget(sweep_dir)
+        budget_flops, source = (planned.flops, planned.source) if planned else (None, NO_BUDGET)
     final_points, curve_points, inputs = fit_inputs(collected, budget_flops, n_boot, seed)
     inputs["budget_source"] = source
     try:
@@ -125,21 +99,6 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
 # ------------------------------------------------------------------------------------------ summary
 
 
-def _g(value, spec: str = ".3g") -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
-
-
-def percent(fraction, spec: str = "+.1f") -> str:
-    """A relative error as a percentage; "n/a" where the fitter could not give one."""
-    return _g(None if fraction is None else 100 * fraction, spec) + ("" if fraction is None else "%")
-
-
-def _ci(ci, spec: str = ".3g") -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return ""
-    return f" [{_g(ci[0], spec)}, {_g(ci[1], spec)}]"
-
-
 def reason(part: dict, label: str) -> str:
     """A part's error without the label the fitter put in front of it (the line already names the part)."""
     error = str(part.get("error", ""))
@@ -149,7 +108,7 @@ def reason(part: dict, label: str) -> str:
 def _param(fit: dict, approach: str, name: str) -> str:
     value = (fit.get(approach) or {}).get(name)
     ci = (((fit.get("bootstrap") or {}).get(approach) or {}).get("ci") or {}).get(name)
-    return f"{name} = {_g(value)}{_ci(ci)}"
+    return f"{name} = {sci(value)}{interval(ci)}"
 
 
 def summary_lines(fit: dict) -> list[str]:
@@ -167,11 +126,11 @@ def summary_lines(fit: dict) -> list[str]:
     if "error" in rec:
         lines.append(f"recommendation: {reason(rec, 'recommendation')}")
     else:
-        lines += [f"budget C = {_g(rec.get('C'))} FLOPs ({inputs.get('budget_source', '')})",
-                  f"  N_opt = {_g(rec.get('N_opt'))}{_ci(rec.get('N_opt_ci'))} parameters",
-                  f"  D_opt = {_g(rec.get('D_opt'))}{_ci(rec.get('D_opt_ci'))} tokens "
-                  f"({_g(rec.get('tokens_per_param'))} tokens per parameter)",
-                  f"  predicted loss = {_g(rec.get('predicted_loss'), '.4g')}{_ci(rec.get('predicted_loss_ci'), '.4g')} "
+        lines += [f"budget C = {sci(rec.get('C'))} FLOPs ({inputs.get('budget_source', '')})",
+                  f"  N_opt = {sci(rec.get('N_opt'))}{interval(rec.get('N_opt_ci'))} parameters",
+                  f"  D_opt = {sci(rec.get('D_opt'))}{interval(rec.get('D_opt_ci'))} tokens "
+                  f"({sci(rec.get('tokens_per_param'))} tokens per parameter)",
+                  f"  predicted loss = {sci(rec.get('predicted_loss'), '.4g')}{interval(rec.get('predicted_loss_ci'), '.4g')} "
                   f"(from {rec.get('source')})"]
     for approach, title, names in (("approach1", "approach 1 (training-curve envelope)", ("a", "b")),
                                    ("approach2", "approach 2 (isoFLOP parabolas)", ("a", "b")),
@@ -188,17 +147,17 @@ def summary_lines(fit: dict) -> list[str]:
     for key, exponent in (("L_N", "alpha_N"), ("L_D", "alpha_D")):
         part = kaplan.get(key) or {}
         parts.append(f"{key}: " + (reason(part, f"kaplan L({key[-1]})") if "error" in part
-                                   else f"{exponent} = {_g(part.get(exponent))}"))
+                                   else f"{exponent} = {sci(part.get(exponent))}"))
     lines.append("kaplan: " + "; ".join(parts))
     bnsl = fit.get("bnsl") or {}
-    lines.append("bnsl: " + (reason(bnsl, "bnsl") if "error" in bnsl else f"rmse(log loss) = {_g(bnsl.get('rmse_log'))}, "
+    lines.append("bnsl: " + (reason(bnsl, "bnsl") if "error" in bnsl else f"rmse(log loss) = {sci(bnsl.get('rmse_log'))}, "
                                                                   f"{len(bnsl.get('breaks') or [])} break(s)"))
     ext = fit.get("extrapolation") or {}
     if "error" in ext:
         lines.append(f"extrapolation: {reason(ext, 'extrapolation')}")
     else:
-        lines.append(f"extrapolation to the held-out largest budget C = {_g(ext.get('C'))} "
-                     f"(observed N_opt {_g((ext.get('observed') or {}).get('N_opt'))} from the "
+        lines.append(f"extrapolation to the held-out largest budget C = {sci(ext.get('C'))} "
+                     f"(observed N_opt {sci((ext.get('observed') or {}).get('N_opt'))} from the "
                      f"{(ext.get('observed') or {}).get('from')}):")
         for approach in ("approach2", "approach3"):
             part = ext.get(approach) or {}

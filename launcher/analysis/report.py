@@ -22,9 +22,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from launcher.analysis.fitting import (BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, percent, reason, summary_lines)
 from launcher.analysis.collect import Collected, collect_sweep, parse_sweep_args
+from launcher.analysis.fitting import BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, reason, summary_lines
 from launcher.files import atomic_write
+from launcher.numbers import percent, sci, si
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.txt"
@@ -34,23 +35,6 @@ CURVE_PLOT_TOTAL = 200_000  # ... but fewer per run in sweeps so large that draw
 APPROACH_STYLE = {"approach1": ("approach 1: curve envelope", "tab:green"),
                   "approach2": ("approach 2: isoFLOP", "tab:blue"),
                   "approach3": ("approach 3: parametric", "tab:red")}
-
-
-def si(value, unit: str = "") -> str:
-    """1.23e8 -> '123M'; what people read parameter and token counts in."""
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "n/a"
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{suffix}{unit}"
-    return f"{value:.3g}{unit}"
-
-
-def sci(value) -> str:
-    """FLOPs: 1.23e+18."""
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "n/a"
-    return f"{value:.3g}"
 
 
 # ------------------------------------------------------------------------------------------ ledger
@@ -380,20 +364,16 @@ def _extrapolation(fit: dict) -> str:
             f'<th>error</th></tr>{"".join(rows)}</table>')
 
 
-def _ratio(value: float) -> str:
-    return f"{value:.3f}" if math.isfinite(value) else "–"
-
-
 def _ledger(rows: list[LedgerRow]) -> str:
     total_c, total_6nd = sum(r.C for r in rows), sum(r.six_nd for r in rows)
     ratio = total_c / total_6nd if total_6nd else math.nan
     body = [f'<tr class="total"><td class="l">sweep total</td><td class="l">{len(rows)} runs</td><td></td>'
             f'<td>{si(sum(r.D for r in rows))}</td><td>{sci(total_c)}</td><td>{sci(total_6nd)}</td>'
-            f'<td>{_ratio(ratio)}</td><td></td><td></td></tr>']
+            f'<td>{sci(ratio, ".3f", "–")}</td><td></td><td></td></tr>']
     for r in rows:
         loss = "–" if r.loss is None else f"{r.loss:.4f}"
         body.append(f'<tr><td class="l">{_e(r.name)}</td><td class="l">{_e(r.state)}</td><td>{si(r.N)}</td>'
-                    f'<td>{si(r.D)}</td><td>{sci(r.C)}</td><td>{sci(r.six_nd)}</td><td>{_ratio(r.ratio)}</td>'
+                    f'<td>{si(r.D)}</td><td>{sci(r.C)}</td><td>{sci(r.six_nd)}</td><td>{sci(r.ratio, ".3f", "–")}</td>'
                     f'<td>{loss}</td><td class="l">{_e(r.loss_source or "")}</td></tr>')
     return ('<div class="scroll"><table><tr><th class="l">run</th><th class="l">state</th><th>N</th>'
             '<th>D trained</th><th>C exact (FLOPs)</th><th>6·N·D</th><th>C / 6ND</th><th>final loss</th>'

@@ -29,21 +29,50 @@ def compose(overrides: list[str], config_name: str = "config") -> dict:
     ``validate``, whose message names the field, the nearest real one and every allowed one.
     """
     from hydra import compose as hydra_compose
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
-    overrides, site = split_site_override(overrides)
-    layers = config_layers(site)
-    try:
-        with _hydra(layers):
-            cfg = hydra_compose(config_name=config_name, overrides=[_set_or_add(o, layers) for o in overrides])
-        composed = OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(_explain(str(exc), layers)) from None
+    hydra_overrides, site, layers = _prepare(overrides)
+    with _explained(layers), _hydra(layers):
+        composed = OmegaConf.to_container(hydra_compose(config_name=config_name, overrides=hydra_overrides),
+                                          resolve=True)
+    assert isinstance(composed, dict)  # a config file is a mapping
     if isinstance(composed.get("cluster"), dict):  # the renderer searches the same layers for templates
         composed["cluster"]["site_dirs"] = [str(p) for p in site]
     return composed
+
+
+def defaults_chain(overrides: list[str], config_name: str = "config") -> list[tuple[str, str]]:
+    """Every group config the composition merges, in Hydra's order (a later one overrides an earlier),
+    each with the config whose defaults named it: ``("cluster/frontier", "cluster/mysite")`` for a site
+    profile extending a shipped one, ``("cluster/mysite", "config")`` for the option chosen."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    hydra_overrides, _, layers = _prepare(overrides)
+    with _explained(layers), _hydra(layers):
+        found = GlobalHydra.instance().config_loader().compute_defaults_list(config_name, hydra_overrides,
+                                                                              RunMode.RUN)
+    return [(d.config_path, d.parent) for d in found.defaults
+            if d.config_path and "/" in d.config_path and _is_group(d.config_path.split("/")[0], layers)]
+
+
+def _prepare(overrides: list[str]) -> tuple[list[str], list[Path], list[Path]]:
+    """Hydra's overrides (``site_dir=`` taken out, values as ``++``), the site layers and every layer."""
+    rest, site = split_site_override(overrides)
+    layers = config_layers(site)
+    return [_set_or_add(o, layers) for o in rest], site, layers
+
+
+@contextlib.contextmanager
+def _explained(layers: list[Path]) -> Iterator[None]:
+    """Hydra's and OmegaConf's errors as one UserError line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UserError(_explain(str(exc), layers)) from None
 
 
 @contextlib.contextmanager
@@ -97,7 +126,7 @@ def _first_line(text: str) -> str:
 
 def group_options(group: str, layers: list[Path] | None = None) -> list[str]:
     """The options a config group offers in every layer (``model`` -> ``gpt_neox/tiny``, ...)."""
-    found = set()
+    found: set[str] = set()
     for layer in layers if layers is not None else config_layers(split_site_override([])[1]):
         root = layer / group
         if root.is_dir():

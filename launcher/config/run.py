@@ -119,23 +119,15 @@ class RunConfig:
 
 
 def load_run_config(overrides: list[str]) -> RunConfig:
-    """Compose and validate a run; the model and data groups are checked against ``models/``'s schemas."""
-    from models import DATA_CONFIGS, MODEL_CONFIGS
+    """Compose and validate a run; the model and data sections are checked by ``models.family``, their home."""
+    from models.family import checked_data, checked_model
 
     raw = compose(overrides)
     run = validate(RunConfig, raw, "")
-    run.model = _validate_choice(run.model, "model", "family", MODEL_CONFIGS)
-    run.data = _validate_choice(run.data, "data", "kind", DATA_CONFIGS)
+    try:
+        run.model, run.data = checked_model(run.model), checked_data(run.data)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if run.nproc < 1:
         raise UserError(f"nproc: must be >= 1, got {run.nproc}")
     return run
-
-
-def _validate_choice(section: dict, path: str, key: str, schemas: dict) -> dict:
-    """Check a section whose schema is picked by one of its keys (model.family, data.kind)."""
-    choice = section.get(key)
-    if choice not in schemas:
-        raise UserError(f"{path}.{key}: {choice!r} is not allowed; allowed: {', '.join(sorted(schemas))}")
-    fields = {k: v for k, v in section.items() if k != key}
-    checked = validate(schemas[choice], fields, path)
-    return {key: choice, **dataclasses.asdict(checked)}

@@ -20,7 +20,7 @@ def validate(cls: type, data: Any, path: str):
 
     Raises UserError("path.field: ...") naming the first bad field and what is allowed.
     """
-    if dataclasses.is_dataclass(data):
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
         data = dataclasses.asdict(data)
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of fields, got {data!r}")
@@ -69,7 +69,7 @@ def _check(tp: Any, value: Any, path: str):
         if value in args:
             return value
         raise UserError(f"{path}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return validate(tp, value, path)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

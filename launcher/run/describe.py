@@ -16,12 +16,14 @@ USAGE = "usage: ladder describe [model=<group option>] [model.<field>=<value> ..
 
 
 def describe(overrides: list[str]) -> dict[str, int]:
-    from launcher.run.runtime import make_family
+    """The family registry's counts for the composed model; no data is opened and no module built."""
+    from models.family import family, model_config
 
-    family = make_family(load_run_config(overrides))
-    total, non_embedding = family.param_counts()
+    model = load_run_config(overrides).model  # checked there
+    entry, cfg = family(model["family"]), model_config(model)
+    total, non_embedding = entry.param_counts(cfg)
     return {"params_total": int(total), "params_non_embedding": int(non_embedding),
-            "flops_per_token": int(family.flops_per_token())}
+            "flops_per_token": int(entry.flops_per_token(cfg))}
 
 
 def main(argv: list[str]) -> int:

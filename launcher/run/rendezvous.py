@@ -53,10 +53,6 @@ class DistEnv:
     master_from: str = ""  # the variable (or mechanism) the address came from, for error messages
     job_step: Optional[tuple[str, str]] = None  # scheduler job and step ids the port is derived from
 
-    @property
-    def uses_mpi(self) -> bool:
-        return self.source in MPI_SOURCES
-
 
 @dataclasses.dataclass(frozen=True)
 class _Ranks:
@@ -458,6 +454,11 @@ def connect(dist: DistEnv, backend: str, timeout_s: float, log: Callable[[str], 
         raise UserError(f"rendezvous: {who} master {_where(dist)} within {timeout_s:g} s "
                         f"(rendezvous.timeout_s): {reason}") from None
     store.set_timeout(COLLECTIVE_TIMEOUT)
+    # torch's functional collectives take ``group=group.WORLD`` as a default argument, bound at import:
+    # imported after the group exists (torch._dynamo imports them lazily) they would keep it alive past
+    # destroy_process_group, and with it its worker threads
+    import torch.distributed.nn  # noqa: F401
+
     torch_dist.init_process_group(backend, store=store, rank=dist.rank, world_size=dist.world_size,
                                   timeout=COLLECTIVE_TIMEOUT)
     probe = torch.ones(1)

@@ -31,6 +31,11 @@ Files in ``run_dir`` (rank 0 writes all but the checkpoints):
       message           null, or one line on why the run stopped (error, non-finite loss, signal)
       param_digests     on completion: sha256 of the full parameters as each rank sees them
       hostname, pid     where rank 0 runs
+      job_key, job_attempt   which step wrote it: the job's key (``123``, ``123_4`` for an array task)
+                        and the start of the run in that job (1, 2, ... for retries), as the job's step
+                        log names them (from SCALELADDER_JOB_KEY and SCALELADDER_JOB_ATTEMPT, which the
+                        lane shell sets); null outside a batch job. ``ladder status`` matches a report
+                        to the job database's attempt by these, never by clocks.
       started_at, updated_at, finished_at    unix seconds (finished_at null while running)
 
 Exit codes (``ExitCode``): 0 completed, 1 failed, 2 bad input (the CLI's UserError), 3 diverged
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import gc
 import hashlib
 import json
 import math
@@ -51,6 +57,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,6 +66,7 @@ from launcher.run.checkpoint import Checkpointer, TrainState
 from launcher.files import atomic_write
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
+from launcher.identity import config_hash
 from launcher.policy import ExitCode, ending
 from launcher.run.metrics import MetricsLog, WandbMirror
 
@@ -85,10 +93,8 @@ def make_family(run: RunConfig):
 
 
 def default_run_dir(run: RunConfig) -> Path:
-    """``runs/<family>-<hash>``: the same training config always lands in the same place."""
-    key = {k: dataclasses.asdict(run)[k] for k in ("model", "data", "train", "deepspeed", "seed")}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    return Path("runs") / f"{run.model['family']}-{digest}"
+    """``runs/<family>-<config hash>``: the same training config always lands in the same place."""
+    return Path("runs") / f"{run.model['family']}-{config_hash(run)}"
 
 
 # ----------------------------------------------------------------------------------- plan and schedule
@@ -281,8 +287,8 @@ class RunStateFile:
         self.state: dict[str, Any] = {
             "status": "running", "step": 0, "tokens": 0, "flops": 0, "total_steps": None,
             "checkpoint_step": None, "resumed_from": None, "world_size": None, "exit_code": None, "message": None,
-            "hostname": socket.gethostname(), "pid": os.getpid(), "started_at": now, "updated_at": now,
-            "finished_at": None}
+            "hostname": socket.gethostname(), "pid": os.getpid(), **job_step(os.environ), "started_at": now,
+            "updated_at": now, "finished_at": None}
 
     def update(self, **fields: Any) -> None:
         if not self.enabled:
@@ -296,15 +302,49 @@ class RunStateFile:
         return int(code)
 
 
+def job_step(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Which step of which job this start is, as the lane shell told it (null fields outside a job)."""
+    attempt = environ.get("SCALELADDER_JOB_ATTEMPT", "")
+    return {"job_key": environ.get("SCALELADDER_JOB_KEY") or None,
+            "job_attempt": int(attempt) if attempt.isdigit() else None}
+
+
 # ------------------------------------------------------------------------------------------- trainer
 
 
+def import_before_joining() -> None:
+    """Import DeepSpeed before the process group exists: its ``barrier(group=GroupMember.WORLD)`` binds
+    the default group as a default argument at import, and bound to a live group that argument would
+    keep it, and its gloo threads, alive after ``close_process_group``."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+    import deepspeed  # noqa: F401
+
+
 def close_process_group() -> None:
-    """Stop the process group's worker threads before the interpreter stops: a gloo thread that still
-    drops a tensor during shutdown aborts the rank ("terminate called without an active exception")."""
+    """Destroy every process group, and so end its worker threads, while the interpreter is whole.
+
+    A gloo worker thread lets go of a finished collective a moment after the caller has its result;
+    when the caller has dropped the collective's tensors first (the last ``all_gather_object``'s
+    buffers), the worker frees their Python objects and takes the GIL to do it. Once the interpreter
+    finalizes, taking the GIL ends the thread (pthread_exit) inside a noexcept frame and the rank
+    aborts ("terminate called without an active exception", exit 134) after a completed run.
+    ``destroy_process_group`` alone only unregisters the groups: a C++ group and its threads live on
+    while anything refers to it - the engine and its optimizer (``data_parallel_group``...), DeepSpeed's
+    group cache, default arguments bound at import (``import_before_joining``, ``rendezvous.connect``).
+    The caller drops the engine first; here the collector frees the engine's reference cycles,
+    DeepSpeed's ``destroy_process_group`` drops its cache, and the last reference going runs
+    ProcessGroupGloo's destructor, which joins the workers with the GIL released: each finishes what it
+    holds (a collective still in flight included) before the interpreter can begin to finalize."""
     dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    gc.collect()
+    ds_comm = sys.modules.get("deepspeed.comm.comm")
+    if ds_comm is not None and ds_comm.cdb is not None:
+        ds_comm.destroy_process_group()
+    else:
         dist.destroy_process_group()
+    gc.collect()
 
 
 class Trainer:
@@ -324,6 +364,7 @@ class Trainer:
         self.state_file.update(world_size=self.world)
         self.wandb = None
         try:
+            import_before_joining()
             rendezvous.connect(dist_env, run.cluster.dist_backend, run.rendezvous.timeout_s)
             return self._train()
         except UserError as exc:
@@ -339,6 +380,8 @@ class Trainer:
         finally:
             if self.wandb is not None:
                 self.wandb.finish(self.state_file.state["exit_code"])
+            for name in ("engine", "family", "checkpointer"):  # the engine holds the groups (see close_process_group)
+                self.__dict__.pop(name, None)
             close_process_group()
 
     def _setup(self) -> None:

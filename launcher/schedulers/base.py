@@ -25,6 +25,7 @@ import jinja2
 
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
+from launcher.policy import LANE_CODES
 from launcher.resources import shipped
 from launcher.sweep.pack import PackedJob, PackPolicy
 
@@ -71,6 +72,17 @@ def env_name(name: Any) -> Shell:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
         raise UserError(f"cluster.env: {name!r} is not a variable name (letters, digits, _; not first a digit)")
     return Shell(str(name))
+
+
+def template_text(text: str) -> Shell:
+    """Text a template wrote itself, a macro's output or a ``caller()`` block (the lane shell's): its
+    values are quoted already, so it is printed as it is. Never for a value."""
+    return Shell(text)
+
+
+def lane_policy() -> dict[str, Shell]:
+    """launcher.policy's exit codes for the lane shell (launcher/schedulers/lane.sh.j2), as ``case`` patterns."""
+    return {name: Shell(codes) for name, codes in LANE_CODES.items()}
 
 
 def _finalize(value: Any) -> Any:
@@ -184,7 +196,8 @@ class Scheduler(abc.ABC):
                                  undefined=jinja2.StrictUndefined, finalize=_finalize, autoescape=False,
                                  keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
         env.filters.update(q=quote, words=lambda values: Shell(" ".join(quote(v) for v in values)),
-                           shell_value=quote_with_variables, env_name=env_name, directive=self.directive)
+                           shell_value=quote_with_variables, env_name=env_name, directive=self.directive,
+                           script=template_text)
         return env
 
     def render(self, job: BatchJob) -> str:
@@ -197,7 +210,7 @@ class Scheduler(abc.ABC):
             raise UserError(f"cluster.template: {name!r} not found in {where}") from None
         job = dataclasses.replace(job, steps=tuple(self.complete_step(job, s) for s in job.steps))
         return template.render(job=job, cluster=self.profile, setup=[Shell(line) for line in self.profile.setup],
-                               **self.context(job))
+                               policy=lane_policy(), **self.context(job))
 
     def complete_step(self, job: BatchJob, step: Step) -> Step:
         """The step with its command, environment and log file filled in."""

@@ -4,8 +4,9 @@ The command outputs follow IBM's LSF 10.1 command reference (bsub, bjobs -o/-jso
 and the message table LSF prints its errors from; tests/data/lsf/README.md cites each page and holds
 recorded outputs, which the tests print from stand-ins on PATH (LSF cannot be installed here).
 
-Array elements: LSF counts them from 1 ("123[5]"); this adapter reports them as Slurm does, by task
-index from 0 ("123_4" is run 4 of the array), so the job database reads both schedulers alike.
+Array elements: LSF counts them from 1 ("123[5]"); this adapter, the job scripts (JOB_KEY) and the
+submitit executor name them as Slurm does, by task index from 0 ("123_4" is run 4 of the array), so the
+job database reads both schedulers alike; ``to_lsf`` and ``from_lsf`` are the only translation.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 from launcher.config.cluster import ClusterProfile
@@ -72,21 +73,39 @@ class LsfRecord:
         return STATES.get(self.stat, "running")  # a state newer than this table: LSF still holds the job
 
 
+FIRST_ELEMENT = 1  # LSF numbers array elements from 1 (bsub -J "name[1-n]", LSB_JOBINDEX, %I); tasks count from 0
+
+
 def element_id(job_id: str, index: int | str | None) -> str:
     """LSF's own spelling of an array element ("123[5]"); index 0 or empty means not an array."""
     return f"{job_id}[{index}]" if index not in (None, "", "0", 0) else str(job_id)
 
 
 def to_lsf(job_id: str) -> str:
-    """The adapter's "123_4" (task 4, from 0) -> LSF's "123[5]" (element 5, from 1)."""
+    """The adapters' "123_4" (task 4, from 0, as Slurm and the job scripts' JOB_KEY write it) -> LSF's
+    "123[5]" (element 5, from 1). The one place, with ``from_lsf``, that knows the two counts differ."""
     main, _, task = str(job_id).partition("_")
-    return f"{main}[{int(task) + 1}]" if task else main
+    return f"{main}[{int(task) + FIRST_ELEMENT}]" if task else main
 
 
 def from_lsf(job_id: str) -> str:
-    """LSF's "123[5]" -> the adapter's "123_4"."""
+    """LSF's "123[5]" -> the adapters' "123_4"."""
     found = re.fullmatch(r"(\d+)\[(\d+)\]", job_id)
-    return f"{found.group(1)}_{int(found.group(2)) - 1}" if found else job_id
+    return f"{found.group(1)}_{int(found.group(2)) - FIRST_ELEMENT}" if found else job_id
+
+
+def job_key(environ: Mapping[str, str]) -> str:
+    """The key of the job (or array element) a process runs in, from LSB_JOBID and LSB_JOBINDEX."""
+    return from_lsf(element_id(environ["LSB_JOBID"], environ.get("LSB_JOBINDEX")))
+
+
+def key_path(pattern: str) -> Shell:
+    """A log path as one shell word, its job tags from the job script's JOB_KEY: %j the key (``123``,
+    ``123_4`` for task 4), %A the job, %a the task. LSF's own %I counts elements from 1, so a file that
+    must be named by the task is opened by the job, not by bsub -o."""
+    tags = {"%j": '"${JOB_KEY}"', "%A": '"${LSB_JOBID}"', "%a": '"${JOB_KEY#*_}"'}
+    parts = re.split(r"(%[jAa])", str(pattern))
+    return Shell("".join(tags.get(part) or shlex.quote(part) for part in parts if part))
 
 
 def parse_bsub(stdout: str, stderr: str = "") -> str:

@@ -6,10 +6,12 @@ classes below. A submitted function is pickled into the folder and run by ``pyth
 submitit.core._submit`` inside the same LSF job script as a sweep's runs (lsf/*.j2 of an LSF cluster
 profile, ``lsf_profile="summit"``), started by the profile's step launcher (jsrun on Summit).
 
-Job ids: "123", and "123_4" for element 4 of array 123 (LSF counts array elements from 1, and
-submitit's files are named after these ids). LSF sends USR2 ``signal_delay_min`` minutes before the
-walltime (``bsub -wa USR2 -wt``): the job checkpoints a ``Checkpointable`` and puts itself back in the
-queue with ``brequeue``, keeping its id, as submitit does with ``scontrol requeue`` on Slurm.
+Job ids: "123", and "123_4" for task 4 of array 123, from 0 as on Slurm and in scaleladder's job
+scripts (LSF's element "123[5]": ``launcher.schedulers.lsf.to_lsf`` translates); submitit's files are
+named after these ids, so an array element opens its own logs (bsub -o names elements only from 1).
+LSF sends USR2 ``signal_delay_min`` minutes before the walltime (``bsub -wa USR2 -wt``): the job
+checkpoints a ``Checkpointable`` and puts itself back in the queue with ``brequeue``, keeping its id, as
+submitit does with ``scontrol requeue`` on Slurm.
 """
 from __future__ import annotations
 
@@ -30,21 +32,10 @@ from submitit.core import core, job_environment, logger, utils
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
 from launcher.schedulers.base import BatchJob
-from launcher.schedulers.lsf import LsfScheduler, bsub_argv, commands, parse_bsub
+from launcher.schedulers.lsf import LsfScheduler, bsub_argv, commands, from_lsf, job_key, key_path, parse_bsub
 
 # bjobs STATs after which a job will not run again (ZOMBI: killed while its host was unreachable).
 FINISHED = frozenset({"DONE", "EXIT", "ZOMBI"})
-
-
-def lsf_id(job_id: str) -> str:
-    """submitit's "123_4" -> LSF's "123[4]" (the same element: submitit's ids count from 1 here, as LSF)."""
-    main, _, index = job_id.partition("_")
-    return f"{main}[{index}]" if index else main
-
-
-def submitit_id(job_id: str) -> str:
-    """LSF's "123[4]" -> submitit's "123_4"."""
-    return job_id.replace("[", "_").rstrip("]")
 
 
 def load_profile(name: str) -> ClusterProfile:
@@ -77,7 +68,7 @@ class LsfInfoWatcher(core.InfoWatcher):
             logger.get_logger().warning(f"Call #{self.num_calls} - bjobs failed ({exc}), status may be inaccurate.")
         else:
             self._info_dict.update({
-                submitit_id(r.job_id): {"State": r.stat, "ExitCode": "" if r.exit_code is None else str(r.exit_code),
+                from_lsf(r.job_id): {"State": r.stat, "ExitCode": "" if r.exit_code is None else str(r.exit_code),
                                         "ExitReason": r.exit_reason}
                 for r in records.values()})
         self._last_status_check = time.time()
@@ -91,16 +82,16 @@ class LsfJob(core.Job[core.R]):
     watcher = LsfInfoWatcher(delay_s=60)
 
     def cancel(self, check: bool = True) -> None:
-        """bkill the job (an array element is "123[4]" to LSF)."""
+        """bkill the job (the adapter names task 4 of an array, "123_4", as LSF's element "123[5]")."""
         try:
-            commands().cancel([lsf_id(self.job_id)])
+            commands().cancel([self.job_id])
         except UserError:
             if check:
                 raise
 
     def _interrupt(self, timeout: bool = False) -> None:
         """Send the walltime warning now, as LSF would (for tests of checkpointing)."""
-        commands().signal([lsf_id(self.job_id)], "USR2")
+        commands().signal([self.job_id], "USR2")
 
 
 class LsfJobEnvironment(job_environment.JobEnvironment):
@@ -122,8 +113,8 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
 
     @property
     def array_task_id(self) -> tp.Optional[str]:
-        index = os.environ.get("LSB_JOBINDEX", "0")
-        return None if index in ("", "0") else index  # LSF sets 0 outside arrays
+        """The task from 0 ("123_4" is LSF's element 5); None outside an array (LSF sets LSB_JOBINDEX=0)."""
+        return job_key(os.environ).partition("_")[2] or None
 
     @property
     def num_tasks(self) -> int:
@@ -172,7 +163,7 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
         signal.signal(sig, once)
 
     def _requeue(self, countdown: int) -> None:
-        commands().requeue([lsf_id(self.job_id)])
+        commands().requeue([self.job_id])
         logger.get_logger().info(f"Requeued job {self.job_id} ({countdown} remaining timeouts)")
 
 
@@ -277,24 +268,29 @@ class LsfExecutor(core.PicklingExecutor):
     def _render(self, command: str, map_count: tp.Optional[int]) -> str:
         p = self.parameters
         paths = utils.JobPaths(self.folder)
-        job_tag = "%j_%a" if map_count else "%j"  # one log per array element: LSF's %J_%I
 
         def log(path: Path) -> str:
-            return str(path).replace("%j", job_tag).replace("%t", "0")
+            return str(path).replace("%t", "0")
 
         profile = dataclasses.replace(
             self.profile, account=p["project"] or self.profile.account, queue=p["queue"] or self.profile.queue,
             alloc_flags=p["alloc_flags"] or self.profile.alloc_flags, setup=[*self.profile.setup, *p["setup"]],
             env={**self.profile.env, "SUBMITIT_EXECUTOR": "lsf"})
         signal_min = p["signal_delay_min"] or self.profile.signal_before_min
+        stdout, stderr = log(paths.stdout), log(paths.stdout if p["stderr_to_stdout"] else paths.stderr)
+        env = [f"{k}={v}" for k, v in sorted(profile.multinode_env.items())] if p["nodes"] > 1 else []
+        context: tp.Dict[str, tp.Any] = dict(command=[*(["env", *env] if env else []), *self._launcher(),
+                                                      *shlex.split(command)], array_size=map_count or 0)
+        if map_count:  # bsub -o keeps LSF's report of every element; each element opens its own task's logs
+            output = str(utils.JobPaths.get_first_id_independent_folder(self.folder) / "%j_lsf.out")
+            context["logs"] = {"stdout": key_path(stdout), "stderr": key_path(stderr)}
+        else:
+            output, context["error"] = stdout, stderr
         job = BatchJob(name=p["job_name"], sweep="submitit", sweep_dir=str(self.folder), workdir=os.getcwd(), steps=(),
                        lanes=1, nodes=p["nodes"], walltime_min=p["time"], signal_s=60 * signal_min, ladder=(),
-                       manifest="", output=log(paths.stdout), steps_log="", array=bool(map_count),
+                       manifest="", output=output, steps_log="", array=bool(map_count),
                        array_throttle=min(map_count or 1, p["array_parallelism"]))
-        error = log(paths.stdout if p["stderr_to_stdout"] else paths.stderr)
-        env = [f"{k}={v}" for k, v in sorted(profile.multinode_env.items())] if p["nodes"] > 1 else []
-        words = [*(["env", *env] if env else []), *self._launcher(), *shlex.split(command)]
-        return _SubmititJob(profile, dict(command=words, error=error, array_size=map_count or 0)).render(job)
+        return _SubmititJob(profile, context).render(job)
 
     def _make_submission_file_text(self, command: str, uid: str) -> str:
         return self._render(command, self.parameters.get("map_count"))
@@ -310,7 +306,7 @@ class LsfExecutor(core.PicklingExecutor):
             self, delayed_submissions: tp.List[utils.DelayedSubmission]) -> tp.List[core.Job[tp.Any]]:
         if len(delayed_submissions) == 1:
             return super()._internal_process_submissions(delayed_submissions)
-        # a job array: element i (from 1) runs the i-th pickle, saved under the id "<job>_<i>"
+        # a job array: task i (from 0; LSF's element i + 1) runs the i-th pickle, saved under the id "<job>_<i>"
         folder = utils.JobPaths.get_first_id_independent_folder(self.folder)
         folder.mkdir(parents=True, exist_ok=True)
         pickle_paths = []
@@ -325,7 +321,7 @@ class LsfExecutor(core.PicklingExecutor):
         first = array._submit_command(self._submitit_command_str)
         tasks = list(range(first.num_tasks))
         jobs: tp.List[core.Job[tp.Any]] = [
-            LsfJob(folder=self.folder, job_id=f"{first.job_id}_{i}", tasks=tasks) for i in range(1, len(pickle_paths) + 1)]
+            LsfJob(folder=self.folder, job_id=f"{first.job_id}_{i}", tasks=tasks) for i in range(len(pickle_paths))]
         for job, pickle_path in zip(jobs, pickle_paths):
             job.paths.move_temporary_file(pickle_path, "submitted_pickle")
         return jobs

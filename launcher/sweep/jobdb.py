@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -386,26 +386,47 @@ def _attempt(row: sqlite3.Row) -> Attempt:
 
 def read_state_file(run_dir: str | os.PathLike) -> Optional[dict]:
     """A run's own ``state.json`` (written atomically by ``ladder train``), or None if absent or unreadable."""
-    path = Path(run_dir) / "state.json"
     try:
-        state = json.loads(path.read_text())
-        state["_mtime"] = path.stat().st_mtime
-        return state
+        return json.loads((Path(run_dir) / "state.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def attempt_step(attempts: Sequence[Attempt], attempt: Attempt) -> tuple[str, int]:
+    """An attempt as the job's lane shell names its step: the job key (``123``, ``123_4`` for array
+    task 4) and which start of the run in that job it is (the step log's attempt, 1 for the first)."""
+    key = attempt.job_id if attempt.array_index is None else f"{attempt.job_id}_{attempt.array_index}"
+    earlier = [a for a in attempts if a.id <= attempt.id and a.job_id == attempt.job_id
+               and a.array_index == attempt.array_index]
+    return str(key), len(earlier)
+
+
+def reported_start(state: dict, key: str) -> Optional[int]:
+    """Which start of the run in job ``key`` wrote ``state`` (its job_key and job_attempt); None: another job's."""
+    return state.get("job_attempt") if state.get("job_key") == key else None
+
+
+def reports_on(state: dict, attempts: Sequence[Attempt], attempt: Attempt) -> bool:
+    """Whether a run's state.json was written by ``attempt``'s step or a later one of the same job, by
+    the numbers the run wrote (compute nodes' clocks are not the login node's). A run the local runner
+    started writes none: that runner is its only supervisor, so its file speaks for the open attempt."""
+    if state.get("job_key") is None:
+        return attempt.scheduler == "local"
+    key, start = attempt_step(attempts, attempt)
+    return (reported_start(state, key) or 0) >= start
 
 
 def fold_run_states(db: JobDB, sweep: str) -> list[tuple[str, str, str]]:
     """Fold every active run's ``<run_dir>/state.json`` into the database; returns (name, old, new) changes.
 
-    Only a state file written after the run's current attempt was submitted counts, so a stale file
-    from an earlier attempt (e.g. "requeue") never ends a freshly queued attempt.
+    Only a state file written by the run's current attempt (or a later step of its job) counts, so a
+    stale file from an earlier attempt (e.g. "requeue") never ends a freshly queued attempt.
     """
     changes = []
     for run in db.runs(sweep, states=ACTIVE):
         state_file = read_state_file(run.run_dir)
         attempt = db.open_attempt(run.config_hash)
-        if state_file is None or attempt is None or state_file["_mtime"] < attempt.submitted:
+        if state_file is None or attempt is None or not reports_on(state_file, db.attempts(run.config_hash), attempt):
             continue
         new = STATUS_STATES.get(state_file.get("status"))
         if new is None or new == run.state:

@@ -1,5 +1,6 @@
-"""``ladder sweep``: plan a sweep, record it, train its runs on this machine, then collect, fit and report.
+"""The local sweep runner: record a planned sweep, train its runs on this machine, say how it ended.
 
+``ladder sweep`` (``launcher.commands``) plans the sweep, runs it here, then collects, fits and reports.
 The job database makes it resumable: completed runs are skipped by config hash, interrupted runs
 (SIGINT/SIGTERM: forwarded to the runs, which checkpoint and exit 75 -> timed_out) continue from their
 checkpoints when the command is started again, and a failed run is retried until it has failed
@@ -8,6 +9,7 @@ checkpoints when the command is started again, and a failed run is retried until
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -22,7 +24,7 @@ from launcher.errors import UserError
 from launcher.run.metrics import METRICS_FILE
 from launcher.policy import ACTIVE, FINAL, exit_code_state
 from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
-from launcher.sweep.plan import Plan, RunSpec, build_plan, make_console, parse_args, print_plan, write_plan
+from launcher.sweep.plan import Plan, RunSpec, print_plan, write_plan
 from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
 
 POLL_S = 0.5
@@ -183,33 +185,28 @@ def last_record(path: Path, tail_bytes: int = 4096) -> Optional[dict]:
     return None
 
 
-def analyse(plan: Plan, console) -> None:
-    """collect -> fit -> report for the finished sweep, then the fit's summary with the recommendation."""
-    from launcher.analysis.fitting import fit_sweep_dir, summary_lines
-    from launcher.analysis.collect import collect_sweep
-    from launcher.analysis.report import write_report
+@dataclasses.dataclass(frozen=True)
+class SweepEnd:
+    """How ``run_local_sweep`` ended: stopped by a signal, or with every run ended (completed or not)."""
 
-    collected = collect_sweep(plan.sweep_dir)
-    console.log(f"collected {len(collected.runs)} runs -> {collected.csv_path}")
-    fit = fit_sweep_dir(plan.sweep_dir, plan.budget_flops, collected=collected)
-    report = write_report(plan.sweep_dir)
-    for line in summary_lines(fit):
-        console.print(line, highlight=False)
-    console.print(f"fit: {plan.sweep_dir / 'fit.json'}\nreport: {report}")
+    stop_signal: Optional[int]
+    all_completed: bool
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal when stopped; else 0 when every run completed, 1 when some did not."""
+        if self.stop_signal is not None:
+            return 128 + self.stop_signal
+        return 0 if self.all_completed else 1
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args("ladder sweep", argv, "Run a sweep on this machine, then collect, fit and report.", [
-        ("--over-budget-ok", "accept a plan over the allocation's remaining node-hours"),
-        ("--no-calibrate", "use the profile's assumed numbers; never run a calibration"),
-        ("--no-report", "train only: skip collect, fit and report")])
-    console = make_console()
-    plan = build_plan(args.overrides, calibrate=not args.no_calibrate, echo=console.log)
+def run_local_sweep(plan: Plan, console, over_budget_ok: bool = False) -> SweepEnd:
+    """Record ``plan`` in its job database and train its unfinished runs here, a few at a time."""
     if plan.cluster.scheduler != "local":
         raise UserError(f"cluster.scheduler: `ladder sweep` trains on this machine (scheduler local), the profile "
                         f"{plan.cluster.name} uses {plan.cluster.scheduler}; use `ladder submit` there")
     print_plan(plan, console)
-    plan.check_budget(args.over_budget_ok)
+    plan.check_budget(over_budget_ok)
     started = time.monotonic()
     with sweep_lock(plan.sweep_dir), JobDB(plan.sweep_dir / "jobdb.sqlite") as db:
         write_plan(plan)
@@ -224,7 +221,5 @@ def main(argv: list[str]) -> int:
     console.log(f"sweep {plan.sweep.name}: {summary} in {time.monotonic() - started:.0f} s ({plan.sweep_dir})")
     if not finished:
         console.log("stopped; run the same `ladder sweep` command again to continue")
-        return 128 + runner.stop_signal
-    if not args.no_report:
-        analyse(plan, console)
-    return 0 if counts.get("completed", 0) == len(runs) else 1
+        return SweepEnd(runner.stop_signal, False)
+    return SweepEnd(None, counts.get("completed", 0) == len(runs))

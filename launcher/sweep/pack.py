@@ -142,10 +142,6 @@ class PackedJob:
     def shape(self) -> tuple[int, int]:
         return self.items[0].shape
 
-    @property
-    def work_hours(self) -> float:
-        return sum(i.hours for i in self.items)
-
     def schedule(self, policy: PackPolicy) -> list[list[PackItem]]:
         """The runs each lane would train if the estimates were exact (list scheduling, items in order)."""
         loads = [0.0] * self.lanes

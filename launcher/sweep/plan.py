@@ -1,33 +1,33 @@
 """The sweep planner: a sweep config becomes runs with exact N, D and C, node-hours and a budget check.
 
 Model shapes come from the family's shape solver (or are given explicitly), tokens round to whole
-global batches, and every FLOP number comes from the family's own ``flops_per_token``: an isoFLOP run
-trains on D = C / flops_per_token(shape) tokens, so its recorded C is exact rather than 6·N·D.
+global batches, and every FLOP number comes from the family's own ``flops_per_token`` (the registry in
+``models.family``): an isoFLOP run trains on D = C / flops_per_token(shape) tokens, so its recorded C
+is exact rather than 6·N·D. Planning starts nothing: a speed the profile does not give is measured
+by ``launcher.sweep.calibrate``, which callers hand in as ``build_plan``'s ``measure``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
-import statistics
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from launcher.config.cluster import ClusterProfile
-from launcher.config.run import RunConfig, load_run_config
 from launcher.config.compose import compose, config_layers, group_options
+from launcher.config.run import RunConfig, load_run_config
 from launcher.config.validate import validate
 from launcher.errors import UserError
-from launcher.resources import split_site_override
 from launcher.files import atomic_write_json
-from launcher.run.metrics import METRICS_FILE, read_metrics
+from launcher.identity import run_hash
+from launcher.numbers import budget_tag, sci, si
+from launcher.resources import split_site_override
+
+PLAN_FILE = "plan.json"
 
 
 @dataclasses.dataclass
@@ -91,41 +91,6 @@ class SweepConfig:
             raise ValueError("sweep: kind ladder needs exactly one of tokens (one value) or tokens_per_param")
 
 
-# ----------------------------------------------------------------------------------- family accounting
-
-
-@dataclasses.dataclass(frozen=True)
-class Accounting:
-    """What the planner needs of a model family: its config, exact counts, FLOPs and shape solver."""
-
-    config: type
-    param_counts: Callable[[Any], tuple[int, int]]
-    flops_per_token: Callable[[Any], int]
-    solve: Optional[Callable[[int, dict, SweepConfig], dict]]  # (target N, base fields, sweep) -> shape
-
-
-def _solve_gpt_neox(target: int, base: dict, sweep: SweepConfig) -> dict:
-    from models import gpt_neox
-
-    fixed = {k: v for k, v in base.items() if k not in ("n_layer", "d_model", "n_heads", "vocab_size", "seq_len")}
-    cfg = gpt_neox.solve_shape(target, aspect_ratio=sweep.aspect_ratio, head_dim=sweep.head_size,
-                               vocab_size=base["vocab_size"], seq_len=base["seq_len"], count=sweep.count, **fixed)
-    return {"n_layer": cfg.n_layer, "d_model": cfg.d_model, "n_heads": cfg.n_heads}
-
-
-def accounting(family: str) -> Accounting:
-    from models import clip, gpt_neox
-
-    families = {
-        "gpt_neox": Accounting(gpt_neox.GPTNeoXConfig, gpt_neox.param_counts, gpt_neox.flops_per_token,
-                               _solve_gpt_neox),
-        "clip": Accounting(clip.CLIPConfig, clip.param_counts, clip.flops_per_sample, None),
-    }
-    if family not in families:
-        raise UserError(f"model.family: {family!r} cannot be planned; allowed: {', '.join(families)}")
-    return families[family]
-
-
 # --------------------------------------------------------------------------------------------- runs
 
 
@@ -185,21 +150,11 @@ def merge_overrides(*groups: Iterable[str]) -> list[str]:
     return list(merged.values())
 
 
-def config_hash(run: RunConfig) -> str:
-    """Hash what decides a run's result: model, data, optimisation, ZeRO stage and seed.
-
-    Names, directories, W&B fields and the cluster are left out, so the same run planned again (or on
-    another site) has the same identity and is never repeated.
-    """
-    return _digest(run.model, run.data, dataclasses.asdict(run.train), dataclasses.asdict(run.deepspeed), run.seed)
-
-
-def _digest(model: dict, data: dict, train: dict, deepspeed: dict, seed: int) -> str:
-    resolved = {"model": model, "data": data, "train": train, "deepspeed": deepspeed, "seed": seed}
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
-
-
 # --------------------------------------------------------------------------------------------- plan
+
+
+SPEED_SOURCES = {None: "unknown: no device_peak_flops and no calibration", "peak": "peak x assumed MFU",
+                 "measured": "measured by calibration"}  # Throughput.source, in words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +192,33 @@ class Throughput:
         return self.flops_per_s(N) * self.runs_per_node
 
 
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """The FLOPs ``ladder fit`` recommends a size for, and in words where that number came from.
+
+    The planner decides it once (``recommendation_budget``) and plan.json records both; the fit and
+    its summary repeat them, or say that the caller gave the number (``--budget-flops``).
+    """
+
+    flops: float
+    source: str
+
+
+def recommendation_budget(sweep: SweepConfig, cluster: ClusterProfile, throughput: Optional[Throughput],
+                          runs: list[RunSpec]) -> Budget:
+    """The sweep's own budget; else what the allocation left buys at the plan's speed; else 10 x the largest run."""
+    if sweep.budget_flops is not None:
+        return Budget(sweep.budget_flops, "sweep.budget_flops")
+    largest = max(runs, key=lambda r: r.C)
+    hours = cluster.allocation_node_hours
+    if throughput is not None and hours:
+        per_node = throughput.node_flops_per_s(largest.N)
+        return Budget(hours * 3600.0 * per_node, f"cluster.allocation_node_hours {hours:g} x 3600 s x "
+                                                 f"{sci(per_node)} FLOP/s per node, {SPEED_SOURCES[throughput.source]}")
+    why = "no allocation_node_hours" if not hours else f"speed {SPEED_SOURCES[None]}"
+    return Budget(10.0 * largest.C, f"10 x the largest run's C ({why})")
+
+
 @dataclasses.dataclass
 class Plan:
     """A sweep's resolved runs with the profile they were estimated for."""
@@ -255,22 +237,19 @@ class Plan:
         return sum(r.est_node_hours for r in self.runs)
 
     @property
-    def budget_flops(self) -> float:
-        """The compute budget to recommend N_opt, D_opt for: the sweep's, or what the allocation buys."""
-        if self.sweep.budget_flops is not None:
-            return self.sweep.budget_flops
-        largest = max(self.runs, key=lambda r: r.C)
-        if self.throughput is not None and self.cluster.allocation_node_hours:
-            return self.cluster.allocation_node_hours * 3600.0 * self.throughput.node_flops_per_s(largest.N)
-        return 10.0 * largest.C
+    def budget(self) -> Budget:
+        """The compute budget to recommend N_opt, D_opt for, and where it came from (see ``Budget``)."""
+        return recommendation_budget(self.sweep, self.cluster, self.throughput, self.runs)
 
     def to_json(self) -> dict:
+        budget = self.budget
         return {"sweep": dataclasses.asdict(self.sweep), "cluster": dataclasses.asdict(self.cluster),
                 "sweep_dir": str(self.sweep_dir), "runs": [r.to_json() for r in self.runs],
                 "dropped": self.dropped,
                 "throughput": None if self.throughput is None else dataclasses.asdict(self.throughput),
                 "total_node_hours": self.total_node_hours,
-                "allocation_node_hours": self.cluster.allocation_node_hours, "budget_flops": self.budget_flops}
+                "allocation_node_hours": self.cluster.allocation_node_hours,
+                "budget_flops": budget.flops, "budget_source": budget.source}
 
     def check_budget(self, over_budget_ok: bool = False) -> None:
         """Refuse a plan that needs more node-hours than the allocation has left."""
@@ -320,10 +299,12 @@ def load_sweep(overrides: list[str]) -> SweepSetup:
 
 def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
     """The sweep's runs with exact counts (no estimates yet), and the points left out with the reason."""
+    from models.family import FAMILIES, model_config  # torch: only when runs are planned
+
     sweep, run = setup.sweep, setup.run
     base_model = {k: v for k, v in run.model.items() if k != "family"}
     family = run.model["family"]
-    acct = accounting(family)
+    entry = FAMILIES[family]  # load_run_config checked the name
     batch = sweep.global_batch_tokens or run.train.global_batch_tokens
     solved: dict[int, dict] = {}
 
@@ -332,25 +313,24 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
             return dict(size)
         target = int(round(size))
         if target not in solved:
-            if acct.solve is None:
-                raise UserError(f"sweep.params: model family {family} has no shape solver; give sweep.shapes")
-            solved[target] = acct.solve(target, base_model, sweep)
+            try:
+                solved[target] = entry.solve(target, base_model, sweep.aspect_ratio, sweep.head_size, sweep.count)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
         return solved[target]
 
     counted: dict[str, tuple[dict, int, int, int]] = {}
 
     def count(shape: dict) -> tuple[dict, int, int, int]:
         """(model dict, N, N_non_embedding, flops_per_token) of a shape, computed once per shape."""
-        from models.family import from_dict
-
         key = json.dumps(shape, sort_keys=True)
         if key not in counted:
             try:
-                cfg = from_dict(acct.config, {**base_model, **shape}, "model")
+                cfg = model_config({"family": family, **base_model, **shape})
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-            counted[key] = ({"family": family, **dataclasses.asdict(cfg)}, *acct.param_counts(cfg),
-                            acct.flops_per_token(cfg))
+            counted[key] = ({"family": family, **dataclasses.asdict(cfg)}, *entry.param_counts(cfg),
+                            entry.flops_per_token(cfg))
         return counted[key]
 
     sizes = list(sweep.shapes or sweep.params)
@@ -374,17 +354,17 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
             target_d = sweep.tokens_per_param * (n_total if sweep.count == "total" else n_ne)
         steps = max(1, round(target_d / batch))
         D = steps * batch
-        label = f"N={_short(n_total)}, D={_short(D)}" + (f", C={_budget_tag(budget)}" if budget else "")
+        label = f"N={si(n_total, giga='G')}, D={si(D, giga='G')}" + (f", C={budget_tag(budget)}" if budget else "")
         if steps < sweep.min_steps:
             dropped.append(f"{label}: {steps} steps < sweep.min_steps={sweep.min_steps}")
             continue
-        digest = _digest(model, run.data, {**train, "tokens": D, "max_steps": None, "global_batch_tokens": batch},
-                         deepspeed, run.seed)
+        digest = run_hash(model, run.data, {**train, "tokens": D, "max_steps": None, "global_batch_tokens": batch},
+                          deepspeed, run.seed)
         if digest in seen:
             dropped.append(f"{label}: same run as {seen[digest]}")
             continue
-        name = (f"c{_budget_tag(budget)}-" if budget else "") + f"n{_short(n_total)}-" \
-            + ("s" if sweep.kind == "clip" else "d") + _short(D)
+        name = (f"c{budget_tag(budget)}-" if budget else "") + f"n{si(n_total, giga='G')}-" \
+            + ("s" if sweep.kind == "clip" else "d") + si(D, giga="G")
         seen[digest] = name
         specs.append(RunSpec(name=name, sweep=sweep.name, family=family, model=sweep.model, shape=shape,
                              N=n_total, N_non_embedding=n_ne, D=D, C=fpt * D, flops_per_token=fpt, budget=budget,
@@ -399,13 +379,20 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
     return specs, dropped
 
 
-def build_plan(overrides: list[str], calibrate: bool = True, echo: Callable[[str], None] = print) -> Plan:
-    """Compose, plan, estimate: everything ``ladder plan`` shows and ``ladder sweep`` records."""
+# Times a sweep's runs when the profile has no peak (``launcher.sweep.calibrate`` starts short runs)
+Measure = Callable[["SweepSetup", list[RunSpec]], Throughput]
+
+
+def build_plan(overrides: list[str], measure: Optional[Measure] = None) -> Plan:
+    """Compose, plan, estimate: everything ``ladder plan`` shows and ``ladder sweep`` records.
+
+    The speed is the profile's peak x MFU, else what ``measure`` finds, else unknown (no node-hours).
+    """
     setup = load_sweep(overrides)
     specs, dropped = plan_runs(setup)
     throughput = peak_throughput(setup.cluster, setup.sweep)
-    if throughput is None and calibrate:
-        throughput = measure_throughput(setup, specs, echo)
+    if throughput is None and measure is not None:
+        throughput = measure(setup, specs)
     if throughput is not None:
         specs = [dataclasses.replace(s, est_node_hours=throughput.node_hours(s)) for s in specs]
     return Plan(setup.sweep, setup.cluster, setup.sweep_dir, specs, dropped, throughput)
@@ -420,86 +407,22 @@ def peak_throughput(cluster: ClusterProfile, sweep: SweepConfig) -> Optional[Thr
                       runs_per_node=cluster.devices_per_node / ranks)
 
 
-# ------------------------------------------------------------------------------------- calibration
-
-
-CALIBRATION_FILE = "calibration.json"
-
-
-def measure_throughput(setup: SweepSetup, specs: list[RunSpec], echo: Callable[[str], None] = print) -> Throughput:
-    """Measure one run's FLOP/s with short ``ladder train`` runs of the smallest and largest model.
-
-    Results are cached in ``<sweep_dir>/calibration.json`` by the run's config hash, the profile and
-    the cores per run, so planning again costs nothing. The calibration runs use the sweep's own
-    parallelism (``max_parallel_runs``), so the speed is the one a busy node gives.
-    """
-    from launcher.schedulers.local import LocalProcess, parallel_slots
-
-    cluster, sweep = setup.cluster, setup.sweep
-    slots = parallel_slots(cluster.max_parallel_runs, cluster.cores_per_run)
-    probes = {s.config_hash: s for s in (min(specs, key=lambda s: s.N), max(specs, key=lambda s: s.N))}
-    cache_path = setup.sweep_dir / CALIBRATION_FILE
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    keys = {h: f"{h}-{cluster.name}-{cluster.cores_per_run}c-{sweep.calibration_steps}s" for h in probes}
-    todo = [spec for h, spec in probes.items() if keys[h] not in cache]
-    for start in range(0, len(todo), slots):
-        batch = todo[start:start + slots]
-        echo(f"calibrating: {', '.join(s.name for s in batch)} ({sweep.calibration_steps} steps each)")
-        procs = []
-        for spec in batch:
-            run_dir = setup.sweep_dir / "calibration" / spec.name
-            overrides = merge_overrides(spec.overrides(setup.sweep_dir), [
-                f"run_dir={run_dir}", f"train.max_steps={sweep.calibration_steps}", "resume=false",
-                "wandb.mode=disabled", f"train.val_every={10 ** 9}", f"train.checkpoint_every={10 ** 9}"])
-            log = setup.sweep_dir / "calibration" / f"{spec.name}.log"
-            procs.append((spec, run_dir, log, time.monotonic(),
-                          LocalProcess.start(overrides, log, cluster.cores_per_run, spec.ranks_per_run)))
-        for spec, run_dir, log, began, proc in procs:
-            code = proc.wait()
-            wall = time.monotonic() - began
-            if code != 0:
-                raise UserError(f"calibration run {spec.name} failed (exit {code}); see {log}, "
-                                f"or plan with --no-calibrate")
-            cache[keys[spec.config_hash]] = {"N": spec.N, **_calibration_result(spec, run_dir, wall)}
-        atomic_write_json(cache_path, cache)
-    measured = [cache[keys[h]] for h in probes]
-    return Throughput("measured", tuple((m["N"], m["flops_per_s"]) for m in measured), runs_per_node=float(slots),
-                      overhead_s=max(m["overhead_s"] for m in measured))
-
-
-def _calibration_result(spec: RunSpec, run_dir: Path, wall_s: float) -> dict:
-    """FLOP/s over the steady steps (the first step pays for warm-up) and the run's fixed overhead."""
-    path = run_dir / METRICS_FILE
-    records = read_metrics(path) if path.exists() else []
-    steady = [r for r in records if r.get("step", 0) > 1 and r.get("tokens_per_s")]
-    if not steady:
-        raise UserError(f"calibration run {spec.name}: metrics.jsonl has no steady steps to measure; "
-                        f"raise sweep.calibration_steps")
-    tokens_per_s = statistics.median(r["tokens_per_s"] for r in steady)
-    train_s = spec.global_batch_tokens * len(records) / tokens_per_s
-    return {"tokens_per_s": tokens_per_s, "flops_per_s": tokens_per_s * spec.flops_per_token,
-            "overhead_s": max(0.0, wall_s - train_s), "wall_s": wall_s, "steps": len(records)}
-
-
 def write_plan(plan: Plan) -> Path:
-    """``<sweep_dir>/plan.json``: the resolved plan, for the collector, the report and people."""
-    path = plan.sweep_dir / "plan.json"
+    """``<sweep_dir>/plan.json``: the resolved plan, for the collector, the fit, the report and people."""
+    path = plan.sweep_dir / PLAN_FILE
     atomic_write_json(path, plan.to_json())
     return path
 
 
+def read_plan(sweep_dir: Path) -> dict:
+    """A sweep's plan.json, or {} when there is none (a folder of runs copied without it) or it is unreadable."""
+    try:
+        return json.loads((sweep_dir / PLAN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 # ------------------------------------------------------------------------------------------- output
-
-
-def _short(n: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.3g}"
-
-
-def _budget_tag(c: float) -> str:
-    return f"{c:.3g}".replace("e+", "e")
 
 
 def make_console():
@@ -519,43 +442,18 @@ def print_plan(plan: Plan, console=None) -> None:
     for column in ("name", "N", "N_ne", "D", "C", "6ND", "steps", "nodes", "est. node-h"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for r in plan.runs:
-        table.add_row(r.name, _short(r.N), _short(r.N_non_embedding), _short(r.D), f"{r.C:.3g}",
-                      f"{6 * r.N * r.D:.3g}", str(r.steps), str(r.nodes),
-                      "n/a" if r.est_node_hours is None else f"{r.est_node_hours:.3g}")
+        table.add_row(r.name, si(r.N, giga="G"), si(r.N_non_embedding, giga="G"), si(r.D, giga="G"), sci(r.C),
+                      sci(6 * r.N * r.D), str(r.steps), str(r.nodes), sci(r.est_node_hours))
     console.print(table)
     for reason in plan.dropped:
         console.print(f"left out: {reason}")
     total, left = plan.total_node_hours, plan.cluster.allocation_node_hours
-    source = {None: "unknown (no device_peak_flops and no calibration)", "peak": "peak x assumed MFU",
-              "measured": "measured by calibration"}[plan.throughput and plan.throughput.source]
-    console.print(f"{len(plan.runs)} runs, C total {sum(r.C for r in plan.runs):.3e} FLOPs; speed: {source}")
+    speed = SPEED_SOURCES[plan.throughput.source if plan.throughput else None]
+    console.print(f"{len(plan.runs)} runs, C total {sum(r.C for r in plan.runs):.3e} FLOPs; speed: {speed}")
     if total is not None:
         # this machine is the one node: its node-hours are the wall time of the local runner
         wall = f", about {total * 60:.1f} min of wall time" if plan.cluster.scheduler == "local" else ""
         left_text = "no allocation limit" if left is None else f"{left:.4g} node-hours left in the allocation"
         console.print(f"total {total:.4g} node-hours{wall}; {left_text}")
-    console.print(f"recommendation budget: C = {plan.budget_flops:.3e} FLOPs")
-
-
-def parse_args(prog: str, argv: list[str], description: str, options: Iterable[tuple[str, str]]):
-    """``[options] [hydra overrides]`` for the sweep commands."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sweep=tiny cluster=frontier")
-    for flag, help_ in options:
-        parser.add_argument(flag, action="store_true", help=help_)
-    return parser.parse_intermixed_args(argv)
-
-
-def main(argv: list[str]) -> int:
-    args = parse_args("ladder plan", argv, "Show a sweep's runs, node-hours and budget without submitting.", [
-        ("--over-budget-ok", "accept a plan over the allocation's remaining node-hours"),
-        ("--no-calibrate", "use the profile's assumed numbers; never run a calibration"),
-        ("--json", "print the plan as JSON")])
-    plan = build_plan(args.overrides, calibrate=not args.no_calibrate,
-                      echo=lambda line: print(line, file=sys.stderr))
-    if args.json:
-        print(json.dumps(plan.to_json(), indent=1))
-    else:
-        print_plan(plan)
-    plan.check_budget(args.over_budget_ok)
-    return 0
+    budget = plan.budget
+    console.print(f"recommendation budget: C = {budget.flops:.3e} FLOPs ({budget.source})")

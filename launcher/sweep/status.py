@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 
+from launcher.arguments import command_parser
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
-from launcher.sweep.plan import compose_sweep, make_console, parse_args
+from launcher.numbers import sci
 from launcher.schedulers import REGISTRY, get_scheduler
+from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
+from launcher.sweep.plan import compose_sweep, make_console
+from launcher.sweep.submit import batch_profile, sync
 
 
 def reconcile(db: JobDB, sweep: str, profile: ClusterProfile) -> list[tuple[str, str, str]]:
@@ -21,8 +24,6 @@ def reconcile(db: JobDB, sweep: str, profile: ClusterProfile) -> list[tuple[str,
     Runs on this machine (scheduler local) report only through their files. Under a batch scheduler the
     adapter's view of the jobs comes in too, with the jobs' own records (launcher.sweep.submit.sync).
     """
-    from launcher.sweep.submit import batch_profile, sync
-
     profile = batch_profile(db, sweep, profile)  # `ladder status sweep=<name>` of a submitted sweep
     if profile.scheduler in REGISTRY:
         return sync(db, sweep, db.path.parent, get_scheduler(profile))
@@ -40,8 +41,8 @@ def run_status(run: RunRecord) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args("ladder status", argv, "A sweep's runs and states, with the runs' own reports folded in.",
-                      [("--json", "print the runs as JSON")])
+    args = command_parser("ladder status", "A sweep's runs and states, with the runs' own reports folded in.",
+                          [("--json", "print the runs as JSON")]).parse(argv)
     sweep, profile, sweep_dir = compose_sweep(args.overrides)
     name = sweep.name
     db_path = sweep_dir / "jobdb.sqlite"
@@ -72,7 +73,7 @@ def print_status(name: str, runs: list[dict], counts: dict[str, int], changes: l
     for r in runs:
         state = f"[{colours[r['state']]}]{r['state']}[/]" if r["state"] in colours else r["state"]
         step = "" if r["step"] is None else f"{r['step']}/{r['total_steps']}"
-        table.add_row(r["name"], state, f"{r['N']:,}", f"{r['D']:,}", f"{r['C']:.3g}", step, str(r["attempts"]),
+        table.add_row(r["name"], state, f"{r['N']:,}", f"{r['D']:,}", sci(r["C"]), step, str(r["attempts"]),
                       r["job_id"] or "")
     console.print(table)
     for run_name, old, new in changes:

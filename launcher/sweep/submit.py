@@ -24,21 +24,22 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
+from launcher.arguments import command_parser
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
 from launcher.errors import UserError
 from launcher.files import atomic_write, atomic_write_json
 from launcher.policy import ACTIVE, FINAL, STATUS_STATES, ExitCode, ended_without_failure, ending, exit_code_state
-from launcher.sweep.jobdb import JobDB, TransitionError, fold_run_states, read_state_file
+from launcher.sweep.jobdb import (Attempt, JobDB, TransitionError, attempt_step, fold_run_states, read_state_file,
+                                  reported_start, reports_on)
 from launcher.sweep.pack import PackItem, pack, pack_array
 from launcher.schedulers import REGISTRY, get_scheduler
 from launcher.schedulers.base import FINISHED_JOB_STATES, BatchJob, Dependency, Scheduler, Step
-
-if TYPE_CHECKING:
-    from launcher.sweep.plan import RunSpec
+from launcher.sweep.calibrate import calibrated_plan
+from launcher.sweep.plan import RunSpec, compose_sweep, write_plan
 
 JOBS = "jobs"
 CANCEL_MARK = "CANCELLED"  # written by `ladder cancel`: jobs ending after it submit no continuation
@@ -201,10 +202,8 @@ def manifests(sweep_dir: Path) -> list[dict]:
 def submit_sweep(overrides: list[str], dependency: Optional[Dependency] = None, over_budget_ok: bool = False,
                  calibrate: bool = True) -> list[tuple[BatchJob, str]]:
     """Plan, record, pack, render and submit a sweep's runs that still need training."""
-    from launcher.sweep.plan import build_plan, write_plan
-
     get_scheduler(validate(ClusterProfile, compose(overrides)["cluster"], "cluster"))  # before any calibration
-    plan = build_plan(overrides, calibrate=calibrate, echo=_echo)
+    plan = calibrated_plan(overrides, calibrate, echo=_echo)
     plan.check_budget(over_budget_ok)
     plan.sweep_dir = plan.sweep_dir.resolve()
     write_plan(plan)
@@ -377,7 +376,7 @@ def _fold_job_end(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequ
         codes = [code for _, code in ended.get(key, {}).get(record.name, [])]
         try:
             if not codes and mine[-1].ended is None:
-                db.finish(run_hash, _unlogged_end(record.run_dir, mine[-1].submitted, job_state),
+                db.finish(run_hash, _unlogged_end(record.run_dir, tries, mine[-1], job_state),
                           detail=f"job {job_id} {job_state}")
             for k, code in enumerate(codes):
                 if k >= len(mine):
@@ -394,11 +393,11 @@ def _fold_job_end(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequ
     return changes
 
 
-def _unlogged_end(run_dir: str, since: float, job_state: str) -> str:
+def _unlogged_end(run_dir: str, tries: Sequence[Attempt], attempt: Attempt, job_state: str) -> str:
     """How a run ended that no step log line reports (a job not rendered here, or killed with its job):
-    what its state.json says since the attempt began, else timed_out (ready to continue) or cancelled."""
+    what its state.json says if the attempt's step wrote it, else timed_out (ready to continue) or cancelled."""
     reported = read_state_file(run_dir) or {}
-    state = STATUS_STATES.get(reported.get("status")) if reported.get("_mtime", 0) >= since else None
+    state = STATUS_STATES.get(reported.get("status")) if reports_on(reported, tries, attempt) else None
     if state in ("completed", "diverged", "failed", "timed_out"):
         return state
     return "cancelled" if job_state == "cancelled" else "timed_out"
@@ -413,7 +412,8 @@ def _fold_retries(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequ
         if record.state != "failed" or not tries or tries[-1].job_id != job_id:
             continue
         reported = read_state_file(record.run_dir) or {}
-        if reported.get("status") == "running" and reported["_mtime"] > (tries[-1].ended or 0):
+        key, start = attempt_step(tries, tries[-1])
+        if reported.get("status") == "running" and (reported_start(reported, key) or 0) > start:
             db.start(run_hash, scheduler.name, job_id, i if manifest and manifest["array"] else None)
             changes.append((record.name, "failed", "running"))
     return changes
@@ -435,8 +435,6 @@ def batch_profile(db: JobDB, sweep: str, profile: ClusterProfile) -> ClusterProf
 
 def cancel_sweep(overrides: list[str]) -> list[str]:
     """Cancel a sweep's queued and running jobs; their runs become cancelled and stay resumable."""
-    from launcher.sweep.plan import compose_sweep
-
     config, profile, sweep_dir = compose_sweep(overrides)
     sweep, sweep_dir = config.name, sweep_dir.resolve()
     if not (sweep_dir / "jobdb.sqlite").exists():
@@ -468,9 +466,7 @@ def cancel_sweep(overrides: list[str]) -> list[str]:
 
 def render_sweep(overrides: list[str], out_dir: Path, calibrate: bool = True) -> list[Path]:
     """The scripts (and manifests) a submission of the whole sweep would use, written to ``out_dir``."""
-    from launcher.sweep.plan import build_plan
-
-    plan = build_plan(overrides, calibrate=calibrate, echo=_echo)
+    plan = calibrated_plan(overrides, calibrate, echo=_echo)
     profile, sweep_dir = plan.cluster, plan.sweep_dir.resolve()
     scheduler = get_scheduler(profile)
     steps = [step_for(spec, spec.run_dir(sweep_dir), spec.overrides(sweep_dir), profile, profile.max_retries)
@@ -488,21 +484,15 @@ def render_sweep(overrides: list[str], out_dir: Path, calibrate: bool = True) ->
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sweep=tiny cluster=frontier")
-    return parser
-
-
 def main(argv: list[str]) -> int:
-    parser = _parser("ladder submit", "Record a sweep in the job database, pack its runs into jobs and submit them.")
+    parser = command_parser("ladder submit", "Record a sweep in the job database, pack its runs into jobs and submit them.")
     parser.add_argument("--dependency", type=Dependency.parse, default=None,
                         help="start the jobs after others: afterok:ID[:ID], afterany:ID, ...")
     parser.add_argument("--over-budget-ok", action="store_true", help="accept a plan over the allocation")
     parser.add_argument("--no-calibrate", action="store_true", help="never run a calibration run")
     parser.add_argument("--continue-from", metavar="JOBID", help=argparse.SUPPRESS)  # from a job's own script
     parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     if args.continue_from:
         if args.manifest is None:
             raise UserError("--continue-from: needs --manifest (the job's record, jobs/<name>.json)")
@@ -517,16 +507,15 @@ def main(argv: list[str]) -> int:
 
 
 def cancel_main(argv: list[str]) -> int:
-    args = _parser("ladder cancel", "Cancel a sweep's jobs; its runs stay resumable.").parse_args(argv)
+    args = command_parser("ladder cancel", "Cancel a sweep's jobs; its runs stay resumable.").parse(argv)
     for line in cancel_sweep(args.overrides):
         print(line)
     return 0
 
 
 def render_main(argv: list[str]) -> int:
-    parser = _parser("ladder render", "Write the job scripts a submission would use, without submitting (out=DIR).")
-    parser.add_argument("--no-calibrate", action="store_true", help="never run a calibration run")
-    args = parser.parse_args(argv)
+    args = command_parser("ladder render", "Write the job scripts a submission would use, without submitting (out=DIR).",
+                          [("--no-calibrate", "never run a calibration run")]).parse(argv)
     outs = [o for o in args.overrides if o.startswith("out=")]
     if len(outs) != 1:
         raise UserError("out: give exactly one out=DIR, the folder the scripts are written to")

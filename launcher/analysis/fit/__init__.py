@@ -1,17 +1,44 @@
-"""Scaling-law fits: Chinchilla approaches 1-3, Kaplan, broken neural scaling laws, bootstrap.
+"""Scaling-law fits: Chinchilla approaches 1-3, Kaplan, broken neural scaling laws, the over-training,
+data-constrained and two-stage downstream laws, bootstrap intervals and predictions.
 
-Two entry points; both return plain JSON types (NaN and inf become null).
+Three entry points; all return plain JSON types (NaN and inf become null).
 
-``fit_points(points, approach, *, huber_reduce="sum", weights=None)`` fits one law to a point set:
-points are dicts (or numpy structured rows) with N, D, loss and optionally C (default 6·N·D),
-budget (isoFLOP label) and name. ``weights`` (one per point) are 1/σ² weights in every least
-squares: per point in the approach-2 parabolas, approach 3's Huber sum and the Kaplan/BNSL
-residuals; in approach 2 a budget weighs its points' total in the power-law step, so a set of
-published per-budget optima with weights 1/σ²(log n*) gives Porian et al.'s weighted fit. Approach 2
-takes a point set in which every budget holds one point as those optima; any other set as runs,
-whose budgets with fewer than 3 distinct N are skipped (``fit_sweep``'s runs are always runs).
-Approaches: "1" (envelope; pass curve points), "2" (isoFLOP parabolas), "3" (parametric
-L = E + A/N^α + B/D^β), "kaplan", "bnsl" (loss against C, one break).
+``fit_points(points, approach, *, huber_reduce="sum", weights=None, **options)`` fits one law to a
+point set: points are dicts (or numpy structured rows) with N, D, loss and optionally C (default
+6·N·D), budget (isoFLOP label), name, U (unique tokens; datacon) and metric (two_stage). ``weights``
+(one per point) are 1/σ² weights in every least squares: per point in the approach-2 parabolas, the
+Huber sums of approach 3, overtrain and datacon, the Kaplan/BNSL residuals and the two-stage link;
+in approach 2 a budget weighs its points' total in the power-law step, so a set of published
+per-budget optima with weights 1/σ²(log n*) gives Porian et al.'s weighted fit. Approach 2 takes a
+point set in which every budget holds one point as those optima; any other set as runs, whose
+budgets with fewer than 3 distinct N are skipped (``fit_sweep``'s runs are always runs).
+``options`` are the fields of ``laws.Options`` (method, base, loss_approach, link, metric_range).
+
+Approaches, by name from ``registry.LAWS`` (``laws.LawFamily`` is the interface a family implements):
+"1" (envelope; pass curve points), "2" (isoFLOP parabolas), "3" (parametric L = E + A/N^α + B/D^β;
+``method`` "grid", the 4500 Chinchilla starts, or "vpnls", variable projection), "kaplan", "bnsl"
+(loss against C, one break), "overtrain" (Gadre et al. 2024: the form in C and M = D/N), "datacon"
+(Muennighoff et al. 2023: R_D*, R_N* of repeated data and excess parameters; ``base`` fixes
+E, A, B, alpha, beta), "two_stage" ((N, D) → loss by ``loss_approach``, loss → metric by ``link``
+"sigmoid" or "exp", bounded by ``metric_range``: "auto", None or (lo, hi)). Approach 3's default
+stays "grid": vpnls reaches the same objective on every data set the tests use (tests/test_laws.py)
+at a third of the time, but tests/test_fit.py pins the default's 4500 starts.
+
+Result keys: approach, n_points, then the approach's own. 1, 2, 3, kaplan, bnsl: as in fit.json
+below (3 adds method). overtrain: E, a, b, eta (the paper's form in C = 6·N·D and M = D/N), A, B,
+alpha = beta (the same law in Chinchilla's form), objective, huber_delta, huber_reduce, n_starts,
+n_converged. datacon: R_D_star, R_N_star, E, A, B, alpha, beta (the fixed base), base ("given" or
+how it was fitted), objective, huber_delta, huber_reduce, n_starts, n_converged, optima (every
+distinct end point: R_D_star, R_N_star, objective; best first). two_stage: loss_approach, loss_law
+(that approach's keys), metric_law (link, then a, b, k, L0 or epsilon, k, gamma, bounds, rmse).
+
+``predict_points(points, targets, approach, *, n_boot=100, seed=0, huber_reduce="sum", weights=None,
+**options)`` fits as ``fit_points`` does and adds ``predictions``: per target row (dicts with N, D,
+optionally C, U and any other keys, which are carried through), the prediction under ``value_key``
+("loss" by default), its bootstrap interval ``lo``, ``hi`` over ``n_boot`` refits on resampled
+points (within budgets where labelled), and, where the row has the value itself, ``observed``,
+``rel_error`` and ``inside``; plus ``bootstrap`` {n_boot, n_ok, level, seed, resampled}.
+Approaches 1 and 2 predict optima, not a value at (N, D), and are refused.
 
 ``fit_sweep(final_points, curve_points, budget_flops, n_boot=100, seed=0)`` returns fit.json:
 
@@ -43,7 +70,7 @@ L = E + A/N^α + B/D^β), "kaplan", "bnsl" (loss against C, one break).
     inputs                {sweep, runs, final_points, curve_points_logged, curve_points_fitted, budget_flops,
                            budget_source, n_boot, seed, skipped: [{run, reason}], warnings, fingerprint}
                            added by ``launcher.analysis.fitting`` when it writes fit.json (also beside a whole-fit
-                           error); fingerprint: sha1 of the fit's inputs, so a report can tell a stale fit
+                           error); fingerprint: a hash of the fit's inputs, so a report can tell a stale fit
 
 Any part the data cannot support is {"error": "..."} instead (e.g. approach 2 with fewer than 2
 budgets of 3+ distinct sizes, the extrapolation check with fewer than 3 budgets, the recommendation
@@ -52,34 +79,57 @@ Intervals are bootstrap percentiles over runs resampled within their budget.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from launcher.errors import UserError
-from launcher.analysis.fit.bnsl import fit_bnsl
-from launcher.analysis.fit.chinchilla import fit_chinchilla
-from launcher.analysis.fit.envelope import fit_envelope
-from launcher.analysis.fit.isoflop import fit_isoflop
-from launcher.analysis.fit.kaplan import fit_kaplan
-from launcher.analysis.fit.points import as_points
+from launcher.analysis.fit.bootstrap import LEVEL
+from launcher.analysis.fit.laws import Options
+from launcher.analysis.fit.points import as_points, as_targets
+from launcher.analysis.fit.predict import entries, predict
+from launcher.analysis.fit.registry import LAWS
 from launcher.analysis.fit.sweep import fit_sweep, jsonable
 
-APPROACHES = ("1", "2", "3", "kaplan", "bnsl")
+APPROACHES = tuple(LAWS)
+PREDICTING = tuple(name for name, law in LAWS.items() if law.predicts)
 
-__all__ = ["APPROACHES", "fit_points", "fit_sweep"]
+__all__ = ["APPROACHES", "LAWS", "PREDICTING", "fit_points", "fit_sweep", "predict_points"]
 
 
-def fit_points(points, approach: str, *, huber_reduce: str = "sum", weights=None) -> dict:
-    """Fit one law to ``points`` (see the module docstring for keys and weights)."""
+def _law(approach: str):
     approach = str(approach)
-    if approach not in APPROACHES:
+    if approach not in LAWS:
         raise UserError(f"approach: must be one of {', '.join(APPROACHES)}, got {approach!r}")
+    return LAWS[approach]
+
+
+def fit_points(points, approach: str, *, huber_reduce: str = "sum", weights=None, **options: Any) -> dict:
+    """Fit one law to ``points`` (see the module docstring for keys, weights and options)."""
+    law = _law(approach)
     pts = as_points(points, weights)
-    if approach == "1":
-        result = fit_envelope(pts).as_dict()
-    elif approach == "2":
-        result = fit_isoflop(pts).as_dict()
-    elif approach == "3":
-        result = fit_chinchilla(pts, huber_reduce=huber_reduce).as_dict()
-    elif approach == "kaplan":
-        result = fit_kaplan(pts)
-    else:
-        result = {"x": "C", **fit_bnsl(pts.C, pts.loss, weights=pts.weight).as_dict()}
-    return jsonable({"approach": approach, "n_points": len(pts), **result})
+    opts = Options(huber_reduce=huber_reduce, **options)
+    return jsonable({"approach": law.name, "n_points": len(pts), **law.result(law.fit(pts, opts))})
+
+
+def predict_points(points, targets: list[dict], approach: str, *, n_boot: int = 100, seed: int = 0,
+                   huber_reduce: str = "sum", weights=None, value_key: str = "loss",
+                   carry: list[dict] | None = None, **options: Any) -> dict:
+    """Fit ``points``, then predict at every target row with a bootstrap interval (module docstring).
+
+    ``carry``: the columns each prediction carries (default: the target row without ``value_key``).
+    """
+    law = _law(approach)
+    if not law.predicts:
+        raise UserError(f"--predict: approach {law.name} predicts compute-optimal N_opt and D_opt, not a value "
+                        f"at given (N, D); approaches that predict: {', '.join(PREDICTING)}")
+    pts = as_points(points, weights)
+    where = as_targets(targets)
+    opts = Options(huber_reduce=huber_reduce, **options)
+    fit = law.fit(pts, opts)
+    prediction = predict(law, fit, pts, opts, where, n_boot, seed)
+    observed = [row.get(value_key) for row in targets]
+    carried = carry if carry is not None else [{k: v for k, v in row.items() if k != value_key} for row in targets]
+    resampled = "rows within budgets" if any(b is not None for b in pts.budget) else "rows"
+    return jsonable({"approach": law.name, "n_points": len(pts), **law.result(fit),
+                     "bootstrap": {"n_boot": n_boot, "n_ok": prediction.n_ok, "level": LEVEL, "seed": seed,
+                                   "resampled": resampled},
+                     "predictions": entries(prediction, value_key, carried, observed)})

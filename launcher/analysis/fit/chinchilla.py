@@ -5,8 +5,9 @@ Parameters θ = (a, b, e, α, β) with A = e^a, B = e^b, E = e^e. The objective 
 averaged) over points, minimised by L-BFGS from the published grid of 4500 starts
 α, β ∈ {0, 0.5, 1, 1.5, 2}, e ∈ {−1, −0.5, 0, 0.5, 1}, a, b ∈ {0, 5, 10, 15, 20, 25},
 keeping the best (the grid of Hoffmann et al.; 5·5·5·6·6 = 4500). All starts run together
-(``lbfgs.minimize_lbfgs_batched``) with the analytic gradient; the stopping test is relative to
-the objective so that sum and mean agree.
+(``lbfgs.minimize_lbfgs_batched``, screened then polished by ``multistart``) with the analytic
+gradient; the stopping test is relative to the objective so that sum and mean agree. ``vpnls``
+offers a two-dimensional search over (α, β) instead of the 4500 starts.
 """
 from __future__ import annotations
 
@@ -16,17 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from launcher.errors import UserError
-from launcher.analysis.fit.lbfgs import minimize_lbfgs_batched
+from launcher.analysis.fit import multistart
+from launcher.analysis.fit.multistart import fit_from_starts
 from launcher.analysis.fit.points import Points
 
 HUBER_DELTA = 1e-3
 REDUCTIONS = ("sum", "mean")
 PARAMS = ("a", "b", "e", "alpha", "beta")
 BLOCK_ELEMENTS = 1 << 15  # [rows, points] block evaluated at once: small enough to stay in cache
-# Screening tolerance for every start, then a tight one for the N_POLISH best distinct end points.
-SCREEN = dict(rtol=1e-6, patience=1, max_iter=500)
-POLISH = dict(rtol=1e-10, patience=3, max_iter=2000)
-N_POLISH = 8
 
 
 def chinchilla_grid() -> np.ndarray:
@@ -161,6 +159,7 @@ class ChinchillaFit:
     n_converged: int
     # distinct optima found, best first, rows of natural θ: warm starts for bootstrap refits
     candidates: np.ndarray = field(default=None, repr=False, compare=False)
+    method: str = "grid"  # how the starts were found: the Chinchilla grid or ``vpnls``
 
     @classmethod
     def from_theta(cls, theta, objective, **info) -> ChinchillaFit:
@@ -218,66 +217,27 @@ def predicted_loss(theta: np.ndarray, N, D) -> np.ndarray:
     return np.exp(e) + np.exp(a) / N**alpha + np.exp(b) / D**beta
 
 
-def _best_distinct(x: np.ndarray, fun: np.ndarray, k: int) -> np.ndarray:
-    """Indices of up to k end points, best first, skipping near-duplicates of ones already taken."""
-    chosen: list[int] = []
-    for i in np.argsort(fun):
-        if not np.isfinite(fun[i]) or len(chosen) == k:
-            break
-        if all(np.max(np.abs(x[i] - x[j])) > 1e-3 for j in chosen):
-            chosen.append(int(i))
-    return np.array(chosen, dtype=int)
-
-
-def _finite(result) -> np.ndarray:
-    ok = np.isfinite(result.fun) & np.all(np.isfinite(result.x), axis=1)
-    return np.where(ok, result.fun, np.inf)
-
-
 def fit_chinchilla(points: Points, *, huber_reduce: str = "sum", delta: float = HUBER_DELTA,
                    starts: np.ndarray | None = None) -> ChinchillaFit:
-    """Best of the L-BFGS runs from every start (the Chinchilla grid by default).
+    """Best of the L-BFGS runs from every start (the Chinchilla grid by default; ``multistart``)."""
+    check_points(points, "approach 3")
+    objective = HuberObjective(points.N, points.D, points.loss, points.weight, delta=delta, reduce=huber_reduce)
+    best = fit_from_starts(objective, chinchilla_grid() if starts is None else starts, "approach 3")
+    return ChinchillaFit.from_theta(best.theta, best.objective, huber_delta=delta, huber_reduce=huber_reduce,
+                                    n_starts=best.n_starts, n_converged=best.n_converged, candidates=best.candidates)
 
-    Every start runs to a relative tolerance of 1e-6 (about where scipy's default stops on this
-    objective); the best distinct end points then continue to 1e-10, so the optimum is tight
-    without paying the tight tolerance on thousands of starts that end on plateaus.
-    """
+
+def check_points(points: Points, what: str) -> None:
+    """Five weighted points with 2+ distinct N and D: fewer leave a five-parameter law undetermined."""
     used = points.weight > 0
     if np.unique(points.N[used]).size < 2 or np.unique(points.D[used]).size < 2 or used.sum() < 5:
-        raise UserError(f"approach 3: needs at least 5 weighted points with 2+ distinct N and D, got "
+        raise UserError(f"{what}: needs at least 5 weighted points with 2+ distinct N and D, got "
                         f"{int(used.sum())} points")
-    objective = HuberObjective(points.N, points.D, points.loss, points.weight, delta=delta, reduce=huber_reduce)
-    starts = chinchilla_grid() if starts is None else np.atleast_2d(np.asarray(starts, float))
-    screen = minimize_lbfgs_batched(objective, objective.to_internal(starts), **SCREEN)
-    screen_fun = _finite(screen)
-    keep = _best_distinct(screen.x, screen_fun, N_POLISH)
-    if keep.size == 0:
-        raise UserError("approach 3: the fit diverged from every start")
-    polish = minimize_lbfgs_batched(objective, screen.x[keep], **POLISH)
-    polish_fun = _finite(polish)
-    order = np.argsort(polish_fun)
-    best = order[0]
-    return ChinchillaFit.from_theta(
-        objective.to_natural(polish.x[best])[0], polish_fun[best], huber_delta=delta, huber_reduce=huber_reduce,
-        n_starts=len(starts), n_converged=int(screen.converged.sum()),
-        candidates=objective.to_natural(polish.x[order[np.isfinite(polish_fun[order])]]))
 
 
 def refit_weighted(points: Points, weights: np.ndarray, starts: np.ndarray, *, huber_reduce: str = "sum",
                    delta: float = HUBER_DELTA) -> tuple[np.ndarray, np.ndarray]:
-    """Refit under each row of ``weights`` [R, P] (e.g. bootstrap counts) from the same few ``starts``.
-
-    All R·K runs go through one batched optimisation; returns the best θ [R, 5] (natural
-    coordinates, NaN where every start diverged) and objective [R].
-    """
-    weights = np.atleast_2d(weights)
-    R, K = len(weights), len(starts)
-    objective = HuberObjective(points.N, points.D, points.loss, np.repeat(weights, K, axis=0),
-                               delta=delta, reduce=huber_reduce)
-    result = minimize_lbfgs_batched(objective, objective.to_internal(np.tile(starts, (R, 1))), **POLISH)
-    fun = _finite(result).reshape(R, K)
-    best = np.argmin(fun, axis=1)
-    theta = objective.to_natural(result.x.reshape(R, K, 5)[np.arange(R), best])
-    best_fun = fun[np.arange(R), best]
-    theta[~np.isfinite(best_fun)] = np.nan
-    return theta, best_fun
+    """Refit under each row of ``weights`` [R, P] from the same few ``starts`` (``multistart.refit_weighted``)."""
+    return multistart.refit_weighted(
+        lambda w: HuberObjective(points.N, points.D, points.loss, w, delta=delta, reduce=huber_reduce),
+        weights, starts)

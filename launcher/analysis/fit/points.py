@@ -1,10 +1,13 @@
 """Measured (N, D, C, loss) points as validated arrays, and their grouping into isoFLOP budgets.
 
 Every fitter takes a ``Points``; per-point weights ride along so that a bootstrap replicate is the
-same fit with integer resampling counts as weights (no copying of rows).
+same fit with integer resampling counts as weights (no copying of rows). Two optional columns serve
+the laws that need more than (N, D, loss): ``U`` (unique tokens, the data-constrained law) and
+``metric`` (a downstream metric, the two-stage law; any finite value, unlike the positive loss).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,7 +23,8 @@ SAME_BUDGET_FACTOR = 1.25
 
 @dataclass(frozen=True)
 class Points:
-    """Columns of a point set; ``budget`` and ``name`` are object arrays (None where unknown)."""
+    """Columns of a point set; ``budget`` and ``name`` are object arrays (None where unknown);
+    ``U`` and ``metric`` are None when no point has them."""
 
     N: np.ndarray
     D: np.ndarray
@@ -29,20 +33,36 @@ class Points:
     weight: np.ndarray
     budget: np.ndarray
     name: np.ndarray
+    U: np.ndarray | None = None
+    metric: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.loss)
 
     def take(self, index) -> Points:
-        return Points(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+        columns = (getattr(self, f) for f in self.__dataclass_fields__)
+        return Points(*(None if c is None else c[index] for c in columns))
 
     def with_weight(self, weight: np.ndarray) -> Points:
-        return Points(self.N, self.D, self.C, self.loss, np.asarray(weight, float), self.budget, self.name)
+        return dataclasses.replace(self, weight=np.asarray(weight, float))
 
     @property
     def flops_per_param_token(self) -> float:
         """The sweep's own FLOPs-per-(parameter·token) factor k in C = k·N·D (6 for the 6ND convention)."""
         return float(np.median(self.C / (self.N * self.D)))
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where a law predicts: N, D, C (and U, unique tokens, for the data-constrained law) per target."""
+
+    N: np.ndarray
+    D: np.ndarray
+    C: np.ndarray
+    U: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.N)
 
 
 @dataclass(frozen=True)
@@ -62,19 +82,29 @@ def _rows(points) -> list[Mapping]:
     raise UserError(f"points: expected a list of dicts or a numpy structured array, got {type(points).__name__}")
 
 
-def _number(row: Mapping, key: str, i: int) -> float:
+def _number(row: Mapping, key: str, i: int, positive: bool = True, what: str = "point") -> float:
     value = row[key]
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"point {i}: {key} must be a number, got {value!r}") from None
-    if not (math.isfinite(number) and number > 0):
-        raise UserError(f"point {i}: {key} must be a positive finite number, got {value!r}")
+        raise UserError(f"{what} {i}: {key} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or (positive and number <= 0):
+        raise UserError(f"{what} {i}: {key} must be a {'positive ' if positive else ''}finite number, got {value!r}")
     return number
 
 
+def _optional(rows: list[Mapping], key: str, positive: bool, what: str = "point") -> np.ndarray | None:
+    """The column ``key`` where any row has it; then every row must."""
+    if not any(r.get(key) is not None for r in rows):
+        return None
+    for i, r in enumerate(rows):
+        if r.get(key) is None:
+            raise UserError(f"{what} {i}: missing {key}, which other {what}s have")
+    return np.array([_number(r, key, i, positive, what) for i, r in enumerate(rows)])
+
+
 def as_points(points, weights=None) -> Points:
-    """Validate ``points`` (dicts or structured rows with N, D, loss; optional C, budget, name)."""
+    """Validate ``points`` (dicts or structured rows with N, D, loss; optional C, budget, name, U, metric)."""
     if isinstance(points, Points):
         return points if weights is None else points.with_weight(_weights(weights, len(points)))
     rows = _rows(points)
@@ -96,7 +126,23 @@ def as_points(points, weights=None) -> Points:
     budget[:] = [_label(r.get("budget")) for r in rows]
     name = np.empty(len(rows), dtype=object)
     name[:] = [r.get("name") for r in rows]
-    return Points(N, D, C, loss, _weights(weights, len(rows)), budget, name)
+    return Points(N, D, C, loss, _weights(weights, len(rows)), budget, name,
+                  _optional(rows, "U", positive=True), _optional(rows, "metric", positive=False))
+
+
+def as_targets(rows: list[Mapping]) -> Targets:
+    """Validate target rows (N, D; optional C, default 6·N·D, and U)."""
+    if not rows:
+        raise UserError("targets: no target rows given")
+    for i, row in enumerate(rows):
+        missing = [k for k in ("N", "D") if row.get(k) is None]
+        if missing:
+            raise UserError(f"target {i}: missing {', '.join(missing)}; each target needs N, D (C, U optional)")
+    N = np.array([_number(r, "N", i, what="target") for i, r in enumerate(rows)])
+    D = np.array([_number(r, "D", i, what="target") for i, r in enumerate(rows)])
+    C = np.array([_number(r, "C", i, what="target") if r.get("C") is not None else 6.0 * N[i] * D[i]
+                  for i, r in enumerate(rows)])
+    return Targets(N, D, C, _optional(rows, "U", positive=True, what="target"))
 
 
 def _label(value):

@@ -1,0 +1,58 @@
+"""The commands that chain rooms: each room only hands its output on, the top composes them.
+
+``ladder plan``: plan a sweep, calibrating its speed when the profile has none. ``ladder sweep``: plan,
+train on this machine (``launcher.sweep.local``), then collect, fit and report (``launcher.analysis``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from launcher.analysis.collect import collect_sweep
+from launcher.analysis.fitting import FIT_FILE, fit_sweep_dir, summary_lines
+from launcher.analysis.report import write_report
+from launcher.arguments import command_parser
+from launcher.sweep.calibrate import calibrated_plan
+from launcher.sweep.local import run_local_sweep
+from launcher.sweep.plan import make_console, print_plan
+
+OVER_BUDGET_OK = ("--over-budget-ok", "accept a plan over the allocation's remaining node-hours")
+NO_CALIBRATE = ("--no-calibrate", "use the profile's assumed numbers; never run a calibration")
+
+
+def plan_main(argv: list[str]) -> int:
+    """``ladder plan``: the runs, node-hours and budget; submits nothing."""
+    args = command_parser("ladder plan", "Show a sweep's runs, node-hours and budget without submitting.",
+                          [OVER_BUDGET_OK, NO_CALIBRATE, ("--json", "print the plan as JSON")]).parse(argv)
+    plan = calibrated_plan(args.overrides, not args.no_calibrate, echo=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=1))
+    else:
+        print_plan(plan)
+    plan.check_budget(args.over_budget_ok)
+    return 0
+
+
+def sweep_main(argv: list[str]) -> int:
+    """``ladder sweep``: a local sweep, then (unless stopped or --no-report) collect, fit and report."""
+    args = command_parser("ladder sweep", "Run a sweep on this machine, then collect, fit and report.",
+                          [OVER_BUDGET_OK, NO_CALIBRATE, ("--no-report", "train only: skip collect, fit and report")]
+                          ).parse(argv)
+    console = make_console()
+    plan = calibrated_plan(args.overrides, not args.no_calibrate, echo=console.log)
+    end = run_local_sweep(plan, console, args.over_budget_ok)
+    if end.stop_signal is None and not args.no_report:
+        analyse(plan.sweep_dir, console)
+    return end.exit_code
+
+
+def analyse(sweep_dir: Path, console) -> None:
+    """collect -> fit -> report, then the fit's summary; the budget is the one plan.json records, with its source."""
+    collected = collect_sweep(sweep_dir)
+    console.log(f"collected {len(collected.runs)} runs -> {collected.csv_path}")
+    fit = fit_sweep_dir(sweep_dir, collected=collected)
+    report = write_report(sweep_dir, collected=collected)
+    for line in summary_lines(fit):
+        console.print(line, highlight=False)
+    console.print(f"fit: {sweep_dir / FIT_FILE}\nreport: {report}")
