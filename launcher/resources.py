@@ -11,6 +11,7 @@ command line (before the environment's); they are searched before the shipped on
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from launcher.errors import UserError
@@ -27,6 +28,16 @@ def shipped(folder: str) -> Path:
     if not path.is_dir():
         raise UserError(f"scaleladder's installation lacks its {folder}/ folder ({path}); reinstall the package")
     return path
+
+
+def ladder_argv() -> tuple[str, ...]:
+    """How to start ``ladder`` of this environment: the console script beside this Python.
+
+    Not ``python -m launcher.cli``: ``-m`` puts the working folder first on ``sys.path``, so a job whose
+    folder holds a source checkout would import that checkout instead of the installed package.
+    """
+    script = Path(sys.executable).parent / "ladder"
+    return (str(script),) if script.is_file() else (sys.executable, "-m", "launcher.cli")
 
 
 def split_site_override(overrides: list[str]) -> tuple[list[str], list[Path]]:

@@ -124,7 +124,7 @@ def test_render_and_the_scripts_run_the_ladder_of_this_environment(installed, si
     text = script.read_text()
     assert marker in text  # the site's own template, from the wheel
     (ladder_line,) = [line for line in text.splitlines() if line.startswith("LADDER=(")]
-    assert ladder_line == f"LADDER=({installed.python} -m launcher.cli)"
+    assert ladder_line == f"LADDER=({installed.python.parent / 'ladder'})"  # the installed console script
     installed.run("bash", "-n", script)
     # what the job's steps start: the same command, from the job's folder, finds the installed package
     started = installed.run("bash", "-c", f'{ladder_line}; "${{LADDER[@]}}" describe model=gpt_neox/pythia_70m --json')

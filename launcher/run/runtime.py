@@ -66,6 +66,7 @@ from launcher.run.checkpoint import Checkpointer, TrainState
 from launcher.files import atomic_write
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
+from launcher.resources import ladder_argv
 from launcher.identity import config_hash
 from launcher.policy import ExitCode, ending
 from launcher.run.metrics import MetricsLog, WandbMirror
@@ -78,7 +79,7 @@ def main(argv: list[str]) -> int:
         from launcher.run import local_launch
 
         BatchPlan.make(run.train, run.nproc, make_family(run).tokens_per_sample)  # one clear line, before any rank
-        return local_launch.launch(run.nproc, [sys.executable, "-m", "launcher.cli", "train", *argv],
+        return local_launch.launch(run.nproc, [*ladder_argv(), "train", *argv],
                                    run.cluster.step_launcher)
     return Trainer(run, stop).run()
 

@@ -11,10 +11,11 @@ import ctypes
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
+
+from launcher.resources import ladder_argv
 
 PR_SET_PDEATHSIG = 1
 
@@ -54,7 +55,7 @@ class LocalProcess:
         """Start ``ladder train <overrides>`` on ``cores`` cores (split over ``ranks`` local ranks)."""
         threads = str(max(1, cores // ranks))
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "launcher.cli", "train", *overrides, *([f"nproc={ranks}"] if ranks > 1 else [])]
+        argv = [*ladder_argv(), "train", *overrides, *([f"nproc={ranks}"] if ranks > 1 else [])]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             log.write(f"$ {' '.join(argv[1:])}  # OMP_NUM_THREADS={threads}, {time.ctime()}\n".encode())

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Optional
@@ -25,6 +24,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
+from launcher.resources import ladder_argv
 from launcher.policy import ExitCode, ending
 from launcher.sweep.jobdb import JobDB
 
@@ -38,7 +38,7 @@ class TrainRun(Checkpointable):
         self._child: Optional[subprocess.Popen] = None
 
     def __call__(self, overrides: Sequence[str]) -> int:
-        argv = [sys.executable, "-m", "launcher.cli", "train", *overrides]
+        argv = [*ladder_argv(), "train", *overrides]
         self._child = subprocess.Popen(argv, env={**os.environ, **self.env})
         code = self._child.wait()
         if not ending(code).finished:

@@ -31,6 +31,7 @@ from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
 from launcher.errors import UserError
+from launcher.resources import ladder_argv
 from launcher.files import atomic_write, atomic_write_json
 from launcher.policy import ACTIVE, FINAL, STATUS_STATES, ExitCode, ended_without_failure, ending, exit_code_state
 from launcher.sweep.jobdb import (Attempt, JobDB, TransitionError, attempt_step, fold_run_states, read_state_file,
@@ -73,7 +74,7 @@ def ladder_words(profile: ClusterProfile) -> tuple[str, ...]:
     """How a job starts ``ladder``: the profile's command, or the Python running this one."""
     if profile.ladder_command:
         return tuple(shlex.split(profile.ladder_command))
-    return sys.executable, "-m", "launcher.cli"
+    return ladder_argv()
 
 
 def job_names(ctx: JobContext) -> Iterator[str]:
