@@ -59,6 +59,21 @@ def test_every_part_is_present_and_plain_json(fitted):
     assert out["flops_per_param_token"] == pytest.approx(6.0)
 
 
+def test_approach3_is_fitted_by_vpnls_and_grid_reaches_the_same_optimum(fitted):
+    out, _ = fitted
+    assert out["approach3"]["method"] == "vpnls"
+    assert out["bootstrap"]["approach3"]["warm_started_from"].endswith("optima of the vpnls fit")
+    assert out["bootstrap"]["approach3"]["n_ok"] == 50
+    finals, curves = sweep()
+    grid = fit_sweep(finals, curves, budget_flops=1e19, n_boot=5, seed=0, method="grid")
+    assert grid["approach3"]["method"] == "grid" and grid["approach3"]["n_starts"] == 4500
+    assert out["approach3"]["objective"] <= grid["approach3"]["objective"] * (1 + 1e-12)
+    assert out["approach3"]["alpha"] == pytest.approx(grid["approach3"]["alpha"], abs=1e-4)
+    # the fit without the largest budget (the extrapolation check) takes the same method
+    assert out["extrapolation"]["approach3"]["N_opt"] == pytest.approx(grid["extrapolation"]["approach3"]["N_opt"],
+                                                                       rel=1e-3)
+
+
 def test_recommendation_brackets_the_true_optimum(fitted):
     out, _ = fitted
     rec = out["recommendation"]
@@ -138,3 +153,5 @@ def test_bad_arguments():
         fit_sweep(finals, curves, 1e19, n_boot=0)
     with pytest.raises(UserError, match="budget_flops"):
         fit_sweep(finals, curves, -1.0)
+    with pytest.raises(UserError, match="method: must be one of grid, vpnls, got 'newton'"):
+        fit_sweep(finals, curves, 1e19, method="newton")

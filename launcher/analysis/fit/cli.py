@@ -20,7 +20,7 @@ from launcher.errors import UserError
 from launcher.analysis.fit import APPROACHES, LAWS, PREDICTING, fit_points, predict_points
 from launcher.analysis.fit.chinchilla import REDUCTIONS
 from launcher.analysis.fit.datacon import BASE_KEYS
-from launcher.analysis.fit.laws import METHODS
+from launcher.analysis.fit.laws import DEFAULT_METHOD, METHODS
 from launcher.analysis.fit.twostage import LINKS
 
 
@@ -48,8 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-col", help="column naming each point's isoFLOP budget (approach 2; bootstrap strata)")
     p.add_argument("--huber-reduce", default="sum", choices=REDUCTIONS,
                    help="3, overtrain, datacon: sum or mean of Huber terms (same optimum)")
-    p.add_argument("--method", default="grid", choices=METHODS,
-                   help="approach 3: the 4500-start Chinchilla grid, or variable projection over (α, β)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                   help="approach 3: variable projection over (α, β) (default), or the 4500-start Chinchilla grid")
     p.add_argument("--base", help="datacon: fixed base law 'E=..,A=..,B=..,alpha=..,beta=..' "
                                   "(default: fitted with α = β to runs with D <= U)")
     p.add_argument("--loss-approach", default="3", choices=[a for a in PREDICTING if a != "two_stage"],

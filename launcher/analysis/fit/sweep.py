@@ -14,11 +14,13 @@ import numpy as np
 from launcher.errors import UserError
 from launcher.analysis.fit.bnsl import fit_bnsl
 from launcher.analysis.fit.bootstrap import LEVEL, percentile_interval, resample_counts
-from launcher.analysis.fit.chinchilla import (ChinchillaFit, compute_optimal, fit_chinchilla, predicted_loss, refit_weighted)
+from launcher.analysis.fit.chinchilla import ChinchillaFit, compute_optimal, predicted_loss, refit_weighted
 from launcher.analysis.fit.envelope import EnvelopeFit, envelope_points, fit_envelope
 from launcher.analysis.fit.isoflop import IsoflopFit, budget_minimum, fit_isoflop
 from launcher.analysis.fit.kaplan import fit_kaplan
+from launcher.analysis.fit.laws import DEFAULT_METHOD, METHODS
 from launcher.analysis.fit.points import Points, as_points, budgets
+from launcher.analysis.fit.vpnls import fit_approach3
 
 SCHEMA = "scaleladder.fit/1"
 GRID_POINTS = 25
@@ -74,7 +76,8 @@ class SweepFitter:
     """Fits one sweep's runs; each method adds one part of fit.json."""
 
     def __init__(self, final_points: list[dict], curve_points: list[dict], budget_flops: float | None,
-                 n_boot: int, seed: int):
+                 n_boot: int, seed: int, method: str = DEFAULT_METHOD):
+        self.method = method  # approach 3's; its bootstrap refits start from this fit's distinct optima
         self.final_points = list(final_points)
         self.finals = as_points(self.final_points)
         self.curves = as_points(curve_points) if curve_points else None
@@ -91,7 +94,7 @@ class SweepFitter:
         envelope, env_err = _attempt(fit_envelope, self.curves) if self.curves is not None else (
             None, {"error": "approach 1: no curve points"})
         iso, iso_err = _attempt(fit_isoflop, self.finals, optima=False)
-        chin, chin_err = _attempt(fit_chinchilla, self.finals)
+        chin, chin_err = _attempt(fit_approach3, self.finals, self.method)
         out = {"schema": SCHEMA, "n_runs": len(self.finals),
                "n_curve_points": 0 if self.curves is None else len(self.curves),
                "flops_per_param_token": self.k,
@@ -112,7 +115,7 @@ class SweepFitter:
         pred = fit.loss(p.N, p.D)
         runs = [{"name": p.name[i], "N": p.N[i], "D": p.D[i], "C": p.C[i], "budget": p.budget[i],
                  "loss": p.loss[i], "predicted_loss": pred[i]} for i in range(len(p))]
-        return {**fit.as_dict(), "runs": runs}
+        return {**fit.as_dict(), "method": fit.method, "runs": runs}
 
     def bnsl(self) -> dict:
         """A one-break BNSL through the loss/FLOPs envelope of the curves (or of the final points)."""
@@ -139,7 +142,9 @@ class SweepFitter:
             a, b, e, alpha, beta = theta.T
             derived = np.stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta,
                                 beta / (alpha + beta), alpha / (alpha + beta)], axis=1)
-            summary["approach3"] = self._summarise(derived, ("E", "A", "B", "alpha", "beta", "a", "b"))
+            summary["approach3"] = {**self._summarise(derived, ("E", "A", "B", "alpha", "beta", "a", "b")),
+                                    "warm_started_from": f"{len(chin.candidates[:WARM_STARTS])} optima of the "
+                                                         f"{chin.method} fit"}
         curve_weights = self._curve_weights(counts) if envelope is not None else None
         if curve_weights is not None:
             laws = np.full((self.n_boot, 4), np.nan)
@@ -239,7 +244,7 @@ class SweepFitter:
             out["approach2"] = self._prediction(N, L, seen)
         else:
             out["approach2"] = err
-        chin, err = _attempt(fit_chinchilla, train)
+        chin, err = _attempt(fit_approach3, train, self.method)
         if chin is not None:
             N, D = chin.compute_optimal(held.C, self.k)
             out["approach3"] = self._prediction(N, chin.loss(N, D), seen)
@@ -255,10 +260,12 @@ class SweepFitter:
 
 
 def fit_sweep(final_points: list[dict], curve_points: list[dict], budget_flops: float | None,
-              n_boot: int = 100, seed: int = 0) -> dict:
+              n_boot: int = 100, seed: int = 0, method: str = DEFAULT_METHOD) -> dict:
     """The content of fit.json for one sweep (schema in ``launcher.analysis.fit``)."""
     if n_boot < 1:
         raise UserError(f"n_boot: must be 1 or more, got {n_boot}")
     if budget_flops is not None and not (math.isfinite(budget_flops) and budget_flops > 0):
         raise UserError(f"budget_flops: must be a positive number of FLOPs, got {budget_flops!r}")
-    return SweepFitter(final_points, curve_points, budget_flops, n_boot, seed).run()
+    if method not in METHODS:
+        raise UserError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
+    return SweepFitter(final_points, curve_points, budget_flops, n_boot, seed, method).run()
