@@ -66,6 +66,7 @@ class RunMeta:
     run_dir: Path
     state: str
     source: str  # jobdb | plan.json | config.yaml
+    holdout: bool = False  # plan.json marks it (sweep.holdout): predicted by the fit, not fitted
 
     @property
     def flops_per_token(self) -> float:
@@ -106,20 +107,22 @@ def run_metas(sweep_dir: Path) -> tuple[list[RunMeta], list[tuple[str, str]]]:
         local = runs_root / name  # a sweep directory copied off the cluster keeps its runs here
         return local if local.is_dir() or not recorded else Path(recorded)
 
+    planned = read_plan(sweep_dir).get("runs", [])
+    held = {r["name"] for r in planned if r.get("holdout")}
     db_path = sweep_dir / "jobdb.sqlite"
     if db_path.exists():
         with JobDB(db_path) as db:
             for r in db.runs():
                 run_dir = where(r.name, r.run_dir)
                 metas[r.name] = RunMeta(r.name, r.family, r.N, r.N_non_embedding, r.D, float(r.C), r.budget,
-                                        run_dir, _effective_state(r.state, run_dir), "jobdb")
-    for r in read_plan(sweep_dir).get("runs", []):
+                                        run_dir, _effective_state(r.state, run_dir), "jobdb", r.name in held)
+    for r in planned:
         if r.get("name") in metas:
             continue
         run_dir = where(r["name"], None)
         metas[r["name"]] = RunMeta(r["name"], r["family"], int(r["N"]), int(r["N_non_embedding"]), int(r["D"]),
                                    float(r["C"]), r.get("budget"), run_dir, _effective_state(None, run_dir),
-                                   "plan.json")
+                                   "plan.json", r["name"] in held)
     if runs_root.is_dir():
         for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir() and p.name not in metas):
             try:
@@ -527,7 +530,8 @@ def collect_sweep(sweep_dir: str | os.PathLike, write_csv: bool = True, workers:
                         f"({', '.join(f'{r.name} {r.state}' for r in unfinished[:5])}"
                         f"{', ...' if len(unfinished) > 5 else ''})")
     final_points = [{"name": r.name, "family": r.meta.family, "N": r.meta.N, "N_non_embedding": r.meta.N_non_embedding,
-                     "D": r.D, "C": r.C, "loss": r.loss, "loss_source": r.loss_source, "budget": r.meta.budget}
+                     "D": r.D, "C": r.C, "loss": r.loss, "loss_source": r.loss_source, "budget": r.meta.budget,
+                     "holdout": r.meta.holdout}
                     for r in runs if r.state == "completed" and not r.diverged]
     return Collected(sweep_dir, runs, curves, final_points, skipped, warnings, csv_path)
 

@@ -38,9 +38,11 @@ def planned_budget(sweep_dir: Path) -> Budget | None:
 
 
 def thinned_curve_points(collected: Collected, per_run: int = CURVE_POINTS_PER_RUN) -> list[dict]:
-    """Up to ``per_run`` points of each fitted run's curve, log-spaced in step, always with its last point."""
+    """Up to ``per_run`` points of each fitted (not held-out) run's curve, log-spaced in step, always with its last point."""
     out = []
     for run in collected.in_fit:
+        if run.meta.holdout:  # predicted, not fitted: its curve stays out of approach 1 too
+            continue
         curve = collected.curves[run.name]
         for i in curve.thinned(per_run).tolist():
             out.append({"name": run.name, "N": run.meta.N, "D": float(curve.D[i]), "C": float(curve.C[i]),
@@ -88,7 +90,11 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
         if not final_points:
             raise UserError(f"no completed run to fit ({len(collected.runs)} collected, "
                             f"{len(collected.skipped)} skipped)")
-        fit = fit_sweep(final_points, curve_points, budget_flops, n_boot=n_boot, seed=seed)
+        fitted = [p for p in final_points if not p.get("holdout")]
+        if not fitted:
+            raise UserError(f"every completed run is a holdout run ({len(final_points)}); none left to fit")
+        fit = fit_sweep(fitted, curve_points, budget_flops, n_boot=n_boot, seed=seed,
+                        holdout=[p for p in final_points if p.get("holdout")])
     except UserError as exc:
         fit = {"schema": SCHEMA, "error": str(exc)}
     fit["inputs"] = inputs

@@ -40,7 +40,8 @@ points (within budgets where labelled), and, where the row has the value itself,
 ``rel_error`` and ``inside``; plus ``bootstrap`` {n_boot, n_ok, level, seed, resampled}.
 Approaches 1 and 2 predict optima, not a value at (N, D), and are refused.
 
-``fit_sweep(final_points, curve_points, budget_flops, n_boot=100, seed=0, method="vpnls")`` returns fit.json:
+``fit_sweep(final_points, curve_points, budget_flops, n_boot=100, seed=0, method="vpnls", holdout=None)``
+returns fit.json (``holdout``: final points of the runs the sweep config holds out, not fitted):
 
     schema                "scaleladder.fit/1"
     n_runs, n_curve_points
@@ -65,9 +66,14 @@ Approaches 1 and 2 predict optima, not a value at (N, D), and are refused.
                            D_opt, D_opt_lo, D_opt_hi, loss, loss_lo, loss_hi}}   (approach 1 has no loss)
     recommendation        {C, N_opt, D_opt, tokens_per_param, N_opt_ci: [lo, hi], D_opt_ci: [lo, hi],
                            predicted_loss, predicted_loss_ci, source: "approach3"|"approach2",
+                           kind: "projection" (C beyond every run) | "within the runs",
                            alternatives: {approach2: {...same keys}}}
     extrapolation         {held_out_budget, C, observed: {N_opt, loss_opt, from: "parabola"|"best run"},
                            approach2|approach3: {N_opt, loss_opt, rel_error_N_opt, rel_error_loss}}
+    holdout               {approach: "approach3", runs: [{name, N, D, C, budget, loss, predicted_loss, lo, hi,
+                           rel_error, inside, kind: "prediction"}], median_abs_rel_error, worst_abs_rel_error,
+                           n_inside}    held-out runs predicted by the fit of the others ({runs: []} if none)
+    projection            {beyond_C: the largest C of any run, frontier: [C > beyond_C per frontier C]}
     inputs                {sweep, runs, final_points, curve_points_logged, curve_points_fitted, budget_flops,
                            budget_source, n_boot, seed, skipped: [{run, reason}], warnings, fingerprint}
                            added by ``launcher.analysis.fitting`` when it writes fit.json (also beside a whole-fit

@@ -76,12 +76,15 @@ class SweepFitter:
     """Fits one sweep's runs; each method adds one part of fit.json."""
 
     def __init__(self, final_points: list[dict], curve_points: list[dict], budget_flops: float | None,
-                 n_boot: int, seed: int, method: str = DEFAULT_METHOD):
+                 n_boot: int, seed: int, method: str = DEFAULT_METHOD, holdout: list[dict] | None = None):
+        self.held = as_points(holdout) if holdout else None  # runs predicted, not fitted (sweep.holdout)
         self.method = method  # approach 3's; its bootstrap refits start from this fit's distinct optima
         self.final_points = list(final_points)
         self.finals = as_points(self.final_points)
         self.curves = as_points(curve_points) if curve_points else None
         self.k = self.finals.flops_per_param_token
+        # beyond the compute of every run, fitted or held out, the fit is a projection: nothing checks it
+        self.beyond_C = max(self.finals.C.max(), self.held.C.max() if self.held is not None else 0.0)
         self.budget_flops = budget_flops
         self.n_boot = n_boot
         self.rng = np.random.default_rng(seed)
@@ -108,7 +111,27 @@ class SweepFitter:
         out["frontier"] = self.frontier(envelope, iso, chin, boot)
         out["recommendation"] = self.recommendation(iso, chin, boot)
         out["extrapolation"] = self.extrapolation()
+        out["holdout"] = self.holdout(chin, boot)
+        out["projection"] = {"beyond_C": self.beyond_C,
+                             "frontier": [bool(c > self.beyond_C) for c in out["frontier"]["C"]]}
         return jsonable(out)
+
+    def holdout(self, chin: ChinchillaFit | None, boot: dict) -> dict:
+        """Held-out runs as predictions of approach 3, checked against what they reached."""
+        if self.held is None:
+            return {"approach": "approach3", "runs": []}
+        if chin is None:
+            return {"error": "holdout: approach 3 could not be fitted, so the held-out runs are not predicted"}
+        h = self.held
+        pred = chin.loss(h.N, h.D)
+        lo, hi = percentile_interval(predicted_loss(boot["approach3"], h.N, h.D))
+        runs = [{"name": h.name[i], "N": h.N[i], "D": h.D[i], "C": h.C[i], "budget": h.budget[i], "loss": h.loss[i],
+                 "predicted_loss": pred[i], "lo": lo[i], "hi": hi[i], "rel_error": pred[i] / h.loss[i] - 1.0,
+                 "inside": bool(lo[i] <= h.loss[i] <= hi[i]), "kind": "prediction"} for i in range(len(h))]
+        errors = np.abs(pred / h.loss - 1.0)
+        return {"approach": "approach3", "runs": runs, "median_abs_rel_error": float(np.median(errors)),
+                "worst_abs_rel_error": float(errors.max()), "n_inside": sum(r["inside"] for r in runs)}
+
 
     def approach3(self, fit: ChinchillaFit) -> dict:
         p = self.finals
@@ -214,6 +237,7 @@ class SweepFitter:
             return {"error": "neither approach 2 nor approach 3 could be fitted"}
         source = "approach3" if "approach3" in options else "approach2"
         return {**options[source], "source": source,
+                "kind": "projection" if C > self.beyond_C else "within the runs",
                 "alternatives": {k: v for k, v in options.items() if k != source}}
 
     @staticmethod
@@ -260,7 +284,8 @@ class SweepFitter:
 
 
 def fit_sweep(final_points: list[dict], curve_points: list[dict], budget_flops: float | None,
-              n_boot: int = 100, seed: int = 0, method: str = DEFAULT_METHOD) -> dict:
+              n_boot: int = 100, seed: int = 0, method: str = DEFAULT_METHOD,
+              holdout: list[dict] | None = None) -> dict:
     """The content of fit.json for one sweep (schema in ``launcher.analysis.fit``)."""
     if n_boot < 1:
         raise UserError(f"n_boot: must be 1 or more, got {n_boot}")
@@ -268,4 +293,4 @@ def fit_sweep(final_points: list[dict], curve_points: list[dict], budget_flops: 
         raise UserError(f"budget_flops: must be a positive number of FLOPs, got {budget_flops!r}")
     if method not in METHODS:
         raise UserError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
-    return SweepFitter(final_points, curve_points, budget_flops, n_boot, seed, method).run()
+    return SweepFitter(final_points, curve_points, budget_flops, n_boot, seed, method, holdout).run()
