@@ -138,6 +138,9 @@ def summary_lines(fit: dict) -> list[str]:
                   f"({sci(rec.get('tokens_per_param'))} tokens per parameter)",
                   f"  predicted loss = {sci(rec.get('predicted_loss'), '.4g')}{interval(rec.get('predicted_loss_ci'), '.4g')} "
                   f"(from {rec.get('source')})"]
+        if rec.get("kind") == "projection":
+            lines.append(f"  a projection: C lies beyond every run (largest C = "
+                         f"{sci((fit.get('projection') or {}).get('beyond_C'))})")
     for approach, title, names in (("approach1", "approach 1 (training-curve envelope)", ("a", "b")),
                                    ("approach2", "approach 2 (isoFLOP parabolas)", ("a", "b")),
                                    ("approach3", "approach 3 (L = E + A/N^alpha + B/D^beta)", ("a", "b")),
@@ -158,6 +161,13 @@ def summary_lines(fit: dict) -> list[str]:
     bnsl = fit.get("bnsl") or {}
     lines.append("bnsl: " + (reason(bnsl, "bnsl") if "error" in bnsl else f"rmse(log loss) = {sci(bnsl.get('rmse_log'))}, "
                                                                   f"{len(bnsl.get('breaks') or [])} break(s)"))
+    held = fit.get("holdout") or {}
+    if "error" in held:
+        lines.append(f"holdout: {reason(held, 'holdout')}")
+    elif held.get("runs"):
+        lines.append(f"holdout: {len(held['runs'])} run(s) predicted by approach 3 from the others: median |error| "
+                     f"{percent(held.get('median_abs_rel_error'), '.2f')}, worst {percent(held.get('worst_abs_rel_error'), '.2f')}, "
+                     f"{held.get('n_inside')} inside the interval")
     ext = fit.get("extrapolation") or {}
     if "error" in ext:
         lines.append(f"extrapolation: {reason(ext, 'extrapolation')}")

@@ -169,6 +169,9 @@ def plot_frontier(axes, collected: Collected, fit: dict) -> None:
             ax.errorbar([rec["C"]], [rec[key]], yerr=err, fmt="*", ms=14, color="gold", mec="k", ecolor="k",
                         capsize=3, label=f"recommendation at C = {sci(rec['C'])}", zorder=5)
             ax.axvline(rec["C"], color="0.5", ls=":", lw=1)
+        beyond = (fit.get("projection") or {}).get("beyond_C")
+        if beyond and len(C) and C.max() > beyond:
+            ax.axvspan(beyond, C.max(), color="0.85", alpha=0.5, lw=0, label="projection (beyond every run)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("compute C (FLOPs)")
@@ -194,6 +197,13 @@ def plot_predicted(ax, collected: Collected, fit: dict) -> None:
         ax.legend(fontsize=8)
     else:
         ax.plot(observed, predicted, "o")
+    held = (fit.get("holdout") or {}).get("runs") or []
+    if held:
+        ax.plot([r["loss"] for r in held], [r["predicted_loss"] for r in held], "X", color="k", ms=8,
+                label="held out: predicted, not fitted")
+        ax.legend(fontsize=8)
+        observed = np.r_[observed, [r["loss"] for r in held]]
+        predicted = np.r_[predicted, [r["predicted_loss"] for r in held]]
     lo, hi = min(observed.min(), predicted.min()), max(observed.max(), predicted.max())
     pad = 0.03 * (hi - lo or 1.0)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="y = x")
@@ -364,6 +374,33 @@ def _extrapolation(fit: dict) -> str:
             f'<th>error</th></tr>{"".join(rows)}</table>')
 
 
+def _holdout(fit: dict) -> str:
+    """Held-out runs: predictions of the fit of the other runs, checked against what they reached."""
+    held = fit.get("holdout") or {}
+    if "error" in held:
+        return f'<p class="meta">{_e(reason(held, "holdout"))}</p>'
+    runs = held.get("runs") or []
+    if not runs:
+        return '<p class="meta">No run is held out (sweep.holdout in the sweep config selects runs to predict).</p>'
+    rows = [f'<tr><td class="l">{_e(r["name"])}</td><td>{si(r["N"])}</td><td>{si(r["D"])}</td><td>{sci(r["C"])}</td>'
+            f'<td>{r["loss"]:.4f}</td><td>{r["predicted_loss"]:.4f}</td><td>{_ci_text([r["lo"], r["hi"]], lambda v: f"{v:.4f}")}</td>'
+            f'<td>{percent(r["rel_error"], "+.2f")}</td><td>{"yes" if r["inside"] else "<b>no</b>"}</td></tr>' for r in runs]
+    return (f'<p>Predictions: {len(runs)} run(s) trained but left out of the fit, predicted by approach 3 from the '
+            f'others: median |error| {percent(held.get("median_abs_rel_error"), ".2f")}, worst '
+            f'{percent(held.get("worst_abs_rel_error"), ".2f")}, {held.get("n_inside")} of {len(runs)} inside the interval.</p>'
+            '<table><tr><th class="l">run</th><th>N</th><th>D</th><th>C</th><th>reached</th><th>predicted</th>'
+            f'<th>interval</th><th>error</th><th>inside</th></tr>{"".join(rows)}</table>')
+
+
+def _projection_note(fit: dict) -> str:
+    """Says whether the recommendation is a projection (beyond the compute of every run) or within the runs."""
+    rec, beyond = fit.get("recommendation") or {}, (fit.get("projection") or {}).get("beyond_C")
+    if rec.get("kind") != "projection":
+        return ""
+    return (f' <b>A projection:</b> C = {sci(rec["C"])} lies beyond every run (largest C = {sci(beyond)}), '
+            f'so no run checks it.')
+
+
 def _ledger(rows: list[LedgerRow]) -> str:
     total_c, total_6nd = sum(r.C for r in rows), sum(r.six_nd for r in rows)
     ratio = total_c / total_6nd if total_6nd else math.nan
@@ -408,9 +445,11 @@ def render_html(sweep_dir: Path, collected: Collected, fit: dict, plots: list[Pl
                      + _card("predicted loss", f"{rec['predicted_loss']:.4g}",
                              _ci_text(rec.get("predicted_loss_ci"), lambda v: f"{v:.4g}"))
                      + f"</div><p class=\"meta\">From {_e(rec.get('source'))}; intervals are bootstrap "
-                       f"percentiles over {(fit.get('bootstrap') or {}).get('n_boot', '?')} resamples of the runs.</p>")
+                       f"percentiles over {(fit.get('bootstrap') or {}).get('n_boot', '?')} resamples of the runs."
+                       f"{_projection_note(fit)}</p>")
     if "error" not in fit:
-        parts += ["<h2>Fitted laws</h2>", _fit_table(fit), "<h2>Extrapolation check</h2>", _extrapolation(fit)]
+        parts += ["<h2>Fitted laws</h2>", _fit_table(fit), "<h2>Extrapolation check</h2>", _extrapolation(fit),
+                  "<h2>Held-out runs</h2>", _holdout(fit)]
     parts.append('<h2>Plots</h2><div class="plots">')
     for plot in plots:
         wide = ' class="wide"' if plot.name in WIDE_PLOTS else ""
