@@ -380,6 +380,31 @@ def _last_record(data: bytes) -> Optional[dict]:
     return None
 
 
+def final_metric(path: Path, key: str) -> Optional[tuple[float, int]]:
+    """The last finite value of ``key`` a run logged in its metrics.jsonl, and its step; None if it never did.
+
+    Any key a run writes (``zero_shot_acc``, a user's own eval) is found this way, from the end of the
+    file, so a key logged at every validation costs a few lines' parse, not the whole file's.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    needle, end = json.dumps(key).encode() + b":", len(data)
+    while (at := data.rfind(needle, 0, end)) >= 0:
+        start = data.rfind(b"\n", 0, at) + 1
+        stop = data.find(b"\n", at)
+        end = start
+        try:
+            record = json.loads(data[start:None if stop < 0 else stop])
+            value = _number(record[key])
+        except (ValueError, TypeError, KeyError):
+            continue
+        if math.isfinite(value):
+            return value, int(record.get("step", -1))
+    return None
+
+
 def _parse_task(task: tuple) -> _Parsed:
     return parse_metrics(*task)
 
@@ -582,18 +607,25 @@ def resolve_sweep_dir(value: str, sweeps_root: Optional[str] = None) -> Path:
 
 
 def parse_sweep_args(argv: list[str], prog: str, description: str,
-                     add_arguments: Optional[Callable[[CommandParser], object]] = None) -> tuple[argparse.Namespace, Path]:
-    """The shared command line of collect, fit, report and wandb-sync: ``sweep=<name> [sweeps_root=<dir>]``."""
-    parser = command_parser(prog, description, overrides_help="sweep=<name> [sweeps_root=<dir>]")
+                     add_arguments: Optional[Callable[[CommandParser], object]] = None,
+                     keys: tuple[str, ...] = ()) -> tuple[argparse.Namespace, Path]:
+    """The shared command line of collect, fit, report and wandb-sync: ``sweep=<name> [sweeps_root=<dir>]``;
+    ``keys``: more ``key=value`` arguments the command takes (``ladder fit``'s ``metric``), set on the namespace."""
+    allowed = ("sweep", "sweeps_root", "sweep.name", *keys)
+    parser = command_parser(prog, description, overrides_help="sweep=<name> [sweeps_root=<dir>]"
+                            + "".join(f" [{k}=<{k}>]" for k in keys))
     if add_arguments:
         add_arguments(parser)
     args = parser.parse(argv)
     values = {}
     for item in args.overrides:
         key, eq, value = item.partition("=")
-        if not eq or key not in ("sweep", "sweeps_root", "sweep.name"):
-            raise UserError(f"{item}: unknown argument; allowed: sweep=<name>, sweeps_root=<dir>")
+        if not eq or key not in allowed:
+            raise UserError(f"{item}: unknown argument; allowed: sweep=<name>, sweeps_root=<dir>"
+                            + "".join(f", {k}=<{k}>" for k in keys))
         values["sweep" if key == "sweep.name" else key] = value
+    for key in keys:
+        setattr(args, key, values.get(key))
     return args, resolve_sweep_dir(values.get("sweep", ""), values.get("sweeps_root"))
 
 

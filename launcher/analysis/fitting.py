@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from launcher.analysis.collect import Collected, collect_sweep, parse_sweep_args
+from launcher.analysis.collect import Collected, collect_sweep, final_metric, parse_sweep_args
 from launcher.errors import UserError
 from launcher.files import atomic_write
 from launcher.identity import content_hash
 from launcher.numbers import interval, percent, sci
+from launcher.run.metrics import METRICS_FILE
 from launcher.sweep.plan import Budget, read_plan
 
 FIT_FILE = "fit.json"
@@ -50,6 +51,48 @@ def thinned_curve_points(collected: Collected, per_run: int = CURVE_POINTS_PER_R
     return out
 
 
+LOSS_KEYS = ("val_loss", "train_loss", "loss")  # metric=KEY naming the loss is the ordinary fit
+
+
+def sweep_metrics(sweep_dir: Path, asked: Optional[str]) -> list[str]:
+    """The metrics to fit besides the loss: the sweep config's (plan.json) and the one asked for, in order."""
+    keys = [*(read_plan(sweep_dir).get("sweep") or {}).get("metrics", []), *([asked] if asked else [])]
+    return [k for k in dict.fromkeys(keys) if k not in LOSS_KEYS]
+
+
+def fit_metric(collected: Collected, key: str, final_points: list[dict], recommendation: dict, *,
+               n_boot: int, seed: int, link: str = "sigmoid") -> dict:
+    """A metric the runs log, fitted in two steps: (N, D) -> loss by approach 3, loss -> metric by ``link``.
+
+    Every completed run that logged ``key`` is a point (its last value); held-out runs are predicted and
+    checked, the recommendation's (N_opt, D_opt) is projected. Intervals carry both steps' uncertainty.
+    """
+    from launcher.analysis.fit import predict_points
+
+    dirs = {r.name: r.meta.run_dir for r in collected.runs}
+    logged = {p["name"]: final_metric(dirs[p["name"]] / METRICS_FILE, key) for p in final_points}
+    points = [{k: p[k] for k in ("name", "N", "D", "C", "loss", "budget")} | {"metric": logged[p["name"]][0],
+                                                                                "holdout": p.get("holdout", False)}
+              for p in final_points if logged[p["name"]] is not None]
+    fitted = [p for p in points if not p["holdout"]]
+    missing = [p["name"] for p in final_points if logged[p["name"]] is None]
+    if not fitted:
+        return {"error": f"metric {key}: no completed run logged it in {METRICS_FILE}"}
+    targets = [{"name": p["name"], "N": p["N"], "D": p["D"], "C": p["C"], "metric": p["metric"],
+                "kind": "prediction" if p["holdout"] else "fitted"} for p in points]
+    if "N_opt" in recommendation:
+        targets.append({"name": "recommendation", "N": recommendation["N_opt"], "D": recommendation["D_opt"],
+                        "kind": recommendation.get("kind", "projection")})
+    try:
+        out = predict_points([{k: p[k] for k in ("name", "N", "D", "C", "loss", "budget", "metric")} for p in fitted],
+                             targets, "two_stage", n_boot=n_boot, seed=seed, value_key="metric",
+                             carry=[{k: t[k] for k in ("name", "kind", "N", "D")} for t in targets],
+                             loss_approach="3", link=link)
+    except UserError as exc:
+        return {"error": f"metric {key}: {exc}"}
+    return {"key": key, **out, "not_logged": missing}
+
+
 def fingerprint(final_points: list[dict], n_curve_points: int, budget_flops, n_boot: int, seed: int) -> str:
     """Identifies a fit's inputs; a report refits when the sweep's data no longer match it."""
     return content_hash([final_points, n_curve_points, budget_flops, n_boot, seed], length=40)
@@ -69,11 +112,12 @@ def fit_inputs(collected: Collected, budget_flops: Optional[float], n_boot: int 
 
 
 def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = None, *, n_boot: int = N_BOOT,
-                  seed: int = 0, collected: Optional[Collected] = None) -> dict:
+                  seed: int = 0, collected: Optional[Collected] = None, metric: Optional[str] = None) -> dict:
     """collect -> ``launcher.analysis.fit.fit_sweep`` -> ``<sweep_dir>/fit.json`` (atomically); returns its content.
 
     A sweep the fitters cannot use at all (no completed run, say) still gets a fit.json, holding
-    {"error": ...}, so that the report can say why.
+    {"error": ...}, so that the report can say why. ``metric``: a key the runs log, fitted besides the
+    sweep config's ``metrics`` (fit.json ``metrics``: {key: two-step fit}).
     """
     from launcher.analysis.fit import fit_sweep
     from launcher.analysis.fit.sweep import SCHEMA
@@ -95,6 +139,10 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
             raise UserError(f"every completed run is a holdout run ({len(final_points)}); none left to fit")
         fit = fit_sweep(fitted, curve_points, budget_flops, n_boot=n_boot, seed=seed,
                         holdout=[p for p in final_points if p.get("holdout")])
+        keys = sweep_metrics(sweep_dir, metric)
+        if keys:
+            fit["metrics"] = {k: fit_metric(collected, k, final_points, fit.get("recommendation") or {},
+                                            n_boot=n_boot, seed=seed) for k in keys}
     except UserError as exc:
         fit = {"schema": SCHEMA, "error": str(exc)}
     fit["inputs"] = inputs
@@ -198,9 +246,10 @@ def fit_main(argv: list[str]) -> int:
         parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
         parser.add_argument("--seed", type=int, default=0)
 
-    args, sweep_dir = parse_sweep_args(argv, "ladder fit", "fit scaling laws to a sweep (or --points FILE.csv)",
-                                       options)
-    fit = fit_sweep_dir(sweep_dir, args.budget_flops, n_boot=args.n_boot, seed=args.seed)
+    args, sweep_dir = parse_sweep_args(argv, "ladder fit", "fit scaling laws to a sweep (or --points FILE.csv); "
+                                       "metric=KEY also fits a key the runs log, in two steps", options,
+                                       keys=("metric",))
+    fit = fit_sweep_dir(sweep_dir, args.budget_flops, n_boot=args.n_boot, seed=args.seed, metric=args.metric)
     if args.json:
         print(json.dumps(fit, indent=1))
     else:

@@ -71,6 +71,9 @@ class SweepConfig:
     allow_over_budget: bool = False
     calibration_steps: int = 8
     holdout: list[dict[str, float]] = dataclasses.field(default_factory=list)  # runs predicted, not fitted
+    # keys the runs log in metrics.jsonl besides the loss (zero_shot_acc, a user's eval), each fitted in
+    # two steps by ``ladder fit``: (N, D) -> loss, then loss -> the metric (also: ladder fit metric=KEY)
+    metrics: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         for name in ("min_steps", "nodes", "ranks_per_run", "head_size", "calibration_steps"):
