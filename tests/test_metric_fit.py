@@ -11,6 +11,7 @@ import pytest
 from launcher import cli
 from launcher.analysis.collect import final_metric
 from launcher.analysis.fitting import fit_sweep_dir
+from launcher.analysis.report import PLOTS_DIR, write_report
 from test_collect import curve_records, isoflop_specs, law_loss, make_sweep, write_metrics
 
 # zero_shot_acc = a / (1 + exp(-k (L - L0))) + b, falling as the loss rises (k < 0)
@@ -35,7 +36,7 @@ def clip_like(tmp_path_factory):
         records.append({"step": s.steps, "tokens_per_s_mean": 1.0})  # an end-of-run record without the key
         write_metrics(sweep_dir / "runs" / s.name, records)
     plan = json.loads((sweep_dir / "plan.json").read_text())
-    plan["sweep"] = {"name": "m", "metrics": []}
+    plan["sweep"] = {"name": "m", "metrics": ["zero_shot_acc"]}  # as clip_tiny.yaml's sweep.metrics
     (sweep_dir / "plan.json").write_text(json.dumps(plan))
     return sweep_dir, specs
 
@@ -76,8 +77,22 @@ def test_metric_key_is_fitted_in_two_steps_with_holdout_predictions(clip_like, c
 def test_a_key_no_run_logged_is_an_error_part_and_the_loss_key_is_the_ordinary_fit(clip_like, capsys):
     sweep_dir, _ = clip_like
     fit = fit_sweep_dir(sweep_dir, n_boot=5, metric="bleu")
-    assert fit["metrics"] == {"bleu": {"error": "metric bleu: no completed run logged it in metrics.jsonl"}}
-    assert "metrics" not in fit_sweep_dir(sweep_dir, n_boot=5, metric="val_loss")
+    assert list(fit["metrics"]) == ["zero_shot_acc", "bleu"]  # the sweep config's, then the one asked for
+    assert fit["metrics"]["bleu"] == {"error": "metric bleu: no completed run logged it in metrics.jsonl"}
+    assert list(fit_sweep_dir(sweep_dir, n_boot=5, metric="val_loss")["metrics"]) == ["zero_shot_acc"]
     assert cli.main(["fit", f"sweep={sweep_dir}", "metrc=x"]) == 2
     assert "metrc=x: unknown argument; allowed: sweep=<name>, sweeps_root=<dir>, metric=<metric>" in \
         capsys.readouterr().err
+
+
+def test_the_report_shows_the_two_step_fit(clip_like):
+    sweep_dir, specs = clip_like
+    write_report(sweep_dir, wandb_mode="disabled")
+    page, summary = (sweep_dir / "report.html").read_text(), (sweep_dir / "summary.txt").read_text()
+    assert "<h2>Downstream metrics</h2>" in page and "then loss → zero_shot_acc by the sigmoid link" in page
+    assert (sweep_dir / PLOTS_DIR / "metric_zero_shot_acc.png").stat().st_size > 0
+    assert 'alt="zero_shot_acc against loss"' in page
+    assert "metric zero_shot_acc: (N, D) -> loss by approach 3, loss -> zero_shot_acc by the sigmoid link" in summary
+    held = [s.name for s in specs if s.holdout]
+    assert all(f"  {name} (held out): predicted " in summary for name in held)
+    assert "  at the recommendation (projection): " in summary

@@ -216,6 +216,8 @@ def summary_lines(fit: dict) -> list[str]:
         lines.append(f"holdout: {len(held['runs'])} run(s) predicted by approach 3 from the others: median |error| "
                      f"{percent(held.get('median_abs_rel_error'), '.2f')}, worst {percent(held.get('worst_abs_rel_error'), '.2f')}, "
                      f"{held.get('n_inside')} inside the interval")
+    for key, part in (fit.get("metrics") or {}).items():
+        lines += metric_lines(key, part)
     ext = fit.get("extrapolation") or {}
     if "error" in ext:
         lines.append(f"extrapolation: {reason(ext, 'extrapolation')}")
@@ -230,6 +232,25 @@ def summary_lines(fit: dict) -> list[str]:
             else:
                 lines.append(f"  {approach}: N_opt error {percent(part.get('rel_error_N_opt'))}, "
                              f"loss error {percent(part.get('rel_error_loss'), '+.2f')}")
+    return lines
+
+
+def metric_lines(key: str, part: dict) -> list[str]:
+    """A metric's two-step fit in plain text: its link, its held-out predictions, the recommendation's projection."""
+    if "error" in part:
+        return [f"metric {key}: {reason(part, f'metric {key}')}"]
+    law = part["metric_law"]
+    lines = [f"metric {key}: (N, D) -> loss by approach {part.get('loss_approach')}, loss -> {key} by the "
+             f"{law['link']} link (" + ", ".join(f"{k} = {sci(v)}" for k, v in law.items()
+                                                 if isinstance(v, (int, float))) + ")"]
+    for p in part.get("predictions") or []:
+        if p.get("kind") == "prediction":
+            lines.append(f"  {p['name']} (held out): predicted {sci(p['metric'], '.4g')}"
+                         f"{interval([p.get('lo'), p.get('hi')], '.4g')}, reached {sci(p.get('observed'), '.4g')} "
+                         f"({percent(p.get('rel_error'), '+.2f')}, {'inside' if p.get('inside') else 'outside'} the interval)")
+        elif p.get("kind") in ("projection", "within the runs"):
+            lines.append(f"  at the recommendation ({p['kind']}): {sci(p['metric'], '.4g')}"
+                         f"{interval([p.get('lo'), p.get('hi')], '.4g')}")
     return lines
 
 

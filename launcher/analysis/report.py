@@ -213,6 +213,32 @@ def plot_predicted(ax, collected: Collected, fit: dict) -> None:
     ax.set_title(f"Predicted vs observed: mean |error| {100 * rel.mean():.2f}%, max {100 * rel.max():.2f}%")
 
 
+def plot_metric(ax, key: str, part: dict) -> None:
+    """A metric against the loss: the runs (fitted, held out), the fitted link, and the recommendation's projection."""
+    from launcher.analysis.fit.twostage import KINDS
+
+    law = part["metric_law"]
+    predictions = part.get("predictions") or []
+    for kind, style, label in (("fitted", "o", "fitted runs"), ("prediction", "X", "held out: predicted, not fitted")):
+        rows = [p for p in predictions if p.get("kind") == kind and p.get("observed") is not None]
+        if rows:
+            ax.plot([p["loss"] for p in rows], [p["observed"] for p in rows], style, ms=6 if kind == "fitted" else 9,
+                    color="tab:blue" if kind == "fitted" else "k", label=label)
+    losses = np.array([p["loss"] for p in predictions], float)
+    grid = np.linspace(losses.min(), losses.max(), 200)
+    ax.plot(grid, KINDS[law["link"]].value(law, grid), "-", color="tab:red", lw=1.5, label=f"{law['link']} link")
+    for p in predictions:
+        if p.get("kind") == "projection":
+            err = [[max(0.0, p["metric"] - p["lo"])], [max(0.0, p["hi"] - p["metric"])]] \
+                if p.get("lo") is not None and p.get("hi") is not None else None
+            ax.errorbar([p["loss"]], [p["metric"]], yerr=err, fmt="*", ms=14, color="gold", mec="k", ecolor="k",
+                        capsize=3, label="recommendation (projection)", zorder=5)
+    ax.set_xlabel("loss (step 1: predicted from N, D by approach 3)")
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} against loss (two steps; rmse {sci(law.get('rmse'))})")
+    ax.legend(fontsize=8)
+
+
 @dataclass
 class Plot:
     name: str
@@ -254,6 +280,9 @@ def make_plots(sweep_dir: Path, collected: Collected, fit: dict) -> list[Plot]:
          lambda ax: plot_predicted(ax, collected, fit), 1,
          fit.get("error") or approach3.get("error") or (None if approach3.get("runs") else "approach 3 was not fitted")),
     ]
+    for key, part in (fit.get("metrics") or {}).items():
+        plots.append((Plot(f"metric_{key}", f"{key} against loss"), lambda ax, k=key, p=part: plot_metric(ax, k, p), 1,
+                      part.get("error")))
     for plot, draw, ncols, missing in plots:
         stale = out_dir / f"{plot.name}.png"
         if missing:
@@ -302,6 +331,8 @@ CAPTIONS = {
                 "the isoFLOP minima and the recommendation for the budget.",
     "predicted_vs_observed": "Final loss of every run against the loss approach 3's fitted law predicts for it.",
 }
+METRIC_CAPTION = ("A metric the runs log against their loss: the last logged value of each run, the link fitted "
+                  "from loss to the metric, and the recommendation's projected value (step 1 predicts its loss).")
 
 
 def _e(text) -> str:
@@ -392,6 +423,29 @@ def _holdout(fit: dict) -> str:
             f'<th>interval</th><th>error</th><th>inside</th></tr>{"".join(rows)}</table>')
 
 
+def _metrics(fit: dict) -> str:
+    """Each metric's two-step fit: the link's parameters and every run's value, fitted, predicted or projected."""
+    parts = []
+    for key, part in (fit.get("metrics") or {}).items():
+        if "error" in part:
+            parts.append(f'<div class="warn"><b>{_e(key)}:</b> {_e(part["error"])}</div>')
+            continue
+        law = part["metric_law"]
+        params = ", ".join(f"{k} = {sci(v)}" for k, v in law.items() if isinstance(v, (int, float)))
+        rows = [f'<tr><td class="l">{_e(p["name"])}</td><td class="l">{_e(p["kind"])}</td><td>{p["loss"]:.4f}</td>'
+                f'<td>{sci(p.get("observed"), ".4g", "–")}</td><td>{p["metric"]:.4g}</td>'
+                f'<td>{_ci_text([p.get("lo"), p.get("hi")], lambda v: f"{v:.4g}")}</td>'
+                f'<td>{percent(p.get("rel_error"), "+.2f") if p.get("rel_error") is not None else "–"}</td></tr>'
+                for p in part.get("predictions") or []]
+        parts.append(f'<p><b>{_e(key)}</b> in two steps: (N, D) → loss by approach {_e(part.get("loss_approach"))}, '
+                     f'then loss → {_e(key)} by the {_e(law["link"])} link ({_e(params)}).'
+                     + (f' Not logged by: {_e(", ".join(part["not_logged"]))}.' if part.get("not_logged") else "")
+                     + '</p><div class="scroll"><table><tr><th class="l">run</th><th class="l">kind</th>'
+                     f'<th>loss (step 1)</th><th>reached</th><th>predicted</th><th>interval</th><th>error</th></tr>'
+                     f'{"".join(rows)}</table></div>')
+    return "".join(parts)
+
+
 def _projection_note(fit: dict) -> str:
     """Says whether the recommendation is a projection (beyond the compute of every run) or within the runs."""
     rec, beyond = fit.get("recommendation") or {}, (fit.get("projection") or {}).get("beyond_C")
@@ -450,12 +504,14 @@ def render_html(sweep_dir: Path, collected: Collected, fit: dict, plots: list[Pl
     if "error" not in fit:
         parts += ["<h2>Fitted laws</h2>", _fit_table(fit), "<h2>Extrapolation check</h2>", _extrapolation(fit),
                   "<h2>Held-out runs</h2>", _holdout(fit)]
+        if fit.get("metrics"):
+            parts += ["<h2>Downstream metrics</h2>", _metrics(fit)]
     parts.append('<h2>Plots</h2><div class="plots">')
     for plot in plots:
         wide = ' class="wide"' if plot.name in WIDE_PLOTS else ""
         if plot.path is not None:
             parts.append(f'<figure{wide}><img alt="{_e(plot.title)}" src="{_image(plot.path)}">'
-                         f"<figcaption>{_e(CAPTIONS[plot.name])} ({_e(PLOTS_DIR)}/{_e(plot.path.name)})</figcaption>"
+                         f"<figcaption>{_e(CAPTIONS.get(plot.name, METRIC_CAPTION))} ({_e(PLOTS_DIR)}/{_e(plot.path.name)})</figcaption>"
                          f"</figure>")
         else:
             parts.append(f'<div class="warn"><b>{_e(plot.title)}:</b> not drawn: {_e(plot.error)}</div>')
