@@ -9,6 +9,7 @@ and where the budget came from, so the report can tell whether it is stale and t
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -262,6 +263,12 @@ def fit_main(argv: list[str]) -> int:
         return main(argv)
 
     def options(parser):
+        from launcher.analysis.fit.cli import points_help
+
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = (f"metric=KEY: a key the runs log in metrics.jsonl (zero_shot_acc, a user's own eval), fitted "
+                         f"besides the sweep config's\nsweep.metrics in two steps, (N, D) -> loss -> KEY; runs the sweep "
+                         f"config's sweep.holdout selects are\npredicted from the others, not fitted.\n\n{points_help()}")
         parser.add_argument("--json", action="store_true", help="print fit.json")
         parser.add_argument("--budget-flops", type=float, help="recommend N_opt, D_opt for this many FLOPs")
         parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")

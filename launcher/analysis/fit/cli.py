@@ -32,6 +32,17 @@ def approaches_help() -> str:
     return "approaches:\n" + "\n".join(lines)
 
 
+def points_help() -> str:
+    """The CSV fitter's flags and every approach: the epilog of ``ladder fit --help`` (the sweep parser), so
+    that one help shows both ways of fitting."""
+    p = parser()
+    formatter = argparse.RawDescriptionHelpFormatter(prog=p.prog)
+    formatter.start_section("with --points FILE.csv: fit one law to the rows of a CSV file")
+    formatter.add_arguments([a for a in p._actions if not isinstance(a, argparse._HelpAction)])
+    formatter.end_section()
+    return formatter.format_help() + "\n" + approaches_help()
+
+
 def parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="ladder fit", description="Fit a scaling law to the points of a CSV file, and predict.",
                 epilog=approaches_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
