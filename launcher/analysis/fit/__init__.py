@@ -74,6 +74,11 @@ returns fit.json (``holdout``: final points of the runs the sweep config holds o
                            rel_error, inside, kind: "prediction"}], median_abs_rel_error, worst_abs_rel_error,
                            n_inside}    held-out runs predicted by the fit of the others ({runs: []} if none)
     projection            {beyond_C: the largest C of any run, frontier: [C > beyond_C per frontier C]}
+    metrics               {KEY: {key, approach: "two_stage", loss_approach, loss_law, metric_law, bootstrap,
+                           predictions: [{name, kind: "fitted"|"prediction" (held out)|"projection"|"within the runs"
+                           (the recommendation), N, D, metric, lo, hi, loss (step 1), observed, rel_error, inside}],
+                           not_logged: [run]}}   added by ``launcher.analysis.fitting`` for each key of the sweep
+                           config's ``metrics`` and ``ladder fit metric=KEY`` (a key no run logged: {error})
     inputs                {sweep, runs, final_points, curve_points_logged, curve_points_fitted, budget_flops,
                            budget_source, n_boot, seed, skipped: [{run, reason}], warnings, fingerprint}
                            added by ``launcher.analysis.fitting`` when it writes fit.json (also beside a whole-fit
