@@ -50,7 +50,7 @@ def sweep_main(argv: list[str]) -> int:
 def analyse(sweep_dir: Path, console) -> None:
     """collect -> fit -> report, then the fit's summary; the budget is the one plan.json records, with its source."""
     collected = collect_sweep(sweep_dir)
-    console.log(f"collected {len(collected.runs)} runs -> {collected.csv_path}")
+    console.log(f"collected {len(collected.runs)} runs -> {collected.curves_path}")
     fit = fit_sweep_dir(sweep_dir, collected=collected)
     report = write_report(sweep_dir, collected=collected)
     for line in summary_lines(fit):

@@ -17,7 +17,7 @@ import pytest
 from launcher import cli
 from launcher.analysis import collect
 from launcher.run import metrics
-from launcher.analysis.collect import CSV_HEADER, _careful_columns, _fast_columns, collect_sweep, parse_metrics
+from launcher.analysis.collect import CSV_HEADER, CURVE_COLUMNS, _careful_columns, _fast_columns, collect_sweep, parse_metrics
 from launcher.sweep.jobdb import JobDB
 from launcher.run.metrics import read_metrics
 from launcher.sweep.plan import RunSpec
@@ -100,7 +100,14 @@ def isoflop_specs(sweep: str, budgets=(1e16, 3e16, 1e17, 3e17), per_budget=5, st
 # ---------------------------------------------------------------------------------------------- tests
 
 
-def test_clean_sweep_points_and_csv(tmp_path):
+def read_curves(path) -> list[dict]:
+    """curves.parquet as rows (an independent reader: pyarrow's, not the collector's)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def test_clean_sweep_points_and_curves_file(tmp_path):
     specs = [spec("s", f"n{N}", N, 20 * N, steps=50) for N in (10_000, 30_000, 100_000)]
     sweep_dir = make_sweep(tmp_path, "s", specs)
     for i, s in enumerate(specs):
@@ -116,14 +123,22 @@ def test_clean_sweep_points_and_csv(tmp_path):
     assert len(points) == 150 and set(points["name"]) == {s.name for s in specs}
     last = points[points["name"] == specs[0].name][-1]
     assert (last["N"], last["D"], last["C"]) == (specs[0].N, specs[0].D, specs[0].C)
-    with open(collected.csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert ",".join(rows[0].keys()) == CSV_HEADER and len(rows) == 150
+    assert collected.curves_path == sweep_dir / "curves.parquet"
+    rows = read_curves(collected.curves_path)
+    assert tuple(rows[0]) == CURVE_COLUMNS and len(rows) == 150
     first = curve_records(specs[0], seed=0)
-    assert [float(r["train_loss"]) for r in rows[:50]] == [r["train_loss"] for r in first]
-    assert [r["val_loss"] for r in rows[:50]].count("") == 50 - 3
-    assert float(rows[19]["val_loss"]) == first[19]["val_loss"]
-    assert {(r["run"], r["N"], r["diverged"]) for r in rows[:50]} == {(specs[0].name, str(specs[0].N), "0")}
+    assert [r["train_loss"] for r in rows[:50]] == [r["train_loss"] for r in first]
+    assert [(r["step"], r["D"], r["C"]) for r in rows[:50]] == [(r["step"], r["tokens"], r["flops"]) for r in first]
+    assert [r["val_loss"] for r in rows[:50]].count(None) == 50 - 3
+    assert rows[19]["val_loss"] == first[19]["val_loss"]
+    assert {(r["run"], r["family"], r["N"], r["budget"], r["diverged"]) for r in rows[:50]} == {
+        (specs[0].name, "gpt_neox", specs[0].N, None, False)}
+    # the former CSV (the benchmark's baseline) holds the same points
+    as_csv = collect_sweep(sweep_dir, curves="csv")
+    with open(as_csv.curves_path, newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert ",".join(csv_rows[0].keys()) == CSV_HEADER and len(csv_rows) == 150
+    assert [float(r["train_loss"]) for r in csv_rows] == [r["train_loss"] for r in rows]
 
 
 def test_fast_path_agrees_with_json_per_line():
@@ -232,9 +247,8 @@ def test_broken_files_are_skipped_or_cleaned_and_reported(tmp_path):
     np.testing.assert_array_equal(curves["resumed"].train_loss, [r["train_loss"] for r in expected])
     in_fit = set(collected.curve_points["name"])
     assert in_fit == {"good", "resumed", "truncated", "corrupt", "stale_val", "running"}
-    with open(collected.csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert {r["run"] for r in rows if r["diverged"] == "1"} == {"nan", "null", "diverged"}
+    rows = read_curves(collected.curves_path)
+    assert {r["run"] for r in rows if r["diverged"]} == {"nan", "null", "diverged"}
     assert sum(r["run"] == "resumed" for r in rows) == 40
 
 

@@ -59,6 +59,21 @@ def test_every_part_is_present_and_plain_json(fitted):
     assert out["flops_per_param_token"] == pytest.approx(6.0)
 
 
+def test_approach3_is_fitted_by_vpnls_and_grid_reaches_the_same_optimum(fitted):
+    out, _ = fitted
+    assert out["approach3"]["method"] == "vpnls"
+    assert out["bootstrap"]["approach3"]["warm_started_from"].endswith("optima of the vpnls fit")
+    assert out["bootstrap"]["approach3"]["n_ok"] == 50
+    finals, curves = sweep()
+    grid = fit_sweep(finals, curves, budget_flops=1e19, n_boot=5, seed=0, method="grid")
+    assert grid["approach3"]["method"] == "grid" and grid["approach3"]["n_starts"] == 4500
+    assert out["approach3"]["objective"] <= grid["approach3"]["objective"] * (1 + 1e-12)
+    assert out["approach3"]["alpha"] == pytest.approx(grid["approach3"]["alpha"], abs=1e-4)
+    # the fit without the largest budget (the extrapolation check) takes the same method
+    assert out["extrapolation"]["approach3"]["N_opt"] == pytest.approx(grid["extrapolation"]["approach3"]["N_opt"],
+                                                                       rel=1e-3)
+
+
 def test_recommendation_brackets_the_true_optimum(fitted):
     out, _ = fitted
     rec = out["recommendation"]
@@ -138,3 +153,29 @@ def test_bad_arguments():
         fit_sweep(finals, curves, 1e19, n_boot=0)
     with pytest.raises(UserError, match="budget_flops"):
         fit_sweep(finals, curves, -1.0)
+    with pytest.raises(UserError, match="method: must be one of grid, vpnls, got 'newton'"):
+        fit_sweep(finals, curves, 1e19, method="newton")
+
+
+def test_holdout_runs_are_predicted_not_fitted_and_beyond_every_run_is_a_projection(fitted):
+    finals, curves = sweep(budgets=(1e17, 4e17, 1.6e18, 6.4e18))
+    held = [p for p in finals if p["budget"] == 6.4e18]
+    kept = [p for p in finals if p["budget"] != 6.4e18]
+    out = fit_sweep(kept, [c for c in curves if c["name"] in {p["name"] for p in kept}], budget_flops=1e19,
+                    n_boot=50, seed=0, holdout=held)
+    assert out["n_runs"] == 12 and [r["name"] for r in out["approach3"]["runs"]] == [p["name"] for p in kept]
+    runs = out["holdout"]["runs"]
+    assert [r["name"] for r in runs] == [p["name"] for p in held] and {r["kind"] for r in runs} == {"prediction"}
+    for r, p in zip(runs, held):  # 4x beyond the fitted compute, drawn from the law with 0.3% noise
+        assert r["loss"] == p["loss"] and r["predicted_loss"] == pytest.approx(law(p["N"], p["D"]), rel=0.01)
+        assert r["rel_error"] == pytest.approx(r["predicted_loss"] / p["loss"] - 1)
+        assert r["lo"] <= r["predicted_loss"] <= r["hi"] and r["inside"] == (r["lo"] <= p["loss"] <= r["hi"])
+    assert out["holdout"]["worst_abs_rel_error"] < 0.02 and out["holdout"]["n_inside"] == sum(r["inside"] for r in runs)
+    # the held-out runs' compute counts as checked: only beyond the largest run is a projection
+    assert out["projection"]["beyond_C"] == pytest.approx(max(p["C"] for p in held))
+    C = np.array(out["frontier"]["C"])
+    assert out["projection"]["frontier"] == [bool(c > max(p["C"] for p in held)) for c in C]
+    assert out["recommendation"]["kind"] == "projection"  # 1e19 FLOPs, beyond every run
+    assert fitted[0]["holdout"] == {"approach": "approach3", "runs": []}
+    inside = fit_sweep(finals, curves, budget_flops=1e17, n_boot=5)["recommendation"]
+    assert inside["kind"] == "within the runs"

@@ -17,6 +17,7 @@ from launcher.analysis.fit.chinchilla import fit_chinchilla
 from launcher.analysis.fit.laws import LawFamily
 from launcher.analysis.fit.points import as_points
 from launcher.analysis.fit.vpnls import fit_vpnls
+from test_fit_sweep import sweep
 
 DATA = Path(__file__).parent / "data" / "scaling"
 # Besiroglu et al. (2024)'s replication of Chinchilla's approach 3
@@ -274,6 +275,7 @@ DATASETS = {
     "muennighoff-single-epoch": muennighoff_single_epoch,
     "synthetic-80": lambda: synthetic(80, 0.005, 1),
     "synthetic-250": lambda: synthetic(250, 0.01, 0),
+    "sweep-12": lambda: sweep()[0],  # tests/test_fit_sweep.py's runs: fit_sweep fits approach 3 by the default
 }
 
 
@@ -293,6 +295,14 @@ def test_vpnls_sum_and_mean_reach_the_same_optimum():
     assert total["objective"] == pytest.approx(len(points) * mean["objective"], rel=1e-8)
     for key in ("E", "A", "B", "alpha", "beta"):
         assert mean[key] == pytest.approx(total[key], rel=1e-5), key
+
+
+def test_vpnls_is_the_default_and_grid_stays_selectable():
+    points = synthetic(40, 0.01, 4)
+    default, grid = fit_points(points, "3"), fit_points(points, "3", method="grid")
+    assert default["method"] == "vpnls" and default["n_starts"] == 28 * 28
+    assert grid["method"] == "grid" and grid["n_starts"] == 4500
+    assert default["objective"] <= grid["objective"] * (1 + 1e-12)
 
 
 def test_unknown_method_is_a_user_error():

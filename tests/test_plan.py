@@ -109,6 +109,32 @@ def test_bad_sweeps_are_one_line_errors(override, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_holdout_selectors_mark_runs_and_keep_their_identity():
+    base = plan("sweep=tiny", "sweep.params_per_budget=[[20000,60000],[20000,60000,150000]]", "sweep.params=[]")
+    p = plan("sweep=tiny", "sweep.params_per_budget=[[20000,60000],[20000,60000,150000]]", "sweep.params=[]",
+             "sweep.holdout=[{budget: 2.0e+10, params: 150000}, {params: 20000, budget: 1.0e+10}]")
+    held = [(r.budget, r.N) for r in p.runs if r.holdout]
+    largest = max(r.N for r in p.runs)
+    smallest = min(r.N for r in p.runs)
+    assert sorted(held) == [(1e10, smallest), (2e10, largest)]
+    # holding a run out changes nothing about the run itself (same config, same hash, same name)
+    assert [(r.name, r.config_hash) for r in p.runs] == [(r.name, r.config_hash) for r in base.runs]
+    assert sum(r.to_json()["holdout"] for r in p.runs) == 2
+
+
+@pytest.mark.parametrize("holdout, message", [
+    ("[{budget: 3.0e+10}]", "sweep.holdout[0]: {'budget': 30000000000.0} matches no planned run; select by "
+                            "params, shape, budget, tokens, samples"),
+    ("[{size: 1}]", "sweep.holdout[0]: must be a mapping of one or more of params, shape, budget, tokens, samples, "
+                    "got {'size': 1.0}"),
+    ("[{budget: 1.0e+10}, {budget: 2.0e+10}]", "sweep.holdout: holds out all 6 runs; at least one must stay in the fit"),
+])
+def test_bad_holdouts_are_one_line_errors(holdout, message):
+    with pytest.raises(UserError) as err:
+        plan("sweep=tiny", f"sweep.holdout={holdout}")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
 def test_unknown_sweep_names_the_choices(capsys):
     assert ladder(["plan", "sweep=nope", "--no-calibrate"]) == 2
     assert "sweep=nope: no such sweep; allowed: " in capsys.readouterr().err

@@ -12,6 +12,8 @@ import pytest
 
 from launcher.errors import UserError
 from launcher.analysis.fit.cli import main
+from launcher.analysis.fit.registry import LAWS
+from launcher.analysis.fitting import fit_main
 
 DATA = Path(__file__).parent / "data" / "scaling"
 MUENNIGHOFF = DATA / "muennighoff2023_datablations_val_losses.csv"
@@ -164,11 +166,16 @@ def test_targets_need_the_input_columns(split, tmp_path):
         main(["--points", str(train), "--approach", "3", *COLUMNS, "--predict", str(targets)])
 
 
-def test_help_names_every_approach_and_flag(capsys):
+@pytest.mark.parametrize("argv", [["--points", "x.csv", "--help"], ["--help"]])
+def test_help_names_every_approach_and_flag(argv, capsys):
+    """Both ``ladder fit --points FILE --help`` and the sweep fitter's ``ladder fit --help`` (its epilog)."""
     with pytest.raises(SystemExit):
-        main(["--help"])
+        fit_main(argv)
     text = capsys.readouterr().out
+    for name, law in LAWS.items():
+        assert f"  {name:<9}  {law.summary}" in text, name
     for word in ("1", "2", "3", "kaplan", "bnsl", "overtrain", "datacon", "two_stage", "--predict", "--metric-col",
                  "--unique-col", "--link", "--loss-approach", "--method", "--base", "--metric-range", "--n-boot",
-                 "--seed"):
+                 "--seed", "--points", "--n-col", "--d-col", "--c-col", "--loss-col", "--weight-col", "--budget-col",
+                 "--huber-reduce", "--json"):
         assert word in text, word

@@ -158,3 +158,39 @@ def test_summary_when_the_extrapolation_has_no_error_to_give():
     lines = summary_lines(fit)
     assert "  approach2: N_opt error n/a, loss error n/a" in lines
     assert "  approach3: N_opt error +20.0%, loss error -1.00%" in lines
+
+
+def test_holdout_runs_of_plan_json_are_predicted_and_the_report_labels_predictions_and_projections(tmp_path):
+    """plan.json marks the largest budget's runs holdout: collect carries the mark, the fit leaves them out
+    and predicts them, and the report, summary and W&B rows say which claims are checked and which projected."""
+    import dataclasses
+
+    from launcher.analysis.collect import collect_sweep
+    from launcher.analysis.wandb_sync import prediction_rows
+    from test_collect import law_loss
+
+    specs = [dataclasses.replace(s, holdout=s.budget == 3e17) for s in isoflop_specs("h", per_budget=5, steps=40)]
+    held = {s.name for s in specs if s.holdout}
+    sweep_dir = make_sweep(tmp_path, "h", specs, budget_flops=1e19)
+    for i, s in enumerate(specs):
+        write_metrics(sweep_dir / "runs" / s.name, curve_records(s, seed=i))
+    assert {p["name"] for p in collect_sweep(sweep_dir).final_points if p["holdout"]} == held
+    fit = fit_sweep_dir(sweep_dir, n_boot=N_BOOT)
+    assert fit["n_runs"] == len(specs) - len(held) and fit["inputs"]["final_points"] == len(specs)
+    assert held.isdisjoint(r["name"] for r in fit["approach3"]["runs"])
+    runs = fit["holdout"]["runs"]
+    assert {r["name"] for r in runs} == held
+    for r in runs:  # curve_records' val_loss is the law + 0.01
+        s = next(x for x in specs if x.name == r["name"])
+        assert r["loss"] == pytest.approx(float(law_loss(s.N, s.D)) + 0.01)
+        assert abs(r["rel_error"]) < 0.02
+    assert fit["recommendation"]["kind"] == "projection" and fit["projection"]["beyond_C"] == max(r["C"] for r in runs)
+    write_report(sweep_dir, wandb_mode="disabled")
+    page, summary = (sweep_dir / "report.html").read_text(), (sweep_dir / "summary.txt").read_text()
+    assert "<h2>Held-out runs</h2>" in page and "<b>A projection:</b>" in page
+    for r in runs:
+        assert f'<td class="l">{r["name"]}</td>' in page
+    assert f"holdout: {len(runs)} run(s) predicted by approach 3 from the others" in summary
+    assert "a projection: C lies beyond every run" in summary
+    rows = prediction_rows(fit)
+    assert [row[:2] for row in rows] == [[r["name"], "prediction"] for r in runs] + [["recommendation", "projection"]]

@@ -76,7 +76,7 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
     second = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True,
                             timeout=600)
     assert second.returncode == 0, second.stdout[-3000:]
-    for produced in ("report.html", "fit.json", "curves.csv", "summary.txt"):
+    for produced in ("report.html", "fit.json", "curves.parquet", "summary.txt"):
         assert (sweep_dir / produced).stat().st_size > 0
     assert "N_opt = " in second.stdout and "report: " in second.stdout
     fit = json.loads((sweep_dir / "fit.json").read_text())

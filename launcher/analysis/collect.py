@@ -6,8 +6,10 @@ run's size and plan (N, N_non_embedding, D, C, budget, family) come from the job
 ``state.json`` already reports an end the database has not folded in yet.
 
 A sweep of thousands of runs must be collected in seconds, so a file is first read by a fast path:
-numpy finds the keys and their values in the whole file at once (quotes, colons, line ends), parses the
-needed numbers in one call, and assembles the rows of ``curves.csv`` from the file's own number text.
+numpy finds the keys and their values in the whole file at once (quotes, colons, line ends) and parses the
+needed numbers in one call. The curves are written as ``curves.parquet`` (``CURVE_COLUMNS``: a row per
+logged step with N, D, C, a column per metric) from the parsed arrays; the former ``curves.csv``, assembled
+from the files' own number text, stays as ``collect_sweep(curves="csv")`` for the benchmark's baseline.
 Any file the fast path cannot prove well-formed is read again line by line with ``json.loads``, which
 finds and reports the bad lines. Files are parsed in worker processes when there are many.
 
@@ -32,12 +34,16 @@ import numpy as np
 
 from launcher.arguments import CommandParser, command_parser
 from launcher.errors import UserError
+from launcher.files import atomic_path
 from launcher.policy import FINAL, STATUS_STATES
 from launcher.run.metrics import METRICS_FILE, latest_attempt
 from launcher.sweep.jobdb import JobDB, read_state_file
 from launcher.sweep.plan import read_plan
 
-CURVES_FILE = "curves.csv"
+CURVES_FILE = "curves.parquet"
+CSV_FILE = "curves.csv"  # the former format: ``collect_sweep(..., curves="csv")``, kept as the benchmark's baseline
+CURVE_COLUMNS = ("run", "family", "N", "N_non_embedding", "budget", "diverged", "step", "D", "C", "train_loss",
+                 "val_loss")  # of curves.parquet: one row per logged step, one column per metric, N, D, C per row
 REQUIRED_KEYS = ("step", "tokens", "train_loss")  # a line without one of these is dropped
 CSV_HEADER = "run,family,N,N_non_embedding,budget,diverged,step,D,C,train_loss,val_loss"
 # The final loss is the last val_loss if it was measured in the last STALE_VAL_FRACTION of the steps;
@@ -66,6 +72,7 @@ class RunMeta:
     run_dir: Path
     state: str
     source: str  # jobdb | plan.json | config.yaml
+    holdout: bool = False  # plan.json marks it (sweep.holdout): predicted by the fit, not fitted
 
     @property
     def flops_per_token(self) -> float:
@@ -106,20 +113,22 @@ def run_metas(sweep_dir: Path) -> tuple[list[RunMeta], list[tuple[str, str]]]:
         local = runs_root / name  # a sweep directory copied off the cluster keeps its runs here
         return local if local.is_dir() or not recorded else Path(recorded)
 
+    planned = read_plan(sweep_dir).get("runs", [])
+    held = {r["name"] for r in planned if r.get("holdout")}
     db_path = sweep_dir / "jobdb.sqlite"
     if db_path.exists():
         with JobDB(db_path) as db:
             for r in db.runs():
                 run_dir = where(r.name, r.run_dir)
                 metas[r.name] = RunMeta(r.name, r.family, r.N, r.N_non_embedding, r.D, float(r.C), r.budget,
-                                        run_dir, _effective_state(r.state, run_dir), "jobdb")
-    for r in read_plan(sweep_dir).get("runs", []):
+                                        run_dir, _effective_state(r.state, run_dir), "jobdb", r.name in held)
+    for r in planned:
         if r.get("name") in metas:
             continue
         run_dir = where(r["name"], None)
         metas[r["name"]] = RunMeta(r["name"], r["family"], int(r["N"]), int(r["N_non_embedding"]), int(r["D"]),
                                    float(r["C"]), r.get("budget"), run_dir, _effective_state(None, run_dir),
-                                   "plan.json")
+                                   "plan.json", r["name"] in held)
     if runs_root.is_dir():
         for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir() and p.name not in metas):
             try:
@@ -318,9 +327,10 @@ def _careful_columns(data: bytes, issues: list[str]) -> Optional[_Columns]:
                     np.array([r[5] for r in rows], dtype=bool))
 
 
-def parse_metrics(path: Path, prefix: bytes = b"", flops_per_token: float = math.nan,
+def parse_metrics(path: Path, prefix: Optional[bytes] = None, flops_per_token: float = math.nan,
                   state_diverged: bool = False) -> _Parsed:
-    """Read one metrics.jsonl into a Curve and its ``curves.csv`` rows (``prefix`` starts every row)."""
+    """Read one metrics.jsonl into a Curve, and into its ``curves.csv`` rows when given a ``prefix`` (which
+    starts every row)."""
     out = _Parsed()
     try:
         data = path.read_bytes()
@@ -358,8 +368,9 @@ def parse_metrics(path: Path, prefix: bytes = b"", flops_per_token: float = math
     out.curve = Curve(step[keep], tokens, flops, loss, val)
     bad = ~np.isfinite(loss) | (val_logged & ~np.isfinite(val))
     out.nonfinite_step = int(out.curve.step[np.argmax(bad)]) if bad.any() else None
-    lead = prefix + (b"1," if state_diverged or bad.any() else b"0,")
-    out.csv = lead + rows[:-1].replace(b"\n", b"\n" + lead) + b"\n"
+    if prefix is not None:
+        lead = prefix + (b"1," if state_diverged or bad.any() else b"0,")
+        out.csv = lead + rows[:-1].replace(b"\n", b"\n" + lead) + b"\n"
     out.last = _last_record(data)
     return out
 
@@ -374,6 +385,31 @@ def _last_record(data: bytes) -> Optional[dict]:
             continue
         if isinstance(record, dict):
             return record
+    return None
+
+
+def final_metric(path: Path, key: str) -> Optional[tuple[float, int]]:
+    """The last finite value of ``key`` a run logged in its metrics.jsonl, and its step; None if it never did.
+
+    Any key a run writes (``zero_shot_acc``, a user's own eval) is found this way, from the end of the
+    file, so a key logged at every validation costs a few lines' parse, not the whole file's.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    needle, end = json.dumps(key).encode() + b":", len(data)
+    while (at := data.rfind(needle, 0, end)) >= 0:
+        start = data.rfind(b"\n", 0, at) + 1
+        stop = data.find(b"\n", at)
+        end = start
+        try:
+            record = json.loads(data[start:None if stop < 0 else stop])
+            value = _number(record[key])
+        except (ValueError, TypeError, KeyError):
+            continue
+        if math.isfinite(value):
+            return value, int(record.get("step", -1))
     return None
 
 
@@ -427,7 +463,7 @@ class Collected:
     final_points: list[dict]
     skipped: list[tuple[str, str]]
     warnings: list[str]
-    csv_path: Optional[Path]
+    curves_path: Optional[Path]  # curves.parquet (or curves.csv); None when not written
 
     @property
     def in_fit(self) -> list[CollectedRun]:
@@ -453,7 +489,7 @@ class Collected:
         return {"sweep_dir": str(self.sweep_dir), "runs": [r.to_json() for r in self.runs],
                 "final_points": self.final_points, "curve_points": sum(len(self.curves[r.name]) for r in self.in_fit),
                 "skipped": [{"run": n, "reason": why} for n, why in self.skipped], "warnings": self.warnings,
-                "curves_csv": None if self.csv_path is None else str(self.csv_path)}
+                "curves_file": None if self.curves_path is None else str(self.curves_path)}
 
 
 def _csv_prefix(meta: RunMeta) -> bytes:
@@ -482,8 +518,51 @@ def _workers(n_tasks: int, workers: Optional[int]) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
-def collect_sweep(sweep_dir: str | os.PathLike, write_csv: bool = True, workers: Optional[int] = None) -> Collected:
-    """Gather every run of ``sweep_dir`` (see the module docstring); writes ``curves.csv`` atomically."""
+def curves_table(runs: list[CollectedRun], curves: dict[str, Curve]):
+    """Every logged point of ``runs`` as a pyarrow Table of CURVE_COLUMNS (run and family dictionary-encoded)."""
+    import pyarrow as pa
+
+    lengths = np.array([len(curves[r.name]) for r in runs], dtype=np.int64)
+    index = pa.array(np.repeat(np.arange(len(runs), dtype=np.int32), lengths))
+    families = sorted({r.meta.family for r in runs})
+    family_index = np.array([families.index(r.meta.family) for r in runs], dtype=np.int32)
+
+    def per_run(values, dtype) -> np.ndarray:
+        return np.repeat(np.array(values, dtype=dtype), lengths)
+
+    def stacked(field: str) -> np.ndarray:
+        parts = [getattr(curves[r.name], field) for r in runs]
+        return np.concatenate(parts) if parts else np.empty(0)
+
+    budget = per_run([math.nan if r.meta.budget is None else r.meta.budget for r in runs], np.float64)
+    val = stacked("val_loss")
+    columns = {
+        "run": pa.DictionaryArray.from_arrays(index, pa.array([r.name for r in runs], pa.string())),
+        "family": pa.DictionaryArray.from_arrays(pa.array(np.repeat(family_index, lengths)),
+                                                 pa.array(families, pa.string())),
+        "N": per_run([r.meta.N for r in runs], np.int64),
+        "N_non_embedding": per_run([r.meta.N_non_embedding for r in runs], np.int64),
+        "budget": pa.array(budget, mask=np.isnan(budget)),
+        "diverged": per_run([r.diverged for r in runs], bool),
+        "step": stacked("step").astype(np.int64), "D": stacked("D"), "C": stacked("C"),
+        "train_loss": stacked("train_loss"),
+        "val_loss": pa.array(val, mask=np.isnan(val)),  # null where the step had no validation
+    }
+    return pa.table(columns)
+
+
+def write_curves(path: Path, runs: list[CollectedRun], curves: dict[str, Curve]) -> None:
+    """curves.parquet, atomically: zstd-compressed columns, one row group per ~1M points."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(curves_table(runs, curves), tmp, compression="zstd", row_group_size=1 << 20)
+
+
+def collect_sweep(sweep_dir: str | os.PathLike, write_curves_file: bool = True, workers: Optional[int] = None,
+                  curves: str = "parquet") -> Collected:
+    """Gather every run of ``sweep_dir`` (see the module docstring); writes ``curves.parquet`` atomically
+    (``curves="csv"``: the former ``curves.csv``, streamed as the files are parsed)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"sweep directory {sweep_dir} does not exist")
@@ -493,18 +572,23 @@ def collect_sweep(sweep_dir: str | os.PathLike, write_csv: bool = True, workers:
     metas = [m for m in metas if m not in not_started]
     if not_started:
         warnings.append(f"{len(not_started)} run(s) not started yet ({_names(not_started)})")
-    tasks = [(m.run_dir / METRICS_FILE, _csv_prefix(m), m.flops_per_token, m.state == "diverged") for m in metas]
-    csv_path = sweep_dir / CURVES_FILE if write_csv else None
-    tmp = csv_path.with_name(f".{CURVES_FILE}.{os.getpid()}.tmp") if csv_path else None
+    if curves not in ("parquet", "csv"):
+        raise UserError(f"curves: must be parquet or csv, got {curves!r}")
+    as_csv = write_curves_file and curves == "csv"
+    tasks = [(m.run_dir / METRICS_FILE, _csv_prefix(m) if as_csv else None, m.flops_per_token, m.state == "diverged")
+             for m in metas]
+    csv_path = sweep_dir / CSV_FILE if as_csv else None
+    tmp = csv_path.with_name(f".{CSV_FILE}.{os.getpid()}.tmp") if csv_path else None
     runs: list[CollectedRun] = []
-    curves: dict[str, Curve] = {}
+    parsed_curves: dict[str, Curve] = {}
     n_workers = _workers(len(tasks), workers)
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) if n_workers > 1 else None
     try:
         results = pool.map(_parse_task, tasks, chunksize=max(1, min(64, len(tasks) // (4 * n_workers)))) \
             if pool else map(_parse_task, tasks)
         with (open(tmp, "wb") if tmp else open(os.devnull, "wb")) as out:
-            out.write(CSV_HEADER.encode() + b"\n")
+            if tmp:
+                out.write(CSV_HEADER.encode() + b"\n")
             for meta, parsed in zip(metas, results):
                 for issue in parsed.issues:
                     warnings.append(f"{meta.name}: {issue}")
@@ -513,7 +597,7 @@ def collect_sweep(sweep_dir: str | os.PathLike, write_csv: bool = True, workers:
                     continue
                 out.write(parsed.csv)
                 runs.append(_summarise(meta, parsed, warnings))
-                curves[meta.name] = parsed.curve
+                parsed_curves[meta.name] = parsed.curve
         if tmp:
             os.replace(tmp, csv_path)
     finally:
@@ -521,15 +605,20 @@ def collect_sweep(sweep_dir: str | os.PathLike, write_csv: bool = True, workers:
             pool.shutdown()
         if tmp and tmp.exists():
             tmp.unlink()
+    curves_path = csv_path
+    if write_curves_file and curves == "parquet":
+        curves_path = sweep_dir / CURVES_FILE
+        write_curves(curves_path, runs, parsed_curves)
     unfinished = [r for r in runs if r.state != "completed" and not r.diverged]
     if unfinished:
         warnings.append(f"{len(unfinished)} run(s) not completed: curves kept, no final point "
                         f"({', '.join(f'{r.name} {r.state}' for r in unfinished[:5])}"
                         f"{', ...' if len(unfinished) > 5 else ''})")
     final_points = [{"name": r.name, "family": r.meta.family, "N": r.meta.N, "N_non_embedding": r.meta.N_non_embedding,
-                     "D": r.D, "C": r.C, "loss": r.loss, "loss_source": r.loss_source, "budget": r.meta.budget}
+                     "D": r.D, "C": r.C, "loss": r.loss, "loss_source": r.loss_source, "budget": r.meta.budget,
+                     "holdout": r.meta.holdout}
                     for r in runs if r.state == "completed" and not r.diverged]
-    return Collected(sweep_dir, runs, curves, final_points, skipped, warnings, csv_path)
+    return Collected(sweep_dir, runs, parsed_curves, final_points, skipped, warnings, curves_path)
 
 
 def _names(metas: list[RunMeta], limit: int = 5) -> str:
@@ -578,31 +667,38 @@ def resolve_sweep_dir(value: str, sweeps_root: Optional[str] = None) -> Path:
 
 
 def parse_sweep_args(argv: list[str], prog: str, description: str,
-                     add_arguments: Optional[Callable[[CommandParser], object]] = None) -> tuple[argparse.Namespace, Path]:
-    """The shared command line of collect, fit, report and wandb-sync: ``sweep=<name> [sweeps_root=<dir>]``."""
-    parser = command_parser(prog, description, overrides_help="sweep=<name> [sweeps_root=<dir>]")
+                     add_arguments: Optional[Callable[[CommandParser], object]] = None,
+                     keys: tuple[str, ...] = ()) -> tuple[argparse.Namespace, Path]:
+    """The shared command line of collect, fit, report and wandb-sync: ``sweep=<name> [sweeps_root=<dir>]``;
+    ``keys``: more ``key=value`` arguments the command takes (``ladder fit``'s ``metric``), set on the namespace."""
+    allowed = ("sweep", "sweeps_root", "sweep.name", *keys)
+    parser = command_parser(prog, description, overrides_help="sweep=<name> [sweeps_root=<dir>]"
+                            + "".join(f" [{k}=<{k}>]" for k in keys))
     if add_arguments:
         add_arguments(parser)
     args = parser.parse(argv)
     values = {}
     for item in args.overrides:
         key, eq, value = item.partition("=")
-        if not eq or key not in ("sweep", "sweeps_root", "sweep.name"):
-            raise UserError(f"{item}: unknown argument; allowed: sweep=<name>, sweeps_root=<dir>")
+        if not eq or key not in allowed:
+            raise UserError(f"{item}: unknown argument; allowed: sweep=<name>, sweeps_root=<dir>"
+                            + "".join(f", {k}=<{k}>" for k in keys))
         values["sweep" if key == "sweep.name" else key] = value
+    for key in keys:
+        setattr(args, key, values.get(key))
     return args, resolve_sweep_dir(values.get("sweep", ""), values.get("sweeps_root"))
 
 
 def main(argv: list[str]) -> int:
     args, sweep_dir = parse_sweep_args(
-        argv, "ladder collect", "gather every run's metrics.jsonl into curves.csv",
+        argv, "ladder collect", "gather every run's metrics.jsonl into curves.parquet",
         lambda p: p.add_argument("--json", action="store_true", help="print the collection as JSON"))
     collected = collect_sweep(sweep_dir)
     if args.json:
         print(json.dumps(collected.to_json(), indent=1))
         return 0
     print(f"{len(collected.runs)} runs collected, {len(collected.final_points)} final points, "
-          f"{sum(len(c) for c in collected.curves.values())} curve points -> {collected.csv_path}")
+          f"{sum(len(c) for c in collected.curves.values())} curve points -> {collected.curves_path}")
     for name, why in collected.skipped:
         print(f"skipped {name}: {why}")
     for warning in collected.warnings:

@@ -9,17 +9,19 @@ and where the budget came from, so the report can tell whether it is stale and t
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-from launcher.analysis.collect import Collected, collect_sweep, parse_sweep_args
+from launcher.analysis.collect import Collected, collect_sweep, final_metric, parse_sweep_args
 from launcher.errors import UserError
 from launcher.files import atomic_write
 from launcher.identity import content_hash
 from launcher.numbers import interval, percent, sci
+from launcher.run.metrics import METRICS_FILE
 from launcher.sweep.plan import Budget, read_plan
 
 FIT_FILE = "fit.json"
@@ -38,14 +40,58 @@ def planned_budget(sweep_dir: Path) -> Budget | None:
 
 
 def thinned_curve_points(collected: Collected, per_run: int = CURVE_POINTS_PER_RUN) -> list[dict]:
-    """Up to ``per_run`` points of each fitted run's curve, log-spaced in step, always with its last point."""
+    """Up to ``per_run`` points of each fitted (not held-out) run's curve, log-spaced in step, always with its last point."""
     out = []
     for run in collected.in_fit:
+        if run.meta.holdout:  # predicted, not fitted: its curve stays out of approach 1 too
+            continue
         curve = collected.curves[run.name]
         for i in curve.thinned(per_run).tolist():
             out.append({"name": run.name, "N": run.meta.N, "D": float(curve.D[i]), "C": float(curve.C[i]),
                         "loss": float(curve.train_loss[i])})
     return out
+
+
+LOSS_KEYS = ("val_loss", "train_loss", "loss")  # metric=KEY naming the loss is the ordinary fit
+
+
+def sweep_metrics(sweep_dir: Path, asked: Optional[str]) -> list[str]:
+    """The metrics to fit besides the loss: the sweep config's (plan.json) and the one asked for, in order."""
+    keys = [*(read_plan(sweep_dir).get("sweep") or {}).get("metrics", []), *([asked] if asked else [])]
+    return [k for k in dict.fromkeys(keys) if k not in LOSS_KEYS]
+
+
+def fit_metric(collected: Collected, key: str, final_points: list[dict], recommendation: dict, *,
+               n_boot: int, seed: int, link: str = "sigmoid") -> dict:
+    """A metric the runs log, fitted in two steps: (N, D) -> loss by approach 3, loss -> metric by ``link``.
+
+    Every completed run that logged ``key`` is a point (its last value); held-out runs are predicted and
+    checked, the recommendation's (N_opt, D_opt) is projected. Intervals carry both steps' uncertainty.
+    """
+    from launcher.analysis.fit import predict_points
+
+    dirs = {r.name: r.meta.run_dir for r in collected.runs}
+    logged = {p["name"]: final_metric(dirs[p["name"]] / METRICS_FILE, key) for p in final_points}
+    points = [{k: p[k] for k in ("name", "N", "D", "C", "loss", "budget")} | {"metric": logged[p["name"]][0],
+                                                                                "holdout": p.get("holdout", False)}
+              for p in final_points if logged[p["name"]] is not None]
+    fitted = [p for p in points if not p["holdout"]]
+    missing = [p["name"] for p in final_points if logged[p["name"]] is None]
+    if not fitted:
+        return {"error": f"metric {key}: no completed run logged it in {METRICS_FILE}"}
+    targets = [{"name": p["name"], "N": p["N"], "D": p["D"], "C": p["C"], "metric": p["metric"],
+                "kind": "prediction" if p["holdout"] else "fitted"} for p in points]
+    if "N_opt" in recommendation:
+        targets.append({"name": "recommendation", "N": recommendation["N_opt"], "D": recommendation["D_opt"],
+                        "kind": recommendation.get("kind", "projection")})
+    try:
+        out = predict_points([{k: p[k] for k in ("name", "N", "D", "C", "loss", "budget", "metric")} for p in fitted],
+                             targets, "two_stage", n_boot=n_boot, seed=seed, value_key="metric",
+                             carry=[{k: t[k] for k in ("name", "kind", "N", "D")} for t in targets],
+                             loss_approach="3", link=link)
+    except UserError as exc:
+        return {"error": f"metric {key}: {exc}"}
+    return {"key": key, **out, "not_logged": missing}
 
 
 def fingerprint(final_points: list[dict], n_curve_points: int, budget_flops, n_boot: int, seed: int) -> str:
@@ -67,11 +113,12 @@ def fit_inputs(collected: Collected, budget_flops: Optional[float], n_boot: int 
 
 
 def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = None, *, n_boot: int = N_BOOT,
-                  seed: int = 0, collected: Optional[Collected] = None) -> dict:
+                  seed: int = 0, collected: Optional[Collected] = None, metric: Optional[str] = None) -> dict:
     """collect -> ``launcher.analysis.fit.fit_sweep`` -> ``<sweep_dir>/fit.json`` (atomically); returns its content.
 
     A sweep the fitters cannot use at all (no completed run, say) still gets a fit.json, holding
-    {"error": ...}, so that the report can say why.
+    {"error": ...}, so that the report can say why. ``metric``: a key the runs log, fitted besides the
+    sweep config's ``metrics`` (fit.json ``metrics``: {key: two-step fit}).
     """
     from launcher.analysis.fit import fit_sweep
     from launcher.analysis.fit.sweep import SCHEMA
@@ -88,7 +135,15 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
         if not final_points:
             raise UserError(f"no completed run to fit ({len(collected.runs)} collected, "
                             f"{len(collected.skipped)} skipped)")
-        fit = fit_sweep(final_points, curve_points, budget_flops, n_boot=n_boot, seed=seed)
+        fitted = [p for p in final_points if not p.get("holdout")]
+        if not fitted:
+            raise UserError(f"every completed run is a holdout run ({len(final_points)}); none left to fit")
+        fit = fit_sweep(fitted, curve_points, budget_flops, n_boot=n_boot, seed=seed,
+                        holdout=[p for p in final_points if p.get("holdout")])
+        keys = sweep_metrics(sweep_dir, metric)
+        if keys:
+            fit["metrics"] = {k: fit_metric(collected, k, final_points, fit.get("recommendation") or {},
+                                            n_boot=n_boot, seed=seed) for k in keys}
     except UserError as exc:
         fit = {"schema": SCHEMA, "error": str(exc)}
     fit["inputs"] = inputs
@@ -132,6 +187,9 @@ def summary_lines(fit: dict) -> list[str]:
                   f"({sci(rec.get('tokens_per_param'))} tokens per parameter)",
                   f"  predicted loss = {sci(rec.get('predicted_loss'), '.4g')}{interval(rec.get('predicted_loss_ci'), '.4g')} "
                   f"(from {rec.get('source')})"]
+        if rec.get("kind") == "projection":
+            lines.append(f"  a projection: C lies beyond every run (largest C = "
+                         f"{sci((fit.get('projection') or {}).get('beyond_C'))})")
     for approach, title, names in (("approach1", "approach 1 (training-curve envelope)", ("a", "b")),
                                    ("approach2", "approach 2 (isoFLOP parabolas)", ("a", "b")),
                                    ("approach3", "approach 3 (L = E + A/N^alpha + B/D^beta)", ("a", "b")),
@@ -152,6 +210,15 @@ def summary_lines(fit: dict) -> list[str]:
     bnsl = fit.get("bnsl") or {}
     lines.append("bnsl: " + (reason(bnsl, "bnsl") if "error" in bnsl else f"rmse(log loss) = {sci(bnsl.get('rmse_log'))}, "
                                                                   f"{len(bnsl.get('breaks') or [])} break(s)"))
+    held = fit.get("holdout") or {}
+    if "error" in held:
+        lines.append(f"holdout: {reason(held, 'holdout')}")
+    elif held.get("runs"):
+        lines.append(f"holdout: {len(held['runs'])} run(s) predicted by approach 3 from the others: median |error| "
+                     f"{percent(held.get('median_abs_rel_error'), '.2f')}, worst {percent(held.get('worst_abs_rel_error'), '.2f')}, "
+                     f"{held.get('n_inside')} inside the interval")
+    for key, part in (fit.get("metrics") or {}).items():
+        lines += metric_lines(key, part)
     ext = fit.get("extrapolation") or {}
     if "error" in ext:
         lines.append(f"extrapolation: {reason(ext, 'extrapolation')}")
@@ -169,6 +236,25 @@ def summary_lines(fit: dict) -> list[str]:
     return lines
 
 
+def metric_lines(key: str, part: dict) -> list[str]:
+    """A metric's two-step fit in plain text: its link, its held-out predictions, the recommendation's projection."""
+    if "error" in part:
+        return [f"metric {key}: {reason(part, f'metric {key}')}"]
+    law = part["metric_law"]
+    lines = [f"metric {key}: (N, D) -> loss by approach {part.get('loss_approach')}, loss -> {key} by the "
+             f"{law['link']} link (" + ", ".join(f"{k} = {sci(v)}" for k, v in law.items()
+                                                 if isinstance(v, (int, float))) + ")"]
+    for p in part.get("predictions") or []:
+        if p.get("kind") == "prediction":
+            lines.append(f"  {p['name']} (held out): predicted {sci(p['metric'], '.4g')}"
+                         f"{interval([p.get('lo'), p.get('hi')], '.4g')}, reached {sci(p.get('observed'), '.4g')} "
+                         f"({percent(p.get('rel_error'), '+.2f')}, {'inside' if p.get('inside') else 'outside'} the interval)")
+        elif p.get("kind") in ("projection", "within the runs"):
+            lines.append(f"  at the recommendation ({p['kind']}): {sci(p['metric'], '.4g')}"
+                         f"{interval([p.get('lo'), p.get('hi')], '.4g')}")
+    return lines
+
+
 def fit_main(argv: list[str]) -> int:
     """``ladder fit sweep=<name>``; with ``--points FILE.csv`` the CSV fitter (``launcher.analysis.fit.cli``)."""
     if any(a == "--points" or a.startswith("--points=") for a in argv):
@@ -177,14 +263,21 @@ def fit_main(argv: list[str]) -> int:
         return main(argv)
 
     def options(parser):
+        from launcher.analysis.fit.cli import points_help
+
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = (f"metric=KEY: a key the runs log in metrics.jsonl (zero_shot_acc, a user's own eval), fitted "
+                         f"besides the sweep config's\nsweep.metrics in two steps, (N, D) -> loss -> KEY; runs the sweep "
+                         f"config's sweep.holdout selects are\npredicted from the others, not fitted.\n\n{points_help()}")
         parser.add_argument("--json", action="store_true", help="print fit.json")
         parser.add_argument("--budget-flops", type=float, help="recommend N_opt, D_opt for this many FLOPs")
         parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
         parser.add_argument("--seed", type=int, default=0)
 
-    args, sweep_dir = parse_sweep_args(argv, "ladder fit", "fit scaling laws to a sweep (or --points FILE.csv)",
-                                       options)
-    fit = fit_sweep_dir(sweep_dir, args.budget_flops, n_boot=args.n_boot, seed=args.seed)
+    args, sweep_dir = parse_sweep_args(argv, "ladder fit", "fit scaling laws to a sweep (or --points FILE.csv); "
+                                       "metric=KEY also fits a key the runs log, in two steps", options,
+                                       keys=("metric",))
+    fit = fit_sweep_dir(sweep_dir, args.budget_flops, n_boot=args.n_boot, seed=args.seed, metric=args.metric)
     if args.json:
         print(json.dumps(fit, indent=1))
     else:

@@ -169,6 +169,9 @@ def plot_frontier(axes, collected: Collected, fit: dict) -> None:
             ax.errorbar([rec["C"]], [rec[key]], yerr=err, fmt="*", ms=14, color="gold", mec="k", ecolor="k",
                         capsize=3, label=f"recommendation at C = {sci(rec['C'])}", zorder=5)
             ax.axvline(rec["C"], color="0.5", ls=":", lw=1)
+        beyond = (fit.get("projection") or {}).get("beyond_C")
+        if beyond and len(C) and C.max() > beyond:
+            ax.axvspan(beyond, C.max(), color="0.85", alpha=0.5, lw=0, label="projection (beyond every run)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("compute C (FLOPs)")
@@ -194,6 +197,13 @@ def plot_predicted(ax, collected: Collected, fit: dict) -> None:
         ax.legend(fontsize=8)
     else:
         ax.plot(observed, predicted, "o")
+    held = (fit.get("holdout") or {}).get("runs") or []
+    if held:
+        ax.plot([r["loss"] for r in held], [r["predicted_loss"] for r in held], "X", color="k", ms=8,
+                label="held out: predicted, not fitted")
+        ax.legend(fontsize=8)
+        observed = np.r_[observed, [r["loss"] for r in held]]
+        predicted = np.r_[predicted, [r["predicted_loss"] for r in held]]
     lo, hi = min(observed.min(), predicted.min()), max(observed.max(), predicted.max())
     pad = 0.03 * (hi - lo or 1.0)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="y = x")
@@ -201,6 +211,32 @@ def plot_predicted(ax, collected: Collected, fit: dict) -> None:
     ax.set_xlabel("observed final loss")
     ax.set_ylabel("predicted by approach 3")
     ax.set_title(f"Predicted vs observed: mean |error| {100 * rel.mean():.2f}%, max {100 * rel.max():.2f}%")
+
+
+def plot_metric(ax, key: str, part: dict) -> None:
+    """A metric against the loss: the runs (fitted, held out), the fitted link, and the recommendation's projection."""
+    from launcher.analysis.fit.twostage import KINDS
+
+    law = part["metric_law"]
+    predictions = part.get("predictions") or []
+    for kind, style, label in (("fitted", "o", "fitted runs"), ("prediction", "X", "held out: predicted, not fitted")):
+        rows = [p for p in predictions if p.get("kind") == kind and p.get("observed") is not None]
+        if rows:
+            ax.plot([p["loss"] for p in rows], [p["observed"] for p in rows], style, ms=6 if kind == "fitted" else 9,
+                    color="tab:blue" if kind == "fitted" else "k", label=label)
+    losses = np.array([p["loss"] for p in predictions], float)
+    grid = np.linspace(losses.min(), losses.max(), 200)
+    ax.plot(grid, KINDS[law["link"]].value(law, grid), "-", color="tab:red", lw=1.5, label=f"{law['link']} link")
+    for p in predictions:
+        if p.get("kind") == "projection":
+            err = [[max(0.0, p["metric"] - p["lo"])], [max(0.0, p["hi"] - p["metric"])]] \
+                if p.get("lo") is not None and p.get("hi") is not None else None
+            ax.errorbar([p["loss"]], [p["metric"]], yerr=err, fmt="*", ms=14, color="gold", mec="k", ecolor="k",
+                        capsize=3, label="recommendation (projection)", zorder=5)
+    ax.set_xlabel("loss (step 1: predicted from N, D by approach 3)")
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} against loss (two steps; rmse {sci(law.get('rmse'))})")
+    ax.legend(fontsize=8)
 
 
 @dataclass
@@ -244,6 +280,9 @@ def make_plots(sweep_dir: Path, collected: Collected, fit: dict) -> list[Plot]:
          lambda ax: plot_predicted(ax, collected, fit), 1,
          fit.get("error") or approach3.get("error") or (None if approach3.get("runs") else "approach 3 was not fitted")),
     ]
+    for key, part in (fit.get("metrics") or {}).items():
+        plots.append((Plot(f"metric_{key}", f"{key} against loss"), lambda ax, k=key, p=part: plot_metric(ax, k, p), 1,
+                      part.get("error")))
     for plot, draw, ncols, missing in plots:
         stale = out_dir / f"{plot.name}.png"
         if missing:
@@ -292,6 +331,8 @@ CAPTIONS = {
                 "the isoFLOP minima and the recommendation for the budget.",
     "predicted_vs_observed": "Final loss of every run against the loss approach 3's fitted law predicts for it.",
 }
+METRIC_CAPTION = ("A metric the runs log against their loss: the last logged value of each run, the link fitted "
+                  "from loss to the metric, and the recommendation's projected value (step 1 predicts its loss).")
 
 
 def _e(text) -> str:
@@ -364,6 +405,56 @@ def _extrapolation(fit: dict) -> str:
             f'<th>error</th></tr>{"".join(rows)}</table>')
 
 
+def _holdout(fit: dict) -> str:
+    """Held-out runs: predictions of the fit of the other runs, checked against what they reached."""
+    held = fit.get("holdout") or {}
+    if "error" in held:
+        return f'<p class="meta">{_e(reason(held, "holdout"))}</p>'
+    runs = held.get("runs") or []
+    if not runs:
+        return '<p class="meta">No run is held out (sweep.holdout in the sweep config selects runs to predict).</p>'
+    rows = [f'<tr><td class="l">{_e(r["name"])}</td><td>{si(r["N"])}</td><td>{si(r["D"])}</td><td>{sci(r["C"])}</td>'
+            f'<td>{r["loss"]:.4f}</td><td>{r["predicted_loss"]:.4f}</td><td>{_ci_text([r["lo"], r["hi"]], lambda v: f"{v:.4f}")}</td>'
+            f'<td>{percent(r["rel_error"], "+.2f")}</td><td>{"yes" if r["inside"] else "<b>no</b>"}</td></tr>' for r in runs]
+    return (f'<p>Predictions: {len(runs)} run(s) trained but left out of the fit, predicted by approach 3 from the '
+            f'others: median |error| {percent(held.get("median_abs_rel_error"), ".2f")}, worst '
+            f'{percent(held.get("worst_abs_rel_error"), ".2f")}, {held.get("n_inside")} of {len(runs)} inside the interval.</p>'
+            '<table><tr><th class="l">run</th><th>N</th><th>D</th><th>C</th><th>reached</th><th>predicted</th>'
+            f'<th>interval</th><th>error</th><th>inside</th></tr>{"".join(rows)}</table>')
+
+
+def _metrics(fit: dict) -> str:
+    """Each metric's two-step fit: the link's parameters and every run's value, fitted, predicted or projected."""
+    parts = []
+    for key, part in (fit.get("metrics") or {}).items():
+        if "error" in part:
+            parts.append(f'<div class="warn"><b>{_e(key)}:</b> {_e(part["error"])}</div>')
+            continue
+        law = part["metric_law"]
+        params = ", ".join(f"{k} = {sci(v)}" for k, v in law.items() if isinstance(v, (int, float)))
+        rows = [f'<tr><td class="l">{_e(p["name"])}</td><td class="l">{_e(p["kind"])}</td><td>{p["loss"]:.4f}</td>'
+                f'<td>{sci(p.get("observed"), ".4g", "–")}</td><td>{p["metric"]:.4g}</td>'
+                f'<td>{_ci_text([p.get("lo"), p.get("hi")], lambda v: f"{v:.4g}")}</td>'
+                f'<td>{percent(p.get("rel_error"), "+.2f") if p.get("rel_error") is not None else "–"}</td></tr>'
+                for p in part.get("predictions") or []]
+        parts.append(f'<p><b>{_e(key)}</b> in two steps: (N, D) → loss by approach {_e(part.get("loss_approach"))}, '
+                     f'then loss → {_e(key)} by the {_e(law["link"])} link ({_e(params)}).'
+                     + (f' Not logged by: {_e(", ".join(part["not_logged"]))}.' if part.get("not_logged") else "")
+                     + '</p><div class="scroll"><table><tr><th class="l">run</th><th class="l">kind</th>'
+                     f'<th>loss (step 1)</th><th>reached</th><th>predicted</th><th>interval</th><th>error</th></tr>'
+                     f'{"".join(rows)}</table></div>')
+    return "".join(parts)
+
+
+def _projection_note(fit: dict) -> str:
+    """Says whether the recommendation is a projection (beyond the compute of every run) or within the runs."""
+    rec, beyond = fit.get("recommendation") or {}, (fit.get("projection") or {}).get("beyond_C")
+    if rec.get("kind") != "projection":
+        return ""
+    return (f' <b>A projection:</b> C = {sci(rec["C"])} lies beyond every run (largest C = {sci(beyond)}), '
+            f'so no run checks it.')
+
+
 def _ledger(rows: list[LedgerRow]) -> str:
     total_c, total_6nd = sum(r.C for r in rows), sum(r.six_nd for r in rows)
     ratio = total_c / total_6nd if total_6nd else math.nan
@@ -408,15 +499,19 @@ def render_html(sweep_dir: Path, collected: Collected, fit: dict, plots: list[Pl
                      + _card("predicted loss", f"{rec['predicted_loss']:.4g}",
                              _ci_text(rec.get("predicted_loss_ci"), lambda v: f"{v:.4g}"))
                      + f"</div><p class=\"meta\">From {_e(rec.get('source'))}; intervals are bootstrap "
-                       f"percentiles over {(fit.get('bootstrap') or {}).get('n_boot', '?')} resamples of the runs.</p>")
+                       f"percentiles over {(fit.get('bootstrap') or {}).get('n_boot', '?')} resamples of the runs."
+                       f"{_projection_note(fit)}</p>")
     if "error" not in fit:
-        parts += ["<h2>Fitted laws</h2>", _fit_table(fit), "<h2>Extrapolation check</h2>", _extrapolation(fit)]
+        parts += ["<h2>Fitted laws</h2>", _fit_table(fit), "<h2>Extrapolation check</h2>", _extrapolation(fit),
+                  "<h2>Held-out runs</h2>", _holdout(fit)]
+        if fit.get("metrics"):
+            parts += ["<h2>Downstream metrics</h2>", _metrics(fit)]
     parts.append('<h2>Plots</h2><div class="plots">')
     for plot in plots:
         wide = ' class="wide"' if plot.name in WIDE_PLOTS else ""
         if plot.path is not None:
             parts.append(f'<figure{wide}><img alt="{_e(plot.title)}" src="{_image(plot.path)}">'
-                         f"<figcaption>{_e(CAPTIONS[plot.name])} ({_e(PLOTS_DIR)}/{_e(plot.path.name)})</figcaption>"
+                         f"<figcaption>{_e(CAPTIONS.get(plot.name, METRIC_CAPTION))} ({_e(PLOTS_DIR)}/{_e(plot.path.name)})</figcaption>"
                          f"</figure>")
         else:
             parts.append(f'<div class="warn"><b>{_e(plot.title)}:</b> not drawn: {_e(plot.error)}</div>')

@@ -74,6 +74,23 @@ def fit_rows(fit: dict) -> list[list]:
     return rows
 
 
+PREDICTION_COLUMNS = ["run", "kind", "N", "D", "C", "observed_loss", "predicted_loss", "lo", "hi", "rel_error",
+                      "inside"]
+
+
+def prediction_rows(fit: dict) -> list[list]:
+    """One row per held-out run (a prediction checked against the run), then the recommendation (a projection
+    when its C lies beyond every run): the fit's claims, each labelled by what backs it."""
+    rows = [[r["name"], r["kind"], r["N"], r["D"], r["C"], r["loss"], r["predicted_loss"], r["lo"], r["hi"],
+             r["rel_error"], r["inside"]] for r in (fit.get("holdout") or {}).get("runs") or []]
+    rec = fit.get("recommendation") or {}
+    if rec.get("kind"):
+        lo, hi = rec.get("predicted_loss_ci") or (None, None)
+        rows.append(["recommendation", rec["kind"], rec["N_opt"], rec["D_opt"], rec["C"], None,
+                     rec["predicted_loss"], lo, hi, None, None])
+    return rows
+
+
 def log_summary_run(sweep_dir: Path, fit: dict, ledger: list, plots: dict[str, Path],
                     mode: Optional[str] = None) -> Optional[Path]:
     """The sweep's W&B summary run; returns its local run directory (None when W&B is disabled or failed).
@@ -107,10 +124,16 @@ def log_summary_run(sweep_dir: Path, fit: dict, ledger: list, plots: dict[str, P
             payload = {"fit": wandb.Table(columns=columns, data=fit_rows(fit)),
                        "flop_ledger": wandb.Table(
                            columns=["run", "state", "N", "D", "C_exact", "six_N_D", "C_over_6ND", "final_loss"],
-                           data=[[r.name, r.state, r.N, r.D, r.C, r.six_nd, r.ratio, r.loss] for r in ledger])}
+                           data=[[r.name, r.state, r.N, r.D, r.C, r.six_nd, r.ratio, r.loss] for r in ledger]),
+                       "predictions": wandb.Table(columns=PREDICTION_COLUMNS, data=prediction_rows(fit))}
             payload.update({f"plots/{name}": wandb.Image(str(path)) for name, path in plots.items()})
             run.log(payload)
             run.summary.update({f"{law}/{name}": value for law, name, value, *_ in fit_rows(fit)})
+            held = fit.get("holdout") or {}
+            run.summary.update({"recommendation/kind": rec.get("kind"),
+                                **{f"holdout/{k}": held.get(k) for k in ("median_abs_rel_error", "worst_abs_rel_error",
+                                                                          "n_inside") if k in held},
+                                "holdout/n_runs": len(held.get("runs") or [])})
             run_dir = Path(run.dir).parent
         finally:
             run.finish()

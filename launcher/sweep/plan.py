@@ -38,6 +38,14 @@ class SweepConfig:
     field overrides of the base model). Kinds: ``grid`` every size × every ``tokens``; ``isoflop`` every
     size per FLOP budget (``budgets``), D = C / flops_per_token; ``ladder`` every size at one fixed D
     (``tokens``) or at D = ``tokens_per_param`` × N; ``clip`` every size × every ``samples`` (CLIP).
+
+    ``holdout`` marks runs that are trained but left out of the fit: ``ladder fit`` predicts them from
+    the other runs and checks the prediction against what they reached (error, inside the interval).
+    Each entry selects runs by the values that plan them, every given key matching: ``params`` (a
+    size as written in ``params``/``params_per_budget``), ``shape`` (an index into ``shapes``),
+    ``budget``, ``tokens``, ``samples``; e.g. ``holdout: [{budget: 1.0e+20}]`` holds out the largest
+    isoFLOP curve, ``[{params: 1.4e+9, budget: 1.0e+20}]`` one run. Planned runs carry
+    ``holdout: true`` (plan.json); each selector must match a run, and one run at least stays in the fit.
     """
 
     name: str  # the sweep directory <sweeps_root>/<name>/ and the W&B group
@@ -62,6 +70,10 @@ class SweepConfig:
     budget_flops: Optional[float] = None  # recommend N_opt, D_opt at this C; null: what the allocation buys
     allow_over_budget: bool = False
     calibration_steps: int = 8
+    holdout: list[dict[str, float]] = dataclasses.field(default_factory=list)  # runs predicted, not fitted
+    # keys the runs log in metrics.jsonl besides the loss (zero_shot_acc, a user's eval), each fitted in
+    # two steps by ``ladder fit``: (N, D) -> loss, then loss -> the metric (also: ladder fit metric=KEY)
+    metrics: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         for name in ("min_steps", "nodes", "ranks_per_run", "head_size", "calibration_steps"):
@@ -89,6 +101,24 @@ class SweepConfig:
                              f"got {len(self.params_per_budget)}")
         if self.kind == "ladder" and (len(self.tokens) == 1) == (self.tokens_per_param is not None):
             raise ValueError("sweep: kind ladder needs exactly one of tokens (one value) or tokens_per_param")
+        for i, selector in enumerate(self.holdout):
+            keys = set(selector) if isinstance(selector, dict) else set()
+            if not keys or not keys <= set(HOLDOUT_KEYS):
+                raise ValueError(f"sweep.holdout[{i}]: must be a mapping of one or more of {', '.join(HOLDOUT_KEYS)}, "
+                                 f"got {selector!r}")
+            for key, value in selector.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                    raise ValueError(f"sweep.holdout[{i}].{key}: must be a number >= 0, got {value!r}")
+
+
+HOLDOUT_KEYS = ("params", "shape", "budget", "tokens", "samples")
+
+
+def held_out(selectors: list[dict[str, float]], planned: dict[str, Optional[float]]) -> list[int]:
+    """The indices of the ``holdout`` selectors that match a run planned from these values (see SweepConfig)."""
+    def same(a: Optional[float], b: float) -> bool:
+        return a is not None and math.isclose(float(a), float(b), rel_tol=1e-9)
+    return [i for i, sel in enumerate(selectors) if all(same(planned.get(k), v) for k, v in sel.items())]
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -116,6 +146,7 @@ class RunSpec:
     base_overrides: tuple[str, ...]  # overrides shared by the sweep's runs (model, data, the sweep's own)
     config_hash: str  # of the resolved run config, not of the name: the run's identity
     est_node_hours: Optional[float] = None
+    holdout: bool = False  # trained, then predicted by the fit of the other runs (sweep.holdout)
 
     def run_dir(self, sweep_dir: str | os.PathLike) -> Path:
         return Path(os.path.join(sweep_dir, "runs", self.name))
@@ -334,19 +365,28 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
         return counted[key]
 
     sizes = list(sweep.shapes or sweep.params)
-    points: list[tuple[dict, Optional[float], Optional[float]]] = []  # (shape, D target, budget)
+
+    def planned(size: Any, **values: Optional[float]) -> dict[str, Optional[float]]:
+        """The values a run is planned from, by the keys ``sweep.holdout`` selects on."""
+        where = {"shape": float(sizes.index(size))} if isinstance(size, dict) else {"params": float(size)}
+        return {**where, **values}
+
+    # (shape, D target, budget, the values it is planned from)
+    points: list[tuple[dict, Optional[float], Optional[float], dict]] = []
     if sweep.kind == "isoflop":
         for i, budget in enumerate(sweep.budgets):
             for size in (sweep.params_per_budget[i] if sweep.params_per_budget else sizes):
-                points.append((shape_for(size), None, budget))
+                points.append((shape_for(size), None, budget, planned(size, budget=budget)))
     else:
         values = {"grid": sweep.tokens, "clip": sweep.samples, "ladder": sweep.tokens[:1] or [None]}[sweep.kind]
-        points = [(shape_for(size), d, None) for size in sizes for d in values]
+        key = "samples" if sweep.kind == "clip" else "tokens"
+        points = [(shape_for(size), d, None, planned(size, **{key: d})) for size in sizes for d in values]
 
     train = dataclasses.asdict(run.train)
     deepspeed = dataclasses.asdict(run.deepspeed)
     specs, dropped, seen = [], [], {}
-    for shape, target_d, budget in points:
+    matched: set[int] = set()
+    for shape, target_d, budget, planned_from in points:
         model, n_total, n_ne, fpt = count(shape)
         if budget is not None:
             target_d = budget / fpt
@@ -366,16 +406,24 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
         name = (f"c{budget_tag(budget)}-" if budget else "") + f"n{si(n_total, giga='G')}-" \
             + ("s" if sweep.kind == "clip" else "d") + si(D, giga="G")
         seen[digest] = name
+        selectors = held_out(sweep.holdout, planned_from)
+        matched.update(selectors)
         specs.append(RunSpec(name=name, sweep=sweep.name, family=family, model=sweep.model, shape=shape,
                              N=n_total, N_non_embedding=n_ne, D=D, C=fpt * D, flops_per_token=fpt, budget=budget,
                              steps=steps, global_batch_tokens=batch, nodes=sweep.nodes,
                              ranks_per_run=sweep.ranks_per_run, base_overrides=tuple(setup.base_overrides),
-                             config_hash=digest))
+                             config_hash=digest, holdout=bool(selectors)))
     names = Counter(s.name for s in specs)
     specs = [dataclasses.replace(s, name=f"{s.name}-{s.config_hash[:6]}") if names[s.name] > 1 else s
              for s in specs]
     if not specs:
         raise UserError(f"sweep {sweep.name}: every planned run was left out ({'; '.join(dropped)})")
+    for i, selector in enumerate(sweep.holdout):
+        if i not in matched:
+            raise UserError(f"sweep.holdout[{i}]: {selector} matches no planned run; select by "
+                            f"{', '.join(HOLDOUT_KEYS)} as the sweep config writes them")
+    if all(s.holdout for s in specs):
+        raise UserError(f"sweep.holdout: holds out all {len(specs)} runs; at least one must stay in the fit")
     return specs, dropped
 
 
@@ -442,11 +490,14 @@ def print_plan(plan: Plan, console=None) -> None:
     for column in ("name", "N", "N_ne", "D", "C", "6ND", "steps", "nodes", "est. node-h"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for r in plan.runs:
-        table.add_row(r.name, si(r.N, giga="G"), si(r.N_non_embedding, giga="G"), si(r.D, giga="G"), sci(r.C),
+        table.add_row(r.name + (" (holdout)" if r.holdout else ""), si(r.N, giga="G"), si(r.N_non_embedding, giga="G"), si(r.D, giga="G"), sci(r.C),
                       sci(6 * r.N * r.D), str(r.steps), str(r.nodes), sci(r.est_node_hours))
     console.print(table)
     for reason in plan.dropped:
         console.print(f"left out: {reason}")
+    held = [r.name for r in plan.runs if r.holdout]
+    if held:
+        console.print(f"holdout: {len(held)} run(s) trained but left out of the fit, predicted from the others")
     total, left = plan.total_node_hours, plan.cluster.allocation_node_hours
     speed = SPEED_SOURCES[plan.throughput.source if plan.throughput else None]
     console.print(f"{len(plan.runs)} runs, C total {sum(r.C for r in plan.runs):.3e} FLOPs; speed: {speed}")

@@ -16,13 +16,13 @@ budgets with fewer than 3 distinct N are skipped (``fit_sweep``'s runs are alway
 
 Approaches, by name from ``registry.LAWS`` (``laws.LawFamily`` is the interface a family implements):
 "1" (envelope; pass curve points), "2" (isoFLOP parabolas), "3" (parametric L = E + A/N^α + B/D^β;
-``method`` "grid", the 4500 Chinchilla starts, or "vpnls", variable projection), "kaplan", "bnsl"
+``method`` "vpnls", variable projection (the default), or "grid", the 4500 Chinchilla starts), "kaplan", "bnsl"
 (loss against C, one break), "overtrain" (Gadre et al. 2024: the form in C and M = D/N), "datacon"
 (Muennighoff et al. 2023: R_D*, R_N* of repeated data and excess parameters; ``base`` fixes
 E, A, B, alpha, beta), "two_stage" ((N, D) → loss by ``loss_approach``, loss → metric by ``link``
 "sigmoid" or "exp", bounded by ``metric_range``: "auto", None or (lo, hi)). Approach 3's default
-stays "grid": vpnls reaches the same objective on every data set the tests use (tests/test_laws.py)
-at a third of the time, but tests/test_fit.py pins the default's 4500 starts.
+is "vpnls": it reaches an equal or lower objective than the grid on every data set the tests use
+(tests/test_laws.py) in a third of the time; fit_sweep takes the same ``method``.
 
 Result keys: approach, n_points, then the approach's own. 1, 2, 3, kaplan, bnsl: as in fit.json
 below (3 adds method). overtrain: E, a, b, eta (the paper's form in C = 6·N·D and M = D/N), A, B,
@@ -40,7 +40,8 @@ points (within budgets where labelled), and, where the row has the value itself,
 ``rel_error`` and ``inside``; plus ``bootstrap`` {n_boot, n_ok, level, seed, resampled}.
 Approaches 1 and 2 predict optima, not a value at (N, D), and are refused.
 
-``fit_sweep(final_points, curve_points, budget_flops, n_boot=100, seed=0)`` returns fit.json:
+``fit_sweep(final_points, curve_points, budget_flops, n_boot=100, seed=0, method="vpnls", holdout=None)``
+returns fit.json (``holdout``: final points of the runs the sweep config holds out, not fitted):
 
     schema                "scaleladder.fit/1"
     n_runs, n_curve_points
@@ -53,20 +54,31 @@ Approaches 1 and 2 predict optima, not a value at (N, D), and are refused.
                            skipped_budgets: [{budget, error}]}
                            loss = c2·x² + c1·x + c0 with x = ln N (ln D); loss_opt ≈ loss_coef·C^loss_exponent
     approach3             {E, A, B, alpha, beta, G, a, b, objective, huber_delta, huber_reduce, n_starts,
-                           n_converged, runs: [{name, N, D, C, budget, loss, predicted_loss}]}
+                           n_converged, method ("vpnls"|"grid"), runs: [{name, N, D, C, budget, loss, predicted_loss}]}
                            a = β/(α+β), b = α/(α+β): exponents of N_opt, D_opt in C
     kaplan                {L_N: {Nc, alpha_N, r2, n_points}, L_D: {Dc, alpha_D, r2, n_points},
                            L_ND: {Nc, Dc, alpha_N, alpha_D, rmse_log}}     N is non-embedding where given
     bnsl                  {x: "C", a, b, c0, breaks: [{c, d, f}], rmse_log}  on the loss/FLOPs envelope
     bootstrap             {n_boot, level, seed, resampled,
                            approach1|approach2|approach3: {n_ok, ci: {param: [lo, hi]}}}
+                           approach3 adds warm_started_from: the refits start from the full fit's best optima
     frontier              {C: [grid], approach1|approach2|approach3: {N_opt, N_opt_lo, N_opt_hi,
                            D_opt, D_opt_lo, D_opt_hi, loss, loss_lo, loss_hi}}   (approach 1 has no loss)
     recommendation        {C, N_opt, D_opt, tokens_per_param, N_opt_ci: [lo, hi], D_opt_ci: [lo, hi],
                            predicted_loss, predicted_loss_ci, source: "approach3"|"approach2",
+                           kind: "projection" (C beyond every run) | "within the runs",
                            alternatives: {approach2: {...same keys}}}
     extrapolation         {held_out_budget, C, observed: {N_opt, loss_opt, from: "parabola"|"best run"},
                            approach2|approach3: {N_opt, loss_opt, rel_error_N_opt, rel_error_loss}}
+    holdout               {approach: "approach3", runs: [{name, N, D, C, budget, loss, predicted_loss, lo, hi,
+                           rel_error, inside, kind: "prediction"}], median_abs_rel_error, worst_abs_rel_error,
+                           n_inside}    held-out runs predicted by the fit of the others ({runs: []} if none)
+    projection            {beyond_C: the largest C of any run, frontier: [C > beyond_C per frontier C]}
+    metrics               {KEY: {key, approach: "two_stage", loss_approach, loss_law, metric_law, bootstrap,
+                           predictions: [{name, kind: "fitted"|"prediction" (held out)|"projection"|"within the runs"
+                           (the recommendation), N, D, metric, lo, hi, loss (step 1), observed, rel_error, inside}],
+                           not_logged: [run]}}   added by ``launcher.analysis.fitting`` for each key of the sweep
+                           config's ``metrics`` and ``ladder fit metric=KEY`` (a key no run logged: {error})
     inputs                {sweep, runs, final_points, curve_points_logged, curve_points_fitted, budget_flops,
                            budget_source, n_boot, seed, skipped: [{run, reason}], warnings, fingerprint}
                            added by ``launcher.analysis.fitting`` when it writes fit.json (also beside a whole-fit

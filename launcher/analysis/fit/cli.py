@@ -20,7 +20,7 @@ from launcher.errors import UserError
 from launcher.analysis.fit import APPROACHES, LAWS, PREDICTING, fit_points, predict_points
 from launcher.analysis.fit.chinchilla import REDUCTIONS
 from launcher.analysis.fit.datacon import BASE_KEYS
-from launcher.analysis.fit.laws import METHODS
+from launcher.analysis.fit.laws import DEFAULT_METHOD, METHODS
 from launcher.analysis.fit.twostage import LINKS
 
 
@@ -30,6 +30,17 @@ def approaches_help() -> str:
     lines = [f"  {name:<{width}}  {law.summary}" + ("" if law.predicts else " (no --predict)")
              for name, law in LAWS.items()]
     return "approaches:\n" + "\n".join(lines)
+
+
+def points_help() -> str:
+    """The CSV fitter's flags and every approach: the epilog of ``ladder fit --help`` (the sweep parser), so
+    that one help shows both ways of fitting."""
+    p = parser()
+    formatter = argparse.RawDescriptionHelpFormatter(prog=p.prog)
+    formatter.start_section("with --points FILE.csv: fit one law to the rows of a CSV file")
+    formatter.add_arguments([a for a in p._actions if not isinstance(a, argparse._HelpAction)])
+    formatter.end_section()
+    return formatter.format_help() + "\n" + approaches_help()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-col", help="column naming each point's isoFLOP budget (approach 2; bootstrap strata)")
     p.add_argument("--huber-reduce", default="sum", choices=REDUCTIONS,
                    help="3, overtrain, datacon: sum or mean of Huber terms (same optimum)")
-    p.add_argument("--method", default="grid", choices=METHODS,
-                   help="approach 3: the 4500-start Chinchilla grid, or variable projection over (α, β)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                   help="approach 3: variable projection over (α, β) (default), or the 4500-start Chinchilla grid")
     p.add_argument("--base", help="datacon: fixed base law 'E=..,A=..,B=..,alpha=..,beta=..' "
                                   "(default: fitted with α = β to runs with D <= U)")
     p.add_argument("--loss-approach", default="3", choices=[a for a in PREDICTING if a != "two_stage"],

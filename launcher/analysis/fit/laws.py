@@ -20,6 +20,7 @@ from launcher.errors import UserError
 from launcher.analysis.fit.points import Points, Targets
 
 METHODS = ("grid", "vpnls")
+DEFAULT_METHOD = "vpnls"  # equal or lower objective than the grid on every data set the tests use
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Options:
     """Everything a family may be told besides the points; each family reads its own."""
 
     huber_reduce: str = "sum"               # Huber families: sum or mean of the terms (same optimum)
-    method: str = "grid"                    # approach 3: the 4500-start grid or variable projection
+    method: str = DEFAULT_METHOD            # approach 3: variable projection, or the 4500-start grid
     base: dict | None = None                # datacon: fixed E, A, B, alpha, beta of the base law
     loss_approach: str = "3"                # two_stage: the law for (N, D) -> loss
     link: str = "sigmoid"                   # two_stage: loss -> metric

@@ -12,11 +12,11 @@ from launcher.analysis.fit.datacon import Datacon
 from launcher.analysis.fit.envelope import EnvelopeFit, fit_envelope
 from launcher.analysis.fit.isoflop import IsoflopFit, fit_isoflop
 from launcher.analysis.fit.kaplan import KaplanFit, fit_kaplan
-from launcher.analysis.fit.laws import METHODS, LawFamily, Options
+from launcher.analysis.fit.laws import LawFamily, Options
 from launcher.analysis.fit.overtrain import WARM_STARTS, Overtrain
 from launcher.analysis.fit.points import Points, Targets
 from launcher.analysis.fit.twostage import TwoStage
-from launcher.analysis.fit.vpnls import fit_vpnls
+from launcher.analysis.fit.vpnls import fit_approach3
 
 
 class Envelope(LawFamily):
@@ -47,17 +47,13 @@ class Isoflop(LawFamily):
 
 class Chinchilla(LawFamily):
     name = "3"
-    summary = "Chinchilla approach 3: L = E + A/N^α + B/D^β, Huber on log L (--method grid|vpnls)"
+    summary = "Chinchilla approach 3: L = E + A/N^α + B/D^β, Huber on log L (--method vpnls|grid)"
     parameters = ("E", "A", "B", "alpha", "beta")
 
     def fit(self, points: Points, options: Options, warm: ChinchillaFit | None = None) -> ChinchillaFit:
-        if options.method not in METHODS:
-            raise UserError(f"--method: must be one of {', '.join(METHODS)}, got {options.method!r}")
         if warm is not None:
             return fit_chinchilla(points, huber_reduce=options.huber_reduce, starts=warm.candidates[:WARM_STARTS])
-        if options.method == "vpnls":
-            return fit_vpnls(points, huber_reduce=options.huber_reduce)
-        return fit_chinchilla(points, huber_reduce=options.huber_reduce)
+        return fit_approach3(points, options.method, huber_reduce=options.huber_reduce)
 
     def result(self, fit: ChinchillaFit) -> dict:
         return {**fit.as_dict(), "method": fit.method}

@@ -14,11 +14,13 @@ import numpy as np
 from launcher.errors import UserError
 from launcher.analysis.fit.bnsl import fit_bnsl
 from launcher.analysis.fit.bootstrap import LEVEL, percentile_interval, resample_counts
-from launcher.analysis.fit.chinchilla import (ChinchillaFit, compute_optimal, fit_chinchilla, predicted_loss, refit_weighted)
+from launcher.analysis.fit.chinchilla import ChinchillaFit, compute_optimal, predicted_loss, refit_weighted
 from launcher.analysis.fit.envelope import EnvelopeFit, envelope_points, fit_envelope
 from launcher.analysis.fit.isoflop import IsoflopFit, budget_minimum, fit_isoflop
 from launcher.analysis.fit.kaplan import fit_kaplan
+from launcher.analysis.fit.laws import DEFAULT_METHOD, METHODS
 from launcher.analysis.fit.points import Points, as_points, budgets
+from launcher.analysis.fit.vpnls import fit_approach3
 
 SCHEMA = "scaleladder.fit/1"
 GRID_POINTS = 25
@@ -74,11 +76,15 @@ class SweepFitter:
     """Fits one sweep's runs; each method adds one part of fit.json."""
 
     def __init__(self, final_points: list[dict], curve_points: list[dict], budget_flops: float | None,
-                 n_boot: int, seed: int):
+                 n_boot: int, seed: int, method: str = DEFAULT_METHOD, holdout: list[dict] | None = None):
+        self.held = as_points(holdout) if holdout else None  # runs predicted, not fitted (sweep.holdout)
+        self.method = method  # approach 3's; its bootstrap refits start from this fit's distinct optima
         self.final_points = list(final_points)
         self.finals = as_points(self.final_points)
         self.curves = as_points(curve_points) if curve_points else None
         self.k = self.finals.flops_per_param_token
+        # beyond the compute of every run, fitted or held out, the fit is a projection: nothing checks it
+        self.beyond_C = max(self.finals.C.max(), self.held.C.max() if self.held is not None else 0.0)
         self.budget_flops = budget_flops
         self.n_boot = n_boot
         self.rng = np.random.default_rng(seed)
@@ -91,7 +97,7 @@ class SweepFitter:
         envelope, env_err = _attempt(fit_envelope, self.curves) if self.curves is not None else (
             None, {"error": "approach 1: no curve points"})
         iso, iso_err = _attempt(fit_isoflop, self.finals, optima=False)
-        chin, chin_err = _attempt(fit_chinchilla, self.finals)
+        chin, chin_err = _attempt(fit_approach3, self.finals, self.method)
         out = {"schema": SCHEMA, "n_runs": len(self.finals),
                "n_curve_points": 0 if self.curves is None else len(self.curves),
                "flops_per_param_token": self.k,
@@ -105,14 +111,34 @@ class SweepFitter:
         out["frontier"] = self.frontier(envelope, iso, chin, boot)
         out["recommendation"] = self.recommendation(iso, chin, boot)
         out["extrapolation"] = self.extrapolation()
+        out["holdout"] = self.holdout(chin, boot)
+        out["projection"] = {"beyond_C": self.beyond_C,
+                             "frontier": [bool(c > self.beyond_C) for c in out["frontier"]["C"]]}
         return jsonable(out)
+
+    def holdout(self, chin: ChinchillaFit | None, boot: dict) -> dict:
+        """Held-out runs as predictions of approach 3, checked against what they reached."""
+        if self.held is None:
+            return {"approach": "approach3", "runs": []}
+        if chin is None:
+            return {"error": "holdout: approach 3 could not be fitted, so the held-out runs are not predicted"}
+        h = self.held
+        pred = chin.loss(h.N, h.D)
+        lo, hi = percentile_interval(predicted_loss(boot["approach3"], h.N, h.D))
+        runs = [{"name": h.name[i], "N": h.N[i], "D": h.D[i], "C": h.C[i], "budget": h.budget[i], "loss": h.loss[i],
+                 "predicted_loss": pred[i], "lo": lo[i], "hi": hi[i], "rel_error": pred[i] / h.loss[i] - 1.0,
+                 "inside": bool(lo[i] <= h.loss[i] <= hi[i]), "kind": "prediction"} for i in range(len(h))]
+        errors = np.abs(pred / h.loss - 1.0)
+        return {"approach": "approach3", "runs": runs, "median_abs_rel_error": float(np.median(errors)),
+                "worst_abs_rel_error": float(errors.max()), "n_inside": sum(r["inside"] for r in runs)}
+
 
     def approach3(self, fit: ChinchillaFit) -> dict:
         p = self.finals
         pred = fit.loss(p.N, p.D)
         runs = [{"name": p.name[i], "N": p.N[i], "D": p.D[i], "C": p.C[i], "budget": p.budget[i],
                  "loss": p.loss[i], "predicted_loss": pred[i]} for i in range(len(p))]
-        return {**fit.as_dict(), "runs": runs}
+        return {**fit.as_dict(), "method": fit.method, "runs": runs}
 
     def bnsl(self) -> dict:
         """A one-break BNSL through the loss/FLOPs envelope of the curves (or of the final points)."""
@@ -139,7 +165,9 @@ class SweepFitter:
             a, b, e, alpha, beta = theta.T
             derived = np.stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta,
                                 beta / (alpha + beta), alpha / (alpha + beta)], axis=1)
-            summary["approach3"] = self._summarise(derived, ("E", "A", "B", "alpha", "beta", "a", "b"))
+            summary["approach3"] = {**self._summarise(derived, ("E", "A", "B", "alpha", "beta", "a", "b")),
+                                    "warm_started_from": f"{len(chin.candidates[:WARM_STARTS])} optima of the "
+                                                         f"{chin.method} fit"}
         curve_weights = self._curve_weights(counts) if envelope is not None else None
         if curve_weights is not None:
             laws = np.full((self.n_boot, 4), np.nan)
@@ -209,6 +237,7 @@ class SweepFitter:
             return {"error": "neither approach 2 nor approach 3 could be fitted"}
         source = "approach3" if "approach3" in options else "approach2"
         return {**options[source], "source": source,
+                "kind": "projection" if C > self.beyond_C else "within the runs",
                 "alternatives": {k: v for k, v in options.items() if k != source}}
 
     @staticmethod
@@ -239,7 +268,7 @@ class SweepFitter:
             out["approach2"] = self._prediction(N, L, seen)
         else:
             out["approach2"] = err
-        chin, err = _attempt(fit_chinchilla, train)
+        chin, err = _attempt(fit_approach3, train, self.method)
         if chin is not None:
             N, D = chin.compute_optimal(held.C, self.k)
             out["approach3"] = self._prediction(N, chin.loss(N, D), seen)
@@ -255,10 +284,13 @@ class SweepFitter:
 
 
 def fit_sweep(final_points: list[dict], curve_points: list[dict], budget_flops: float | None,
-              n_boot: int = 100, seed: int = 0) -> dict:
+              n_boot: int = 100, seed: int = 0, method: str = DEFAULT_METHOD,
+              holdout: list[dict] | None = None) -> dict:
     """The content of fit.json for one sweep (schema in ``launcher.analysis.fit``)."""
     if n_boot < 1:
         raise UserError(f"n_boot: must be 1 or more, got {n_boot}")
     if budget_flops is not None and not (math.isfinite(budget_flops) and budget_flops > 0):
         raise UserError(f"budget_flops: must be a positive number of FLOPs, got {budget_flops!r}")
-    return SweepFitter(final_points, curve_points, budget_flops, n_boot, seed).run()
+    if method not in METHODS:
+        raise UserError(f"method: must be one of {', '.join(METHODS)}, got {method!r}")
+    return SweepFitter(final_points, curve_points, budget_flops, n_boot, seed, method, holdout).run()

@@ -23,7 +23,9 @@ import itertools
 
 import numpy as np
 
-from launcher.analysis.fit.chinchilla import HUBER_DELTA, ChinchillaFit, HuberObjective, check_points
+from launcher.errors import UserError
+from launcher.analysis.fit.chinchilla import HUBER_DELTA, ChinchillaFit, HuberObjective, check_points, fit_chinchilla
+from launcher.analysis.fit.laws import DEFAULT_METHOD, METHODS
 from launcher.analysis.fit.multistart import N_POLISH, fit_from_starts
 from launcher.analysis.fit.points import Points
 
@@ -136,3 +138,12 @@ def fit_vpnls(points: Points, *, huber_reduce: str = "sum", delta: float = HUBER
     return ChinchillaFit.from_theta(best.theta, best.objective, huber_delta=delta, huber_reduce=huber_reduce,
                                     n_starts=cells, n_converged=best.n_converged, candidates=best.candidates,
                                     method="vpnls")
+
+
+def fit_approach3(points: Points, method: str = DEFAULT_METHOD, *, huber_reduce: str = "sum") -> ChinchillaFit:
+    """Approach 3 by ``method``: "vpnls" (the default) or "grid" (the 4500 Chinchilla starts)."""
+    if method not in METHODS:
+        raise UserError(f"--method: must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "vpnls":
+        return fit_vpnls(points, huber_reduce=huber_reduce)
+    return fit_chinchilla(points, huber_reduce=huber_reduce)
