@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("launcher.analysis.fitting",),
     ("launcher.analysis.wandb_sync",),
     ("launcher.analysis.report",),
+    ("launcher.analysis.project",),  # from the fit and the report to the target run and proposal.md
     # the top: the commands that chain rooms (sweep, then collect, fit, report) and the dispatcher
     ("launcher.commands", "launcher.cli"),
 ]
