@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     # the login-node drivers: calibration runs and batch submission, then what reads their state
     ("launcher.sweep.calibrate", "launcher.sweep.submit"),
     ("launcher.sweep.status", "launcher.sweep.local"),
+    ("launcher.sweep.study",),  # a scaling study: a plan of its own through submit or the local runner
     # back on the login node: collect -> fit -> the sweep fit -> W&B -> report
     ("launcher.analysis.collect",),
     ("launcher.analysis.fit",),
