@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("launcher.sweep.status", "launcher.sweep.local"),
     ("launcher.sweep.study",),  # a scaling study: a plan of its own through submit or the local runner
     # back on the login node: collect -> fit -> the sweep fit -> W&B -> report
-    ("launcher.analysis.collect",),
+    ("launcher.analysis.collect", "launcher.analysis.spent"),
     ("launcher.analysis.fit",),
     ("launcher.analysis.fitting",),
     ("launcher.analysis.wandb_sync",),
