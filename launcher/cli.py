@@ -21,9 +21,11 @@ COMMANDS = {
     "status": ("launcher.sweep.status:main", "a sweep's runs and states, reconciled with the scheduler"),
     "cancel": ("launcher.sweep.submit:cancel_main", "cancel a sweep's queued and running jobs"),
     "render": ("launcher.sweep.submit:render_main", "write the job scripts a submission would use"),
+    "scaling-study": ("launcher.sweep.study:main", "time one model from one node to many: scaling.json and its plot"),
     "collect": ("launcher.analysis.collect:main", "gather every run's metrics.jsonl into one table of curves"),
     "fit": ("launcher.analysis.fitting:fit_main", "fit scaling laws to a sweep or to a CSV of points"),
     "report": ("launcher.analysis.report:main", "write report.html and plots for a sweep"),
+    "project": ("launcher.analysis.project:main", "the target run, its projected loss and node-hours, proposal.md"),
     "wandb-sync": ("launcher.analysis.wandb_sync:main", "upload a sweep's offline W&B runs (from a login node)"),
 }
 

@@ -98,7 +98,7 @@ def test_report_is_self_contained_and_shows_the_data(law_sweep):
     assert "<script" not in page and "<link" not in page and "url(" not in page
     images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
     plots = sorted((sweep_dir / PLOTS_DIR).glob("*.png"))
-    assert [p.stem for p in plots] == ["frontier", "isoflop", "loss_curves", "predicted_vs_observed"]
+    assert [p.stem for p in plots] == ["compute_spent", "frontier", "isoflop", "loss_curves", "predicted_vs_observed"]
     assert sorted(base64.b64decode(i) for i in images) == sorted(p.read_bytes() for p in plots)
     # the ledger: every run and the sweep's totals, computed here from the metrics files themselves
     last = [json.loads((sweep_dir / "runs" / s.name / "metrics.jsonl").read_text().splitlines()[-1]) for s in specs]

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from launcher.analysis.collect import Collected, collect_sweep, parse_sweep_args
+from launcher.analysis.spent import Spent, plot_spent, sweep_spent, threshold_text
 from launcher.analysis.fitting import BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, reason, summary_lines
 from launcher.files import atomic_write
 from launcher.numbers import percent, sci, si
@@ -264,7 +265,7 @@ def _render(path: Path, draw: Callable, ncols: int = 1, size=(7.5, 5.0)) -> None
         plt.close(fig)
 
 
-def make_plots(sweep_dir: Path, collected: Collected, fit: dict) -> list[Plot]:
+def make_plots(sweep_dir: Path, collected: Collected, fit: dict, spent: list[Spent] = ()) -> list[Plot]:
     """Every plot the data supports, as plots/<name>.png; the others carry the reason they are missing."""
     out_dir = sweep_dir / PLOTS_DIR
     out_dir.mkdir(exist_ok=True)
@@ -279,6 +280,8 @@ def make_plots(sweep_dir: Path, collected: Collected, fit: dict) -> list[Plot]:
         (Plot("predicted_vs_observed", "Predicted vs observed loss"),
          lambda ax: plot_predicted(ax, collected, fit), 1,
          fit.get("error") or approach3.get("error") or (None if approach3.get("runs") else "approach 3 was not fitted")),
+        (Plot("compute_spent", "Compute spent"), lambda ax: plot_spent(ax, spent, _target_flops(sweep_dir)), 1,
+         None if spent else "no run logged any step"),
     ]
     for key, part in (fit.get("metrics") or {}).items():
         plots.append((Plot(f"metric_{key}", f"{key} against loss"), lambda ax, k=key, p=part: plot_metric(ax, k, p), 1,
@@ -330,6 +333,9 @@ CAPTIONS = {
     "frontier": "The fitted compute-optimal N_opt(C) and D_opt(C) of each approach, with bootstrap 95% bands, "
                 "the isoFLOP minima and the recommendation for the budget.",
     "predicted_vs_observed": "Final loss of every run against the loss approach 3's fitted law predicts for it.",
+    "compute_spent": "FLOPs the sweep computed (useful, recomputed by retries and resumes, evaluation, "
+                     "calibration; the projected target run where ladder project made one), with the 1e25 and "
+                     "1e26 FLOP reporting thresholds as lines.",
 }
 METRIC_CAPTION = ("A metric the runs log against their loss: the last logged value of each run, the link fitted "
                   "from loss to the metric, and the recommendation's projected value (step 1 predicts its loss).")
@@ -475,7 +481,30 @@ def _image(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def render_html(sweep_dir: Path, collected: Collected, fit: dict, plots: list[Plot], summary: list[str]) -> str:
+def _target_flops(sweep_dir: Path) -> dict[str, float]:
+    """The projected target run's FLOPs (``ladder project``'s projection.json), to draw beside the sweep's."""
+    import json
+
+    try:
+        return {"projected target run": float(json.loads((sweep_dir / "projection.json").read_text())["flops"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _spent(spent: list[Spent]) -> str:
+    runs = [s for s in spent if s.kind == "run"]
+    useful, total = sum(s.useful for s in runs), sum(s.total for s in spent)
+    retried = [s for s in runs if s.attempts > 1]
+    return (f'<p>Useful training FLOPs (the curves the runs kept): {sci(useful)}; computed over all '
+            f'{sum(s.attempts for s in spent)} attempts: {sci(sum(s.training for s in runs))} '
+            f'({sci(sum(s.recomputed for s in runs))} recomputed by {len(retried)} runs with retries or resumes); '
+            f'evaluation {sci(sum(s.evaluation for s in spent))}; calibration '
+            f'{sci(sum(s.training for s in spent if s.kind == "calibration"))}; <b>total {sci(total)}</b>.</p>'
+            f'<p class="meta">{_e(threshold_text(total))}</p>')
+
+
+def render_html(sweep_dir: Path, collected: Collected, fit: dict, plots: list[Plot], summary: list[str],
+                spent: list[Spent] = ()) -> str:
     rec = fit.get("recommendation") or {}
     inputs = fit.get("inputs") or {}
     parts = [f"<h1>Scaling-law report: {_e(sweep_dir.name)}</h1>",
@@ -520,7 +549,7 @@ def render_html(sweep_dir: Path, collected: Collected, fit: dict, plots: list[Pl
               '<p class="meta">C exact: the runs\' logged training FLOPs (the model\'s exact per-token count × '
               'tokens). 6·N·D uses the total parameter count N; a ratio above 1 is work 6ND does not see '
               '(attention scores grow with context length and matter most in small models).</p>',
-              _ledger(flop_ledger(collected))]
+              _ledger(flop_ledger(collected)), "<h3>Compute spent</h3>", _spent(list(spent))]
     if collected.skipped or collected.warnings:
         parts.append("<h2>Collection notes</h2>")
         parts += [f'<div class="warn">skipped <b>{_e(n)}</b>: {_e(why)}</div>' for n, why in collected.skipped]
@@ -562,11 +591,12 @@ def write_report(sweep_dir: str | os.PathLike, *, wandb_mode: Optional[str] = No
     sweep_dir = Path(sweep_dir)
     collected = collected or collect_sweep(sweep_dir)
     fit = _current_fit(sweep_dir, collected)
-    plots = make_plots(sweep_dir, collected, fit)
+    spent = sweep_spent(sweep_dir, [(r.name, r.meta.run_dir) for r in collected.runs])
+    plots = make_plots(sweep_dir, collected, fit, spent)
     summary = summary_lines(fit)
     atomic_write(sweep_dir / SUMMARY_FILE, "\n".join(summary) + "\n")
     path = sweep_dir / REPORT_FILE
-    atomic_write(path, render_html(sweep_dir, collected, fit, plots, summary))
+    atomic_write(path, render_html(sweep_dir, collected, fit, plots, summary, spent))
     log_summary_run(sweep_dir, fit, flop_ledger(collected), {p.name: p.path for p in plots if p.path}, wandb_mode)
     return path
 

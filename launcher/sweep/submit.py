@@ -40,7 +40,7 @@ from launcher.sweep.pack import PackItem, pack, pack_array
 from launcher.schedulers import REGISTRY, get_scheduler
 from launcher.schedulers.base import FINISHED_JOB_STATES, BatchJob, Dependency, Scheduler, Step
 from launcher.sweep.calibrate import calibrated_plan
-from launcher.sweep.plan import RunSpec, compose_sweep, write_plan
+from launcher.sweep.plan import Plan, RunSpec, compose_sweep, write_plan
 
 JOBS = "jobs"
 CANCEL_MARK = "CANCELLED"  # written by `ladder cancel`: jobs ending after it submit no continuation
@@ -206,6 +206,11 @@ def submit_sweep(overrides: list[str], dependency: Optional[Dependency] = None, 
     get_scheduler(validate(ClusterProfile, compose(overrides)["cluster"], "cluster"))  # before any calibration
     plan = calibrated_plan(overrides, calibrate, echo=_echo)
     plan.check_budget(over_budget_ok)
+    return submit_plan(plan, dependency)
+
+
+def submit_plan(plan: Plan, dependency: Optional[Dependency] = None) -> list[tuple[BatchJob, str]]:
+    """Record a plan (a sweep's, or a scaling study's) and submit its runs that still need training."""
     plan.sweep_dir = plan.sweep_dir.resolve()
     write_plan(plan)
     profile, name, sweep_dir = plan.cluster, plan.sweep.name, plan.sweep_dir
