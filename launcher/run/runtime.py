@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import gc
 import hashlib
 import json
@@ -321,6 +322,27 @@ def import_before_joining() -> None:
     import deepspeed  # noqa: F401
 
 
+def release_engine(engine) -> None:
+    """Let the collector free a DeepSpeed engine, and with it the process groups it refers to.
+
+    ``engine.destroy()`` removes the hooks DeepSpeed put on parameters and modules (torch holds them
+    from C++, where the collector cannot see them). ZeRO-3 also keeps the model on a module-level stack
+    (``parameter_offload.FWD_MODULE_STACK``) and its parameter coordinator, hence the engine, in the
+    ``lru_cache`` of one of the coordinator's methods; both let go here."""
+    if engine is None:
+        return
+    try:
+        engine.destroy()
+    except Exception as exc:  # noqa: BLE001 - a half-broken engine after a failure: free what can be freed
+        print(f"note: DeepSpeed engine.destroy() failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+    stack = getattr(sys.modules.get("deepspeed.runtime.zero.parameter_offload"), "FWD_MODULE_STACK", None)
+    if stack is not None:
+        stack[:] = [module for module in stack if module is not engine.module]
+    for cache in [o for o in gc.get_objects() if isinstance(o, functools._lru_cache_wrapper)]:
+        if (getattr(cache, "__module__", None) or "").startswith("deepspeed."):
+            cache.cache_clear()
+
+
 def close_process_group() -> None:
     """Destroy every process group, and so end its worker threads, while the interpreter is whole.
 
@@ -332,7 +354,7 @@ def close_process_group() -> None:
     ``destroy_process_group`` alone only unregisters the groups: a C++ group and its threads live on
     while anything refers to it - the engine and its optimizer (``data_parallel_group``...), DeepSpeed's
     group cache, default arguments bound at import (``import_before_joining``, ``rendezvous.connect``).
-    The caller drops the engine first; here the collector frees the engine's reference cycles,
+    The caller lets go of the engine first (``release_engine``); here the collector frees its cycles,
     DeepSpeed's ``destroy_process_group`` drops its cache, and the last reference going runs
     ProcessGroupGloo's destructor, which joins the workers with the GIL released: each finishes what it
     holds (a collective still in flight included) before the interpreter can begin to finalize."""
@@ -381,8 +403,7 @@ class Trainer:
         finally:
             if self.wandb is not None:
                 self.wandb.finish(self.state_file.state["exit_code"])
-            for name in ("engine", "family", "checkpointer"):  # the engine holds the groups (see close_process_group)
-                self.__dict__.pop(name, None)
+            release_engine(self.__dict__.pop("engine", None))
             close_process_group()
 
     def _setup(self) -> None:
