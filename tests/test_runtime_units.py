@@ -42,6 +42,53 @@ def test_schedule_warms_up_linearly_then_decays_along_a_cosine_to_the_floor():
     assert schedule(100) == pytest.approx(1e-4) and schedule(150) == pytest.approx(1e-4)
 
 
+WSD = ("train.tokens=409600", "train.global_batch_tokens=4096", "train.lr=1e-3", "train.warmup_tokens=40960",
+       "train.min_lr_ratio=0.1")  # 100 steps, 10 of warm-up
+
+
+@pytest.mark.parametrize("shape, at_85, at_90", [
+    ("linear", 1e-4 + 9e-4 * 0.75, 1e-4 + 9e-4 * 0.5),  # 1 - p
+    ("sqrt", 1e-4 + 9e-4 * 0.5, 1e-4 + 9e-4 * (1 - 0.5 ** 0.5)),  # 1 - sqrt(p): p = 0.25 -> 0.5
+    ("cosine", 1e-4 + 9e-4 * 0.5 * (1 + 0.5 ** 0.5), 1e-4 + 9e-4 * 0.5),  # cos(pi/4) = sqrt(2)/2
+])
+def test_wsd_is_constant_then_decays_over_the_last_fraction_along_its_shape(shape, at_85, at_90):
+    schedule = Schedule.make(train_config(*WSD, "train.schedule=wsd", "train.decay_fraction=0.2",
+                                          f"train.decay_shape={shape}"))
+    assert (schedule.warmup_steps, schedule.decay_start, schedule.total_steps) == (10, 80, 100)
+    assert [schedule(s) for s in range(10)] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])
+    assert [schedule(s) for s in range(10, 81)] == [1e-3] * 71  # stable: exactly the peak up to the fork
+    assert (schedule(85), schedule(90)) == pytest.approx((at_85, at_90), rel=1e-12)
+    assert schedule(100) == pytest.approx(1e-4) and schedule(130) == pytest.approx(1e-4)
+
+
+def test_a_constant_trunk_is_every_wsd_run_before_its_cooldown():
+    trunk = Schedule.make(train_config(*WSD, "train.schedule=constant"))
+    assert [trunk(s) for s in (0, 9, 10, 99, 100, 500)] == pytest.approx([1e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
+    for tokens in (204800, 307200, 409600):  # branches of 50, 75 and 100 steps share the trunk's warm-up
+        branch = Schedule.make(train_config(*WSD, f"train.tokens={tokens}", "train.schedule=wsd"))
+        assert branch.decay_start == tokens // 4096 - round(0.2 * tokens / 4096)
+        assert [branch(s) for s in range(branch.decay_start + 1)] == [trunk(s) for s in range(branch.decay_start + 1)]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.schedule=step", "train.schedule"),
+    ("train.decay_shape=exp", "train.decay_shape"),
+    ("train.decay_fraction=0", r"train.decay_fraction: must be in \(0, 1\], got 0"),
+    ("train.decay_fraction=1.5", "train.decay_fraction"),
+    ("train.warmup_tokens=-1", "train.warmup_tokens: must be >= 0"),
+    ("train.checkpoint_steps=[0]", "train.checkpoint_steps"),
+])
+def test_schedule_fields_are_checked_in_one_line(override, message):
+    with pytest.raises(UserError, match=message) as caught:
+        train_config(*WSD, override)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_decay_that_would_start_inside_the_warm_up_is_refused():
+    with pytest.raises(UserError, match="train.decay_fraction: 0.95 starts the decay at step 5, before the warm-up"):
+        Schedule.make(train_config(*WSD, "train.schedule=wsd", "train.decay_fraction=0.95"))
+
+
 def test_schedule_spans_the_tokens_and_max_steps_only_stops_the_run():
     train = train_config("train.tokens=10000", "train.global_batch_tokens=4096", "train.max_steps=2")
     assert (schedule_steps(train), run_steps(train)) == (3, 2)
