@@ -143,18 +143,20 @@ DECAY_SHAPES: dict[str, Callable[[float], float]] = {  # progress p in [0, 1] ->
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """Linear warm-up, then a decay from ``decay_start`` to min_lr at ``total_steps`` along ``decay_shape``.
+    """Linear warm-up, then a decay to min_lr along ``decay_shape``: step ``s`` (0-based) is at progress
+    p = (s - decay_start) / (decay_end - decay_start), clipped to [0, 1]; before the decay the LR is the peak.
 
-    cosine: the decay starts when the warm-up ends (Chinchilla). wsd: constant LR until the last
-    decay_fraction of the steps (``wsd_decay_start``), so a run of any length is a constant-LR trunk plus a
-    cooldown. constant: no decay (a WSD trunk: the steps before every branch's cooldown). Step ``s``'s
-    progress through the decay is (s - decay_start) / (total_steps - decay_start), for every shape."""
+    cosine (Chinchilla): from the warm-up's end to total_steps. wsd (Hägele et al. 2024): constant until
+    the last decay_fraction of the steps (``wsd_decay_start``, where a branch forks off its trunk), then
+    the cooldown's steps decay, its last one at min_lr, so a run of any length is a constant-LR trunk plus
+    a cooldown. constant: no decay (a WSD trunk: every branch's steps before its cooldown)."""
 
     lr: float
     min_lr: float
     warmup_steps: int
     total_steps: int
-    decay_start: int  # total_steps: never decays
+    decay_start: int
+    decay_end: int  # == decay_start: never decays
     decay_shape: str
 
     @classmethod
@@ -162,21 +164,21 @@ class Schedule:
         total = schedule_steps(train)
         warmup = (round(train.warmup_fraction * total) if train.warmup_tokens is None
                   else round(train.warmup_tokens / train.global_batch_tokens))
-        start, shape = {"cosine": (warmup, "cosine"), "constant": (total, "linear"),
-                        "wsd": (wsd_decay_start(total, train.decay_fraction), train.decay_shape)}[train.schedule]
-        if start < warmup:
-            raise UserError(f"train.decay_fraction: {train.decay_fraction} starts the decay at step {start}, "
+        fork = wsd_decay_start(total, train.decay_fraction)
+        if train.schedule == "wsd" and fork < warmup:
+            raise UserError(f"train.decay_fraction: {train.decay_fraction} starts the decay at step {fork}, "
                             f"before the warm-up ends at step {warmup} of {total}")
-        return cls(train.lr, train.lr * train.min_lr_ratio, warmup, total, start, shape)
+        start, end, shape = {"cosine": (warmup, total, "cosine"), "constant": (total, total, "linear"),
+                             "wsd": (fork - 1, total - 1, train.decay_shape)}[train.schedule]
+        return cls(train.lr, train.lr * train.min_lr_ratio, warmup, total, start, end, shape)
 
     def __call__(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based)."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
-        start = self.decay_start
-        if step < start or start >= self.total_steps:
+        if step <= self.decay_start or self.decay_end <= self.decay_start:
             return self.lr
-        progress = min(1.0, (step - start) / (self.total_steps - start))
+        progress = min(1.0, (step - self.decay_start) / (self.decay_end - self.decay_start))
         return self.min_lr + (self.lr - self.min_lr) * DECAY_SHAPES[self.decay_shape](progress)
 
 
