@@ -38,11 +38,12 @@ def planned_budget(sweep_dir: Path) -> Budget | None:
 
 
 def thinned_curve_points(collected: Collected, per_run: int = CURVE_POINTS_PER_RUN) -> list[dict]:
-    """Up to ``per_run`` points of each fitted run's curve, log-spaced in step, always with its last point."""
+    """Up to ``per_run`` points of each fitted run's curve, log-spaced in step, always with its last point
+    (a WSD sweep: each branch's cooldown end only, see ``Collected.curve_indices``)."""
     out = []
     for run in collected.in_fit:
         curve = collected.curves[run.name]
-        for i in curve.thinned(per_run).tolist():
+        for i in collected.curve_indices(run, per_run).tolist():
             out.append({"name": run.name, "N": run.meta.N, "D": float(curve.D[i]), "C": float(curve.C[i]),
                         "loss": float(curve.train_loss[i])})
     return out

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import UserError
+from launcher.run.checkpoint import checkpoint_complete
 from launcher.run.metrics import METRICS_FILE
 from launcher.policy import ACTIVE, FINAL, exit_code_state
 from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
@@ -82,12 +83,17 @@ class LocalSweepRunner:
         self.stop_sent_at: Optional[float] = None
 
     def pending(self) -> list[RunRecord]:
-        """Runs to start: never started, interrupted, cancelled, or failed fewer than max_retries times in a row."""
+        """Runs to start: never started, interrupted, cancelled, or failed fewer than max_retries times in a row;
+        a WSD branch only once its trunk's checkpoint at the fork is complete (until then it waits, planned)."""
         retries = self.plan.cluster.max_retries
         runs = [r for r in self.db.runs(self.plan.sweep.name, states=("planned", "timed_out", "cancelled", "failed"))
                 if r.config_hash in self.specs and r.config_hash not in self.active
-                and (r.state != "failed" or r.consecutive_failures < retries)]
-        return sorted(runs, key=lambda r: -r.C)  # longest first: the parallel slots end together
+                and (r.state != "failed" or r.consecutive_failures < retries) and self._ready(r)]
+        return sorted(runs, key=lambda r: -self.specs[r.config_hash].trained_C)  # longest first: slots end together
+
+    def _ready(self, run: RunRecord) -> bool:
+        start = self.specs[run.config_hash].start_checkpoint(self.plan.sweep_dir)
+        return start is None or checkpoint_complete(start)
 
     def run(self) -> bool:
         """Train until every run has ended (True) or a signal stopped the sweep (False)."""
