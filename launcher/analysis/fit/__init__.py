@@ -67,6 +67,10 @@ Approaches 1 and 2 predict optima, not a value at (N, D), and are refused.
                            alternatives: {approach2: {...same keys}}}
     extrapolation         {held_out_budget, C, observed: {N_opt, loss_opt, from: "parabola"|"best run"},
                            approach2|approach3: {N_opt, loss_opt, rel_error_N_opt, rel_error_loss}}
+    diagnostics           {approaches: {approachK: {a, a_ci, flags}}, budgets: [{budget, C, N_opt, N_min, N_max,
+                           position: inside|below|above|none}], approach3: {at_bound, condition_number,
+                           E_over_min_loss}, residuals, verdict: agree|disagree, reasons: [words], trusted,
+                           next_runs: [words]}   (``launcher.analysis.fit.diagnostics``)
     inputs                {sweep, runs, final_points, curve_points_logged, curve_points_fitted, budget_flops,
                            budget_source, n_boot, seed, skipped: [{run, reason}], warnings, fingerprint}
                            added by ``launcher.analysis.fitting`` when it writes fit.json (also beside a whole-fit

@@ -14,6 +14,7 @@ import numpy as np
 from launcher.errors import UserError
 from launcher.analysis.fit.bnsl import fit_bnsl
 from launcher.analysis.fit.bootstrap import LEVEL, percentile_interval, resample_counts
+from launcher.analysis.fit.diagnostics import diagnose
 from launcher.analysis.fit.chinchilla import (ChinchillaFit, compute_optimal, fit_chinchilla, predicted_loss, refit_weighted)
 from launcher.analysis.fit.envelope import EnvelopeFit, envelope_points, fit_envelope
 from launcher.analysis.fit.isoflop import IsoflopFit, budget_minimum, fit_isoflop
@@ -105,6 +106,7 @@ class SweepFitter:
         out["frontier"] = self.frontier(envelope, iso, chin, boot)
         out["recommendation"] = self.recommendation(iso, chin, boot)
         out["extrapolation"] = self.extrapolation()
+        out["diagnostics"] = diagnose(out, chin, self.finals)
         return jsonable(out)
 
     def approach3(self, fit: ChinchillaFit) -> dict:
