@@ -24,6 +24,7 @@ COMMANDS = {
     "collect": ("launcher.analysis.collect:main", "gather every run's metrics.jsonl into one table of curves"),
     "fit": ("launcher.analysis.fitting:fit_main", "fit scaling laws to a sweep or to a CSV of points"),
     "report": ("launcher.analysis.report:main", "write report.html and plots for a sweep"),
+    "propose": ("launcher.sweep.propose:main", "propose a sweep's next runs from its fit (proposal.yaml)"),
     "wandb-sync": ("launcher.analysis.wandb_sync:main", "upload a sweep's offline W&B runs (from a login node)"),
 }
 

@@ -26,6 +26,7 @@ from launcher.files import atomic_write_json
 from launcher.identity import content_hash, run_hash
 from launcher.numbers import budget_tag, sci, si
 from launcher.resources import split_site_override
+from launcher.sweep.proposal import extend_sweep, read_proposal
 
 PLAN_FILE = "plan.json"
 
@@ -201,12 +202,13 @@ class Throughput:
                 return math.exp((1 - t) * math.log(f0) + t * math.log(f1))
         raise AssertionError("unreachable")
 
-    def wall_s(self, spec: RunSpec, flops: Optional[float] = None) -> float:
-        """Wall seconds of what ``spec`` trains itself (``flops``: of that many FLOPs instead)."""
-        return self.overhead_s + (spec.trained_C if flops is None else flops) / self.flops_per_s(spec.N)
-
     def node_hours(self, spec: RunSpec, flops: Optional[float] = None) -> float:
-        return self.wall_s(spec, flops) / self.runs_per_node / 3600.0
+        """Node-hours of what ``spec`` trains itself (``flops``: of that many FLOPs instead)."""
+        return self.node_hours_of(spec.N, spec.trained_C if flops is None else flops)
+
+    def node_hours_of(self, N: float, flops: float) -> float:
+        """Node-hours of a run of N parameters training ``flops`` FLOPs (a proposed run has no spec yet)."""
+        return (self.overhead_s + flops / self.flops_per_s(N)) / self.runs_per_node / 3600.0
 
     def node_flops_per_s(self, N: int) -> float:
         return self.flops_per_s(N) * self.runs_per_node
@@ -301,7 +303,10 @@ class SweepSetup:
 
 
 def compose_sweep(overrides: list[str]) -> tuple[SweepConfig, ClusterProfile, Path]:
-    """The sweep config, cluster profile and sweep directory that ``overrides`` select."""
+    """The sweep config, cluster profile and sweep directory that ``overrides`` select (``proposal=FILE``:
+    with a proposal's runs added, see ``launcher.sweep.proposal``)."""
+    proposals = [o.split("=", 1)[1] for o in overrides if override_key(o) == "proposal"]
+    overrides = [o for o in overrides if override_key(o) != "proposal"]
     chosen = [o.split("=", 1)[1] for o in overrides if override_key(o) == "sweep" and "=" in o]
     options = group_options("sweep", config_layers(split_site_override(overrides)[1]))
     if chosen and chosen[-1] not in options:  # an optional default group skips a missing option silently
@@ -311,6 +316,8 @@ def compose_sweep(overrides: list[str]) -> tuple[SweepConfig, ClusterProfile, Pa
     if not raw.get("sweep"):
         raise UserError(f"sweep: no sweep selected; pass sweep=<name>, one of: {', '.join(options)}")
     sweep = validate(SweepConfig, raw["sweep"], "sweep")
+    for path in proposals:
+        sweep = extend_sweep(sweep, read_proposal(path))
     cluster = validate(ClusterProfile, raw["cluster"], "cluster")
     return sweep, cluster, Path(raw.get("sweeps_root") or "sweeps") / sweep.name
 
@@ -318,7 +325,7 @@ def compose_sweep(overrides: list[str]) -> tuple[SweepConfig, ClusterProfile, Pa
 def load_sweep(overrides: list[str]) -> SweepSetup:
     """Compose ``overrides`` (``sweep=<name>``, ``cluster=<site>``, run overrides) into a validated sweep."""
     sweep, cluster, sweep_dir = compose_sweep(overrides)
-    user = [o for o in overrides if override_key(o).split(".")[0] not in ("sweep", "sweeps_root")]
+    user = [o for o in overrides if override_key(o).split(".")[0] not in ("sweep", "sweeps_root", "proposal")]
     base = merge_overrides([f"model={sweep.model}"], [f"data={sweep.data}"] if sweep.data else [], sweep.overrides,
                            user)
     run = load_run_config(base)
