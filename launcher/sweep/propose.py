@@ -90,6 +90,12 @@ def propose(sweep_dir: Path, sweep_name: str, target: Optional[float], k: int) -
     return Proposal(sweep_name, RULE, runs, target)
 
 
+def write_proposal(sweep_dir: Path, proposal: Proposal) -> Path:
+    path = sweep_dir / PROPOSAL_FILE
+    atomic_write(path, proposal.to_yaml())
+    return path
+
+
 def main(argv: list[str]) -> int:
     parser = command_parser("ladder propose", "Propose the next runs of a sweep from its fit (proposal.yaml).")
     parser.add_argument("--target-flops", type=float, help="the budget whose N_opt interval should shrink")
@@ -101,8 +107,7 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--target-flops: must be a positive number of FLOPs, got {args.target_flops}")
     sweep, _, sweep_dir = compose_sweep(args.overrides)
     proposal = propose(sweep_dir, sweep.name, args.target_flops, args.runs)
-    path = sweep_dir / PROPOSAL_FILE
-    atomic_write(path, proposal.to_yaml())
+    path = write_proposal(sweep_dir, proposal)
     for run in proposal.runs:
         print(f"N = {sci(run.params)} at C = {sci(run.budget)} ({sci(run.est_node_hours)} node-h): {run.reason}")
     print(f"-> {path}\nrun them: ladder sweep sweep={sweep.name} proposal={path}")
