@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import UserError
-from launcher.run.checkpoint import checkpoint_complete
 from launcher.run.metrics import METRICS_FILE
 from launcher.policy import ACTIVE, FINAL, exit_code_state
 from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
@@ -88,12 +87,9 @@ class LocalSweepRunner:
         retries = self.plan.cluster.max_retries
         runs = [r for r in self.db.runs(self.plan.sweep.name, states=("planned", "timed_out", "cancelled", "failed"))
                 if r.config_hash in self.specs and r.config_hash not in self.active
-                and (r.state != "failed" or r.consecutive_failures < retries) and self._ready(r)]
+                and (r.state != "failed" or r.consecutive_failures < retries)
+                and self.specs[r.config_hash].ready(self.plan.sweep_dir)]
         return sorted(runs, key=lambda r: -self.specs[r.config_hash].trained_C)  # longest first: slots end together
-
-    def _ready(self, run: RunRecord) -> bool:
-        start = self.specs[run.config_hash].start_checkpoint(self.plan.sweep_dir)
-        return start is None or checkpoint_complete(start)
 
     def run(self) -> bool:
         """Train until every run has ended (True) or a signal stopped the sweep (False)."""

@@ -137,6 +137,13 @@ class RunSpec:
 
         return None if self.parent is None else tag_dir(Path(sweep_dir) / "runs" / self.parent, self.fork_step)
 
+    def ready(self, sweep_dir: str | os.PathLike) -> bool:
+        """Whether the run can start: a branch waits (planned) until its trunk's fork checkpoint is complete."""
+        from launcher.run.checkpoint import checkpoint_complete
+
+        start = self.start_checkpoint(sweep_dir)
+        return start is None or checkpoint_complete(start)
+
     def overrides(self, sweep_dir: str | os.PathLike) -> list[str]:
         """The overrides of ``ladder train`` for this run."""
         start = self.start_checkpoint(sweep_dir)
