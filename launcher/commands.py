@@ -13,6 +13,9 @@ from launcher.analysis.collect import collect_sweep
 from launcher.analysis.fitting import FIT_FILE, fit_sweep_dir, summary_lines
 from launcher.analysis.report import write_report
 from launcher.arguments import command_parser
+from launcher.errors import UserError
+from launcher.numbers import sci
+from launcher.sweep.propose import DEFAULT_RUNS, propose, write_proposal
 from launcher.sweep.calibrate import calibrated_plan
 from launcher.sweep.local import run_local_sweep
 from launcher.sweep.plan import make_console, print_plan
@@ -56,3 +59,18 @@ def analyse(sweep_dir: Path, console) -> None:
     for line in summary_lines(fit):
         console.print(line, highlight=False)
     console.print(f"fit: {sweep_dir / FIT_FILE}\nreport: {report}")
+    if "error" not in fit:
+        print_proposal(sweep_dir, console)
+
+
+def print_proposal(sweep_dir: Path, console, top: int = 3) -> None:
+    """The next round's first runs (``ladder propose``), written to proposal.yaml; or why there is none."""
+    try:
+        proposal = propose(sweep_dir, sweep_dir.name, None, DEFAULT_RUNS)
+    except UserError as exc:
+        console.print(f"no proposal: {exc}", highlight=False)
+        return
+    path = write_proposal(sweep_dir, proposal)
+    console.print(f"next round ({path}, {len(proposal.runs)} runs), first {top}:", highlight=False)
+    for run in proposal.runs[:top]:
+        console.print(f"  N = {sci(run.params)} at C = {sci(run.budget)}: {run.reason}", highlight=False)

@@ -229,3 +229,19 @@ def test_writers_wait_for_each_other(tmp_path):
     assert time.monotonic() - began >= 0.3
     holder.join(60)
     assert impatient.sweep_config("t") == {}
+
+
+def test_a_database_from_before_wsd_sweeps_gains_the_branch_columns(tmp_path):
+    from launcher.sweep import jobdb
+
+    v1 = jobdb._SCHEMA.replace(" role TEXT NOT NULL DEFAULT 'run', parent TEXT, fork_step INTEGER,\n   ", "")
+    assert "fork_step" not in v1
+    conn = sqlite3.connect(tmp_path / "jobdb.sqlite")
+    conn.executescript(v1 + "; PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO sweeps (name) VALUES ('old')")
+    conn.execute("INSERT INTO runs (config_hash, sweep, name, overrides) VALUES ('h1', 'old', 'r1', '[]')")
+    conn.commit()
+    conn.close()
+    with JobDB(tmp_path / "jobdb.sqlite") as db:
+        (run,) = db.runs("old")
+        assert (run.name, run.role, run.parent, run.fork_step) == ("r1", "run", None, None)

@@ -23,13 +23,14 @@ LAYERS: list[tuple[str, ...]] = [
     # login-node rooms in imports because they read what it writes (metrics.jsonl) through its readers
     ("launcher.run",),
     # config -> plan -> job database -> pack -> schedulers: each consumes the one before it
+    ("launcher.sweep.proposal",),  # the next round's file, read back by the planner
     ("launcher.sweep.plan",),
     ("launcher.sweep.jobdb",),
     ("launcher.sweep.pack",),  # PackedJob is the schedulers' input, so pack never imports them
     ("launcher.schedulers",),
     # the login-node drivers: calibration runs and batch submission, then what reads their state
     ("launcher.sweep.calibrate", "launcher.sweep.submit"),
-    ("launcher.sweep.status", "launcher.sweep.local"),
+    ("launcher.sweep.status", "launcher.sweep.local", "launcher.sweep.propose"),
     ("launcher.sweep.study",),  # a scaling study: a plan of its own through submit or the local runner
     # back on the login node: collect -> fit -> the sweep fit -> W&B -> report
     ("launcher.analysis.collect", "launcher.analysis.spent"),

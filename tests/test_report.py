@@ -115,6 +115,11 @@ def test_report_is_self_contained_and_shows_the_data(law_sweep):
     assert f"N_opt = {rec['N_opt']:.3g} [{rec['N_opt_ci'][0]:.3g}, {rec['N_opt_ci'][1]:.3g}]" in summary
     assert f"approach3: N_opt error {100 * fit['extrapolation']['approach3']['rel_error_N_opt']:+.1f}%" in summary
     assert summary.strip() in page.replace("&#x27;", "'")
+    # both open with the verdict, the trusted approach's recommendation and what to run next
+    verdict = fit["diagnostics"]["verdict"]
+    lines = summary.splitlines()
+    assert lines[1].startswith(f"verdict: {verdict}") and any(line == "next:" for line in lines[:12])
+    assert page.index("<h2>Verdict</h2>") < page.index("<h2>Recommendation</h2>") < page.index("<h2>Fitted laws</h2>")
 
 
 def test_report_when_the_fit_fails(tmp_path, capsys):

@@ -20,7 +20,8 @@ from launcher.config.run import load_run_config
 from launcher.errors import UserError
 from launcher.run.metrics import MetricsLog, read_metrics
 from launcher.run.runtime import (BatchPlan, RunStateFile, Schedule, StopRequest, default_run_dir, deepspeed_config,
-                                  make_family, param_groups, run_steps, schedule_steps)
+                                  make_family, param_groups, run_steps, schedule_steps,
+                                  wsd_decay_start)
 
 
 def train_config(*overrides: str):
@@ -40,6 +41,55 @@ def test_schedule_warms_up_linearly_then_decays_along_a_cosine_to_the_floor():
     assert all(a > b for a, b in zip(decay, decay[1:]))
     assert schedule(55) == pytest.approx((1e-3 + 1e-4) / 2)  # halfway through the cosine
     assert schedule(100) == pytest.approx(1e-4) and schedule(150) == pytest.approx(1e-4)
+
+
+WSD = ("train.tokens=409600", "train.global_batch_tokens=4096", "train.lr=1e-3", "train.warmup_tokens=40960",
+       "train.min_lr_ratio=0.1")  # 100 steps, 10 of warm-up
+
+
+@pytest.mark.parametrize("shape, at_84, at_89", [
+    ("linear", 1e-4 + 9e-4 * 0.75, 1e-4 + 9e-4 * 0.5),  # 1 - p
+    ("sqrt", 1e-4 + 9e-4 * 0.5, 1e-4 + 9e-4 * (1 - 0.5 ** 0.5)),  # 1 - sqrt(p): p = 0.25 -> 0.5
+    ("cosine", 1e-4 + 9e-4 * 0.5 * (1 + 0.5 ** 0.5), 1e-4 + 9e-4 * 0.5),  # cos(pi/4) = sqrt(2)/2
+])
+def test_wsd_is_constant_then_decays_over_the_last_fraction_along_its_shape(shape, at_84, at_89):
+    schedule = Schedule.make(train_config(*WSD, "train.schedule=wsd", "train.decay_fraction=0.2",
+                                          f"train.decay_shape={shape}"))
+    assert (schedule.warmup_steps, wsd_decay_start(100, 0.2), schedule.total_steps) == (10, 80, 100)
+    assert [schedule(s) for s in range(10)] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])
+    assert [schedule(s) for s in range(10, 80)] == [1e-3] * 70  # stable: exactly the peak until the fork
+    # the cooldown's 20 steps 80..99 are at p = (s - 79) / 20: step 84 at 0.25, step 89 at 0.5, step 99 at 1
+    assert (schedule(84), schedule(89)) == pytest.approx((at_84, at_89), rel=1e-12)
+    assert schedule(80) < 1e-3 and schedule(99) == pytest.approx(1e-4) and schedule(130) == pytest.approx(1e-4)
+
+
+def test_a_constant_trunk_is_every_wsd_run_before_its_cooldown():
+    trunk = Schedule.make(train_config(*WSD, "train.schedule=constant"))
+    assert [trunk(s) for s in (0, 9, 10, 99, 100, 500)] == pytest.approx([1e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
+    for tokens in (204800, 307200, 409600):  # branches of 50, 75 and 100 steps share the trunk's warm-up
+        branch = Schedule.make(train_config(*WSD, f"train.tokens={tokens}", "train.schedule=wsd"))
+        fork = wsd_decay_start(branch.total_steps, 0.2)
+        assert fork == tokens // 4096 - round(0.2 * tokens / 4096)
+        assert [branch(s) for s in range(fork)] == [trunk(s) for s in range(fork)] and branch(fork) < trunk(fork)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.schedule=step", "train.schedule"),
+    ("train.decay_shape=exp", "train.decay_shape"),
+    ("train.decay_fraction=0", r"train.decay_fraction: must be in \(0, 1\], got 0"),
+    ("train.decay_fraction=1.5", "train.decay_fraction"),
+    ("train.warmup_tokens=-1", "train.warmup_tokens: must be >= 0"),
+    ("train.checkpoint_steps=[0]", "train.checkpoint_steps"),
+])
+def test_schedule_fields_are_checked_in_one_line(override, message):
+    with pytest.raises(UserError, match=message) as caught:
+        train_config(*WSD, override)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_decay_that_would_start_inside_the_warm_up_is_refused():
+    with pytest.raises(UserError, match="train.decay_fraction: 0.95 starts the decay at step 5, before the warm-up"):
+        Schedule.make(train_config(*WSD, "train.schedule=wsd", "train.decay_fraction=0.95"))
 
 
 def test_schedule_spans_the_tokens_and_max_steps_only_stops_the_run():

@@ -73,6 +73,7 @@ class RunMeta:
     state: str
     source: str  # jobdb | plan.json | config.yaml
     holdout: bool = False  # plan.json marks it (sweep.holdout): predicted by the fit, not fitted
+    role: str = "run"  # run | trunk (a WSD sweep's constant-LR stem: no point) | branch (its cooldown to D)
 
     @property
     def flops_per_token(self) -> float:
@@ -99,8 +100,9 @@ def _meta_from_config(run_dir: Path) -> RunMeta:
     n_total, n_ne = entry.param_counts(cfg)
     train = config["train"]
     tokens = int(train["tokens"] or train["max_steps"] * train["global_batch_tokens"])
+    role = "branch" if train.get("init_from") else "trunk" if train.get("schedule") == "constant" else "run"
     return RunMeta(run_dir.name, entry.name, n_total, n_ne, tokens, float(entry.flops_per_token(cfg)) * tokens,
-                   None, run_dir, "unknown", "config.yaml")
+                   None, run_dir, "unknown", "config.yaml", role=role)
 
 
 def run_metas(sweep_dir: Path) -> tuple[list[RunMeta], list[tuple[str, str]]]:
@@ -121,14 +123,15 @@ def run_metas(sweep_dir: Path) -> tuple[list[RunMeta], list[tuple[str, str]]]:
             for r in db.runs():
                 run_dir = where(r.name, r.run_dir)
                 metas[r.name] = RunMeta(r.name, r.family, r.N, r.N_non_embedding, r.D, float(r.C), r.budget,
-                                        run_dir, _effective_state(r.state, run_dir), "jobdb", r.name in held)
+                                        run_dir, _effective_state(r.state, run_dir), "jobdb", r.name in held,
+                                        r.role)
     for r in planned:
         if r.get("name") in metas:
             continue
         run_dir = where(r["name"], None)
         metas[r["name"]] = RunMeta(r["name"], r["family"], int(r["N"]), int(r["N_non_embedding"]), int(r["D"]),
                                    float(r["C"]), r.get("budget"), run_dir, _effective_state(None, run_dir),
-                                   "plan.json", r["name"] in held)
+                                   "plan.json", r["name"] in held, r.get("role", "run"))
     if runs_root.is_dir():
         for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir() and p.name not in metas):
             try:
@@ -470,24 +473,32 @@ class Collected:
         """Runs whose curves the fitters see: every collected run that did not diverge."""
         return [r for r in self.runs if r.name in self.curves and not r.diverged]
 
+    def curve_indices(self, run: CollectedRun, limit: Optional[int] = None) -> np.ndarray:
+        """Indices of the logged points of ``run`` approach 1 reads (at most ~``limit``, see ``Curve.thinned``):
+        a WSD branch's cooldown end only, none of a constant-LR trunk (a point inside a decay or on a trunk
+        is not a finished run of that length), the points of any other run."""
+        n = len(self.curves[run.name])
+        if run.meta.role in ("trunk", "branch"):
+            return np.arange(n - 1, n) if run.meta.role == "branch" else np.arange(0)
+        return self.curves[run.name].thinned(limit) if limit else np.arange(n)
+
     @property
     def curve_points(self) -> np.ndarray:
-        """Every logged point (name, N, D, C, loss = train_loss) of the runs in the fit, as a structured array."""
-        runs = self.in_fit
-        total = sum(len(self.curves[r.name]) for r in runs)
-        out = np.empty(total, dtype=CURVE_POINT_DTYPE)
+        """The logged points (name, N, D, C, loss = train_loss) approach 1 reads, as a structured array."""
+        parts = [(r, self.curve_indices(r)) for r in self.in_fit]
+        out = np.empty(sum(len(i) for _, i in parts), dtype=CURVE_POINT_DTYPE)
         at = 0
-        for r in runs:
+        for r, index in parts:
             curve = self.curves[r.name]
-            part = out[at:at + len(curve)]
+            part = out[at:at + len(index)]
             part["name"], part["N"] = r.name, r.meta.N
-            part["D"], part["C"], part["loss"] = curve.D, curve.C, curve.train_loss
-            at += len(curve)
+            part["D"], part["C"], part["loss"] = curve.D[index], curve.C[index], curve.train_loss[index]
+            at += len(index)
         return out
 
     def to_json(self) -> dict:
         return {"sweep_dir": str(self.sweep_dir), "runs": [r.to_json() for r in self.runs],
-                "final_points": self.final_points, "curve_points": sum(len(self.curves[r.name]) for r in self.in_fit),
+                "final_points": self.final_points, "curve_points": len(self.curve_points),
                 "skipped": [{"run": n, "reason": why} for n, why in self.skipped], "warnings": self.warnings,
                 "curves_file": None if self.curves_path is None else str(self.curves_path)}
 
@@ -617,7 +628,7 @@ def collect_sweep(sweep_dir: str | os.PathLike, write_curves_file: bool = True, 
     final_points = [{"name": r.name, "family": r.meta.family, "N": r.meta.N, "N_non_embedding": r.meta.N_non_embedding,
                      "D": r.D, "C": r.C, "loss": r.loss, "loss_source": r.loss_source, "budget": r.meta.budget,
                      "holdout": r.meta.holdout}
-                    for r in runs if r.state == "completed" and not r.diverged]
+                    for r in runs if r.state == "completed" and not r.diverged and r.meta.role != "trunk"]
     return Collected(sweep_dir, runs, parsed_curves, final_points, skipped, warnings, curves_path)
 
 

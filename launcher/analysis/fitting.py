@@ -40,13 +40,14 @@ def planned_budget(sweep_dir: Path) -> Budget | None:
 
 
 def thinned_curve_points(collected: Collected, per_run: int = CURVE_POINTS_PER_RUN) -> list[dict]:
-    """Up to ``per_run`` points of each fitted (not held-out) run's curve, log-spaced in step, always with its last point."""
+    """Up to ``per_run`` points of each fitted (not held-out) run's curve, log-spaced in step, always with its
+    last point (a WSD sweep: each branch's cooldown end only, see ``Collected.curve_indices``)."""
     out = []
     for run in collected.in_fit:
         if run.meta.holdout:  # predicted, not fitted: its curve stays out of approach 1 too
             continue
         curve = collected.curves[run.name]
-        for i in curve.thinned(per_run).tolist():
+        for i in collected.curve_indices(run, per_run).tolist():
             out.append({"name": run.name, "N": run.meta.N, "D": float(curve.D[i]), "C": float(curve.C[i]),
                         "loss": float(curve.train_loss[i])})
     return out
@@ -166,6 +167,35 @@ def _param(fit: dict, approach: str, name: str) -> str:
     return f"{name} = {sci(value)}{interval(ci)}"
 
 
+def trusted_recommendation(fit: dict) -> Optional[dict]:
+    """The recommendation of the approach the verdict trusts (``diagnostics.trusted``), None when none."""
+    rec, trusted = fit.get("recommendation") or {}, (fit.get("diagnostics") or {}).get("trusted")
+    if "error" in rec or trusted is None:
+        return None
+    if rec.get("source") == trusted:
+        return rec
+    alternative = (rec.get("alternatives") or {}).get(trusted)
+    return None if alternative is None else {**alternative, "source": trusted}
+
+
+def verdict_lines(fit: dict) -> list[str]:
+    """The verdict first: agree or disagree and why, the trusted approach's N_opt and D_opt, what to run next."""
+    diagnostics = fit.get("diagnostics")
+    if not diagnostics:
+        return []
+    lines = [f"verdict: {diagnostics['verdict']}" + (" (the approaches' exponents agree and none is flagged)"
+                                                     if diagnostics["verdict"] == "agree" else "")]
+    lines += [f"  - {why}" for why in diagnostics["reasons"]]
+    rec = trusted_recommendation(fit)
+    if rec is None:
+        lines.append("trusted: none of the approaches: no recommendation can be trusted from this sweep")
+    else:
+        lines.append(f"trusted: {diagnostics['trusted']}: N_opt = {sci(rec['N_opt'])}{interval(rec.get('N_opt_ci'))}, "
+                     f"D_opt = {sci(rec['D_opt'])}{interval(rec.get('D_opt_ci'))} at C = {sci(rec['C'])} FLOPs")
+    lines += ["next:"] + [f"  - {step}" for step in diagnostics["next_runs"]]
+    return lines
+
+
 def summary_lines(fit: dict) -> list[str]:
     """The fit in plain text: exponents with 95% bootstrap intervals, the recommendation, the extrapolation."""
     inputs = fit.get("inputs") or {}
@@ -174,6 +204,7 @@ def summary_lines(fit: dict) -> list[str]:
              f"{len(inputs.get('skipped', []))} runs skipped"]
     if "error" in fit:
         return lines + [f"fit failed: {fit['error']}"]
+    lines += verdict_lines(fit)
     level = int(round(100 * (fit.get("bootstrap") or {}).get("level", 0.95)))
     lines.append(f"intervals: {level}% bootstrap percentiles over {(fit.get('bootstrap') or {}).get('n_boot', '?')} "
                  f"resamples of the runs")

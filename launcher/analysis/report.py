@@ -23,8 +23,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from launcher.analysis.collect import Collected, collect_sweep, parse_sweep_args
+from launcher.analysis.fitting import (BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, reason,
+                                       summary_lines, trusted_recommendation, verdict_lines)
 from launcher.analysis.spent import Spent, plot_spent, sweep_spent, threshold_text
-from launcher.analysis.fitting import BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, reason, summary_lines
 from launcher.files import atomic_write
 from launcher.numbers import percent, sci, si
 
@@ -505,7 +506,7 @@ def _spent(spent: list[Spent]) -> str:
 
 def render_html(sweep_dir: Path, collected: Collected, fit: dict, plots: list[Plot], summary: list[str],
                 spent: list[Spent] = ()) -> str:
-    rec = fit.get("recommendation") or {}
+    rec = trusted_recommendation(fit) or fit.get("recommendation") or {}
     inputs = fit.get("inputs") or {}
     parts = [f"<h1>Scaling-law report: {_e(sweep_dir.name)}</h1>",
              f'<p class="meta">{_e(sweep_dir.resolve())} · {time.strftime("%Y-%m-%d %H:%M:%S")} · '
@@ -513,6 +514,11 @@ def render_html(sweep_dir: Path, collected: Collected, fit: dict, plots: list[Pl
              f"{len(collected.skipped)} skipped</p>"]
     if "error" in fit:
         parts.append(f'<div class="error"><b>The fit failed:</b> {_e(fit["error"])}</div>')
+    verdict = verdict_lines(fit)
+    if verdict:
+        agree = (fit.get("diagnostics") or {}).get("verdict") == "agree"
+        parts += ["<h2>Verdict</h2>", f'<div class="{"meta" if agree else "warn"}"><pre>{_e(chr(10).join(verdict))}'
+                                      f"</pre></div>"]
     parts.append("<h2>Recommendation</h2>")
     if "error" in rec or not rec:
         why = rec.get("error", fit.get("error", "no fit"))

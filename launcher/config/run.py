@@ -23,8 +23,17 @@ class TrainConfig:
     global_batch_tokens: int = 4096  # reached with gradient accumulation over ranks x micro-batches
     micro_batch_size: int = 8  # samples per rank per micro-step
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decay to 10% of the peak
+    min_lr_ratio: float = 0.1  # the schedule decays to 10% of the peak
     warmup_fraction: float = 0.05
+    warmup_tokens: Optional[int] = None  # absolute warm-up, replacing warmup_fraction: a WSD trunk and its
+    #                                      branches of different lengths share it
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # after the warm-up (launcher.run.runtime.Schedule)
+    decay_fraction: float = 0.2  # wsd: the last fraction of the run's steps decays to min_lr_ratio x lr
+    decay_shape: Literal["linear", "sqrt", "cosine"] = "sqrt"  # wsd: 1 - p, 1 - sqrt(p) (Hägele et al. 2024), cosine
+    init_from: Optional[str] = None  # a checkpoint tag folder (<run_dir>/checkpoints/step_XXXXXXXX) of another
+    #                                  run to start from when this run has no checkpoint yet: a WSD branch's trunk
+    checkpoint_steps: list[int] = dataclasses.field(default_factory=list)  # also checkpoint at these steps and
+    #                                  keep them (a trunk's branch points)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -44,6 +53,14 @@ class TrainConfig:
             raise ValueError("train: set train.tokens (the run's D) or train.max_steps")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"train.warmup_fraction: must be in [0, 1), got {self.warmup_fraction}")
+        if self.warmup_tokens is not None and self.warmup_tokens < 0:
+            raise ValueError(f"train.warmup_tokens: must be >= 0, got {self.warmup_tokens}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"train.decay_fraction: must be in (0, 1], got {self.decay_fraction}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"train.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if any(step < 1 for step in self.checkpoint_steps):
+            raise ValueError(f"train.checkpoint_steps: steps must be >= 1, got {self.checkpoint_steps}")
 
 
 @dataclasses.dataclass

@@ -8,7 +8,8 @@ Layout under ``<run_dir>/checkpoints/``::
 A tag is complete only when every rank has written its part: ``latest`` is replaced atomically by
 rank 0 after a barrier, so a run killed mid-save resumes from the previous tag. The run's own state
 (step, tokens, FLOPs, data position, torch/numpy/python RNG states) is saved per rank beside
-DeepSpeed's files, because the RNG streams of ranks differ.
+DeepSpeed's files, because the RNG streams of ranks differ. Tags at ``keep_steps`` (a WSD trunk's branch
+points) are never pruned; another run can start from one (``train.init_from``) once it is complete.
 """
 from __future__ import annotations
 
@@ -55,12 +56,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def tag_of(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def tag_dir(run_dir: Path | str, step: int) -> Path:
+    """Where a run's checkpoint of ``step`` lives: what a branch's train.init_from names."""
+    return Path(run_dir) / "checkpoints" / tag_of(step)
+
+
+def checkpoint_complete(tag_path: Path | str) -> bool:
+    """Whether every rank finished writing this tag: it exists and its run's ``latest`` is at or past it
+    (``latest`` moves only after a complete save, and saves follow one another)."""
+    tag_path = Path(tag_path)
+    match, latest = _TAG.fullmatch(tag_path.name), Checkpointer(tag_path.parent.parent, 0).latest_tag()
+    latest_match = _TAG.fullmatch(latest) if latest else None
+    return bool(match and latest_match and tag_path.is_dir() and int(latest_match[1]) >= int(match[1]))
+
+
 class Checkpointer:
     """Saves and restores one run's checkpoints; every rank calls ``save`` and ``load`` together."""
 
-    def __init__(self, run_dir: Path, rank: int):
+    def __init__(self, run_dir: Path, rank: int, keep_steps: tuple[int, ...] = ()):
         self.root = Path(run_dir) / "checkpoints"
         self.rank = rank
+        self.keep = {tag_of(step) for step in keep_steps}
 
     def latest_tag(self) -> Optional[str]:
         try:
@@ -73,7 +93,7 @@ class Checkpointer:
         import torch
         import torch.distributed as dist
 
-        tag = f"step_{state.step:08d}"
+        tag = tag_of(state.step)
         self.root.mkdir(parents=True, exist_ok=True)
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"scaleladder": dataclasses.asdict(state)},
                                save_latest=False)
@@ -84,21 +104,30 @@ class Checkpointer:
         dist.barrier()  # every rank's part is on disk before the pointer moves
         if self.rank == 0:
             atomic_write(self.root / LATEST, tag)
-            self._prune(keep={tag})
+            self._prune(keep={tag} | self.keep)
         dist.barrier()
         return tag
 
     def load(self, engine, samples_per_step: int) -> Optional[TrainState]:
         """Restore the latest complete checkpoint into ``engine`` and this process's RNGs; None if none."""
+        tag = self.latest_tag()
+        return None if tag is None else self._restore(engine, self.root / tag, samples_per_step)
+
+    def load_from(self, engine, tag_path: Path | str, samples_per_step: int) -> TrainState:
+        """Start from another run's complete checkpoint (``train.init_from``), as if resuming it."""
+        if not checkpoint_complete(tag_path):
+            raise UserError(f"train.init_from: {tag_path} is not a complete checkpoint (a folder "
+                            f"<run_dir>/checkpoints/step_XXXXXXXX at or before that run's 'latest')")
+        return self._restore(engine, Path(tag_path), samples_per_step)
+
+    def _restore(self, engine, tag_path: Path, samples_per_step: int) -> TrainState:
         import torch
 
-        tag = self.latest_tag()
-        if tag is None:
-            return None
-        path, _ = engine.load_checkpoint(str(self.root), tag=tag)
+        tag = tag_path.name
+        path, _ = engine.load_checkpoint(str(tag_path.parent), tag=tag)
         if path is None:
-            raise RuntimeError(f"checkpoint {self.root / tag}: DeepSpeed could not load it")
-        own = torch.load(self.root / tag / f"run_rank{self.rank:05d}.pt", weights_only=False)
+            raise RuntimeError(f"checkpoint {tag_path}: DeepSpeed could not load it")
+        own = torch.load(tag_path / f"run_rank{self.rank:05d}.pt", weights_only=False)
         state = TrainState(**own["state"])
         if state.samples_per_step != samples_per_step:
             raise UserError(f"train.micro_batch_size: the checkpoint {tag} was written with "

@@ -8,9 +8,12 @@ weights on every rank (``torch.manual_seed(seed)``), then the loop.
 Data: micro-batch ``micro`` of optimizer step ``step`` on rank ``rank`` is the family's training batch
 ``(step * accum + micro) * world + rank``, so a resumed run reads exactly what an uninterrupted one
 would. Gradient accumulation makes world x micro_batch_size x tokens_per_sample x accum equal
-train.global_batch_tokens. The LR warms up linearly over warmup_fraction of the schedule, then decays
-along a cosine to min_lr_ratio x lr; the schedule spans train.tokens (max_steps x global batch when
-tokens is null), and the run stops after max_steps when it is set.
+train.global_batch_tokens. The LR warms up linearly over warmup_fraction of the schedule (or
+warmup_tokens), then follows train.schedule (``Schedule``): a cosine to min_lr_ratio x lr, WSD (constant,
+then a decay over the last decay_fraction) or constant; the schedule spans train.tokens (max_steps x
+global batch when tokens is null), and the run stops after max_steps when it is set. A run with
+train.init_from and no checkpoint of its own starts from that checkpoint of another run (a WSD branch
+from its trunk): weights, optimizer, data position and RNGs, as if it had been resumed.
 
 Validation runs on every rank (ZeRO-3 needs every rank in each forward; the family evaluates
 rank-locally) every val_every steps and after the last step; the values logged are the mean over ranks.
@@ -58,7 +61,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -132,26 +135,57 @@ class BatchPlan:
         return (step * self.accum + micro) * self.world + rank
 
 
+DECAY_SHAPES: dict[str, Callable[[float], float]] = {  # progress p in [0, 1] -> fraction of (lr - min_lr) left
+    "linear": lambda p: 1.0 - p,
+    "sqrt": lambda p: 1.0 - math.sqrt(p),  # Hägele et al. 2024: the best WSD cooldown
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """Linear warm-up, then cosine decay to min_lr_ratio x lr at the end of the run's tokens."""
+    """Linear warm-up, then a decay to min_lr along ``decay_shape``: step ``s`` (0-based) is at progress
+    p = (s - decay_start) / (decay_end - decay_start), clipped to [0, 1]; before the decay the LR is the peak.
+
+    cosine (Chinchilla): from the warm-up's end to total_steps. wsd (Hägele et al. 2024): constant until
+    the last decay_fraction of the steps (``wsd_decay_start``, where a branch forks off its trunk), then
+    the cooldown's steps decay, its last one at min_lr, so a run of any length is a constant-LR trunk plus
+    a cooldown. constant: no decay (a WSD trunk: every branch's steps before its cooldown)."""
 
     lr: float
     min_lr: float
     warmup_steps: int
     total_steps: int
+    decay_start: int
+    decay_end: int  # == decay_start: never decays
+    decay_shape: str
 
     @classmethod
     def make(cls, train: TrainConfig) -> "Schedule":
         total = schedule_steps(train)
-        return cls(train.lr, train.lr * train.min_lr_ratio, round(train.warmup_fraction * total), total)
+        warmup = (round(train.warmup_fraction * total) if train.warmup_tokens is None
+                  else round(train.warmup_tokens / train.global_batch_tokens))
+        fork = wsd_decay_start(total, train.decay_fraction)
+        if train.schedule == "wsd" and fork < warmup:
+            raise UserError(f"train.decay_fraction: {train.decay_fraction} starts the decay at step {fork}, "
+                            f"before the warm-up ends at step {warmup} of {total}")
+        start, end, shape = {"cosine": (warmup, total, "cosine"), "constant": (total, total, "linear"),
+                             "wsd": (fork - 1, total - 1, train.decay_shape)}[train.schedule]
+        return cls(train.lr, train.lr * train.min_lr_ratio, warmup, total, start, end, shape)
 
     def __call__(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based)."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if step <= self.decay_start or self.decay_end <= self.decay_start:
+            return self.lr
+        progress = min(1.0, (step - self.decay_start) / (self.decay_end - self.decay_start))
+        return self.min_lr + (self.lr - self.min_lr) * DECAY_SHAPES[self.decay_shape](progress)
+
+
+def wsd_decay_start(total_steps: int, decay_fraction: float) -> int:
+    """The step a WSD run of ``total_steps`` starts its cooldown at: where its branch forks off the trunk."""
+    return total_steps - round(decay_fraction * total_steps)
 
 
 def schedule_steps(train: TrainConfig) -> int:
@@ -415,7 +449,7 @@ class Trainer:
         self.total_steps = run_steps(run.train)
         self.flops_per_token = self.family.flops_per_token()
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision, torch.float32)
-        self.checkpointer = Checkpointer(self.run_dir, self.rank)
+        self.checkpointer = Checkpointer(self.run_dir, self.rank, tuple(run.train.checkpoint_steps))
         self.metrics = MetricsLog(self.run_dir)
         self.logged_tokens, self.busy_s = 0, 0.0  # since the last metrics record
 
@@ -455,7 +489,8 @@ class Trainer:
                 self._log(state, train_loss, lr, evaluation)
                 self.state_file.update(**progress)
             stop_asked = stop_asked and not last
-            if stop_asked or last or state.step % self.cfg.train.checkpoint_every == 0:
+            if (stop_asked or last or state.step % self.cfg.train.checkpoint_every == 0
+                    or state.step in self.cfg.train.checkpoint_steps):
                 self.checkpointer.save(self.engine, state)
                 self.state_file.update(checkpoint_step=state.step)
             if stop_asked:
@@ -467,10 +502,14 @@ class Trainer:
                                       param_digests=digests)
 
     def _resume(self) -> TrainState:
-        """The latest checkpoint's state (resume=true), else step 0; records the start in state.json."""
+        """The latest checkpoint's state (resume=true), else train.init_from's, else step 0; records the start
+        in state.json."""
         state = TrainState(samples_per_step=self.plan.samples_per_step)
-        if self.cfg.resume:
-            state = self.checkpointer.load(self.engine, self.plan.samples_per_step) or state
+        own = self.checkpointer.load(self.engine, self.plan.samples_per_step) if self.cfg.resume else None
+        if own is not None:
+            state = own
+        elif self.cfg.train.init_from:
+            state = self.checkpointer.load_from(self.engine, self.cfg.train.init_from, self.plan.samples_per_step)
         if self.rank == 0:
             self._write_config()
             self._start_wandb()

@@ -37,7 +37,8 @@ def measure_throughput(setup: SweepSetup, specs: list[RunSpec], echo: Callable[[
     """
     cluster, sweep = setup.cluster, setup.sweep
     slots = parallel_slots(cluster.max_parallel_runs, cluster.cores_per_run)
-    probes = {s.config_hash: s for s in (min(specs, key=lambda s: s.N), max(specs, key=lambda s: s.N))}
+    starts = [s for s in specs if s.parent is None]  # a branch needs its trunk's checkpoint
+    probes = {s.config_hash: s for s in (min(starts, key=lambda s: s.N), max(starts, key=lambda s: s.N))}
     cache_path = setup.sweep_dir / CALIBRATION_FILE
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     keys = {h: f"{h}-{cluster.name}-{cluster.cores_per_run}c-{sweep.calibration_steps}s" for h in probes}

@@ -36,7 +36,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "diverged": frozenset(),
 }
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_V2_COLUMNS = ("role TEXT NOT NULL DEFAULT 'run'", "parent TEXT", "fork_step INTEGER")  # WSD trunks and branches
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
     name TEXT PRIMARY KEY, cluster TEXT, config TEXT, created REAL, updated REAL);
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_dir TEXT, overrides TEXT, est_node_hours REAL,
     state TEXT NOT NULL DEFAULT 'planned', job_id TEXT, exit_code INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0, consecutive_failures INTEGER NOT NULL DEFAULT 0,
-    created REAL, updated REAL, UNIQUE (sweep, name));
+    created REAL, updated REAL, role TEXT NOT NULL DEFAULT 'run', parent TEXT, fork_step INTEGER,
+    UNIQUE (sweep, name));
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run TEXT NOT NULL REFERENCES runs(config_hash), number INTEGER,
     scheduler TEXT, job_id TEXT, array_index INTEGER, submitted REAL, started REAL, ended REAL,
@@ -90,6 +92,9 @@ class RunRecord:
     consecutive_failures: int
     created: float
     updated: float
+    role: str = "run"  # run | trunk | branch (a WSD sweep)
+    parent: Optional[str] = None  # a branch's trunk, by name
+    fork_step: Optional[int] = None  # the trunk step the branch starts from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,10 +145,14 @@ class JobDB:
         self._conn.execute("PRAGMA foreign_keys = ON")
         if self._conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             with self._write() as conn:  # the first opener creates the tables; the others find them
-                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
                     for statement in filter(str.strip, _SCHEMA.split(";")):
                         conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                elif version == 1:  # a database from before WSD sweeps: its runs are plain runs
+                    for column in _V2_COLUMNS:
+                        conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._conn.close()
@@ -190,7 +199,8 @@ class JobDB:
         now = time.time()
         rows = [(s.config_hash, sweep, s.name, s.family, s.N, s.N_non_embedding, s.D, float(s.C),
                  None if s.budget is None else float(s.budget), s.steps, str(s.run_dir(sweep_dir)),
-                 json.dumps(s.overrides(sweep_dir)), s.est_node_hours, now, now) for s in specs]
+                 json.dumps(s.overrides(sweep_dir)), s.est_node_hours, now, now, s.role, s.parent, s.fork_step)
+                for s in specs]
         with self._write() as conn:
             stale = []
             for row in rows:
@@ -206,8 +216,8 @@ class JobDB:
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO runs (config_hash, sweep, name, family, N, N_non_embedding, D, C, budget, "
-                "steps, run_dir, overrides, est_node_hours, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "steps, run_dir, overrides, est_node_hours, created, updated, role, parent, fork_step) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             added = conn.total_changes - before
             if added:
                 conn.execute("INSERT INTO events (time, sweep, kind, detail) VALUES (?, ?, 'planned', ?)",

@@ -82,12 +82,14 @@ class LocalSweepRunner:
         self.stop_sent_at: Optional[float] = None
 
     def pending(self) -> list[RunRecord]:
-        """Runs to start: never started, interrupted, cancelled, or failed fewer than max_retries times in a row."""
+        """Runs to start: never started, interrupted, cancelled, or failed fewer than max_retries times in a row;
+        a WSD branch only once its trunk's checkpoint at the fork is complete (until then it waits, planned)."""
         retries = self.plan.cluster.max_retries
         runs = [r for r in self.db.runs(self.plan.sweep.name, states=("planned", "timed_out", "cancelled", "failed"))
                 if r.config_hash in self.specs and r.config_hash not in self.active
-                and (r.state != "failed" or r.consecutive_failures < retries)]
-        return sorted(runs, key=lambda r: -r.C)  # longest first: the parallel slots end together
+                and (r.state != "failed" or r.consecutive_failures < retries)
+                and self.specs[r.config_hash].ready(self.plan.sweep_dir)]
+        return sorted(runs, key=lambda r: -self.specs[r.config_hash].trained_C)  # longest first: slots end together
 
     def run(self) -> bool:
         """Train until every run has ended (True) or a signal stopped the sweep (False)."""

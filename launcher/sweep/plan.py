@@ -23,9 +23,10 @@ from launcher.config.run import RunConfig, load_run_config
 from launcher.config.validate import validate
 from launcher.errors import UserError
 from launcher.files import atomic_write_json
-from launcher.identity import run_hash
+from launcher.identity import content_hash, run_hash
 from launcher.numbers import budget_tag, sci, si
 from launcher.resources import split_site_override
+from launcher.sweep.proposal import extend_sweep, read_proposal
 
 PLAN_FILE = "plan.json"
 
@@ -74,6 +75,7 @@ class SweepConfig:
     # keys the runs log in metrics.jsonl besides the loss (zero_shot_acc, a user's eval), each fitted in
     # two steps by ``ladder fit``: (N, D) -> loss, then loss -> the metric (also: ladder fit metric=KEY)
     metrics: list[str] = dataclasses.field(default_factory=list)
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: one constant-LR trunk per size, a cooldown branch per point
 
     def __post_init__(self):
         for name in ("min_steps", "nodes", "ranks_per_run", "head_size", "calibration_steps"):
@@ -147,20 +149,45 @@ class RunSpec:
     config_hash: str  # of the resolved run config, not of the name: the run's identity
     est_node_hours: Optional[float] = None
     holdout: bool = False  # trained, then predicted by the fit of the other runs (sweep.holdout)
+    role: Literal["run", "trunk", "branch"] = "run"  # a WSD sweep's trunks (no point) and cooldown branches
+    parent: Optional[str] = None  # a branch's trunk (its name in the sweep)
+    fork_step: Optional[int] = None  # the trunk step a branch starts from: wsd_decay_start(steps)
+    schedule_overrides: tuple[str, ...] = ()  # train.schedule and friends of a trunk or a branch
+
+    @property
+    def trained_C(self) -> int:
+        """FLOPs this run trains itself: a branch starts at its trunk's fork (its C is the full-run equivalent)."""
+        return self.C - (self.fork_step or 0) * self.global_batch_tokens * self.flops_per_token
 
     def run_dir(self, sweep_dir: str | os.PathLike) -> Path:
         return Path(os.path.join(sweep_dir, "runs", self.name))
 
+    def start_checkpoint(self, sweep_dir: str | os.PathLike) -> Optional[Path]:
+        """The trunk checkpoint a branch starts from (it waits until that is complete); None for others."""
+        from launcher.run.checkpoint import tag_dir
+
+        return None if self.parent is None else tag_dir(Path(sweep_dir) / "runs" / self.parent, self.fork_step)
+
+    def ready(self, sweep_dir: str | os.PathLike) -> bool:
+        """Whether the run can start: a branch waits (planned) until its trunk's fork checkpoint is complete."""
+        from launcher.run.checkpoint import checkpoint_complete
+
+        start = self.start_checkpoint(sweep_dir)
+        return start is None or checkpoint_complete(start)
+
     def overrides(self, sweep_dir: str | os.PathLike) -> list[str]:
         """The overrides of ``ladder train`` for this run."""
+        start = self.start_checkpoint(sweep_dir)
         return [*self.base_overrides, *(f"model.{k}={_override_value(v)}" for k, v in self.shape.items()),
                 f"train.tokens={self.D}", "train.max_steps=null",
-                f"train.global_batch_tokens={self.global_batch_tokens}",
+                f"train.global_batch_tokens={self.global_batch_tokens}", *self.schedule_overrides,
+                *([f"train.init_from={start}"] if start else []),
                 f"run_dir={os.path.join(sweep_dir, 'runs', self.name)}", f"wandb.group={self.sweep}",
                 f"wandb.job_type={self.family}", f"wandb.name={self.name}"]
 
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "base_overrides": list(self.base_overrides)}
+        return {**dataclasses.asdict(self), "base_overrides": list(self.base_overrides),
+                "schedule_overrides": list(self.schedule_overrides)}
 
 
 def _override_value(value: Any) -> str:
@@ -213,11 +240,13 @@ class Throughput:
                 return math.exp((1 - t) * math.log(f0) + t * math.log(f1))
         raise AssertionError("unreachable")
 
-    def wall_s(self, spec: RunSpec) -> float:
-        return self.overhead_s + spec.C / self.flops_per_s(spec.N)
+    def node_hours(self, spec: RunSpec, flops: Optional[float] = None) -> float:
+        """Node-hours of what ``spec`` trains itself (``flops``: of that many FLOPs instead)."""
+        return self.node_hours_of(spec.N, spec.trained_C if flops is None else flops)
 
-    def node_hours(self, spec: RunSpec) -> float:
-        return self.wall_s(spec) / self.runs_per_node / 3600.0
+    def node_hours_of(self, N: float, flops: float) -> float:
+        """Node-hours of a run of N parameters training ``flops`` FLOPs (a proposed run has no spec yet)."""
+        return (self.overhead_s + flops / self.flops_per_s(N)) / self.runs_per_node / 3600.0
 
     def node_flops_per_s(self, N: int) -> float:
         return self.flops_per_s(N) * self.runs_per_node
@@ -268,6 +297,13 @@ class Plan:
         return sum(r.est_node_hours for r in self.runs)
 
     @property
+    def cosine_equivalent_node_hours(self) -> Optional[float]:
+        """The same points as full runs of their own (cosine) schedule: what a WSD design saves against."""
+        if self.throughput is None:
+            return None
+        return sum(self.throughput.node_hours(r, r.C) for r in self.runs if r.role != "trunk")
+
+    @property
     def budget(self) -> Budget:
         """The compute budget to recommend N_opt, D_opt for, and where it came from (see ``Budget``)."""
         return recommendation_budget(self.sweep, self.cluster, self.throughput, self.runs)
@@ -278,7 +314,8 @@ class Plan:
                 "sweep_dir": str(self.sweep_dir), "runs": [r.to_json() for r in self.runs],
                 "dropped": self.dropped,
                 "throughput": None if self.throughput is None else dataclasses.asdict(self.throughput),
-                "total_node_hours": self.total_node_hours,
+                "total_node_hours": self.total_node_hours, "node_hours_total": self.total_node_hours,
+                "node_hours_cosine_equivalent": self.cosine_equivalent_node_hours,
                 "allocation_node_hours": self.cluster.allocation_node_hours,
                 "budget_flops": budget.flops, "budget_source": budget.source}
 
@@ -304,7 +341,10 @@ class SweepSetup:
 
 
 def compose_sweep(overrides: list[str]) -> tuple[SweepConfig, ClusterProfile, Path]:
-    """The sweep config, cluster profile and sweep directory that ``overrides`` select."""
+    """The sweep config, cluster profile and sweep directory that ``overrides`` select (``proposal=FILE``:
+    with a proposal's runs added, see ``launcher.sweep.proposal``)."""
+    proposals = [o.split("=", 1)[1] for o in overrides if override_key(o) == "proposal"]
+    overrides = [o for o in overrides if override_key(o) != "proposal"]
     chosen = [o.split("=", 1)[1] for o in overrides if override_key(o) == "sweep" and "=" in o]
     options = group_options("sweep", config_layers(split_site_override(overrides)[1]))
     if chosen and chosen[-1] not in options:  # an optional default group skips a missing option silently
@@ -314,6 +354,8 @@ def compose_sweep(overrides: list[str]) -> tuple[SweepConfig, ClusterProfile, Pa
     if not raw.get("sweep"):
         raise UserError(f"sweep: no sweep selected; pass sweep=<name>, one of: {', '.join(options)}")
     sweep = validate(SweepConfig, raw["sweep"], "sweep")
+    for path in proposals:
+        sweep = extend_sweep(sweep, read_proposal(path))
     cluster = validate(ClusterProfile, raw["cluster"], "cluster")
     return sweep, cluster, Path(raw.get("sweeps_root") or "sweeps") / sweep.name
 
@@ -321,7 +363,7 @@ def compose_sweep(overrides: list[str]) -> tuple[SweepConfig, ClusterProfile, Pa
 def load_sweep(overrides: list[str]) -> SweepSetup:
     """Compose ``overrides`` (``sweep=<name>``, ``cluster=<site>``, run overrides) into a validated sweep."""
     sweep, cluster, sweep_dir = compose_sweep(overrides)
-    user = [o for o in overrides if override_key(o).split(".")[0] not in ("sweep", "sweeps_root")]
+    user = [o for o in overrides if override_key(o).split(".")[0] not in ("sweep", "sweeps_root", "proposal")]
     base = merge_overrides([f"model={sweep.model}"], [f"data={sweep.data}"] if sweep.data else [], sweep.overrides,
                            user)
     run = load_run_config(base)
@@ -416,6 +458,8 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
     names = Counter(s.name for s in specs)
     specs = [dataclasses.replace(s, name=f"{s.name}-{s.config_hash[:6]}") if names[s.name] > 1 else s
              for s in specs]
+    if sweep.schedule == "wsd":
+        specs = wsd_design(specs, run, dropped)
     if not specs:
         raise UserError(f"sweep {sweep.name}: every planned run was left out ({'; '.join(dropped)})")
     for i, selector in enumerate(sweep.holdout):
@@ -425,6 +469,54 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
     if all(s.holdout for s in specs):
         raise UserError(f"sweep.holdout: holds out all {len(specs)} runs; at least one must stay in the fit")
     return specs, dropped
+
+
+def wsd_design(points: list[RunSpec], run: RunConfig, dropped: list[str]) -> list[RunSpec]:
+    """Each size's points as WSD cooldown branches of one constant-LR trunk (Hägele et al. 2024).
+
+    The trunk trains to the longest fork its branches need and keeps a checkpoint at every fork
+    D·(1 - train.decay_fraction) (``wsd_decay_start``); each branch starts there and cools down to D, so
+    it trains what an uninterrupted WSD run of D trains. Trunk and branches share one warm-up
+    (train.warmup_tokens, else warmup_fraction of the column's shortest D), so their LRs agree up to the fork.
+    """
+    from launcher.run.runtime import wsd_decay_start
+
+    train = run.train
+    columns: dict[str, list[RunSpec]] = {}
+    for spec in points:
+        columns.setdefault(json.dumps(spec.shape, sort_keys=True), []).append(spec)
+    out: list[RunSpec] = []
+    for column in columns.values():
+        column.sort(key=lambda s: s.D)
+        warmup = train.warmup_tokens if train.warmup_tokens is not None \
+            else round(train.warmup_fraction * column[0].D)
+        shared = (f"train.warmup_tokens={warmup}",)
+        forks = {s.name: wsd_decay_start(s.steps, train.decay_fraction) for s in column}
+        kept = []
+        for s in column:
+            if forks[s.name] * s.global_batch_tokens < warmup or forks[s.name] < 1:
+                dropped.append(f"{s.name}: its cooldown would start at step {forks[s.name]}, before the "
+                               f"{warmup}-token warm-up ends or at step 0")
+            else:
+                kept.append(s)
+        if not kept:
+            continue
+        first, steps = kept[0], max(forks[s.name] for s in kept)
+        trunk_overrides = (*shared, "train.schedule=constant",
+                           f"train.checkpoint_steps=[{','.join(str(forks[s.name]) for s in kept)}]")
+        trunk_hash = content_hash({"wsd_trunk_of": first.config_hash, "steps": steps, "train": trunk_overrides})
+        trunk = dataclasses.replace(first, name=f"n{si(first.N, giga='G')}-trunk", D=steps * first.global_batch_tokens,
+                                    C=steps * first.global_batch_tokens * first.flops_per_token, budget=None,
+                                    steps=steps, config_hash=trunk_hash, role="trunk",
+                                    schedule_overrides=trunk_overrides)
+        out.append(trunk)
+        for s in kept:
+            branch_overrides = (*shared, "train.schedule=wsd")
+            out.append(dataclasses.replace(s, config_hash=content_hash({"point": s.config_hash, "trunk": trunk_hash,
+                                                                                "train": branch_overrides}),
+                                           role="branch", parent=trunk.name, fork_step=forks[s.name],
+                                           schedule_overrides=branch_overrides))
+    return out
 
 
 # Times a sweep's runs when the profile has no peak (``launcher.sweep.calibrate`` starts short runs)
@@ -506,5 +598,8 @@ def print_plan(plan: Plan, console=None) -> None:
         wall = f", about {total * 60:.1f} min of wall time" if plan.cluster.scheduler == "local" else ""
         left_text = "no allocation limit" if left is None else f"{left:.4g} node-hours left in the allocation"
         console.print(f"total {total:.4g} node-hours{wall}; {left_text}")
+    if plan.sweep.schedule == "wsd" and total is not None:
+        console.print(f"WSD design: {total:.4g} node-hours for what full cosine runs of the same points would "
+                      f"spend in {plan.cosine_equivalent_node_hours:.4g} (each branch counts only its cooldown)")
     budget = plan.budget
     console.print(f"recommendation budget: C = {budget.flops:.3e} FLOPs ({budget.source})")

@@ -220,9 +220,12 @@ def submit_plan(plan: Plan, dependency: Optional[Dependency] = None) -> list[tup
         db.add_runs(name, plan.runs, sweep_dir)
         sync(db, name, sweep_dir, scheduler)
         specs = {s.config_hash: s for s in plan.runs}
-        steps = []
+        steps, waiting = [], []
         for record in db.runs(name):
             if record.config_hash not in specs or record.state in ACTIVE or record.state in ("completed", "diverged"):
+                continue
+            if not specs[record.config_hash].ready(sweep_dir):
+                waiting.append(record.name)
                 continue
             failures = record.consecutive_failures if record.state == "failed" else 0
             if failures >= profile.max_retries:
@@ -230,6 +233,9 @@ def submit_plan(plan: Plan, dependency: Optional[Dependency] = None) -> list[tup
                 continue
             steps.append(step_for(specs[record.config_hash], record.run_dir, record.overrides, profile,
                                   profile.max_retries - failures))
+        if waiting:
+            _echo(f"sweep {name}: {len(waiting)} WSD branches wait for their trunk's checkpoint "
+                  f"({', '.join(waiting[:3])}{', ...' if len(waiting) > 3 else ''}); submit again once the trunks ran")
         if not steps:
             _echo(f"sweep {name}: no run needs submitting")
             return []

@@ -79,6 +79,10 @@ returns fit.json (``holdout``: final points of the runs the sweep config holds o
                            (the recommendation), N, D, metric, lo, hi, loss (step 1), observed, rel_error, inside}],
                            not_logged: [run]}}   added by ``launcher.analysis.fitting`` for each key of the sweep
                            config's ``metrics`` and ``ladder fit metric=KEY`` (a key no run logged: {error})
+    diagnostics           {approaches: {approachK: {a, a_ci, flags}}, budgets: [{budget, C, N_opt, N_min, N_max,
+                           position: inside|below|above|none}], approach3: {at_bound, condition_number,
+                           E_over_min_loss}, residuals, verdict: agree|disagree, reasons: [words], trusted,
+                           next_runs: [words]}   (``launcher.analysis.fit.diagnostics``)
     inputs                {sweep, runs, final_points, curve_points_logged, curve_points_fitted, budget_flops,
                            budget_source, n_boot, seed, skipped: [{run, reason}], warnings, fingerprint}
                            added by ``launcher.analysis.fitting`` when it writes fit.json (also beside a whole-fit

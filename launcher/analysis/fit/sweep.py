@@ -15,6 +15,7 @@ from launcher.errors import UserError
 from launcher.analysis.fit.bnsl import fit_bnsl
 from launcher.analysis.fit.bootstrap import LEVEL, percentile_interval, resample_counts
 from launcher.analysis.fit.chinchilla import ChinchillaFit, compute_optimal, predicted_loss, refit_weighted
+from launcher.analysis.fit.diagnostics import diagnose
 from launcher.analysis.fit.envelope import EnvelopeFit, envelope_points, fit_envelope
 from launcher.analysis.fit.isoflop import IsoflopFit, budget_minimum, fit_isoflop
 from launcher.analysis.fit.kaplan import fit_kaplan
@@ -114,6 +115,7 @@ class SweepFitter:
         out["holdout"] = self.holdout(chin, boot)
         out["projection"] = {"beyond_C": self.beyond_C,
                              "frontier": [bool(c > self.beyond_C) for c in out["frontier"]["C"]]}
+        out["diagnostics"] = diagnose(out, chin, self.finals)
         return jsonable(out)
 
     def holdout(self, chin: ChinchillaFit | None, boot: dict) -> dict:
