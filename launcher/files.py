@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import UserError
+
 
 def atomic_write(path: Path, data: str | bytes) -> None:
     """A temporary beside ``path``, fsync, then os.replace (the parent folder is created)."""
@@ -21,3 +23,19 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def make_dir(path: Path, field: str) -> Path:
+    """Folder ``path`` (with its parents), which a field such as ``run_dir`` names: a path that cannot be a
+    writable folder (a file, a path under /proc, a read-only mount) is bad input, refused in one line."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{field}: {str(path)!r} is a file; allowed: a folder (existing or new)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{field}: {str(path)!r} cannot be a folder ({exc.strerror or exc}); "
+                        "allowed: a writable folder or a path where one can be made") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{field}: {str(path)!r} is not writable; allowed: a writable folder")
+    return path

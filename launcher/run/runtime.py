@@ -63,7 +63,7 @@ from typing import Any, Optional
 
 from launcher.run import rendezvous
 from launcher.run.checkpoint import Checkpointer, TrainState
-from launcher.files import atomic_write
+from launcher.files import atomic_write, make_dir
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
 from launcher.resources import ladder_argv
@@ -360,7 +360,7 @@ class Trainer:
         run = self.cfg
         dist_env = find_ranks(run)
         self.rank, self.world = dist_env.rank, dist_env.world_size
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.run_dir, "run_dir")
         self.state_file = RunStateFile(self.run_dir, enabled=self.rank == 0)
         self.state_file.update(world_size=self.world)
         self.wandb = None

@@ -15,12 +15,12 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose, config_layers, group_options
 from launcher.config.run import RunConfig, load_run_config
-from launcher.config.validate import validate
+from launcher.config.validate import PathComponent, Range, validate
 from launcher.errors import UserError
 from launcher.files import atomic_write_json
 from launcher.identity import run_hash
@@ -40,7 +40,7 @@ class SweepConfig:
     (``tokens``) or at D = ``tokens_per_param`` × N; ``clip`` every size × every ``samples`` (CLIP).
     """
 
-    name: str  # the sweep directory <sweeps_root>/<name>/ and the W&B group
+    name: Annotated[str, PathComponent()]  # the sweep directory <sweeps_root>/<name>/ and the W&B group
     kind: Literal["grid", "isoflop", "ladder", "clip"]
     model: str = "gpt_neox/tiny"  # the base model option: family, vocabulary, seq_len, every unsolved field
     data: Optional[str] = None  # a data option; null keeps config.yaml's
@@ -52,14 +52,14 @@ class SweepConfig:
     budgets: list[float] = dataclasses.field(default_factory=list)  # isoflop: FLOPs C of each curve
     params_per_budget: list[list[float]] = dataclasses.field(default_factory=list)  # isoflop: sizes per budget
     tokens: list[float] = dataclasses.field(default_factory=list)  # grid: D values; ladder: the one fixed D
-    tokens_per_param: Optional[float] = None  # ladder: D = tokens_per_param × N
+    tokens_per_param: Optional[Annotated[float, Range(gt=0)]] = None  # ladder: D = tokens_per_param × N
     samples: list[float] = dataclasses.field(default_factory=list)  # clip: samples seen
     global_batch_tokens: Optional[int] = None  # default: train.global_batch_tokens (samples for CLIP)
     min_steps: int = 1  # drop runs with fewer optimizer steps (big models at small isoFLOP budgets)
     nodes: int = 1
     ranks_per_run: int = 1
     overrides: list[str] = dataclasses.field(default_factory=list)  # Hydra overrides of every run
-    budget_flops: Optional[float] = None  # recommend N_opt, D_opt at this C; null: what the allocation buys
+    budget_flops: Optional[Annotated[float, Range(gt=0)]] = None  # recommend N_opt, D_opt at this C; null: what the allocation buys
     allow_over_budget: bool = False
     calibration_steps: int = 8
 
