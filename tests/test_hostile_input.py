@@ -247,3 +247,19 @@ def test_a_failed_fit_keeps_the_good_one_and_writes_its_error_beside_it(fitted_s
     assert "no completed run to fit" in failed["error"]
     assert (sweep_dir / "fit.json").read_text() == good
     assert json.loads((sweep_dir / "fit.error.json").read_text())["error"] == failed["error"]
+
+
+# ------------------------------------------------------------------------------- metrics.jsonl lines
+
+
+@pytest.mark.parametrize("stray", [b"not json\n", b"[1, 2]\n", b'{"loss": 1}\n', b'{"step": "3"}\n',
+                                   b"\xff\xfe latin-1 \xe9\n", b'{"step": 4, "tok'])
+def test_a_bad_metrics_line_is_skipped_and_counted(stray, tmp_path):
+    from launcher.run.metrics import read_metrics, read_metrics_counted
+
+    good = [{"step": s, "tokens": 64 * s, "train_loss": 3.0 / s} for s in range(1, 6)]
+    lines = [json.dumps(r).encode() + b"\n" for r in good]
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b"".join(lines[:2]) + stray + (b"\n" if not stray.endswith(b"\n") else b"") + b"".join(lines[2:]))
+    assert read_metrics_counted(path) == (good, 1)
+    assert read_metrics(path) == good
