@@ -263,3 +263,66 @@ def test_a_bad_metrics_line_is_skipped_and_counted(stray, tmp_path):
     path.write_bytes(b"".join(lines[:2]) + stray + (b"\n" if not stray.endswith(b"\n") else b"") + b"".join(lines[2:]))
     assert read_metrics_counted(path) == (good, 1)
     assert read_metrics(path) == good
+
+
+# ------------------------------------------------------------- hostile files in a finished sweep folder
+
+
+def _first_run_file(name: str):
+    return lambda d: sorted((d / "runs").iterdir())[0] / name
+
+
+HOSTILE_FILES = {  # case -> (what is done to a finished sweep, exit of collect/fit/report, what the line says)
+    "state.json holds []": (lambda d: _first_run_file("state.json")(d).write_text("[]"), 0, None),
+    "state.json is binary": (lambda d: _first_run_file("state.json")(d).write_bytes(b"\xff\x00"), 0, None),
+    "plan.json holds []": (lambda d: (d / "plan.json").write_text("[]"), 2, "plan.json: expected a JSON object"),
+    "plan.json runs without keys": (lambda d: (d / "plan.json").write_text('{"runs": [{"name": "x"}]}'), 2,
+                                    "runs[0]: expected an object with name, family, N"),
+    "plan.json negative budget": (lambda d: (d / "plan.json").write_text('{"budget_flops": -1}'), 2,
+                                  "budget_flops: expected a number > 0"),
+    "jobdb.sqlite truncated": (lambda d: (d / "jobdb.sqlite").write_bytes((d / "jobdb.sqlite").read_bytes()[:1000]),
+                               2, "jobdb.sqlite: not a usable job database"),
+    "jobdb.sqlite garbage": (lambda d: (d / "jobdb.sqlite").write_bytes(b"garbage" * 100), 2,
+                             "jobdb.sqlite: not a usable job database"),
+    "a metrics line not JSON": (lambda d: open(_first_run_file("metrics.jsonl")(d), "a").write("oops\n"), 0, None),
+    "fit.json holds []": (lambda d: (d / "fit.json").write_text("[]"), 0, None),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    from launcher.analysis.fitting import fit_sweep_dir
+    from test_collect import curve_records, isoflop_specs, make_sweep, write_metrics
+
+    root = tmp_path_factory.mktemp("finished")
+    specs = isoflop_specs("done", budgets=(1e16, 1e17, 1e18), per_budget=4, steps=20)
+    sweep_dir = make_sweep(root, "done", specs, budget_flops=1e19)
+    for i, s in enumerate(specs):
+        write_metrics(sweep_dir / "runs" / s.name, curve_records(s, seed=i))
+        (sweep_dir / "runs" / s.name / "state.json").write_text(json.dumps({"status": "completed", "step": 20}))
+    fit_sweep_dir(sweep_dir, n_boot=2)
+    return sweep_dir
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_FILES))
+def test_hostile_files_in_a_finished_sweep(case, finished_sweep, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    sweep_dir = tmp_path / "done"
+    shutil.copytree(finished_sweep, sweep_dir)
+    damage, expected, says = HOSTILE_FILES[case]
+    damage(sweep_dir)
+    for command in (["collect"], ["fit", "--n-boot=2"], ["report"]):
+        before = {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()}
+        code = cli.main([command[0], f"sweep={sweep_dir}", *command[1:]])
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err + captured.out and "internal error" not in captured.err
+        if expected == ExitCode.USAGE:
+            assert says in assert_one_line_refusal(code, captured, command[0])
+            assert {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()} == before
+        else:
+            assert code == 0, captured.err
+    if expected == 0:
+        fit = json.loads((sweep_dir / "fit.json").read_text())
+        assert fit["n_runs"] == 12  # every run still fitted: one bad line or file loses no run

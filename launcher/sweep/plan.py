@@ -414,12 +414,34 @@ def write_plan(plan: Plan) -> Path:
     return path
 
 
+PLAN_RUN_KEYS = ("name", "family", "N", "N_non_embedding", "D", "C")  # what the readers of plan.json take
+
+
 def read_plan(sweep_dir: Path) -> dict:
-    """A sweep's plan.json, or {} when there is none (a folder of runs copied without it) or it is unreadable."""
+    """A sweep's plan.json, or {} when there is none (a folder of runs copied without it) or it is not JSON;
+    a JSON file of the wrong shape is refused, naming the file and what is wrong."""
+    path = Path(sweep_dir) / PLAN_FILE
     try:
-        return json.loads((sweep_dir / PLAN_FILE).read_text())
+        plan = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(plan, dict):
+        raise UserError(f"{path}: expected a JSON object (the plan), got {type(plan).__name__}")
+    runs = plan.get("runs", [])
+    if not isinstance(runs, list):
+        raise UserError(f"{path}: runs: expected a list, got {type(runs).__name__}")
+    for i, run in enumerate(runs):
+        missing = [k for k in PLAN_RUN_KEYS if k not in run] if isinstance(run, dict) else list(PLAN_RUN_KEYS)
+        if missing:
+            raise UserError(f"{path}: runs[{i}]: expected an object with {', '.join(PLAN_RUN_KEYS)}; "
+                            f"missing {', '.join(missing)}")
+        for key in ("N", "N_non_embedding", "D", "C"):
+            if isinstance(run[key], bool) or not isinstance(run[key], (int, float)) or not run[key] > 0:
+                raise UserError(f"{path}: runs[{i}].{key}: expected a number > 0, got {run[key]!r}")
+    budget = plan.get("budget_flops")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
+        raise UserError(f"{path}: budget_flops: expected a number > 0 or null, got {budget!r}")
+    return plan
 
 
 # ------------------------------------------------------------------------------------------- output
