@@ -2,14 +2,23 @@
 
 Each subcommand is ``module:function`` taking the remaining argv and returning an exit code, imported
 only when used so that ``ladder fit`` never pays for torch and DeepSpeed. Bad input raises UserError,
-which becomes one line on stderr and exit status 2.
+which becomes one line on stderr and exit status 2 (``ExitCode.USAGE``). Any other exception is a bug or
+an environment fault: one line on stderr and a pointer to a log file holding the traceback
+(``crash_log_dir``), exit status 1; ``ladder --debug <command>`` or ``SCALELADDER_DEBUG=1`` prints the
+traceback on the terminal instead.
 """
 from __future__ import annotations
 
+import datetime
 import importlib
+import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 from launcher.errors import UserError
+from launcher.policy import ExitCode
 
 COMMANDS = {
     "train": ("launcher.run.runtime:main", "train one run (Hydra overrides; nproc=N starts N local ranks)"),
@@ -38,25 +47,70 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def crash_log_dir() -> Path:
+    """Where tracebacks go: ``$XDG_STATE_HOME/scaleladder/logs`` (default ``~/.local/state``): a user's own,
+    persistent folder, not the terminal and not a run's folder (the failure may be that folder)."""
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state_home) / "scaleladder" / "logs"
+
+
+def write_crash_log(name: str, argv: list[str], exc: BaseException) -> Path:
+    """The traceback in a new file under ``crash_log_dir`` (the temporary folder when that is not writable)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = f"ladder {' '.join(argv)}\n\n" + "".join(traceback.format_exception(exc))
+    for folder in (crash_log_dir(), Path(tempfile.gettempdir()) / "scaleladder-logs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{name}-{stamp}-{os.getpid()}.log"
+            path.write_text(text, errors="backslashreplace")
+            return path
+        except OSError:
+            continue
+    raise OSError("no writable folder for the traceback")
+
+
+def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` as the first argument, or SCALELADDER_DEBUG=1; the argv without the flag."""
+    if argv and argv[0] == "--debug":
+        return True, argv[1:]
+    return os.environ.get("SCALELADDER_DEBUG", "") not in ("", "0"), argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"ladder: unknown command '{name}'; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     module_name, function_name = COMMANDS[name][0].split(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
         return int(function(rest) or 0)
     except UserError as exc:
-        print(f"ladder {name}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"ladder {name}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print(f"ladder {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one place an unexpected failure is turned into a line
+        if debug:
+            traceback.print_exc()
+            return ExitCode.FAILED
+        summary = f"ladder {name}: internal error: {type(exc).__name__}: {_one_line(str(exc))}"
+        try:
+            where = f"traceback in {write_crash_log(name, argv, exc)}"
+        except OSError:
+            where = "no folder was writable for the traceback"
+        print(f"{summary} ({where}; rerun with ladder --debug to see it here)", file=sys.stderr)
+        return ExitCode.FAILED
+
+
+def _one_line(text: str) -> str:
+    """A message as one terminal line (a message quoting a file's bytes may hold newlines)."""
+    return " ".join(text.split()) or "(no message)"
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ from launcher.analysis.fitting import FIT_FILE, fit_sweep_dir, summary_lines
 from launcher.analysis.report import write_report
 from launcher.arguments import command_parser
 from launcher.errors import UserError
+from launcher.locks import FolderLock
 from launcher.numbers import sci
 from launcher.sweep.propose import DEFAULT_RUNS, propose, write_proposal
 from launcher.sweep.calibrate import calibrated_plan
 from launcher.sweep.local import run_local_sweep
-from launcher.sweep.plan import make_console, print_plan
+from launcher.sweep.plan import compose_sweep, make_console, print_plan
 
 OVER_BUDGET_OK = ("--over-budget-ok", "accept a plan over the allocation's remaining node-hours")
 NO_CALIBRATE = ("--no-calibrate", "use the profile's assumed numbers; never run a calibration")
@@ -43,10 +44,11 @@ def sweep_main(argv: list[str]) -> int:
                           [OVER_BUDGET_OK, NO_CALIBRATE, ("--no-report", "train only: skip collect, fit and report")]
                           ).parse(argv)
     console = make_console()
-    plan = calibrated_plan(args.overrides, not args.no_calibrate, echo=console.log)
-    end = run_local_sweep(plan, console, args.over_budget_ok)
-    if end.stop_signal is None and not args.no_report:
-        analyse(plan.sweep_dir, console)
+    with FolderLock(compose_sweep(args.overrides)[2], "sweep"):  # before calibrating: one sweep per folder
+        plan = calibrated_plan(args.overrides, not args.no_calibrate, echo=console.log)
+        end = run_local_sweep(plan, console, args.over_budget_ok)
+        if end.stop_signal is None and not args.no_report:
+            analyse(plan.sweep_dir, console)
     return end.exit_code
 
 

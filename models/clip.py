@@ -43,6 +43,8 @@ class CLIPConfig:
                      "context_length", "vocab_size", "text_width", "text_heads", "text_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.layernorm_eps <= 0:
+            raise ValueError(f"model.layernorm_eps: must be > 0, got {self.layernorm_eps}")
         if self.image_size % self.patch_size:
             raise ValueError(f"model.patch_size: must divide image_size={self.image_size}, got {self.patch_size}")
         if self.vision_width % self.vision_heads:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Callable, ClassVar, Literal, Optional, Protocol, Union
@@ -302,13 +303,13 @@ def _convert(value: Any, tp: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         return value if isinstance(value, int) else _NOT_THIS
-    if tp is float:
+    if tp is float:  # finite only: nan or inf in a shape or an epsilon is never meant
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 return _NOT_THIS
-        return float(value) if isinstance(value, (int, float)) else _NOT_THIS
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else _NOT_THIS
     if tp is str:
         return str(value) if isinstance(value, (str, int, float)) else _NOT_THIS
     return value if isinstance(value, tp) else _NOT_THIS
@@ -320,4 +321,6 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in args)
     if origin is Literal:
         return "one of " + ", ".join(map(repr, args))
+    if tp is float:
+        return "float (finite)"
     return "null" if tp is type(None) else tp.__name__

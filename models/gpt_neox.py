@@ -44,6 +44,8 @@ class GPTNeoXConfig:
         for name in ("vocab_size", "seq_len", "n_layer", "d_model", "n_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.layernorm_eps <= 0:
+            raise ValueError(f"model.layernorm_eps: must be > 0, got {self.layernorm_eps}")
         if self.d_model % self.n_heads:
             raise ValueError(f"model.n_heads: must divide d_model={self.d_model}, got {self.n_heads}")
         if self.intermediate_size is not None and self.intermediate_size < 1:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,36 @@ REPO = Path(__file__).resolve().parent.parent
 DEV_CLUSTER = REPO / "slurm" / "dev-cluster"
 # the dev_slurm profile's scheduler_conf names this folder; absolute, so tests may run from any folder
 os.environ.setdefault("DEV_SLURM_DIR", str(REPO / ".dev-slurm"))
+
+
+def tree_progress(*roots: Path) -> frozenset:
+    """What a run or sweep has done so far, as seen on disk: every file under ``roots`` with its size (a
+    metrics line, a state.json rewrite, a log line or a job record each change it)."""
+    found = set()
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            try:
+                found.add((str(path), path.stat().st_size))
+            except OSError:  # removed while we looked: that is progress too, seen next time
+                continue
+    return frozenset(found)
+
+
+def wait_while_progressing(done: Callable[[], object], what: str, progress: Callable[[], object],
+                           stall_s: float = 300.0, every: float = 0.5):
+    """``done()``'s first truthy value, waiting as long as ``progress()`` keeps changing: a loaded machine is
+    slow but advancing, so only ``stall_s`` seconds without any change is a failure (not a fixed wall time)."""
+    last, changed = progress(), time.monotonic()
+    while True:
+        value = done()
+        if value:
+            return value
+        now = progress()
+        if now != last:
+            last, changed = now, time.monotonic()
+        elif time.monotonic() - changed > stall_s:
+            raise AssertionError(f"no progress for {stall_s:.0f} s waiting for {what}")
+        time.sleep(every)
 
 
 @dataclasses.dataclass(frozen=True)

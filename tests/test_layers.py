@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, ...]] = [
     # the rules every room shares, once: errors, whole-file writes, exit codes and retry, shipped and
     # site folders, number formatting, content hashes, the command-line shape
     ("launcher.errors", "launcher.files", "launcher.policy", "launcher.resources", "launcher.numbers",
-     "launcher.identity", "launcher.arguments"),
+     "launcher.identity", "launcher.arguments", "launcher.locks"),
     # pure PyTorch model families and their registry: what everything above builds, counts and validates
     ("models",),
     # Hydra composition and the typed run and cluster configs (model and data sections checked by models/)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import tree_progress, wait_while_progressing
 from launcher.sweep.submit import render_sweep
 from test_lsf import assert_golden, local_lsf, shellcheck  # noqa: F401 (local_lsf: a fixture)
 
@@ -70,14 +70,9 @@ DRY_RUN = ["sweep=tiny", "sweep.budgets=[1.0e+10,2.0e+10]", "sweep.params=[60000
            "cluster.precision=fp32", "cluster.network_interface=null"]
 
 
-def wait_for(what: str, check, timeout_s: float = 300.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(what: str, check, root: Path):
+    """``check()`` once true, for as long as the sweep and the LSF stand-in under ``root`` keep changing."""
+    return wait_while_progressing(check, what, lambda: tree_progress(root), every=0.2)
 
 
 def stat(lsf_dir: Path, job_id: str) -> str:
@@ -97,11 +92,13 @@ def test_dry_run_of_a_packed_summit_sweep(local_lsf, tmp_path, monkeypatch):
 
     # the walltime warning, as LSF sends it, once both runs are training
     runs = sweeps / "tiny" / "runs"
-    wait_for("both runs to train", lambda: len([p for p in runs.glob("*/metrics.jsonl") if p.stat().st_size]) == 2)
+    wait_for("both runs to train", lambda: len([p for p in runs.glob("*/metrics.jsonl") if p.stat().st_size]) == 2,
+             tmp_path)
     subprocess.run(["bkill", "-s", "USR2", "5000"], check=True, capture_output=True)
 
     # the runs checkpoint (exit 75); the job submits what is left, to start once it has ended
-    wait_for("the continuation to end", lambda: stat(local_lsf, "5000") == "DONE" and stat(local_lsf, "5001") == "DONE")
+    wait_for("the continuation to end", lambda: stat(local_lsf, "5000") == "DONE" and stat(local_lsf, "5001") == "DONE",
+             tmp_path)
     jobs = sweeps / "tiny" / "jobs"
     first = [line.split("\t") for line in (jobs / "tiny-001.steps").read_text().splitlines()]
     assert sorted(cells[3] for cells in first) == ["75", "75"]

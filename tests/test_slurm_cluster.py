@@ -18,6 +18,7 @@ from typing import Callable
 
 import pytest
 
+from conftest import tree_progress, wait_while_progressing
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
@@ -57,8 +58,12 @@ class Sweep:
             runs, jobs, _ = self.sync()
             return all(r.state in ("completed", "diverged", "failed", "cancelled") for r in runs.values()) and \
                 all(j.state not in ("queued", "running") for j in jobs)
-        wait_until(done, timeout, f"sweep {self.name} to end")
+        wait_until(done, timeout, f"sweep {self.name} to end", progress=self.progress)
         return self.runs()
+
+    def progress(self) -> frozenset:
+        """The sweep folder as it grows: runs' metrics and state, job logs and step records."""
+        return tree_progress(self.dir)
 
     def state(self, run: str) -> dict:
         return read_state_file(self.dir / "runs" / run) or {}
@@ -71,14 +76,11 @@ class Sweep:
         return out
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 1.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 1.0,
+               progress: Callable[[], object] = lambda: None):
+    """``predicate()`` once true; ``timeout`` is how long ``progress()`` (say a sweep folder's files) may stay
+    the same, not a wall time for the whole wait (a loaded machine is slow but advancing)."""
+    return wait_while_progressing(predicate, what, progress, stall_s=timeout, every=every)
 
 
 def slurm_job(cluster, job_id: str) -> dict[str, str]:
@@ -220,7 +222,7 @@ def test_usr2_to_the_batch_shell_takes_the_same_path(dev_slurm, tmp_path):
     (first_id,) = sweep.job_ids
     names = list(sweep.runs())
     wait_until(lambda: all((sweep.state(n).get("checkpoint_step") or 0) >= 20 for n in names), 180,
-               "a checkpoint of every run")
+               "a checkpoint of every run", progress=sweep.progress)
     dev_slurm.run("scancel", "--signal=USR2", "--batch", first_id)  # the batch shell and its children
     runs = sweep.wait_done()
     assert {r.state for r in runs.values()} == {"completed"}
@@ -237,7 +239,7 @@ def test_cancel_leaves_runs_resumable(dev_slurm, tmp_path):
     sweep = Sweep(tmp_path, "cx", *overrides)
     names = list(sweep.runs())
     wait_until(lambda: all((sweep.state(n).get("checkpoint_step") or 0) >= 20 for n in names), 180,
-               "a checkpoint of every run")
+               "a checkpoint of every run", progress=sweep.progress)
     lines = cancel_sweep(sweep.overrides)
     assert lines[0] == f"cancelled jobs: {sweep.job_ids[0]}"
     wait_until(lambda: slurm_job(dev_slurm, sweep.job_ids[0])["JobState"] == "CANCELLED" and
@@ -260,7 +262,8 @@ def test_a_killed_rank_fails_its_run_which_retries_from_its_checkpoint(dev_slurm
                   "++sweep.ranks_per_run=2", "train.micro_batch_size=8", "train.checkpoint_every=20")
     (job_id,) = sweep.job_ids
     (name,) = sweep.runs()
-    wait_until(lambda: (sweep.state(name).get("checkpoint_step") or 0) >= 20, 180, "a checkpoint")
+    wait_until(lambda: (sweep.state(name).get("checkpoint_step") or 0) >= 20, 180, "a checkpoint",
+               progress=sweep.progress)
     victim = wait_until(lambda: _rank_pid(job_id, 1, name), 30, "rank 1's process")
     os.kill(victim, signal.SIGKILL)
     runs = sweep.wait_done()

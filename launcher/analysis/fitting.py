@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Optional
 
 from launcher.analysis.collect import Collected, collect_sweep, final_metric, parse_sweep_args
 from launcher.errors import UserError
-from launcher.files import atomic_write
+from launcher.files import write_outcome
 from launcher.identity import content_hash
 from launcher.numbers import interval, percent, sci
 from launcher.run.metrics import METRICS_FILE
@@ -117,9 +118,10 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
                   seed: int = 0, collected: Optional[Collected] = None, metric: Optional[str] = None) -> dict:
     """collect -> ``launcher.analysis.fit.fit_sweep`` -> ``<sweep_dir>/fit.json`` (atomically); returns its content.
 
-    A sweep the fitters cannot use at all (no completed run, say) still gets a fit.json, holding
-    {"error": ...}, so that the report can say why. ``metric``: a key the runs log, fitted besides the
-    sweep config's ``metrics`` (fit.json ``metrics``: {key: two-step fit}).
+    A sweep the fitters cannot use at all (no completed run, say) gets its error in fit.error.json, and in
+    fit.json only where there is no earlier good fit there to keep (the report says why either way).
+    ``metric``: a key the runs log, fitted besides the sweep config's ``metrics`` (fit.json ``metrics``:
+    {key: two-step fit}).
     """
     from launcher.analysis.fit import fit_sweep
     from launcher.analysis.fit.sweep import SCHEMA
@@ -148,7 +150,7 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
     except UserError as exc:
         fit = {"schema": SCHEMA, "error": str(exc)}
     fit["inputs"] = inputs
-    atomic_write(sweep_dir / FIT_FILE, json.dumps(fit, indent=1, allow_nan=False))
+    write_outcome(sweep_dir / FIT_FILE, None if "error" in fit else fit, fit if "error" in fit else None)
     return fit
 
 
@@ -308,6 +310,10 @@ def fit_main(argv: list[str]) -> int:
     args, sweep_dir = parse_sweep_args(argv, "ladder fit", "fit scaling laws to a sweep (or --points FILE.csv); "
                                        "metric=KEY also fits a key the runs log, in two steps", options,
                                        keys=("metric",))
+    if args.n_boot < 0:
+        raise UserError(f"--n-boot: must be >= 0 (0: no bootstrap), got {args.n_boot}")
+    if args.budget_flops is not None and not (math.isfinite(args.budget_flops) and args.budget_flops > 0):
+        raise UserError(f"--budget-flops: must be a finite number > 0, got {args.budget_flops}")
     fit = fit_sweep_dir(sweep_dir, args.budget_flops, n_boot=args.n_boot, seed=args.seed, metric=args.metric)
     if args.json:
         print(json.dumps(fit, indent=1))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
+
+from launcher.config.validate import Range
 
 
 @dataclasses.dataclass
@@ -69,13 +71,16 @@ class NodeShape(_Checks):
     device: str = "cpu"
     cores_per_node: int = 2
     cores_per_task: int = 1
-    gpus_per_task: int = 0
+    gpus_per_task: Annotated[int, Range(ge=0)] = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    device_peak_flops: Optional[float] = None  # dense peak per device at `precision`, for MFU
+    device_peak_flops: Optional[Annotated[float, Range(gt=0)]] = None  # dense peak per device at `precision`, for MFU
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least_one(self, "devices_per_node", "cores_per_node", "cores_per_task")
+        if self.cores_per_task > self.cores_per_node:
+            raise ValueError(f"cluster.cores_per_task: must be <= cores_per_node ({self.cores_per_node}), "
+                             f"got {self.cores_per_task}")
 
 
 @dataclasses.dataclass
@@ -92,7 +97,7 @@ class Launch(_Checks):
     import_mpi4py_first: bool = False  # mpi4py before torch in the runtime (Frontier: NIC mapping breaks otherwise)
     ladder_command: Optional[str] = None  # how a job step starts `ladder` (shell words); default: the Python
     # that rendered the script, so jobs run the environment that submitted them
-    step_launch_delay_s: float = 0.0  # pause between starting two lanes (OLCF: give Slurm time per srun)
+    step_launch_delay_s: Annotated[float, Range(ge=0)] = 0.0  # pause between starting two lanes (OLCF: give Slurm time per srun)
     dist_backend: Literal["gloo", "nccl"] = "gloo"
     network_interface: Optional[str] = None  # rendezvous interface (Frontier hsn0, Summit ib0)
 
@@ -121,8 +126,8 @@ class QueuePolicy(_Checks):
     max_queued_jobs: int = 100
     max_concurrent_steps: int = 100
     max_retries: int = 3  # a run failing this many times in a row is no longer retried
-    signal_before_min: int = 5  # warning signal (USR2) this long before the walltime
-    signal_before_s: Optional[int] = None  # the same in seconds, for warnings under a minute (short test jobs)
+    signal_before_min: Annotated[int, Range(ge=0)] = 5  # warning signal (USR2) this long before the walltime
+    signal_before_s: Optional[Annotated[int, Range(ge=0)]] = None  # the same in seconds, for warnings under a minute (short test jobs)
     # packing runs into jobs (launcher/sweep/pack.py)
     submission: Literal["packed", "array"] = "packed"  # array: one run per array task
     array_throttle: Optional[int] = None  # array tasks at once (--array=0-n%k); default max_eligible_jobs
@@ -130,9 +135,9 @@ class QueuePolicy(_Checks):
     walltime_min: Optional[int] = None  # every job asks for exactly this walltime instead of the estimate
     walltime_safety: float = 1.25  # estimated hours x this where a walltime must suffice
     assumed_mfu: float = 0.3  # planning estimate until a calibration run measures it
-    run_overhead_min: float = 2.0  # start-up, rendezvous, checkpoint load and save of one run in a job
-    job_overhead_min: float = 1.0  # module loads and environment set-up of one job
-    allocation_node_hours: Optional[float] = None  # what is left of the allocation
+    run_overhead_min: Annotated[float, Range(ge=0)] = 2.0  # start-up, rendezvous, checkpoint load and save of one run in a job
+    job_overhead_min: Annotated[float, Range(ge=0)] = 1.0  # module loads and environment set-up of one job
+    allocation_node_hours: Optional[Annotated[float, Range(ge=0)]] = None  # what is left of the allocation
 
     def __post_init__(self) -> None:
         super().__post_init__()

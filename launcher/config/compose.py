@@ -65,7 +65,8 @@ def _prepare(overrides: list[str]) -> tuple[list[str], list[Path], list[Path]]:
 
 @contextlib.contextmanager
 def _explained(layers: list[Path]) -> Iterator[None]:
-    """Hydra's and OmegaConf's errors as one UserError line."""
+    """Hydra's and OmegaConf's errors, and a config file's YAML syntax error, as one UserError line."""
+    import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -73,6 +74,16 @@ def _explained(layers: list[Path]) -> Iterator[None]:
         yield
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(_explain(str(exc), layers)) from None
+    except yaml.YAMLError as exc:
+        raise UserError(_yaml_error(exc)) from None
+
+
+def _yaml_error(exc) -> str:
+    """``file:line:column: not valid YAML: what`` for a config file that does not parse."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else "a config file"
+    what = getattr(exc, "problem", None) or _first_line(str(exc))
+    return f"{where}: not valid YAML: {what}"
 
 
 @contextlib.contextmanager

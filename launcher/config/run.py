@@ -6,11 +6,11 @@ turns the plain dict into these dataclasses, and the model and data sections int
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
-from launcher.config.validate import validate
+from launcher.config.validate import SEED_RANGE, Range, validate
 from launcher.errors import UserError
 
 
@@ -18,12 +18,12 @@ from launcher.errors import UserError
 class TrainConfig:
     """Optimisation and bookkeeping of one run (tokens are samples for CLIP)."""
 
-    tokens: Optional[int] = None  # D; the LR schedule spans it (Chinchilla-style)
-    max_steps: Optional[int] = None  # stop after K optimizer steps; the schedule still spans `tokens`
+    tokens: Optional[Annotated[int, Range(ge=1)]] = None  # D; the LR schedule spans it (Chinchilla-style)
+    max_steps: Optional[Annotated[int, Range(ge=1)]] = None  # stop after K optimizer steps; the schedule still spans `tokens`
     global_batch_tokens: int = 4096  # reached with gradient accumulation over ranks x micro-batches
     micro_batch_size: int = 8  # samples per rank per micro-step
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # the schedule decays to 10% of the peak
+    lr: Annotated[float, Range(gt=0)] = 1e-3
+    min_lr_ratio: Annotated[float, Range(ge=0, le=1)] = 0.1  # the schedule decays to 10% of the peak
     warmup_fraction: float = 0.05
     warmup_tokens: Optional[int] = None  # absolute warm-up, replacing warmup_fraction: a WSD trunk and its
     #                                      branches of different lengths share it
@@ -34,10 +34,10 @@ class TrainConfig:
     #                                  run to start from when this run has no checkpoint yet: a WSD branch's trunk
     checkpoint_steps: list[int] = dataclasses.field(default_factory=list)  # also checkpoint at these steps and
     #                                  keep them (a trunk's branch points)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    weight_decay: Annotated[float, Range(ge=0)] = 0.1
+    beta1: Annotated[float, Range(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Range(ge=0, lt=1)] = 0.95
+    grad_clip: Annotated[float, Range(ge=0)] = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     log_every: int = 1
     val_every: int = 20
@@ -129,7 +129,7 @@ class RunConfig:
     rendezvous: RendezvousConfig = dataclasses.field(default_factory=RendezvousConfig)
     run_dir: Optional[str] = None
     nproc: int = 1  # local ranks `ladder train` starts when no launcher started it
-    seed: int = 0
+    seed: Annotated[int, SEED_RANGE] = 0
     resume: bool = True  # continue from run_dir's last checkpoint when there is one
     sweep: Optional[dict] = None  # present in the composed config; read by the planner, not by a run
     sweeps_root: str = "sweeps"  # where the planner puts <sweeps_root>/<sweep.name>/; not read by a run

@@ -8,11 +8,50 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, get_args, get_origin
 
 from launcher.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The interval a number field allows, declared beside the field; None bounds are open."""
+
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+
+    def check(self, value: Any, path: str) -> None:
+        if ((self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
+                or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt)):
+            raise UserError(f"{path}: must be {self.describe()}, got {value!r}")
+
+    def describe(self) -> str:
+        parts = [f"{op} {bound}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if bound is not None]
+        return " and ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class PathComponent:
+    """A name that becomes one folder or file name: no separators, no ``..``, nothing a shell or a
+    scheduler reads specially (letters, digits, ``._-``, not starting with a dot or a dash)."""
+
+    PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+
+    def check(self, value: Any, path: str) -> None:
+        if not isinstance(value, str) or not self.PATTERN.fullmatch(value):
+            raise UserError(f"{path}: {value!r} is not a safe folder name; allowed: letters, digits and ._- "
+                            "(not first: . or -), at most 200 characters")
+
+
+# the seeds torch.manual_seed and numpy's SeedSequence both take
+SEED_RANGE = Range(ge=0, le=2 ** 63 - 1)
 
 
 def validate(cls: type, data: Any, path: str):
@@ -24,7 +63,7 @@ def validate(cls: type, data: Any, path: str):
         data = dataclasses.asdict(data)
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of fields, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
@@ -53,6 +92,12 @@ def _check(tp: Any, value: Any, path: str):
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        checked = _check(args[0], value, path)
+        for mark in tp.__metadata__:
+            if hasattr(mark, "check"):
+                mark.check(checked, path)
+        return checked
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -90,13 +135,15 @@ def _check(tp: Any, value: Any, path: str):
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         if isinstance(value, str):
             try:
-                return float(value)  # YAML reads 1e-3 without a dot as a string
+                value = float(value)  # YAML reads 1e-3 without a dot as a string
             except ValueError:
                 pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not _finite(value):
+                raise UserError(f"{path}: must be a finite number, got {value!r}")
+            return float(value)
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -108,8 +155,17 @@ def _check(tp: Any, value: Any, path: str):
     raise UserError(f"{path}: expected {_describe(tp)}, got {value!r}")
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond any float
+        return False
+
+
 def _describe(tp: Any) -> str:
     origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _describe(args[0])
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
     if origin is Literal:

@@ -52,15 +52,29 @@ def latest_attempt(steps: Sequence[int] | np.ndarray) -> np.ndarray:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The curve of a run as its latest attempts wrote it (``latest_attempt``): one record per step, in step
-    order. A torn line (a run killed while writing) is skipped."""
+    order. A bad line (torn by a kill, not JSON, not an object, no integer ``step``) is skipped on its own,
+    never a reason to drop the lines around it; ``read_metrics_counted`` also says how many."""
+    return read_metrics_counted(path)[0]
+
+
+def read_metrics_counted(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """``read_metrics`` and the number of bad lines it skipped."""
     records: list[dict[str, Any]] = []
-    with open(path) as handle:
+    bad = 0
+    with open(path, "rb") as handle:
         for line in handle:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+            if not line.strip():
                 continue
-    return [records[i] for i in latest_attempt([r["step"] for r in records]).tolist()]
+            try:
+                record = json.loads(line)
+            except ValueError:  # not JSON, or not UTF-8
+                record = None
+            step = record.get("step") if isinstance(record, dict) else None
+            if isinstance(step, int) and not isinstance(step, bool):
+                records.append(record)
+            else:
+                bad += 1
+    return [records[i] for i in latest_attempt([r["step"] for r in records]).tolist()], bad
 
 
 class WandbMirror:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Optional
 
 from launcher.errors import UserError
+from launcher.policy import ExitCode
 
 # How long collectives may wait once the ranks have met (a slow checkpoint write must not kill a run);
 # the meeting itself is bounded by rendezvous.timeout_s.
@@ -495,4 +496,4 @@ if __name__ == "__main__":
         sys.exit(main())
     except UserError as exc:
         print(f"rendezvous: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(ExitCode.USAGE)

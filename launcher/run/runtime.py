@@ -47,6 +47,7 @@ to continue; EX_TEMPFAIL).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -67,11 +68,12 @@ from typing import Any, Optional
 
 from launcher.run import rendezvous
 from launcher.run.checkpoint import Checkpointer, TrainState
-from launcher.files import atomic_write
+from launcher.files import atomic_write, make_dir
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
 from launcher.resources import ladder_argv
 from launcher.identity import config_hash
+from launcher.locks import FolderLock
 from launcher.policy import ExitCode, ending
 from launcher.run.metrics import MetricsLog, WandbMirror
 
@@ -79,13 +81,33 @@ from launcher.run.metrics import MetricsLog, WandbMirror
 def main(argv: list[str]) -> int:
     stop = StopRequest()  # first: a signal during the slow imports is still honoured
     run = load_run_config(list(argv))
-    if run.nproc > 1 and rendezvous.discover(os.environ).world_size == 1:
-        from launcher.run import local_launch
+    with run_dir_lock(run):
+        if run.nproc > 1 and rendezvous.discover(os.environ).world_size == 1:
+            from launcher.run import local_launch
 
-        BatchPlan.make(run.train, run.nproc, make_family(run).tokens_per_sample)  # one clear line, before any rank
-        return local_launch.launch(run.nproc, [*ladder_argv(), "train", *argv],
-                                   run.cluster.step_launcher)
-    return Trainer(run, stop).run()
+            BatchPlan.make(run.train, run.nproc, make_family(run).tokens_per_sample)  # one clear line, before any rank
+            os.environ[LOCK_HELD_ENV] = str(Path(run_dir_of(run)).resolve())  # the ranks' own lock is ours
+            try:
+                return local_launch.launch(run.nproc, [*ladder_argv(), "train", *argv], run.cluster.step_launcher)
+            finally:
+                os.environ.pop(LOCK_HELD_ENV, None)
+        return Trainer(run, stop).run()
+
+
+LOCK_HELD_ENV = "SCALELADDER_RUN_DIR_LOCKED"  # set for the local ranks of a `ladder train nproc=N`
+
+
+def run_dir_of(run: RunConfig) -> Path:
+    return Path(run.run_dir) if run.run_dir else default_run_dir(run)
+
+
+def run_dir_lock(run: RunConfig):
+    """The run_dir's lock (``launcher.locks``), taken once per run before any work: by rank 0, or by the
+    ``ladder train nproc=N`` that starts local ranks (they find the folder in LOCK_HELD_ENV)."""
+    run_dir = make_dir(run_dir_of(run), "run_dir")
+    if os.environ.get(LOCK_HELD_ENV) == str(run_dir.resolve()) or rendezvous.discover(os.environ).rank != 0:
+        return contextlib.nullcontext()
+    return FolderLock(run_dir, "run_dir")
 
 
 def make_family(run: RunConfig):
@@ -409,14 +431,14 @@ class Trainer:
 
     def __init__(self, run: RunConfig, stop: StopRequest):
         self.cfg = run
-        self.run_dir = Path(run.run_dir) if run.run_dir else default_run_dir(run)
+        self.run_dir = run_dir_of(run)
         self.stop = stop
 
     def run(self) -> int:
         run = self.cfg
         dist_env = find_ranks(run)
         self.rank, self.world = dist_env.rank, dist_env.world_size
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.run_dir, "run_dir")
         self.state_file = RunStateFile(self.run_dir, enabled=self.rank == 0)
         self.state_file.update(world_size=self.world)
         self.wandb = None

@@ -139,7 +139,23 @@ class JobDB:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken before reading
         self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
+        try:
+            self._open(busy_timeout_s)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise UserError(f"{self.path}: not a usable job database ({exc}); move it aside: the runs' own "
+                            "state.json and metrics.jsonl are untouched, and collect, fit and report read them "
+                            "without it") from None
+
+    def _open(self, busy_timeout_s: float) -> None:
+        """Settings, an integrity check (a truncated or overwritten file is caught here, not mid-command),
+        and the tables when the file is new."""
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        verdict = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(verdict)
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL stays consistent
         self._conn.execute("PRAGMA foreign_keys = ON")

@@ -10,13 +10,10 @@ checkpoints when the command is started again, and a failed run is retried until
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -29,23 +26,6 @@ from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
 
 POLL_S = 0.5
 STOP_GRACE_S = 300.0  # how long an interrupted run may take to write its checkpoint before it is killed
-
-
-@contextmanager
-def sweep_lock(sweep_dir: Path) -> Iterator[None]:
-    """One local runner per sweep: a second one would train the same runs in the same directories."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / ".sweep.lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise UserError(f"{sweep_dir}: another `ladder sweep` is running this sweep "
-                            f"(pid {lock.read().strip() or '?'}); wait for it or stop it first") from None
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        yield
 
 
 def record_plan(db: JobDB, plan: Plan) -> None:
@@ -203,14 +183,18 @@ class SweepEnd:
 
 
 def run_local_sweep(plan: Plan, console, over_budget_ok: bool = False) -> SweepEnd:
-    """Record ``plan`` in its job database and train its unfinished runs here, a few at a time."""
+    """Record ``plan`` in its job database and train its unfinished runs here, a few at a time.
+
+    The caller holds the sweep folder's ``launcher.locks.FolderLock`` (``ladder sweep`` takes it before
+    calibrating): one local runner per sweep, since a second would train the same runs in the same folders.
+    """
     if plan.cluster.scheduler != "local":
         raise UserError(f"cluster.scheduler: `ladder sweep` trains on this machine (scheduler local), the profile "
                         f"{plan.cluster.name} uses {plan.cluster.scheduler}; use `ladder submit` there")
     print_plan(plan, console)
     plan.check_budget(over_budget_ok)
     started = time.monotonic()
-    with sweep_lock(plan.sweep_dir), JobDB(plan.sweep_dir / "jobdb.sqlite") as db:
+    with JobDB(plan.sweep_dir / "jobdb.sqlite") as db:
         write_plan(plan)
         record_plan(db, plan)
         for name in recover(db, plan.sweep.name):

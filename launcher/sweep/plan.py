@@ -15,12 +15,12 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose, config_layers, group_options
 from launcher.config.run import RunConfig, load_run_config
-from launcher.config.validate import validate
+from launcher.config.validate import PathComponent, Range, validate
 from launcher.errors import UserError
 from launcher.files import atomic_write_json
 from launcher.identity import content_hash, run_hash
@@ -49,7 +49,7 @@ class SweepConfig:
     ``holdout: true`` (plan.json); each selector must match a run, and one run at least stays in the fit.
     """
 
-    name: str  # the sweep directory <sweeps_root>/<name>/ and the W&B group
+    name: Annotated[str, PathComponent()]  # the sweep directory <sweeps_root>/<name>/ and the W&B group
     kind: Literal["grid", "isoflop", "ladder", "clip"]
     model: str = "gpt_neox/tiny"  # the base model option: family, vocabulary, seq_len, every unsolved field
     data: Optional[str] = None  # a data option; null keeps config.yaml's
@@ -61,14 +61,14 @@ class SweepConfig:
     budgets: list[float] = dataclasses.field(default_factory=list)  # isoflop: FLOPs C of each curve
     params_per_budget: list[list[float]] = dataclasses.field(default_factory=list)  # isoflop: sizes per budget
     tokens: list[float] = dataclasses.field(default_factory=list)  # grid: D values; ladder: the one fixed D
-    tokens_per_param: Optional[float] = None  # ladder: D = tokens_per_param × N
+    tokens_per_param: Optional[Annotated[float, Range(gt=0)]] = None  # ladder: D = tokens_per_param × N
     samples: list[float] = dataclasses.field(default_factory=list)  # clip: samples seen
     global_batch_tokens: Optional[int] = None  # default: train.global_batch_tokens (samples for CLIP)
     min_steps: int = 1  # drop runs with fewer optimizer steps (big models at small isoFLOP budgets)
     nodes: int = 1
     ranks_per_run: int = 1
     overrides: list[str] = dataclasses.field(default_factory=list)  # Hydra overrides of every run
-    budget_flops: Optional[float] = None  # recommend N_opt, D_opt at this C; null: what the allocation buys
+    budget_flops: Optional[Annotated[float, Range(gt=0)]] = None  # recommend N_opt, D_opt at this C; null: what the allocation buys
     allow_over_budget: bool = False
     calibration_steps: int = 8
     holdout: list[dict[str, float]] = dataclasses.field(default_factory=list)  # runs predicted, not fitted
@@ -554,12 +554,34 @@ def write_plan(plan: Plan) -> Path:
     return path
 
 
+PLAN_RUN_KEYS = ("name", "family", "N", "N_non_embedding", "D", "C")  # what the readers of plan.json take
+
+
 def read_plan(sweep_dir: Path) -> dict:
-    """A sweep's plan.json, or {} when there is none (a folder of runs copied without it) or it is unreadable."""
+    """A sweep's plan.json, or {} when there is none (a folder of runs copied without it) or it is not JSON;
+    a JSON file of the wrong shape is refused, naming the file and what is wrong."""
+    path = Path(sweep_dir) / PLAN_FILE
     try:
-        return json.loads((sweep_dir / PLAN_FILE).read_text())
+        plan = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(plan, dict):
+        raise UserError(f"{path}: expected a JSON object (the plan), got {type(plan).__name__}")
+    runs = plan.get("runs", [])
+    if not isinstance(runs, list):
+        raise UserError(f"{path}: runs: expected a list, got {type(runs).__name__}")
+    for i, run in enumerate(runs):
+        missing = [k for k in PLAN_RUN_KEYS if k not in run] if isinstance(run, dict) else list(PLAN_RUN_KEYS)
+        if missing:
+            raise UserError(f"{path}: runs[{i}]: expected an object with {', '.join(PLAN_RUN_KEYS)}; "
+                            f"missing {', '.join(missing)}")
+        for key in ("N", "N_non_embedding", "D", "C"):
+            if isinstance(run[key], bool) or not isinstance(run[key], (int, float)) or not run[key] > 0:
+                raise UserError(f"{path}: runs[{i}].{key}: expected a number > 0, got {run[key]!r}")
+    budget = plan.get("budget_flops")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
+        raise UserError(f"{path}: budget_flops: expected a number > 0 or null, got {budget!r}")
+    return plan
 
 
 # ------------------------------------------------------------------------------------------- output

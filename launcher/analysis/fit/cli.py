@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -90,21 +91,35 @@ def read_table(path_text: str, flag: str) -> Table:
     path = Path(path_text)
     if not path.is_file():
         raise UserError(f"{flag}: no such file: {path}")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    rows = []
+    try:
         header = list(reader.fieldnames or [])
-        rows = []
         for row in reader:
             extra = row.pop(None, None)  # DictReader's key for fields beyond the header
             if extra is not None or any(v is None for v in row.values()):
                 given = len(header) + len(extra) if extra is not None else sum(v is not None for v in row.values())
                 raise UserError(f"{path} line {reader.line_num}: {given} fields, the header has {len(header)}")
             rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise UserError(f"{path} line {reader.line_num}: not CSV: {exc}") from None
     if not header:
         raise UserError(f"{flag}: {path} has no header row")
     if not rows:
         raise UserError(f"{flag}: {path} has no rows")
     return Table(path, header, rows)
+
+
+def _text(path: Path) -> str:
+    """The file as UTF-8 text (a BOM allowed); other bytes are refused naming the line and field they are in."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line, field = before.count(b"\n") + 1, before[before.rfind(b"\n") + 1:].count(b",") + 1
+        raise UserError(f"{path} line {line}, field {field}: byte {data[exc.start]:#04x} is not "
+                        "UTF-8 text; allowed: a UTF-8 CSV file (re-save it as UTF-8)") from None
 
 
 def _require(table: Table, columns: dict[str, str | None]) -> None:
@@ -163,6 +178,10 @@ def read_points(args: argparse.Namespace) -> tuple[list[dict], list[float] | Non
         points.append(point)
         if weights is not None:
             weights.append(_number(row[args.weight_col], args.weight_col, line, table.path, positive=False))
+    value_key = "metric" if "metric" in columns and "loss" not in columns else "loss"
+    if len(points) > 1 and len({p[value_key] for p in points}) == 1:
+        raise UserError(f"{table.path}: column '{columns[value_key]}' holds one value ({points[0][value_key]:g}) "
+                        "in every row; a scaling law needs values that vary")
     return points, weights
 
 
@@ -252,6 +271,8 @@ def _fmt(value) -> str:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if args.n_boot < 0:
+        raise UserError(f"--n-boot: must be >= 0 (0: no bootstrap), got {args.n_boot}")
     _, value_key = _columns(args)
     points, weights = read_points(args)
     options = dict(huber_reduce=args.huber_reduce, weights=weights, method=args.method, base=_base(args.base),
