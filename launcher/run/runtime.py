@@ -37,10 +37,14 @@ Files in ``run_dir`` (rank 0 writes all but the checkpoints):
                         lane shell sets); null outside a batch job. ``ladder status`` matches a report
                         to the job database's attempt by these, never by clocks.
       started_at, updated_at, finished_at    unix seconds (finished_at null while running)
+      hangs             every hang of the run so far (ranks, hosts, step, silent_s, at), kept across attempts;
+                        an attempt its supervisor found hung ends with status "hung" and hung_ranks, hung_hosts
+                        (``launcher.run.heartbeat``)
+  heartbeat/       rank<k>.json, each rank's step and time, replaced after every step (``launcher.run.heartbeat``)
 
 Exit codes (``ExitCode``): 0 completed, 1 failed, 2 bad input (the CLI's UserError), 3 diverged
-(non-finite training loss on any rank), 75 requeue (SIGTERM or SIGUSR2: checkpoint written, run again
-to continue; EX_TEMPFAIL).
+(non-finite training loss on any rank), 4 hung (set by the supervisor of the ranks), 75 requeue (SIGTERM
+or SIGUSR2: checkpoint written, run again to continue; EX_TEMPFAIL).
 """
 from __future__ import annotations
 
@@ -63,6 +67,7 @@ from typing import Any, Optional
 
 from launcher.run import rendezvous
 from launcher.run.checkpoint import Checkpointer, TrainState
+from launcher.run.heartbeat import HangWatch, Heartbeat, previous_hangs
 from launcher.files import atomic_write
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
@@ -79,8 +84,9 @@ def main(argv: list[str]) -> int:
         from launcher.run import local_launch
 
         BatchPlan.make(run.train, run.nproc, make_family(run).tokens_per_sample)  # one clear line, before any rank
-        return local_launch.launch(run.nproc, [*ladder_argv(), "train", *argv],
-                                   run.cluster.step_launcher)
+        watch = HangWatch(resolved_run_dir(run), run.nproc, run.cluster.hang_timeout_s)
+        return local_launch.launch(run.nproc, [*ladder_argv(), "train", *argv], run.cluster.step_launcher,
+                                   watch=watch, retries=run.cluster.max_retries)
     return Trainer(run, stop).run()
 
 
@@ -96,6 +102,10 @@ def make_family(run: RunConfig):
 def default_run_dir(run: RunConfig) -> Path:
     """``runs/<family>-<config hash>``: the same training config always lands in the same place."""
     return Path("runs") / f"{run.model['family']}-{config_hash(run)}"
+
+
+def resolved_run_dir(run: RunConfig) -> Path:
+    return Path(run.run_dir) if run.run_dir else default_run_dir(run)
 
 
 # ----------------------------------------------------------------------------------- plan and schedule
@@ -289,7 +299,7 @@ class RunStateFile:
             "status": "running", "step": 0, "tokens": 0, "flops": 0, "total_steps": None,
             "checkpoint_step": None, "resumed_from": None, "world_size": None, "exit_code": None, "message": None,
             "hostname": socket.gethostname(), "pid": os.getpid(), **job_step(os.environ), "started_at": now,
-            "updated_at": now, "finished_at": None}
+            "updated_at": now, "finished_at": None, "hangs": previous_hangs(self.path) if enabled else []}
 
     def update(self, **fields: Any) -> None:
         if not self.enabled:
@@ -353,7 +363,7 @@ class Trainer:
 
     def __init__(self, run: RunConfig, stop: StopRequest):
         self.cfg = run
-        self.run_dir = Path(run.run_dir) if run.run_dir else default_run_dir(run)
+        self.run_dir = resolved_run_dir(run)
         self.stop = stop
 
     def run(self) -> int:
@@ -381,6 +391,8 @@ class Trainer:
         finally:
             if self.wandb is not None:
                 self.wandb.finish(self.state_file.state["exit_code"])
+            if "heartbeat" in self.__dict__:
+                self.heartbeat.close()
             for name in ("engine", "family", "checkpointer"):  # the engine holds the groups (see close_process_group)
                 self.__dict__.pop(name, None)
             close_process_group()
@@ -396,6 +408,7 @@ class Trainer:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision, torch.float32)
         self.checkpointer = Checkpointer(self.run_dir, self.rank)
         self.metrics = MetricsLog(self.run_dir)
+        self.heartbeat = Heartbeat(self.run_dir, self.rank)
         self.logged_tokens, self.busy_s = 0, 0.0  # since the last metrics record
 
     def _start_wandb(self) -> None:
@@ -440,6 +453,7 @@ class Trainer:
             if stop_asked:
                 name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
                 return self.state_file.finish(ExitCode.REQUEUE, f"stopped at step {state.step} by {name}", **progress)
+            self.heartbeat.beat(state.step)
         digests = [None] * self.world
         dist.all_gather_object(digests, param_digest(self.engine, self.cfg.deepspeed.stage == 3))
         return self.state_file.finish(ExitCode.COMPLETED, step=state.step, tokens=state.tokens, flops=state.flops,
@@ -456,6 +470,7 @@ class Trainer:
         resumed_from = state.step or None
         self.state_file.update(step=state.step, tokens=state.tokens, flops=state.flops, total_steps=self.total_steps,
                                resumed_from=resumed_from, checkpoint_step=resumed_from)
+        self.heartbeat.beat(state.step)
         return state
 
     def _step(self, state: TrainState) -> tuple[float, float, bool]:

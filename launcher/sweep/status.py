@@ -69,7 +69,7 @@ def print_status(name: str, runs: list[dict], counts: dict[str, int], changes: l
     table = Table(title=f"sweep {name}")
     for column in ("name", "state", "N", "D", "C", "step", "attempts", "job"):
         table.add_column(column, justify="left" if column in ("name", "state", "job") else "right")
-    colours = {"completed": "green", "running": "cyan", "failed": "red", "diverged": "magenta", "timed_out": "yellow"}
+    colours = {"completed": "green", "running": "cyan", "failed": "red", "hung": "red", "diverged": "magenta", "timed_out": "yellow"}
     for r in runs:
         state = f"[{colours[r['state']]}]{r['state']}[/]" if r["state"] in colours else r["state"]
         step = "" if r["step"] is None else f"{r['step']}/{r['total_steps']}"
