@@ -183,10 +183,3 @@ def record_hang(run_dir: Path, stuck: list[Stuck]) -> dict:
     atomic_write(path, json.dumps(state, indent=1) + "\n")
     return hang
 
-
-def previous_hangs(state_path: Path) -> list[dict]:
-    """The hangs an earlier attempt's ``state.json`` lists: a new attempt keeps them."""
-    try:
-        return list(json.loads(Path(state_path).read_text()).get("hangs", []))
-    except (OSError, ValueError, AttributeError):
-        return []

@@ -4,8 +4,11 @@ Keys of a line: ``step`` (optimizer steps done), ``tokens`` and ``flops`` (cumul
 and FLOPs), ``train_loss`` (mean over micro-batches and ranks), ``lr`` (of that step, as the optimizer
 had it), ``tokens_per_s`` (training throughput since the previous line, validation and checkpoints
 excluded), ``mfu`` (flops/s over device_peak_flops x ranks; null without a peak), ``time`` (unix
-seconds); on validation steps also ``val_loss`` and whatever else the family evaluates (CLIP:
-``zero_shot_acc``). Non-finite values are written as null.
+seconds); ``slowest_rank``, ``slowest_host`` and ``straggler_ratio`` (the slowest rank's training time
+since the previous line over the median rank's, ``launcher.run.stragglers``); ``spike`` (the step's loss
+was over the spike bound), ``rewinds`` and ``data_offset`` (rewinds so far and the data steps they skipped,
+``launcher.run.spikes``); on validation steps also ``val_loss`` and whatever else the family evaluates
+(CLIP: ``zero_shot_acc``). Non-finite values are written as null. W&B gets the numbers.
 
 The file is append-only and the source of truth. A resumed run starts again after its checkpoint, so
 steps logged after that checkpoint by the interrupted attempt appear twice: ``latest_attempt`` is the one
@@ -93,7 +96,8 @@ class WandbMirror:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.run.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
+                self.run.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
+                             step=record["step"])
         except Exception as exc:  # noqa: BLE001
             self._warn(exc)
 
