@@ -24,6 +24,7 @@ COMMANDS = {
     "collect": ("launcher.analysis.collect:main", "gather every run's metrics.jsonl into one table of curves"),
     "fit": ("launcher.analysis.fitting:fit_main", "fit scaling laws to a sweep or to a CSV of points"),
     "report": ("launcher.analysis.report:main", "write report.html and plots for a sweep"),
+    "watch": ("launcher.analysis.watch:main", "follow a sweep's runs live; sync their offline W&B runs (login node)"),
     "wandb-sync": ("launcher.analysis.wandb_sync:main", "upload a sweep's offline W&B runs (from a login node)"),
 }
 

@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("launcher.analysis.fitting",),
     ("launcher.analysis.wandb_sync",),
     ("launcher.analysis.report",),
+    ("launcher.analysis.watch",),  # follows the runs and syncs their W&B folders, from a login node
     # the top: the commands that chain rooms (sweep, then collect, fit, report) and the dispatcher
     ("launcher.commands", "launcher.cli"),
 ]

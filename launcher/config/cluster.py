@@ -95,6 +95,8 @@ class Launch(_Checks):
     step_launch_delay_s: float = 0.0  # pause between starting two lanes (OLCF: give Slurm time per srun)
     dist_backend: Literal["gloo", "nccl"] = "gloo"
     network_interface: Optional[str] = None  # rendezvous interface (Frontier hsn0, Summit ib0)
+    offline_compute: bool = False  # compute nodes have no route to the internet: runs keep W&B offline there,
+    # `ladder watch` syncs from a login node
     hang_timeout_s: Optional[float] = None  # a rank silent this long is hung (launcher/run/heartbeat.py);
     # default: 10 x the run's median step time, at least 5 minutes
 
