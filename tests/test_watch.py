@@ -29,7 +29,7 @@ def make_run(sweep_dir: Path, name: str, status: str, with_wandb: bool) -> Path:
                                                     "updated_at": now}))
     (run_dir / "metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "tokens": 2048 * s, "train_loss": 5.0 / s, "tokens_per_s": 1000.0, "time": now,
-                    "slowest_rank": 1, "slowest_host": "node7", "straggler_ratio": 1.5}) + "\n" for s in (1, 2, 3, 4)))
+                    "slowest_rank": 1, "slowest_host": "node7", "straggler_ratio": 1.5}) + "\n" for s in range(1, 11)))
     if with_wandb:
         import wandb
 
@@ -75,8 +75,8 @@ def test_watch_table_without_sync(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = {line.split()[1]: line for line in done.stdout.splitlines() if line.strip().startswith("│ r-")}
     assert set(lines) == {"r-done", "r-live"}
-    assert "completed" in lines["r-done"] and "4/4" in lines["r-done"] and "1.2500" in lines["r-done"]
-    assert "node7" in lines["r-live"]
+    assert "completed" in lines["r-done"] and "4/4" in lines["r-done"] and "0.5000" in lines["r-done"]
+    assert "node7 (rank 1, x1.50)" in lines["r-live"]  # slowest in every record: a consistently slow node
     assert not (sweep_dir / WATCH_DIR).exists()  # without sync the watcher writes nothing
 
 
@@ -119,3 +119,15 @@ def test_failed_syncs_are_reported_retried_and_never_doubled_across_restarts(tmp
     assert len(starts) >= 4
     for prev, nxt in zip(starts, starts[1:]):
         assert nxt["time"] >= ended_at[prev["pid"]], (prev, nxt)
+
+
+def test_only_a_consistently_slow_node_is_named():
+    from launcher.run.stragglers import consistent_straggler
+
+    def records(hosts, ratio):
+        return [{"slowest_rank": i % 2, "slowest_host": h, "straggler_ratio": ratio} for i, h in enumerate(hosts)]
+
+    assert consistent_straggler(records(["a"] * 9 + ["b"], 1.5)) == "a (rank 0, x1.50)"
+    assert consistent_straggler(records(["a", "b"] * 5, 1.5)) is None  # a different node each time: noise
+    assert consistent_straggler(records(["a"] * 10, 1.05)) is None  # always a but hardly slower
+    assert consistent_straggler(records(["a"] * 3, 2.0)) is None  # too few records to tell

@@ -2,7 +2,7 @@
 
 On a login node (which has the internet) while the runs train on offline compute nodes. Every interval
 it reads each run's ``state.json`` and ``metrics.jsonl`` (the runs' own readers) and prints a table (run,
-state, step, tokens, loss, tokens/s, ETA, last write, slowest rank), and, unless ``--no-sync``, runs W&B's
+state, step, tokens, loss, tokens/s, ETA, last write, a consistently slow node), and, unless ``--no-sync``, runs W&B's
 own ``wandb sync`` on each offline run folder (``runs/<run>/wandb/offline-run-*``) whose last sync has
 ended: each folder once per interval, never two syncs of one folder at once.
 
@@ -36,6 +36,7 @@ from launcher.files import atomic_write_json
 from launcher.numbers import si
 from launcher.policy import FINAL, STATUS_STATES
 from launcher.run.metrics import METRICS_FILE, read_metrics
+from launcher.run.stragglers import consistent_straggler
 from launcher.sweep.jobdb import read_state_file
 
 MARKER = "ladder-synced.json"
@@ -60,7 +61,7 @@ class RunView:
     tokens_per_s: Optional[float]
     eta_s: Optional[float]
     last_write_s: Optional[float]  # seconds since state.json or metrics.jsonl last changed
-    slowest: Optional[str]  # "rank 3 on host (x1.4)" at the last record
+    slowest: Optional[str]  # a consistently slow node (launcher.run.stragglers), else None
 
     @classmethod
     def read(cls, run_dir: Path, now: float) -> "RunView":
@@ -74,11 +75,9 @@ class RunView:
         eta = ((total - step) * per_step / speed if speed and per_step and total is not None and step is not None
                and state.get("status") == "running" else None)
         mtimes = [p.stat().st_mtime for p in (run_dir / "state.json", metrics) if p.exists()]
-        ratio = last.get("straggler_ratio")
-        slowest = (f"rank {last['slowest_rank']} on {last['slowest_host']} (x{ratio:.2f})"
-                   if ratio is not None and last.get("slowest_rank") is not None else None)
         return cls(run_dir.name, state.get("status") or "planned", step, total, state.get("tokens"),
-                   last.get("train_loss"), speed, eta, now - max(mtimes) if mtimes else None, slowest)
+                   last.get("train_loss"), speed, eta, now - max(mtimes) if mtimes else None,
+                   consistent_straggler(records))
 
 
 def duration(seconds: Optional[float]) -> str:
@@ -92,9 +91,9 @@ def table(name: str, views: list[RunView], syncs: dict[str, str]):
     from rich.table import Table
 
     out = Table(title=f"sweep {name}  ({time.strftime('%H:%M:%S')})")
-    columns = ("run", "state", "step", "tokens", "loss", "tokens/s", "ETA", "last write", "slowest", "W&B")
+    columns = ("run", "state", "step", "tokens", "loss", "tokens/s", "ETA", "last write", "slow node", "W&B")
     for column in columns:
-        out.add_column(column, justify="left" if column in ("run", "state", "slowest", "W&B") else "right")
+        out.add_column(column, justify="left" if column in ("run", "state", "slow node", "W&B") else "right")
     for v in views:
         out.add_row(v.name, v.state, "" if v.step is None else f"{v.step}/{v.total_steps}",
                     si(v.tokens) if v.tokens is not None else "", f"{v.loss:.4f}" if v.loss is not None else "",

@@ -21,3 +21,22 @@ def gather(busy_s: float, world: int) -> dict:
     median = statistics.median(t for t, _ in times)
     return {"slowest_rank": slowest, "slowest_host": times[slowest][1],
             "straggler_ratio": times[slowest][0] / median if median > 0 else None}
+
+
+CONSISTENT_RECORDS = 10  # the last this many records decide ...
+CONSISTENT_SHARE = 0.8  # ... a host slowest in at least this share of them ...
+CONSISTENT_RATIO = 1.2  # ... at least this much slower than the median rank is consistently slow
+
+
+def consistent_straggler(records: list[dict]) -> str | None:
+    """"host (rank r, x1.35)" when one host was the slowest, and clearly slow, in most of the last records."""
+    recent = [r for r in records[-CONSISTENT_RECORDS:] if r.get("straggler_ratio") is not None]
+    if len(recent) < CONSISTENT_RECORDS // 2:
+        return None
+    hosts = [r["slowest_host"] for r in recent]
+    host = max(set(hosts), key=hosts.count)
+    mine = [r for r in recent if r["slowest_host"] == host]
+    ratio = statistics.median(r["straggler_ratio"] for r in mine)
+    if len(mine) < CONSISTENT_SHARE * len(recent) or ratio < CONSISTENT_RATIO:
+        return None
+    return f"{host} (rank {mine[-1]['slowest_rank']}, x{ratio:.2f})"
