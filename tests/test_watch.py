@@ -131,3 +131,14 @@ def test_only_a_consistently_slow_node_is_named():
     assert consistent_straggler(records(["a", "b"] * 5, 1.5)) is None  # a different node each time: noise
     assert consistent_straggler(records(["a"] * 10, 1.05)) is None  # always a but hardly slower
     assert consistent_straggler(records(["a"] * 3, 2.0)) is None  # too few records to tell
+
+
+def test_runs_keep_wandb_offline_where_compute_nodes_are_offline():
+    from launcher.config.run import load_run_config
+    from launcher.run.metrics import wandb_mode
+
+    for cluster, expected in (("frontier", "offline"), ("summit", "offline"), ("slurm", "offline"),
+                              ("lsf", "offline"), ("dev_slurm", "offline"), ("local", "online")):
+        run = load_run_config([f"cluster={cluster}", "wandb.mode=online"])
+        assert wandb_mode(run.wandb.mode, run.cluster.offline_compute) == expected, cluster
+    assert wandb_mode("disabled", True) == "disabled"

@@ -66,6 +66,16 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [records[i] for i in latest_attempt([r["step"] for r in records]).tolist()]
 
 
+def wandb_mode(mode: str, offline_compute: bool) -> str:
+    """The W&B mode a run uses: never online where the profile says compute nodes are offline
+    (``cluster.offline_compute``): the call would hang or fail there; ``ladder watch`` syncs later."""
+    if mode == "online" and offline_compute:
+        print("ladder train: wandb.mode online on a profile whose compute nodes are offline "
+              "(cluster.offline_compute): W&B stays offline; sync with `ladder watch`", file=sys.stderr, flush=True)
+        return "offline"
+    return mode
+
+
 class WandbMirror:
     """Mirrors records to W&B (offline by default). Any W&B failure is reported once and the run goes on."""
 

@@ -78,7 +78,7 @@ from launcher.errors import UserError
 from launcher.resources import ladder_argv
 from launcher.identity import config_hash
 from launcher.policy import ExitCode, ending
-from launcher.run.metrics import MetricsLog, WandbMirror
+from launcher.run.metrics import MetricsLog, WandbMirror, wandb_mode
 
 
 def main(argv: list[str]) -> int:
@@ -437,10 +437,7 @@ class Trainer:
         config = dict(dataclasses.asdict(run), N=total, N_non_embedding=non_embedding, D=tokens,
                       C=self.flops_per_token * tokens)
         run_id = hashlib.sha1(str(self.run_dir.resolve()).encode()).hexdigest()[:16]
-        mode = "offline" if run.cluster.offline_compute and run.wandb.mode == "online" else run.wandb.mode
-        if mode != run.wandb.mode:
-            print("ladder train: wandb.mode online on a profile whose compute nodes are offline "
-                  "(cluster.offline_compute): W&B stays offline; sync with `ladder watch`", file=sys.stderr, flush=True)
+        mode = wandb_mode(run.wandb.mode, run.cluster.offline_compute)
         self.wandb = WandbMirror(mode, self.run_dir, run_id, config, project=run.wandb.project,
                                  entity=run.wandb.entity, group=run.wandb.group,
                                  job_type=run.wandb.job_type or self.family.name, name=run.wandb.name,
