@@ -4,7 +4,7 @@ Keys of a line: ``step`` (optimizer steps done), ``tokens`` and ``flops`` (cumul
 and FLOPs), ``train_loss`` (mean over micro-batches and ranks), ``lr`` (of that step, as the optimizer
 had it), ``tokens_per_s`` (training throughput since the previous line, validation and checkpoints
 excluded), ``mfu`` (flops/s over device_peak_flops x ranks; null without a peak), ``time`` (unix
-seconds); ``slowest_rank``, ``slowest_host`` and ``straggler_ratio`` (the slowest rank's training time
+seconds); ``slowest_rank``, ``slowest_host`` and ``straggler_ratio`` (the slowest rank's forward time
 since the previous line over the median rank's, ``launcher.run.stragglers``); ``spike`` (the step's loss
 was over the spike bound), ``rewinds`` and ``data_offset`` (rewinds so far and the data steps they skipped,
 ``launcher.run.spikes``); on validation steps also ``val_loss`` and whatever else the family evaluates

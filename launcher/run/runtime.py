@@ -8,8 +8,8 @@ weights on every rank (``torch.manual_seed(seed)``), then the loop.
 Data: micro-batch ``micro`` of optimizer step ``step`` on rank ``rank`` is the family's training batch
 ``((step + data_offset) * accum + micro) * world + rank``, so a resumed run reads exactly what an
 uninterrupted one would; ``data_offset`` (0 unless a loss spike rewound the run past the batches that led
-to it, ``launcher.run.spikes``) lives in the checkpoint. Gradient accumulation makes world x micro_batch_size x tokens_per_sample x accum equal
-train.global_batch_tokens. The LR warms up linearly over warmup_fraction of the schedule, then decays
+to it, ``launcher.run.spikes``) lives in the checkpoint. Gradient accumulation makes world x
+micro_batch_size x tokens_per_sample x accum equal train.global_batch_tokens. The LR warms up linearly over warmup_fraction of the schedule, then decays
 along a cosine to min_lr_ratio x lr; the schedule spans train.tokens (max_steps x global batch when
 tokens is null), and the run stops after max_steps when it is set.
 
@@ -428,7 +428,8 @@ class Trainer:
         train = run.train
         self.spikes = spikes.SpikeDetector(train.spike_window, train.spike_threshold, train.spike_patience)
         self.corrupt = spikes.corrupt_steps()  # test-only hook, empty otherwise
-        self.logged_tokens, self.busy_s = 0, 0.0  # since the last metrics record
+        self.delay = stragglers.test_delay(self.rank)  # test-only hook, 0 otherwise
+        self.logged_tokens, self.busy_s, self.forward_s = 0, 0.0, 0.0  # since the last metrics record
 
     def _start_wandb(self) -> None:
         run = self.cfg
@@ -518,7 +519,7 @@ class Trainer:
             print(f"ladder train: loss spikes at steps {record['spikes']}: rewound to step {rewound.step}, "
                   f"skipping data steps [{first_data}, {first_data + skipped})", file=sys.stderr, flush=True)
         self.spikes.reset()
-        self.logged_tokens, self.busy_s = 0, 0.0
+        self.logged_tokens, self.busy_s, self.forward_s = 0, 0.0, 0.0
         self.state_file.update(step=rewound.step, tokens=rewound.tokens, flops=rewound.flops,
                                rewinds=[*self.state_file.state.get("rewinds", []), record])
         self.heartbeat.beat(rewound.step)
@@ -540,7 +541,10 @@ class Trainer:
             batch = spikes.corrupted(self.family.batch("train", index, self.plan.micro_batch_size), data_step,
                                      self.corrupt)
             batch = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.items()}
+            forward_started = time.perf_counter()
             loss = self.family.loss(self.engine, batch)
+            time.sleep(self.delay)
+            self.forward_s += time.perf_counter() - forward_started  # the LM's forward waits on no other rank
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += loss.detach().float().cpu()
@@ -568,8 +572,8 @@ class Trainer:
              spike: bool) -> None:
         """Rank 0 appends the step's record; throughput counts training time since the last record only."""
         tokens_per_s = self.logged_tokens / self.busy_s
-        slowest = stragglers.gather(self.busy_s, self.world)  # every rank, at the same step
-        self.logged_tokens, self.busy_s = 0, 0.0
+        slowest = stragglers.gather(self.forward_s, self.world)  # every rank, at the same step
+        self.logged_tokens, self.busy_s, self.forward_s = 0, 0.0, 0.0
         if self.rank != 0:
             return
         peak = self.cfg.cluster.device_peak_flops

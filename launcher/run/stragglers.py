@@ -1,22 +1,35 @@
-"""Stragglers: at every metrics record each rank tells rank 0 its training time since the last record.
+"""Stragglers: at every metrics record each rank tells rank 0 its compute time since the last record.
 
-One ``all_gather_object`` per logging interval (not per step) is cheap next to the steps it covers.
+The time compared is the ranks' forward passes: a whole step takes as long on every rank, since the
+fast ones wait for the slow one in the gradient all-reduce. One ``all_gather_object`` per logging
+interval (not per step) is cheap next to the steps it covers.
 The slowest rank, its host and its time over the median rank's go into the record, so that a node that
 is consistently slow shows in the curve, ``ladder status`` and ``ladder watch``.
 """
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 
+# test-only: "<rank>:<seconds>" makes that rank sleep so long in every forward, a node that is slow for
+# tests/test_spikes.py to find; never set in production
+SLOW_ENV = "SCALELADDER_TEST_SLOW_RANK"
 
-def gather(busy_s: float, world: int) -> dict:
+
+def test_delay(rank: int, environ=os.environ) -> float:
+    """Seconds the test-only hook adds to each forward of this rank (0 outside tests)."""
+    slow_rank, _, seconds = environ.get(SLOW_ENV, "").partition(":")
+    return float(seconds) if slow_rank.strip() == str(rank) else 0.0
+
+
+def gather(compute_s: float, world: int) -> dict:
     """``slowest_rank``, ``slowest_host`` and ``straggler_ratio`` (slowest / median) over every rank;
     every rank calls it at the same step."""
     import torch.distributed as dist
 
     times: list = [None] * world
-    dist.all_gather_object(times, (busy_s, socket.gethostname()))
+    dist.all_gather_object(times, (compute_s, socket.gethostname()))
     slowest = max(range(world), key=lambda r: times[r][0])
     median = statistics.median(t for t, _ in times)
     return {"slowest_rank": slowest, "slowest_host": times[slowest][1],
