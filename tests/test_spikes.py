@@ -9,6 +9,7 @@ import json
 import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from launcher.policy import ExitCode
 from launcher.run.metrics import read_metrics
 from launcher.run.spikes import CORRUPT_ENV, SpikeDetector
-from launcher.run.stragglers import SLOW_ENV
+from launcher.run.stragglers import SLOW_ENV, consistent_straggler
 
 REPO = Path(__file__).resolve().parent.parent
 CORRUPT = (16, 17)  # data steps; optimizer step s reads data step s - 1 + data_offset
@@ -48,7 +49,7 @@ def test_detector_bound_streak_and_patience():
 
 def test_spike_rewinds_skips_the_corrupted_batches_and_completes(tmp_path):
     run_dir = tmp_path / "run"
-    result = train(run_dir, "nproc=2", env={SLOW_ENV: "1:0.05"})
+    result = train(run_dir, "nproc=2", env={SLOW_ENV: "1:0.2"})
     assert result.returncode == ExitCode.COMPLETED, result.stdout + result.stderr
     state = json.loads((run_dir / "state.json").read_text())
     assert state["status"] == "completed" and state["step"] == 30
@@ -64,9 +65,12 @@ def test_spike_rewinds_skips_the_corrupted_batches_and_completes(tmp_path):
     assert not set(read) & set(CORRUPT) and read[15:] == list(range(18, 33))  # the run goes on past them
     assert not any(r["spike"] for r in curve) and all(math.isfinite(r["train_loss"]) for r in curve)
     assert max(r["train_loss"] for r in curve[10:]) < curve[9]["train_loss"] + 0.5  # no trace of the spike
-    # rank 1 sleeps 50 ms in each forward (the test-only hook): it is the slowest, by far, in every record
-    assert all(r["slowest_rank"] == 1 and r["straggler_ratio"] > 1.5 for r in curve), curve
-    assert all(r["slowest_host"] == socket.gethostname() for r in curve)
+    # rank 1 sleeps 0.2 s in each forward (the test-only hook): the slowest, by far, in nearly every record
+    # (the machine is shared: a record or two may catch rank 0 descheduled), and named as a slow node
+    slowest = [r["slowest_rank"] for r in curve]
+    assert slowest.count(1) >= 0.9 * len(curve), slowest
+    assert statistics.median(r["straggler_ratio"] for r in curve) > 1.5
+    assert consistent_straggler(curve).startswith(f"{socket.gethostname()} (rank 1, x")
 
 
 def test_spikes_past_max_rewinds_end_as_diverged(tmp_path):
