@@ -44,7 +44,8 @@ def test_stopped_rank_is_detected_killed_and_retried(tmp_path):
     assert hang["ranks"] == [1] and hang["hosts"] == [socket.gethostname()]
     assert stopped_step <= hang["step"] <= stopped_step + 1  # the beat after the stop may have been on its way
     detected_s = hang["at"] - stopped_at
-    assert TIMEOUT_S - 5 <= detected_s <= TIMEOUT_S + 5, detected_s  # one watch interval, one step of slack
+    # silent for the timeout, no more than a watch interval and a slow poll later (a loaded machine)
+    assert TIMEOUT_S < hang["silent_s"] <= TIMEOUT_S + 5 and detected_s <= TIMEOUT_S + 5, (hang, detected_s)
     # retried from the last checkpoint before the hang: at most one checkpoint interval of work is lost
     assert stopped_step - EVERY < state["resumed_from"] <= stopped_step and state["resumed_from"] % EVERY == 0
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, STEPS + 1))
