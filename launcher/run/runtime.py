@@ -572,7 +572,7 @@ class Trainer:
              spike: bool) -> None:
         """Rank 0 appends the step's record; throughput counts training time since the last record only."""
         tokens_per_s = self.logged_tokens / self.busy_s
-        slowest = stragglers.gather(self.forward_s, self.world)  # every rank, at the same step
+        slowest = stragglers.gather(self.forward_s, self.rank, self.world, self.run_dir)  # every rank, at the same step
         self.logged_tokens, self.busy_s, self.forward_s = 0, 0.0, 0.0
         if self.rank != 0:
             return

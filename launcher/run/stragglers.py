@@ -1,16 +1,18 @@
-"""Stragglers: at every metrics record each rank tells rank 0 its compute time since the last record.
+"""Stragglers: at every metrics record each rank tells the others its compute time since the last record.
 
 The time compared is the ranks' forward passes: a whole step takes as long on every rank, since the
-fast ones wait for the slow one in the gradient all-reduce. One ``all_gather_object`` per logging
-interval (not per step) is cheap next to the steps it covers.
+fast ones wait for the slow one in the gradient all-reduce. One small all-reduce per logging interval
+(not per step) is cheap next to the steps it covers.
 The slowest rank, its host and its time over the median rank's go into the record, so that a node that
 is consistently slow shows in the curve, ``ladder status`` and ``ladder watch``.
 """
 from __future__ import annotations
 
 import os
-import socket
 import statistics
+from pathlib import Path
+
+from launcher.run.heartbeat import read_beats
 
 # test-only: "<rank>:<seconds>" makes that rank sleep so long in every forward, a node that is slow for
 # tests/test_spikes.py to find; never set in production
@@ -23,18 +25,22 @@ def test_delay(rank: int, environ=os.environ) -> float:
     return float(seconds) if slow_rank.strip() == str(rank) else 0.0
 
 
-def gather(compute_s: float, world: int) -> dict:
+def gather(compute_s: float, rank: int, world: int, run_dir: Path) -> dict:
     """``slowest_rank``, ``slowest_host`` and ``straggler_ratio`` (slowest / median) over every rank;
-    every rank calls it at the same step."""
+    every rank calls it at the same step. The times travel in one all-reduce (each rank fills its own
+    slot; no pickled objects, whose buffers would outlive the groups at exit), the host comes from the
+    slowest rank's heartbeat."""
+    import torch
     import torch.distributed as dist
 
-    times: list = [None] * world
-    dist.all_gather_object(times, (compute_s, socket.gethostname()))
-    slowest = max(range(world), key=lambda r: times[r][0])
-    median = statistics.median(t for t, _ in times)
-    return {"slowest_rank": slowest, "slowest_host": times[slowest][1],
-            "straggler_ratio": times[slowest][0] / median if median > 0 else None}
-
+    times = torch.zeros(world, dtype=torch.float64)
+    times[rank] = compute_s
+    dist.all_reduce(times)
+    slowest = int(times.argmax())
+    median = statistics.median(times.tolist())
+    beat = read_beats(run_dir).get(slowest)
+    return {"slowest_rank": slowest, "slowest_host": beat.host if beat else None,
+            "straggler_ratio": float(times[slowest]) / median if median > 0 else None}
 
 CONSISTENT_RECORDS = 10  # the last this many records decide ...
 CONSISTENT_SHARE = 0.8  # ... a host slowest in at least this share of them ...
