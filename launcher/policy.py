@@ -15,7 +15,8 @@ class ExitCode(enum.IntEnum):
     COMPLETED = 0
     FAILED = 1  # anything not below: a crash, a node failure, a killed rank
     USAGE = 2  # bad input (UserError): the same command would fail the same way
-    DIVERGED = 3  # non-finite training loss: a finished, unusable result
+    DIVERGED = 3  # non-finite training loss, or loss spikes past train.max_rewinds: a finished, unusable result
+    HUNG = 4  # a rank sent no heartbeat for cluster.hang_timeout_s: its supervisor killed the ranks
     REQUEUE = 75  # EX_TEMPFAIL: checkpointed on SIGTERM/SIGUSR2, continue in the next job
 
 
@@ -35,6 +36,7 @@ ENDINGS: dict[ExitCode, Ending] = {e.code: e for e in (
     Ending(ExitCode.FAILED, "failed", "failed", finished=False, retry=True),
     Ending(ExitCode.USAGE, "failed", "failed", finished=False, retry=False),
     Ending(ExitCode.DIVERGED, "diverged", "diverged", finished=True, retry=False),
+    Ending(ExitCode.HUNG, "hung", "hung", finished=False, retry=True),
     Ending(ExitCode.REQUEUE, "requeue", "timed_out", finished=False, retry=False),
 )}
 
@@ -58,9 +60,10 @@ def ended_without_failure(code: int) -> bool:
 
 
 # the job database's run states; timed_out means checkpointed and ready to continue
-STATES = ("planned", "queued", "running", "completed", "failed", "diverged", "timed_out", "cancelled")
+STATES = ("planned", "queued", "running", "completed", "failed", "hung", "diverged", "timed_out", "cancelled")
 ACTIVE = frozenset({"queued", "running"})  # states with an open attempt
 FINAL = frozenset(e.state for e in ENDINGS.values() if e.finished)
+RETRIED = frozenset(e.state for e in ENDINGS.values() if e.retry)  # failures: retried while max_retries allows
 # a run's state.json status -> its database state ("running" while the run reports it is alive)
 STATUS_STATES = {"running": "running", **{e.status: e.state for e in ENDINGS.values()}}
 

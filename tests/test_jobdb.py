@@ -97,6 +97,22 @@ def test_consecutive_failures_count_and_reset(db, tmp_path):
     assert db.run("run0").consecutive_failures == 0
 
 
+def test_a_hung_attempt_is_a_failure_that_is_retried(db, tmp_path):
+    from launcher.policy import LANE_CODES, ExitCode, ending
+
+    assert (ending(ExitCode.HUNG).state, ending(ExitCode.HUNG).retry) == ("hung", True)
+    assert "4" not in LANE_CODES["ended"].split("|") + LANE_CODES["refused"].split("|")  # lanes retry it
+    db.add_runs("s", [spec(0)], tmp_path)
+    db.start("run0")
+    db.finish("run0", "failed", exit_code=1)
+    db.start("run0")
+    db.finish("run0", "hung", exit_code=int(ExitCode.HUNG))
+    assert (db.run("run0").state, db.run("run0").consecutive_failures) == ("hung", 2)
+    db.start("run0")  # retried from hung
+    db.finish("run0", "completed", exit_code=0)
+    assert [a.state for a in db.attempts("run0")] == ["failed", "hung", "completed"]
+
+
 def test_jobs_are_recorded(db, tmp_path):
     db.add_runs("s", [spec(0), spec(1)], tmp_path)
     db.add_job("s", "slurm", "77", "array", ["hash0000", "hash0001"], depends_on="76")

@@ -100,9 +100,15 @@ class Launch(_Checks):
     step_launch_delay_s: Annotated[float, Range(ge=0)] = 0.0  # pause between starting two lanes (OLCF: give Slurm time per srun)
     dist_backend: Literal["gloo", "nccl"] = "gloo"
     network_interface: Optional[str] = None  # rendezvous interface (Frontier hsn0, Summit ib0)
+    offline_compute: bool = False  # compute nodes have no route to the internet: runs keep W&B offline there,
+    # `ladder watch` syncs from a login node
+    hang_timeout_s: Optional[float] = None  # a rank silent this long is hung (launcher/run/heartbeat.py);
+    # default: 10 x the run's median step time, at least 5 minutes
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.hang_timeout_s is not None and self.hang_timeout_s <= 0:
+            raise ValueError(f"cluster.hang_timeout_s: must be > 0 seconds, got {self.hang_timeout_s}")
         if self.step_launcher == "torchrun" and not self.allows_torchrun:
             raise ValueError("cluster.step_launcher: this site forbids torchrun (cluster.allows_torchrun is false)")
 

@@ -43,12 +43,23 @@ class TrainConfig:
     val_every: int = 20
     val_batches: int = 4
     checkpoint_every: int = 50
+    # loss spikes (launcher/run/spikes.py): a loss over median + spike_threshold x MAD (in sigmas) of the
+    # last spike_window losses is a spike; spike_patience in a row rewind to the checkpoint before them
+    # and skip their data; the streak after max_rewinds rewinds ends the run as diverged
+    spike_window: int = 50
+    spike_threshold: float = 6.0
+    spike_patience: int = 3
+    max_rewinds: int = 3
 
     def __post_init__(self):
         for name in ("global_batch_tokens", "micro_batch_size", "log_every", "val_every", "val_batches",
-                     "checkpoint_every"):
+                     "checkpoint_every", "spike_window", "spike_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.spike_threshold <= 0:
+            raise ValueError(f"train.spike_threshold: must be > 0, got {self.spike_threshold}")
+        if self.max_rewinds < 0:
+            raise ValueError(f"train.max_rewinds: must be >= 0, got {self.max_rewinds}")
         if self.tokens is None and self.max_steps is None:
             raise ValueError("train: set train.tokens (the run's D) or train.max_steps")
         if not 0.0 <= self.warmup_fraction < 1.0:

@@ -36,8 +36,10 @@ class TrainState:
     step: int = 0  # optimizer steps done
     tokens: int = 0  # training tokens seen (samples for CLIP)
     flops: int = 0  # training FLOPs spent (flops_per_token x tokens)
-    data_index: int = 0  # index of the next training micro-batch of rank 0 (= step x accum x world)
+    data_index: int = 0  # index of the next training micro-batch of rank 0 (= (step + data_offset) x accum x world)
     samples_per_step: int = 0  # accum x world x micro_batch_size: the data order depends on it
+    data_offset: int = 0  # steps of data skipped by rewinds (launcher/run/spikes.py): step s reads data step s + offset
+    rewinds: int = 0  # rewinds after loss spikes so far
 
 
 def rng_state() -> dict[str, Any]:

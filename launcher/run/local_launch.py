@@ -5,6 +5,10 @@ path exercises the same MPI rendezvous as a cluster; otherwise plain subprocesse
 variables. Each rank gets OMP_NUM_THREADS = cores // N unless it is set: oversubscribed BLAS threads
 make a 2-core run twenty times slower. SIGTERM and SIGUSR2 reach every rank (SIGTERM as SIGUSR2 under
 mpirun, which would otherwise kill the ranks a few seconds later, before their checkpoint).
+
+With a ``HangWatch`` the supervisor also reads the ranks' heartbeats (``launcher.run.heartbeat``): a rank
+silent for the hang timeout gets every rank killed, the attempt recorded as hung in ``state.json``, and,
+while ``retries`` are left, the ranks started again, resuming from the run's last checkpoint.
 """
 from __future__ import annotations
 
@@ -15,13 +19,19 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from typing import Optional
 
 from launcher.errors import UserError
+from launcher.policy import ExitCode
+from launcher.run import heartbeat
+from launcher.run.heartbeat import HangWatch
 
 GRACE_S = 30.0  # after one rank fails, how long the others may take to notice before they are killed
 FORWARDED = (signal.SIGTERM, signal.SIGUSR2)
+WATCH_EVERY_S = 1.0  # how often the supervisor reads the heartbeats
 
 
 def threads_per_rank(nproc: int, env: Mapping[str, str] = os.environ) -> str:
@@ -44,8 +54,23 @@ def open_mpi_mpirun() -> str | None:
     return mpirun if "Open MPI" in version else None
 
 
-def launch(nproc: int, command: Sequence[str], step_launcher: str = "local") -> int:
-    """Run ``command`` as ``nproc`` ranks on this machine; the exit code the ranks agreed on.
+def launch(nproc: int, command: Sequence[str], step_launcher: str = "local", watch: Optional[HangWatch] = None,
+           retries: int = 0) -> int:
+    """Run ``command`` as ``nproc`` ranks on this machine; the exit code the ranks agreed on. An attempt
+    that hangs (``watch``) is started again up to ``retries`` times; ExitCode.HUNG once none are left."""
+    for attempt in range(retries + 1):
+        if watch is not None:
+            heartbeat.clear(watch.run_dir)
+        code = start_ranks(nproc, command, step_launcher, watch)
+        if code != ExitCode.HUNG or attempt == retries:
+            return code
+        print(f"ladder train: retrying the hung run from its last checkpoint ({attempt + 1} of {retries})",
+              file=sys.stderr, flush=True)
+    return code
+
+
+def start_ranks(nproc: int, command: Sequence[str], step_launcher: str, watch: Optional[HangWatch]) -> int:
+    """One attempt: the ranks, started and supervised.
 
     ``step_launcher`` (cluster.step_launcher): "torchrun" asks for plain processes with torchrun's
     variables, "mpirun" insists on Open MPI, anything else takes mpirun when it is usable.
@@ -57,7 +82,7 @@ def launch(nproc: int, command: Sequence[str], step_launcher: str = "local") -> 
     if mpirun:
         command = [mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(nproc),
                    "-x", "OMP_NUM_THREADS", *command]
-        return supervise([subprocess.Popen(command, env=env)], {signal.SIGTERM: signal.SIGUSR2})
+        return supervise([subprocess.Popen(command, env=env)], {signal.SIGTERM: signal.SIGUSR2}, watch=watch)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -66,11 +91,13 @@ def launch(nproc: int, command: Sequence[str], step_launcher: str = "local") -> 
         rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
                         LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         procs.append(subprocess.Popen(list(command), env=rank_env))
-    return supervise(procs, {})
+    return supervise(procs, {}, watch=watch)
 
 
-def supervise(procs: list[subprocess.Popen], translate: dict[int, int], grace_s: float = GRACE_S) -> int:
-    """Forward signals, wait for every process; the first non-zero exit code wins (128+n for signal n)."""
+def supervise(procs: list[subprocess.Popen], translate: dict[int, int], grace_s: float = GRACE_S,
+              watch: Optional[HangWatch] = None) -> int:
+    """Forward signals, wait for every process; the first non-zero exit code wins (128+n for signal n).
+    A hung rank (``watch``) ends the attempt: every rank is killed and the exit code is ExitCode.HUNG."""
     def forward(signum, _frame):
         for proc in procs:
             if proc.poll() is None:
@@ -79,8 +106,14 @@ def supervise(procs: list[subprocess.Popen], translate: dict[int, int], grace_s:
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     previous[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: None)  # the terminal signals the ranks
     try:
-        first_failure, failed_at = 0, None
+        first_failure, failed_at, watched_at = 0, None, time.monotonic()
         while any(proc.poll() is None for proc in procs):
+            if watch is not None and time.monotonic() - watched_at >= WATCH_EVERY_S:
+                watched_at = time.monotonic()
+                stuck = watch.stuck()
+                if stuck:
+                    end_hung(procs, watch, stuck)
+                    return int(ExitCode.HUNG)
             for proc in procs:
                 code = proc.poll()
                 if code not in (None, 0) and not first_failure:
@@ -95,3 +128,19 @@ def supervise(procs: list[subprocess.Popen], translate: dict[int, int], grace_s:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def end_hung(procs: list[subprocess.Popen], watch: HangWatch, stuck: list[heartbeat.Stuck]) -> None:
+    """Kill every rank (a stopped one too: SIGKILL needs no cooperation), then record the hang."""
+    for pid in watch.pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    hang = heartbeat.record_hang(watch.run_dir, stuck)
+    print(f"ladder train: hung: rank(s) {hang['ranks']} on {hang['hosts'] or 'unknown hosts'} sent no heartbeat "
+          f"for {hang['silent_s']} s (step {hang['step']}); ranks killed", file=sys.stderr, flush=True)

@@ -4,8 +4,11 @@ Keys of a line: ``step`` (optimizer steps done), ``tokens`` and ``flops`` (cumul
 and FLOPs), ``train_loss`` (mean over micro-batches and ranks), ``lr`` (of that step, as the optimizer
 had it), ``tokens_per_s`` (training throughput since the previous line, validation and checkpoints
 excluded), ``mfu`` (flops/s over device_peak_flops x ranks; null without a peak), ``time`` (unix
-seconds); on validation steps also ``val_loss`` and whatever else the family evaluates (CLIP:
-``zero_shot_acc``). Non-finite values are written as null.
+seconds); ``slowest_rank``, ``slowest_host`` and ``straggler_ratio`` (the slowest rank's forward time
+since the previous line over the median rank's, ``launcher.run.stragglers``); ``spike`` (the step's loss
+was over the spike bound), ``rewinds`` and ``data_offset`` (rewinds so far and the data steps they skipped,
+``launcher.run.spikes``); on validation steps also ``val_loss`` and whatever else the family evaluates
+(CLIP: ``zero_shot_acc``). Non-finite values are written as null. W&B gets the numbers.
 
 The file is append-only and the source of truth. A resumed run starts again after its checkpoint, so
 steps logged after that checkpoint by the interrupted attempt appear twice: ``latest_attempt`` is the one
@@ -77,6 +80,16 @@ def read_metrics_counted(path: Path) -> tuple[list[dict[str, Any]], int]:
     return [records[i] for i in latest_attempt([r["step"] for r in records]).tolist()], bad
 
 
+def wandb_mode(mode: str, offline_compute: bool) -> str:
+    """The W&B mode a run uses: never online where the profile says compute nodes are offline
+    (``cluster.offline_compute``): the call would hang or fail there; ``ladder watch`` syncs later."""
+    if mode == "online" and offline_compute:
+        print("ladder train: wandb.mode online on a profile whose compute nodes are offline "
+              "(cluster.offline_compute): W&B stays offline; sync with `ladder watch`", file=sys.stderr, flush=True)
+        return "offline"
+    return mode
+
+
 class WandbMirror:
     """Mirrors records to W&B (offline by default). Any W&B failure is reported once and the run goes on."""
 
@@ -107,7 +120,8 @@ class WandbMirror:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.run.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
+                self.run.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
+                             step=record["step"])
         except Exception as exc:  # noqa: BLE001
             self._warn(exc)
 

@@ -6,14 +6,16 @@ rendezvous (``launcher.run.rendezvous``), DeepSpeed over ``cluster.dist_backend`
 weights on every rank (``torch.manual_seed(seed)``), then the loop.
 
 Data: micro-batch ``micro`` of optimizer step ``step`` on rank ``rank`` is the family's training batch
-``(step * accum + micro) * world + rank``, so a resumed run reads exactly what an uninterrupted one
-would. Gradient accumulation makes world x micro_batch_size x tokens_per_sample x accum equal
-train.global_batch_tokens. The LR warms up linearly over warmup_fraction of the schedule (or
-warmup_tokens), then follows train.schedule (``Schedule``): a cosine to min_lr_ratio x lr, WSD (constant,
-then a decay over the last decay_fraction) or constant; the schedule spans train.tokens (max_steps x
-global batch when tokens is null), and the run stops after max_steps when it is set. A run with
-train.init_from and no checkpoint of its own starts from that checkpoint of another run (a WSD branch
-from its trunk): weights, optimizer, data position and RNGs, as if it had been resumed.
+``((step + data_offset) * accum + micro) * world + rank``, so a resumed run reads exactly what an
+uninterrupted one would; ``data_offset`` (0 unless a loss spike rewound the run past the batches that led
+to it, ``launcher.run.spikes``) lives in the checkpoint. Gradient accumulation makes world x
+micro_batch_size x tokens_per_sample x accum equal train.global_batch_tokens. The LR warms up linearly
+over warmup_fraction of the schedule (or warmup_tokens), then follows train.schedule (``Schedule``): a
+cosine to min_lr_ratio x lr, WSD (constant, then a decay over the last decay_fraction) or constant; the
+schedule spans train.tokens (max_steps x global batch when tokens is null), and the run stops after
+max_steps when it is set. A run with train.init_from and no checkpoint of its own starts from that
+checkpoint of another run (a WSD branch from its trunk): weights, optimizer, data position and RNGs, as
+if it had been resumed.
 
 Validation runs on every rank (ZeRO-3 needs every rank in each forward; the family evaluates
 rank-locally) every val_every steps and after the last step; the values logged are the mean over ranks.
@@ -40,10 +42,16 @@ Files in ``run_dir`` (rank 0 writes all but the checkpoints):
                         lane shell sets); null outside a batch job. ``ladder status`` matches a report
                         to the job database's attempt by these, never by clocks.
       started_at, updated_at, finished_at    unix seconds (finished_at null while running)
+      rewinds           every rewind after loss spikes so far (from_step, to_step, spikes, skipped_data_steps,
+                        data_offset, at), kept across attempts
+      hangs             every hang of the run so far (ranks, hosts, step, silent_s, at), kept across attempts;
+                        an attempt its supervisor found hung ends with status "hung" and hung_ranks, hung_hosts
+                        (``launcher.run.heartbeat``)
+  heartbeat/       rank<k>.json, each rank's step and time, replaced after every step (``launcher.run.heartbeat``)
 
 Exit codes (``ExitCode``): 0 completed, 1 failed, 2 bad input (the CLI's UserError), 3 diverged
-(non-finite training loss on any rank), 75 requeue (SIGTERM or SIGUSR2: checkpoint written, run again
-to continue; EX_TEMPFAIL).
+(non-finite training loss on any rank), 4 hung (set by the supervisor of the ranks), 75 requeue (SIGTERM
+or SIGUSR2: checkpoint written, run again to continue; EX_TEMPFAIL).
 """
 from __future__ import annotations
 
@@ -69,13 +77,15 @@ from typing import Any, Optional
 from launcher.run import rendezvous
 from launcher.run.checkpoint import Checkpointer, TrainState
 from launcher.files import atomic_write, make_dir
+from launcher.run import spikes, stragglers
+from launcher.run.heartbeat import HangWatch, Heartbeat
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
 from launcher.resources import ladder_argv
 from launcher.identity import config_hash
 from launcher.locks import FolderLock
 from launcher.policy import ExitCode, ending
-from launcher.run.metrics import MetricsLog, WandbMirror
+from launcher.run.metrics import MetricsLog, WandbMirror, wandb_mode
 
 
 def main(argv: list[str]) -> int:
@@ -87,8 +97,10 @@ def main(argv: list[str]) -> int:
 
             BatchPlan.make(run.train, run.nproc, make_family(run).tokens_per_sample)  # one clear line, before any rank
             os.environ[LOCK_HELD_ENV] = str(Path(run_dir_of(run)).resolve())  # the ranks' own lock is ours
+            watch = HangWatch(run_dir_of(run), run.nproc, run.cluster.hang_timeout_s)
             try:
-                return local_launch.launch(run.nproc, [*ladder_argv(), "train", *argv], run.cluster.step_launcher)
+                return local_launch.launch(run.nproc, [*ladder_argv(), "train", *argv], run.cluster.step_launcher,
+                                           watch=watch, retries=run.cluster.max_retries)
             finally:
                 os.environ.pop(LOCK_HELD_ENV, None)
         return Trainer(run, stop).run()
@@ -98,6 +110,7 @@ LOCK_HELD_ENV = "SCALELADDER_RUN_DIR_LOCKED"  # set for the local ranks of a `la
 
 
 def run_dir_of(run: RunConfig) -> Path:
+    """The run's folder: run_dir, else the one its config hash names."""
     return Path(run.run_dir) if run.run_dir else default_run_dir(run)
 
 
@@ -346,7 +359,7 @@ class RunStateFile:
             "status": "running", "step": 0, "tokens": 0, "flops": 0, "total_steps": None,
             "checkpoint_step": None, "resumed_from": None, "world_size": None, "exit_code": None, "message": None,
             "hostname": socket.gethostname(), "pid": os.getpid(), **job_step(os.environ), "started_at": now,
-            "updated_at": now, "finished_at": None}
+            "updated_at": now, "finished_at": None, **(carried(self.path) if enabled else {})}
 
     def update(self, **fields: Any) -> None:
         if not self.enabled:
@@ -358,6 +371,18 @@ class RunStateFile:
         self.update(status=ending(code).status, exit_code=int(code), message=message, finished_at=time.time(),
                     **fields)
         return int(code)
+
+
+CARRIED = ("hangs", "rewinds")  # histories a new attempt's state.json keeps from the one before
+
+
+def carried(path: Path) -> dict[str, list]:
+    """The earlier attempts' hangs and rewinds, from the state.json this attempt replaces."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    return {key: list(previous.get(key) or []) if isinstance(previous, dict) else [] for key in CARRIED}
 
 
 def job_step(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -459,6 +484,8 @@ class Trainer:
         finally:
             if self.wandb is not None:
                 self.wandb.finish(self.state_file.state["exit_code"])
+            if "heartbeat" in self.__dict__:
+                self.heartbeat.close()
             release_engine(self.__dict__.pop("engine", None))
             close_process_group()
 
@@ -473,7 +500,12 @@ class Trainer:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision, torch.float32)
         self.checkpointer = Checkpointer(self.run_dir, self.rank, tuple(run.train.checkpoint_steps))
         self.metrics = MetricsLog(self.run_dir)
-        self.logged_tokens, self.busy_s = 0, 0.0  # since the last metrics record
+        self.heartbeat = Heartbeat(self.run_dir, self.rank)
+        train = run.train
+        self.spikes = spikes.SpikeDetector(train.spike_window, train.spike_threshold, train.spike_patience)
+        self.corrupt = spikes.corrupt_steps()  # test-only hook, empty otherwise
+        self.delay = stragglers.test_delay(self.rank)  # test-only hook, 0 otherwise
+        self.logged_tokens, self.busy_s, self.forward_s = 0, 0.0, 0.0  # since the last metrics record
 
     def _start_wandb(self) -> None:
         run = self.cfg
@@ -482,7 +514,8 @@ class Trainer:
         config = dict(dataclasses.asdict(run), N=total, N_non_embedding=non_embedding, D=tokens,
                       C=self.flops_per_token * tokens)
         run_id = hashlib.sha1(str(self.run_dir.resolve()).encode()).hexdigest()[:16]
-        self.wandb = WandbMirror(run.wandb.mode, self.run_dir, run_id, config, project=run.wandb.project,
+        mode = wandb_mode(run.wandb.mode, run.cluster.offline_compute)
+        self.wandb = WandbMirror(mode, self.run_dir, run_id, config, project=run.wandb.project,
                                  entity=run.wandb.entity, group=run.wandb.group,
                                  job_type=run.wandb.job_type or self.family.name, name=run.wandb.name,
                                  tags=run.wandb.tags)
@@ -505,19 +538,29 @@ class Trainer:
             if not math.isfinite(train_loss):
                 return self.state_file.finish(ExitCode.DIVERGED, f"non-finite training loss at step {state.step}",
                                               **progress)
+            spike, rewind = self.spikes.observe(state.step, train_loss)
+            if rewind:
+                if state.rewinds >= self.cfg.train.max_rewinds:
+                    return self.state_file.finish(
+                        ExitCode.DIVERGED, f"{len(self.spikes.streak)} loss spikes in a row at step {state.step} "
+                        f"after {state.rewinds} rewinds (train.max_rewinds)", **progress)
+                state = self._rewind(state)
+                continue
             last = state.step == self.total_steps
             evaluation = self._evaluate() if last or state.step % self.cfg.train.val_every == 0 else {}
             if last or evaluation or state.step % self.cfg.train.log_every == 0:
-                self._log(state, train_loss, lr, evaluation)
+                self._log(state, train_loss, lr, evaluation, spike)
                 self.state_file.update(**progress)
             stop_asked = stop_asked and not last
-            if (stop_asked or last or state.step % self.cfg.train.checkpoint_every == 0
-                    or state.step in self.cfg.train.checkpoint_steps):
+            periodic = state.step % self.cfg.train.checkpoint_every == 0 and not self.spikes.in_streak
+            kept = state.step in self.cfg.train.checkpoint_steps  # a WSD trunk's branch points
+            if stop_asked or last or periodic or kept:  # no periodic checkpoint inside a streak of spikes
                 self.checkpointer.save(self.engine, state)
                 self.state_file.update(checkpoint_step=state.step)
             if stop_asked:
                 name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
                 return self.state_file.finish(ExitCode.REQUEUE, f"stopped at step {state.step} by {name}", **progress)
+            self.heartbeat.beat(state.step)
         digests = [None] * self.world
         dist.all_gather_object(digests, param_digest(self.engine, self.cfg.deepspeed.stage == 3))
         return self.state_file.finish(ExitCode.COMPLETED, step=state.step, tokens=state.tokens, flops=state.flops,
@@ -538,7 +581,30 @@ class Trainer:
         resumed_from = state.step or None
         self.state_file.update(step=state.step, tokens=state.tokens, flops=state.flops, total_steps=self.total_steps,
                                resumed_from=resumed_from, checkpoint_step=resumed_from)
+        self.heartbeat.beat(state.step)
         return state
+
+    def _rewind(self, state: TrainState) -> TrainState:
+        """Back to the latest checkpoint (it predates the streak of spikes), past every batch read since."""
+        rewound = self.checkpointer.load(self.engine, self.plan.samples_per_step)
+        if rewound is None:
+            raise RuntimeError(f"loss spikes at steps {self.spikes.streak}: no checkpoint to rewind to")
+        skipped = state.step - rewound.step
+        rewound.data_offset, rewound.rewinds = state.data_offset + skipped, state.rewinds + 1
+        rewound.data_index = self.plan.index(rewound.step + rewound.data_offset, 0, 0)
+        first_data = rewound.step + state.data_offset
+        record = {"from_step": state.step, "to_step": rewound.step, "spikes": list(self.spikes.streak),
+                  "skipped_data_steps": [first_data, first_data + skipped], "data_offset": rewound.data_offset,
+                  "at": time.time()}
+        if self.rank == 0:
+            print(f"ladder train: loss spikes at steps {record['spikes']}: rewound to step {rewound.step}, "
+                  f"skipping data steps [{first_data}, {first_data + skipped})", file=sys.stderr, flush=True)
+        self.spikes.reset()
+        self.logged_tokens, self.busy_s, self.forward_s = 0, 0.0, 0.0
+        self.state_file.update(step=rewound.step, tokens=rewound.tokens, flops=rewound.flops,
+                               rewinds=[*self.state_file.state.get("rewinds", []), record])
+        self.heartbeat.beat(rewound.step)
+        return rewound
 
     def _step(self, state: TrainState) -> tuple[float, float, bool]:
         """One optimizer step over every micro-batch; (mean loss over micro-batches and ranks, lr, stop?)."""
@@ -550,11 +616,16 @@ class Trainer:
             group["lr"] = self.schedule(state.step)
         lr = self.engine.get_lr()[0]  # what the optimizer will use, as DeepSpeed reports it
         loss_sum = torch.zeros(())
+        data_step = state.step + state.data_offset  # past the batches rewinds skipped
         for micro in range(self.plan.accum):
-            index = self.plan.index(state.step, micro, self.rank)
-            batch = self.family.batch("train", index, self.plan.micro_batch_size)
+            index = self.plan.index(data_step, micro, self.rank)
+            batch = spikes.corrupted(self.family.batch("train", index, self.plan.micro_batch_size), data_step,
+                                     self.corrupt)
             batch = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.items()}
+            forward_started = time.perf_counter()
             loss = self.family.loss(self.engine, batch)
+            time.sleep(self.delay)
+            self.forward_s += time.perf_counter() - forward_started  # the LM's forward waits on no other rank
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += loss.detach().float().cpu()
@@ -563,7 +634,7 @@ class Trainer:
         state.step += 1
         state.tokens += self.plan.tokens_per_step
         state.flops += self.flops_per_token * self.plan.tokens_per_step
-        state.data_index = self.plan.index(state.step, 0, 0)
+        state.data_index = self.plan.index(state.step + state.data_offset, 0, 0)
         self.busy_s += time.perf_counter() - started
         self.logged_tokens += self.plan.tokens_per_step
         return shared[0].item() / self.world, lr, shared[1].item() > 0
@@ -578,16 +649,19 @@ class Trainer:
         dist.all_reduce(mean)
         return {k: v / self.world for k, v in zip(keys, mean.tolist())}
 
-    def _log(self, state: TrainState, train_loss: float, lr: float, evaluation: dict[str, float]) -> None:
+    def _log(self, state: TrainState, train_loss: float, lr: float, evaluation: dict[str, float],
+             spike: bool) -> None:
         """Rank 0 appends the step's record; throughput counts training time since the last record only."""
         tokens_per_s = self.logged_tokens / self.busy_s
-        self.logged_tokens, self.busy_s = 0, 0.0
+        slowest = stragglers.gather(self.forward_s, self.rank, self.world, self.run_dir)  # every rank, at the same step
+        self.logged_tokens, self.busy_s, self.forward_s = 0, 0.0, 0.0
         if self.rank != 0:
             return
         peak = self.cfg.cluster.device_peak_flops
         record = {"step": state.step, "tokens": state.tokens, "flops": state.flops, "train_loss": train_loss,
                   **evaluation, "lr": lr, "tokens_per_s": tokens_per_s,
                   "mfu": tokens_per_s * self.flops_per_token / (peak * self.world) if peak else None,
+                  **slowest, "spike": spike, "rewinds": state.rewinds, "data_offset": state.data_offset,
                   "time": time.time()}
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         self.metrics.append(record)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from launcher.errors import UserError
-from launcher.policy import ACTIVE, STATES, STATUS_STATES
+from launcher.policy import ACTIVE, RETRIED, STATES, STATUS_STATES
 
 if TYPE_CHECKING:
     from launcher.sweep.plan import RunSpec
@@ -27,10 +27,11 @@ if TYPE_CHECKING:
 # Where each state may go next; timed_out means checkpointed and ready to continue.
 TRANSITIONS: dict[str, frozenset[str]] = {
     "planned": frozenset({"queued", "running", "cancelled"}),
-    "queued": frozenset({"running", "completed", "failed", "diverged", "timed_out", "cancelled"}),
-    "running": frozenset({"completed", "failed", "diverged", "timed_out", "cancelled"}),
+    "queued": frozenset({"running", "completed", "failed", "hung", "diverged", "timed_out", "cancelled"}),
+    "running": frozenset({"completed", "failed", "hung", "diverged", "timed_out", "cancelled"}),
     "timed_out": frozenset({"queued", "running", "cancelled"}),
     "failed": frozenset({"queued", "running", "cancelled"}),
+    "hung": frozenset({"queued", "running", "cancelled"}),
     "cancelled": frozenset({"queued", "running"}),
     "completed": frozenset(),
     "diverged": frozenset(),
@@ -321,7 +322,7 @@ class JobDB:
             raise TransitionError(f"run {row['name']}: cannot go from {old} to {state}")
         now = time.time()
         failures = row["consecutive_failures"]
-        if state == "failed":
+        if state in RETRIED:  # failed or hung
             failures += 1
         elif state in ("completed", "timed_out"):  # progress was made: the failure streak ends
             failures = 0

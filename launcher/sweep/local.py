@@ -19,7 +19,7 @@ from typing import Optional
 
 from launcher.errors import UserError
 from launcher.run.metrics import METRICS_FILE
-from launcher.policy import ACTIVE, FINAL, exit_code_state
+from launcher.policy import ACTIVE, FINAL, RETRIED, exit_code_state
 from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
 from launcher.sweep.plan import Plan, RunSpec, print_plan, write_plan
 from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
@@ -65,9 +65,9 @@ class LocalSweepRunner:
         """Runs to start: never started, interrupted, cancelled, or failed fewer than max_retries times in a row;
         a WSD branch only once its trunk's checkpoint at the fork is complete (until then it waits, planned)."""
         retries = self.plan.cluster.max_retries
-        runs = [r for r in self.db.runs(self.plan.sweep.name, states=("planned", "timed_out", "cancelled", "failed"))
+        runs = [r for r in self.db.runs(self.plan.sweep.name, states=("planned", "timed_out", "cancelled", *RETRIED))
                 if r.config_hash in self.specs and r.config_hash not in self.active
-                and (r.state != "failed" or r.consecutive_failures < retries)
+                and (r.state not in RETRIED or r.consecutive_failures < retries)
                 and self.specs[r.config_hash].ready(self.plan.sweep_dir)]
         return sorted(runs, key=lambda r: -self.specs[r.config_hash].trained_C)  # longest first: slots end together
 
@@ -107,7 +107,7 @@ class LocalSweepRunner:
                                   spec.ranks_per_run)
         self.db.start(run.config_hash, "local", f"local:{proc.pid}")
         self.active[run.config_hash] = proc
-        how = "resumes" if run.state == "timed_out" else "retries" if run.state == "failed" else "starts"
+        how = "resumes" if run.state == "timed_out" else "retries" if run.state in RETRIED else "starts"
         self.console.log(f"{spec.name} {how} (N={spec.N:,}, D={spec.D:,}, {spec.steps} steps), log {log}")
         bars[run.config_hash] = progress.add_task(spec.name, total=spec.steps)
 
@@ -125,8 +125,8 @@ class LocalSweepRunner:
             del self.active[digest]
             progress.remove_task(bars.pop(digest))
             note = "" if state == "completed" else f" (exit {code}; see {proc.log_path})"
-            if state == "failed" and run.consecutive_failures >= self.plan.cluster.max_retries:
-                note += f"; failed {run.consecutive_failures} times in a row, not retried (cluster.max_retries)"
+            if state in RETRIED and run.consecutive_failures >= self.plan.cluster.max_retries:
+                note += f"; {state} {run.consecutive_failures} times in a row, not retried (cluster.max_retries)"
             self.console.log(f"{run.name}: {state}{note}")
 
     def _stop_children(self) -> None:

@@ -7,12 +7,16 @@ database up to date before reading it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Optional
 
 from launcher.arguments import command_parser
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
 from launcher.numbers import sci
 from launcher.schedulers import REGISTRY, get_scheduler
+from launcher.run.metrics import METRICS_FILE, read_metrics
+from launcher.run.stragglers import consistent_straggler
 from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
 from launcher.sweep.plan import compose_sweep, make_console
 from launcher.sweep.submit import batch_profile, sync
@@ -37,7 +41,13 @@ def run_status(run: RunRecord) -> dict:
             "C": run.C, "budget": run.budget, "job_id": run.job_id, "attempts": run.attempts,
             "consecutive_failures": run.consecutive_failures, "exit_code": run.exit_code,
             "step": reported.get("step"), "total_steps": reported.get("total_steps", run.steps),
-            "message": reported.get("message"), "config_hash": run.config_hash, "run_dir": run.run_dir}
+            "message": reported.get("message"), "slow_node": slow_node(run.run_dir), "config_hash": run.config_hash, "run_dir": run.run_dir}
+
+
+def slow_node(run_dir: str) -> Optional[str]:
+    """The run's consistently slow node, from its curve (``launcher.run.stragglers``), or None."""
+    path = Path(run_dir) / METRICS_FILE
+    return consistent_straggler(read_metrics(path)) if path.exists() else None
 
 
 def main(argv: list[str]) -> int:
@@ -69,13 +79,16 @@ def print_status(name: str, runs: list[dict], counts: dict[str, int], changes: l
     table = Table(title=f"sweep {name}")
     for column in ("name", "state", "N", "D", "C", "step", "attempts", "job"):
         table.add_column(column, justify="left" if column in ("name", "state", "job") else "right")
-    colours = {"completed": "green", "running": "cyan", "failed": "red", "diverged": "magenta", "timed_out": "yellow"}
+    colours = {"completed": "green", "running": "cyan", "failed": "red", "hung": "red", "diverged": "magenta", "timed_out": "yellow"}
     for r in runs:
         state = f"[{colours[r['state']]}]{r['state']}[/]" if r["state"] in colours else r["state"]
         step = "" if r["step"] is None else f"{r['step']}/{r['total_steps']}"
         table.add_row(r["name"], state, f"{r['N']:,}", f"{r['D']:,}", sci(r["C"]), step, str(r["attempts"]),
                       r["job_id"] or "")
     console.print(table)
+    for r in runs:
+        if r["slow_node"]:
+            console.print(f"{r['name']}: consistently slow node {r['slow_node']}")
     for run_name, old, new in changes:
         console.print(f"{run_name}: {old} -> {new} (reported by the run)")
     console.print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no runs")

@@ -33,7 +33,7 @@ from launcher.config.validate import validate
 from launcher.errors import UserError
 from launcher.resources import ladder_argv
 from launcher.files import atomic_write, atomic_write_json
-from launcher.policy import ACTIVE, FINAL, STATUS_STATES, ExitCode, ended_without_failure, ending, exit_code_state
+from launcher.policy import ACTIVE, FINAL, RETRIED, STATUS_STATES, ExitCode, ended_without_failure, ending, exit_code_state
 from launcher.sweep.jobdb import (Attempt, JobDB, TransitionError, attempt_step, fold_run_states, read_state_file,
                                   reported_start, reports_on)
 from launcher.sweep.pack import PackItem, pack, pack_array
@@ -227,7 +227,7 @@ def submit_plan(plan: Plan, dependency: Optional[Dependency] = None) -> list[tup
             if not specs[record.config_hash].ready(sweep_dir):
                 waiting.append(record.name)
                 continue
-            failures = record.consecutive_failures if record.state == "failed" else 0
+            failures = record.consecutive_failures if record.state in RETRIED else 0
             if failures >= profile.max_retries:
                 _echo(f"run {record.name}: failed {failures} times in a row; not retried (cluster.max_retries)")
                 continue
@@ -410,7 +410,7 @@ def _unlogged_end(run_dir: str, tries: Sequence[Attempt], attempt: Attempt, job_
     what its state.json says if the attempt's step wrote it, else timed_out (ready to continue) or cancelled."""
     reported = read_state_file(run_dir) or {}
     state = STATUS_STATES.get(reported.get("status")) if reports_on(reported, tries, attempt) else None
-    if state in ("completed", "diverged", "failed", "timed_out"):
+    if state in ("completed", "diverged", "failed", "hung", "timed_out"):
         return state
     return "cancelled" if job_state == "cancelled" else "timed_out"
 
@@ -421,13 +421,13 @@ def _fold_retries(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequ
     changes = []
     for i, run_hash in enumerate(run_hashes):
         record, tries = db.run(run_hash), db.attempts(run_hash)
-        if record.state != "failed" or not tries or tries[-1].job_id != job_id:
+        if record.state not in RETRIED or not tries or tries[-1].job_id != job_id:
             continue
         reported = read_state_file(record.run_dir) or {}
         key, start = attempt_step(tries, tries[-1])
         if reported.get("status") == "running" and (reported_start(reported, key) or 0) > start:
             db.start(run_hash, scheduler.name, job_id, i if manifest and manifest["array"] else None)
-            changes.append((record.name, "failed", "running"))
+            changes.append((record.name, record.state, "running"))
     return changes
 
 
