@@ -21,14 +21,14 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread, before numpy loads its BLAS
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from launcher.analysis.fit.laws import Options  # noqa: E402
-from launcher.analysis.fit.points import Targets, as_points  # noqa: E402
-from launcher.analysis.fit.registry import LAWS as FAMILIES  # noqa: E402
+from launcher.analysis.fit.laws import Options
+from launcher.analysis.fit.points import Targets, as_points
+from launcher.analysis.fit.registry import LAWS as FAMILIES
 
 # generating laws: (E, A, B, alpha, beta)
 LAWS = {

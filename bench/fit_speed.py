@@ -19,15 +19,15 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread, before numpy loads its BLAS
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse
+import time
 
-import numpy as np  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
-from scipy.special import huber, logsumexp  # noqa: E402
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import huber, logsumexp
 
-from launcher.analysis.fit.chinchilla import HUBER_DELTA, chinchilla_grid, fit_chinchilla  # noqa: E402
-from launcher.analysis.fit.points import as_points  # noqa: E402
+from launcher.analysis.fit.chinchilla import HUBER_DELTA, chinchilla_grid, fit_chinchilla
+from launcher.analysis.fit.points import as_points
 
 GOAL = 50.0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models.gpt_neox import NAMED, GPTNeoX, flops_per_token, param_counts  # noqa: E402
+from models.gpt_neox import NAMED, GPTNeoX, flops_per_token, param_counts
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models.gpt_neox import GPTNeoX, GPTNeoXConfig, load_hf_state_dict  # noqa: E402
+from models.gpt_neox import GPTNeoX, GPTNeoXConfig, load_hf_state_dict
 
 
 def hf_model(cfg: GPTNeoXConfig):

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launcher.sweep.pack import PackedJob, PackItem, PackPolicy, one_job_per_run, pack  # noqa: E402
-from launcher.sweep.plan import build_plan  # noqa: E402
+from launcher.sweep.pack import PackedJob, PackItem, PackPolicy, one_job_per_run, pack
+from launcher.sweep.plan import build_plan
 
 SAVE_H = 1 / 60  # checkpoint at the warning
 SIGMA = 0.15

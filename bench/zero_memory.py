@@ -27,8 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from launcher.run import local_launch, rendezvous
 from launcher.config.run import load_run_config
+from launcher.run import local_launch, rendezvous
 
 MODEL = ["model=gpt_neox/tiny", "model.d_model=512", "model.n_layer=4", "model.n_heads=8", "model.seq_len=32",
          "train.micro_batch_size=2", "train.global_batch_tokens=128", "train.max_steps=2"]

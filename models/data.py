@@ -116,7 +116,7 @@ class TokenWindows:
         self.arrays = {"train": train, "val": val}
 
     @classmethod
-    def split_tail(cls, tokens: np.ndarray, val_fraction: float) -> "TokenWindows":
+    def split_tail(cls, tokens: np.ndarray, val_fraction: float) -> TokenWindows:
         boundary = len(tokens) - int(len(tokens) * val_fraction)
         return cls(tokens[:boundary], tokens[boundary:])
 

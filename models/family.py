@@ -14,15 +14,26 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, Callable, ClassVar, Literal, Optional, Protocol, Union
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, Optional, Protocol, Union
 
 import torch
 import torch.nn.functional as F
 
 from models import clip, gpt_neox
 from models.clip import CLIPConfig
-from models.data import (AutoData, ByteTokenizer, BytesData, DigitsData, ImageTextBatches, TokenBinData,
-                         TokenWindows, WebDatasetData, open_image_text, open_tokens)
+from models.data import (
+    AutoData,
+    BytesData,
+    ByteTokenizer,
+    DigitsData,
+    ImageTextBatches,
+    TokenBinData,
+    TokenWindows,
+    WebDatasetData,
+    open_image_text,
+    open_tokens,
+)
 from models.gpt_neox import GPTNeoXConfig
 
 

@@ -52,7 +52,8 @@ def test_flops_per_sample_matches_counted_matmuls():
     b = 3
     images, texts = torch.randn(b, 3, cfg.image_size, cfg.image_size), torch.randint(0, 256, (b, cfg.context_length))
     texts[:, -1] = cfg.vocab_size - 1
-    vector = {tower: sum(p.numel() for blk in getattr(model, f"{tower}_blocks") for p in blk.parameters() if p.ndim == 1)
+    vector = {tower: sum(p.numel() for blk in getattr(model, f"{tower}_blocks") for p in blk.parameters()
+                         if p.ndim == 1)
               for tower in ("vision", "text")}
     approximation = 2 * ((cfg.grid ** 2 + 1) * vector["vision"] + cfg.context_length * vector["text"])
     with sdpa_kernel(SDPBackend.MATH):

@@ -16,10 +16,10 @@ import pytest
 
 from launcher import cli
 from launcher.analysis import collect
-from launcher.run import metrics
 from launcher.analysis.collect import CSV_HEADER, _careful_columns, _fast_columns, collect_sweep, parse_metrics
-from launcher.sweep.jobdb import JobDB
+from launcher.run import metrics
 from launcher.run.metrics import read_metrics
+from launcher.sweep.jobdb import JobDB
 from launcher.sweep.plan import RunSpec
 
 # A Chinchilla-like law the synthetic runs follow: L(N, D) = E + A / N^alpha + B / D^beta.

@@ -12,8 +12,17 @@ import yaml
 from PIL import Image
 
 from models import DATA_CONFIGS, build_family
-from models.data import (CLIP_MEAN, CLIP_STD, DIGIT_NAMES, ByteTokenizer, BytesData, DigitsData, DigitsSource,
-                         epoch_positions, stdlib_corpus)
+from models.data import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DIGIT_NAMES,
+    BytesData,
+    ByteTokenizer,
+    DigitsData,
+    DigitsSource,
+    epoch_positions,
+    stdlib_corpus,
+)
 
 TINY_LM = {"family": "gpt_neox", "vocab_size": 256, "seq_len": 16, "n_layer": 1, "d_model": 32, "n_heads": 2}
 TINY_CLIP = {"family": "clip", "image_size": 8, "patch_size": 4, "context_length": 32}

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.errors import UserError
 from launcher.analysis.fit import fit_points
 from launcher.analysis.fit.bnsl import fit_bnsl
 from launcher.analysis.fit.bootstrap import resample_counts
 from launcher.analysis.fit.chinchilla import HuberObjective, chinchilla_grid
 from launcher.analysis.fit.lbfgs import minimize_lbfgs_batched
+from launcher.errors import UserError
 
 DATA = Path(__file__).parent / "data" / "scaling"
 # Besiroglu et al. (2024)'s replication of Chinchilla's approach 3
@@ -187,7 +187,8 @@ def test_approach1_envelope_of_training_curves():
 def test_kaplan_recovers_the_joint_law():
     rng = np.random.default_rng(6)
     Nc, Dc, alpha_n, alpha_d = 8.8e13, 5.4e13, 0.076, 0.095
-    points = [{"N": N, "D": D, "loss": ((Nc / N) ** (alpha_n / alpha_d) + Dc / D) ** alpha_d * np.exp(rng.normal(0, 0.002))}
+    points = [{"N": N, "D": D,
+               "loss": ((Nc / N) ** (alpha_n / alpha_d) + Dc / D) ** alpha_d * np.exp(rng.normal(0, 0.002))}
               for N in np.geomspace(1e6, 1e9, 8) for D in np.geomspace(1e8, 1e11, 8)]
     fit = fit_points(points, "kaplan")
     joint = fit["L_ND"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.errors import UserError
 from launcher.analysis.fit.cli import main
+from launcher.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from launcher.errors import UserError
 from launcher.analysis.fit import fit_sweep
+from launcher.errors import UserError
 
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
 G = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))

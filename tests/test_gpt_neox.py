@@ -12,8 +12,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_family
 from models.clip import NAMED as CLIP_NAMED
-from models.gpt_neox import (NAMED, GPTNeoX, GPTNeoXConfig, flops_per_token, linear_cross_entropy, load_hf_state_dict,
-                             param_counts, solve_shape)
+from models.gpt_neox import (
+    NAMED,
+    GPTNeoX,
+    GPTNeoXConfig,
+    flops_per_token,
+    linear_cross_entropy,
+    load_hf_state_dict,
+    param_counts,
+    solve_shape,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "hydra_configs"
 
@@ -75,7 +83,8 @@ def test_fused_loss_equals_cross_entropy_of_logits(chunk_elements):
     for a, b in zip(reference, torch.autograd.grad(3.0 * got, [h, weight])):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     with torch.no_grad():
-        assert linear_cross_entropy(h, weight, labels, chunk_elements).item() == pytest.approx(expected.item(), rel=1e-6)
+        assert (linear_cross_entropy(h, weight, labels, chunk_elements).item()
+                == pytest.approx(expected.item(), rel=1e-6))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the GPU path: bf16 matmuls, fp32 softmax and sums
         low = linear_cross_entropy(h, weight, labels, chunk_elements)
         grad_h, = torch.autograd.grad(low, [h])

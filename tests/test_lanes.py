@@ -90,7 +90,8 @@ def stand_ins(tmp_path: Path) -> Path:
 def packed_job(tmp_path: Path, ladder: Path, codes, lanes: int = 2, array: bool = False) -> BatchJob:
     """The same job for both schedulers: a run per exit code in ``codes``, in lanes (or one per array task)."""
     sweep_dir = tmp_path / "sweep"
-    steps = tuple(Step(index=i, name=f"exit{code}", config_hash=f"{i:016x}", run_dir=str(sweep_dir / "runs" / f"exit{code}"),
+    steps = tuple(Step(index=i, name=f"exit{code}", config_hash=f"{i:016x}",
+                       run_dir=str(sweep_dir / "runs" / f"exit{code}"),
                        overrides=(f"run_dir={sweep_dir / 'runs' / f'exit{code}'}", f"exit_code={code}"),
                        nodes=1, ranks=1, hours=0.1, tries=TRIES) for i, code in enumerate(codes))
     jobs = sweep_dir / "jobs"

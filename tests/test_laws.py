@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import launcher.analysis.fit as fit_module
-from launcher.errors import UserError
 from launcher.analysis.fit import APPROACHES, LAWS, fit_points, predict_points
 from launcher.analysis.fit.chinchilla import fit_chinchilla
 from launcher.analysis.fit.laws import LawFamily
 from launcher.analysis.fit.points import as_points
 from launcher.analysis.fit.vpnls import fit_vpnls
+from launcher.errors import UserError
 
 DATA = Path(__file__).parent / "data" / "scaling"
 # Besiroglu et al. (2024)'s replication of Chinchilla's approach 3
@@ -83,7 +83,7 @@ def overtrained_points(seed: int, noise: float = 0.002) -> list[dict]:
     C = 6 * N * D
     loss = (g["E"] + (g["a"] * M ** g["eta"] + g["b"] * M ** -g["eta"]) * C ** -g["eta"]) * np.exp(
         rng.normal(0, noise, N.size))
-    return [{"N": n, "D": d, "loss": l} for n, d, l in zip(N, D, loss)]
+    return [{"N": n, "D": d, "loss": y} for n, d, y in zip(N, D, loss)]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -22,9 +22,23 @@ from launcher.config.validate import validate
 from launcher.errors import UserError
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency
-from launcher.schedulers.lsf import (LsfRecord, LsfScheduler, dependency_condition, directive_arg, element_id, from_lsf,
-                                     job_key, key_path, parse_bjobs_json, parse_bjobs_plain, parse_bsub,
-                                     parse_signal_output, to_lsf, walltime, warning_minutes)
+from launcher.schedulers.lsf import (
+    LsfRecord,
+    LsfScheduler,
+    dependency_condition,
+    directive_arg,
+    element_id,
+    from_lsf,
+    job_key,
+    key_path,
+    parse_bjobs_json,
+    parse_bjobs_plain,
+    parse_bsub,
+    parse_signal_output,
+    to_lsf,
+    walltime,
+    warning_minutes,
+)
 
 DATA = Path(__file__).parent / "data" / "lsf"
 GOLDEN = Path(__file__).parent / "golden" / "summit"
@@ -141,7 +155,8 @@ def test_bjobs_json_maps_every_lsf_state():
         "4300[1]": "completed", "4300[2]": "running",
     }
     assert "999" not in records  # "Job <999> is not found": unknown to LSF, not a state
-    assert records["4246"] == LsfRecord("4246", "EXIT", 140, "TERM_RUNLIMIT: job killed after reaching LSF run time limit")
+    assert records["4246"] == LsfRecord("4246", "EXIT", 140,
+                                        "TERM_RUNLIMIT: job killed after reaching LSF run time limit")
     assert records["4242"].exit_code is None
 
 

@@ -34,7 +34,8 @@ def test_render_writes_the_golden_scripts(name, overrides, tmp_path, monkeypatch
     [script] = render_sweep([*overrides, f"sweeps_root={tmp_path}/sweeps"], tmp_path / "out", calibrate=False)
     text = script.read_text()
     shellcheck(script)
-    assert_golden(name, text, {str(tmp_path): "<TMP>", str(Path(sys.executable).parent / "ladder"): "<LADDER>", sys.executable: "<PYTHON>"})
+    assert_golden(name, text, {str(tmp_path): "<TMP>", str(Path(sys.executable).parent / "ladder"): "<LADDER>",
+                               sys.executable: "<PYTHON>"})
     manifest = json.loads(script.with_suffix(".json").read_text())
     directives = [line for line in text.splitlines() if line.startswith("#BSUB")]
     if "cluster=lsf" in overrides:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.errors import UserError
 from launcher.analysis.fit.cli import main
+from launcher.errors import UserError
 
 DATA = Path(__file__).parent / "data" / "scaling"
 MUENNIGHOFF = DATA / "muennighoff2023_datablations_val_losses.csv"

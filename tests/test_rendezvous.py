@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import UserError
-from launcher.run.rendezvous import (MPI_SOURCES, DistEnv, connect, derive_port, discover, expand_hostlist, expand_tasks_per_node, interface_address, resolve)
+from launcher.run.rendezvous import (
+    MPI_SOURCES,
+    DistEnv,
+    connect,
+    derive_port,
+    discover,
+    expand_hostlist,
+    expand_tasks_per_node,
+    interface_address,
+    resolve,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from launcher.config.run import load_run_config
-from launcher.run.metrics import read_metrics
 from launcher.policy import ExitCode
+from launcher.run.metrics import read_metrics
 from launcher.run.runtime import Schedule, make_family
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,13 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from launcher.run import local_launch
-from launcher.run.checkpoint import Checkpointer, atomic_write
 from launcher.config.run import load_run_config
 from launcher.errors import UserError
+from launcher.run import local_launch
+from launcher.run.checkpoint import Checkpointer, atomic_write
 from launcher.run.metrics import MetricsLog, read_metrics
-from launcher.run.runtime import (BatchPlan, RunStateFile, Schedule, StopRequest, default_run_dir, deepspeed_config,
-                                  make_family, param_groups, run_steps, schedule_steps)
+from launcher.run.runtime import (
+    BatchPlan,
+    RunStateFile,
+    Schedule,
+    StopRequest,
+    deepspeed_config,
+    default_run_dir,
+    make_family,
+    param_groups,
+    run_steps,
+    schedule_steps,
+)
 
 
 def train_config(*overrides: str):

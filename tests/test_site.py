@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_render import SETUP, render_all, shellcheck, steps
 
 from launcher import cli
 from launcher.config.cluster import ClusterProfile
@@ -22,6 +21,7 @@ from launcher.config.compose import compose
 from launcher.config.validate import validate
 from launcher.errors import UserError
 from launcher.run.describe import describe
+from test_render import SETUP, render_all, shellcheck, steps
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = ("cluster.ladder_command=ladder", f"cluster.setup=[{SETUP!r}]")

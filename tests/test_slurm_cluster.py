@@ -13,18 +13,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
-from launcher.sweep.jobdb import JobDB, read_state_file
 from launcher.run.metrics import read_metrics
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency
+from launcher.sweep.jobdb import JobDB, read_state_file
 from launcher.sweep.submit import cancel_sweep, read_steps, submit_sweep, sync
 
 pytestmark = pytest.mark.slurm

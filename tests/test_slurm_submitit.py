@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from launcher.run.metrics import read_metrics
-from launcher.sweep.jobdb import JobDB, read_state_file
-from launcher.sweep.plan import build_plan
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.submitit_exec import fresh_folder, record, submit_runs
+from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.sweep.plan import build_plan
 from launcher.sweep.submit import sync
 
 

@@ -7,9 +7,9 @@ import time
 
 from launcher.cli import main as ladder
 from launcher.sweep.jobdb import JobDB
-from launcher.sweep.submit import sync
-from launcher.sweep.plan import build_plan
 from launcher.sweep.local import record_plan
+from launcher.sweep.plan import build_plan
+from launcher.sweep.submit import sync
 
 
 def recorded_sweep(tmp_path):

@@ -24,9 +24,10 @@ import math
 import multiprocessing
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -578,7 +579,8 @@ def resolve_sweep_dir(value: str, sweeps_root: Optional[str] = None) -> Path:
 
 
 def parse_sweep_args(argv: list[str], prog: str, description: str,
-                     add_arguments: Optional[Callable[[CommandParser], object]] = None) -> tuple[argparse.Namespace, Path]:
+                     add_arguments: Optional[Callable[[CommandParser], object]] = None,
+                     ) -> tuple[argparse.Namespace, Path]:
     """The shared command line of collect, fit, report and wandb-sync: ``sweep=<name> [sweeps_root=<dir>]``."""
     parser = command_parser(prog, description, overrides_help="sweep=<name> [sweeps_root=<dir>]")
     if add_arguments:

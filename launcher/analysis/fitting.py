@@ -130,7 +130,8 @@ def summary_lines(fit: dict) -> list[str]:
                   f"  N_opt = {sci(rec.get('N_opt'))}{interval(rec.get('N_opt_ci'))} parameters",
                   f"  D_opt = {sci(rec.get('D_opt'))}{interval(rec.get('D_opt_ci'))} tokens "
                   f"({sci(rec.get('tokens_per_param'))} tokens per parameter)",
-                  f"  predicted loss = {sci(rec.get('predicted_loss'), '.4g')}{interval(rec.get('predicted_loss_ci'), '.4g')} "
+                  f"  predicted loss = {sci(rec.get('predicted_loss'), '.4g')}"
+                  f"{interval(rec.get('predicted_loss_ci'), '.4g')} "
                   f"(from {rec.get('source')})"]
     for approach, title, names in (("approach1", "approach 1 (training-curve envelope)", ("a", "b")),
                                    ("approach2", "approach 2 (isoFLOP parabolas)", ("a", "b")),
@@ -150,8 +151,9 @@ def summary_lines(fit: dict) -> list[str]:
                                    else f"{exponent} = {sci(part.get(exponent))}"))
     lines.append("kaplan: " + "; ".join(parts))
     bnsl = fit.get("bnsl") or {}
-    lines.append("bnsl: " + (reason(bnsl, "bnsl") if "error" in bnsl else f"rmse(log loss) = {sci(bnsl.get('rmse_log'))}, "
-                                                                  f"{len(bnsl.get('breaks') or [])} break(s)"))
+    lines.append("bnsl: " + (reason(bnsl, "bnsl") if "error" in bnsl
+                             else f"rmse(log loss) = {sci(bnsl.get('rmse_log'))}, "
+                                  f"{len(bnsl.get('breaks') or [])} break(s)"))
     ext = fit.get("extrapolation") or {}
     if "error" in ext:
         lines.append(f"extrapolation: {reason(ext, 'extrapolation')}")

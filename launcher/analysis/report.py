@@ -16,14 +16,23 @@ import html
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from launcher.analysis.collect import Collected, collect_sweep, parse_sweep_args
-from launcher.analysis.fitting import BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, reason, summary_lines
+from launcher.analysis.fitting import (
+    BUDGET_ARGUMENT,
+    FIT_FILE,
+    N_BOOT,
+    fingerprint,
+    fit_sweep_dir,
+    reason,
+    summary_lines,
+)
 from launcher.files import atomic_write
 from launcher.numbers import percent, sci, si
 
@@ -242,7 +251,8 @@ def make_plots(sweep_dir: Path, collected: Collected, fit: dict) -> list[Plot]:
          fit.get("error") or (None if (fit.get("frontier") or {}).get("C") else "the fit has no frontier")),
         (Plot("predicted_vs_observed", "Predicted vs observed loss"),
          lambda ax: plot_predicted(ax, collected, fit), 1,
-         fit.get("error") or approach3.get("error") or (None if approach3.get("runs") else "approach 3 was not fitted")),
+         fit.get("error") or approach3.get("error")
+         or (None if approach3.get("runs") else "approach 3 was not fitted")),
     ]
     for plot, draw, ncols, missing in plots:
         stale = out_dir / f"{plot.name}.png"
@@ -280,7 +290,7 @@ figure{margin:6px 0}figure img{width:100%;border:1px solid #d0d7de;border-radius
 figcaption{color:#57606a;font-size:.88em}
 pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:10px;white-space:pre-wrap;font-size:.85em}
 .scroll{max-height:640px;overflow-y:auto;display:inline-block}
-"""
+"""  # noqa: E501 - one CSS rule a line: the page's bytes stay as they are
 
 WIDE_PLOTS = {"frontier"}
 CAPTIONS = {
@@ -329,7 +339,8 @@ def _fit_table(fit: dict) -> str:
             rows.append(f'<tr><td class="l">{_e(title)}</td><td class="l err" colspan="{len(names)}">'
                         f'{_e(reason(part, title.split(":")[0]))}</td></tr>')
         else:
-            rows.append(f'<tr><td class="l">{_e(title)}</td>' + "".join(_cell(fit, approach, n) for n in names) + "</tr>")
+            rows.append(f'<tr><td class="l">{_e(title)}</td>' + "".join(_cell(fit, approach, n) for n in names)
+                        + "</tr>")
     kaplan = fit.get("kaplan") or {}
     for key, exponent, scale in (("L_N", "alpha_N", "Nc"), ("L_D", "alpha_D", "Dc")):
         part = kaplan.get(key) or {}
@@ -359,7 +370,8 @@ def _extrapolation(fit: dict) -> str:
                         f'<td>{percent(part.get("rel_error_N_opt"))}</td><td>{sci(part.get("loss_opt"))}</td>'
                         f'<td>{percent(part.get("rel_error_loss"), "+.2f")}</td></tr>')
     return (f'<p>Fitted without the largest budget (C = {sci(ext.get("C"))}), then asked for its optimum: '
-            f'observed N_opt {si(seen.get("N_opt"))}, loss {sci(seen.get("loss_opt"))} (from the {_e(seen.get("from"))}).'
+            f'observed N_opt {si(seen.get("N_opt"))}, loss {sci(seen.get("loss_opt"))} '
+            f'(from the {_e(seen.get("from"))}).'
             f'</p><table><tr><th class="l">law</th><th>predicted N_opt</th><th>error</th><th>predicted loss</th>'
             f'<th>error</th></tr>{"".join(rows)}</table>')
 

@@ -117,8 +117,8 @@ def log_summary_run(sweep_dir: Path, fit: dict, ledger: list, plots: dict[str, P
             wandb.teardown()  # finish() returns before the offline file is flushed; the service's end flushes it
         return run_dir
     except Exception as exc:  # noqa: BLE001 - W&B must never cost the report
-        print(f"warning: W&B summary run not written: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
+        print(f"warning: W&B summary run not written: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
         return None
 
 

@@ -457,7 +457,7 @@ def connect(dist: DistEnv, backend: str, timeout_s: float, log: Callable[[str], 
     # torch's functional collectives take ``group=group.WORLD`` as a default argument, bound at import:
     # imported after the group exists (torch._dynamo imports them lazily) they would keep it alive past
     # destroy_process_group, and with it its worker threads
-    import torch.distributed.nn  # noqa: F401
+    import torch.distributed.nn
 
     torch_dist.init_process_group(backend, store=store, rank=dist.rank, world_size=dist.world_size,
                                   timeout=COLLECTIVE_TIMEOUT)

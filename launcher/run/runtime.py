@@ -45,7 +45,6 @@ to continue; EX_TEMPFAIL).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import gc
 import hashlib
 import json
@@ -61,14 +60,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from launcher.run import rendezvous
-from launcher.run.checkpoint import Checkpointer, TrainState
-from launcher.files import atomic_write
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
-from launcher.resources import ladder_argv
+from launcher.files import atomic_write
 from launcher.identity import config_hash
 from launcher.policy import ExitCode, ending
+from launcher.resources import ladder_argv
+from launcher.run import rendezvous
+from launcher.run.checkpoint import Checkpointer, TrainState
 from launcher.run.metrics import MetricsLog, WandbMirror
 
 
@@ -111,7 +110,7 @@ class BatchPlan:
     accum: int
 
     @classmethod
-    def make(cls, train: TrainConfig, world: int, tokens_per_sample: int) -> "BatchPlan":
+    def make(cls, train: TrainConfig, world: int, tokens_per_sample: int) -> BatchPlan:
         per_micro = world * train.micro_batch_size * tokens_per_sample
         if train.global_batch_tokens % per_micro:
             raise UserError(f"train.global_batch_tokens: {train.global_batch_tokens} is not a multiple of "
@@ -141,7 +140,7 @@ class Schedule:
     total_steps: int
 
     @classmethod
-    def make(cls, train: TrainConfig) -> "Schedule":
+    def make(cls, train: TrainConfig) -> Schedule:
         total = schedule_steps(train)
         return cls(train.lr, train.lr * train.min_lr_ratio, round(train.warmup_fraction * total), total)
 

@@ -27,7 +27,7 @@ from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
 from launcher.policy import LANE_CODES
 from launcher.resources import shipped
-from launcher.sweep.pack import PackedJob, PackPolicy
+from launcher.sweep.pack import PackPolicy
 
 # Job states adapters report; "ended" means the scheduler no longer knows how a job ended (no accounting).
 JOB_STATES = ("queued", "running", "completed", "failed", "cancelled", "timed_out", "ended")

@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.schedulers.jsrun import resource_sets
 from launcher.schedulers.base import BatchJob, Dependency, Scheduler, Shell, Step
+from launcher.schedulers.jsrun import resource_sets
 from launcher.schedulers.slurm import _aggregate as aggregate  # scheduler-neutral; to move to base
 
 # bjobs STAT -> adapter job state. Suspended jobs keep their allocation (still running); PSUSP is a

@@ -24,10 +24,9 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.resources import ladder_argv
 from launcher.policy import ExitCode, ending
+from launcher.resources import ladder_argv
 from launcher.sweep.jobdb import JobDB
-
 
 
 class TrainRun(Checkpointable):

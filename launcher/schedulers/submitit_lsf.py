@@ -141,7 +141,7 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
         return self.global_rank // self._local_size
 
     @property
-    def hostnames(self) -> tp.List[str]:
+    def hostnames(self) -> list[str]:
         """Compute hosts in rank order, from LSB_DJOB_RANKFILE without its first line (the launch node)."""
         rankfile = os.environ.get("LSB_DJOB_RANKFILE")
         if not rankfile or not Path(rankfile).exists():
@@ -170,11 +170,11 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
 class _SubmititJob(LsfScheduler):
     """The LSF adapter writing a submitit job: the site's template with one command instead of runs."""
 
-    def __init__(self, profile: ClusterProfile, extra: tp.Dict[str, tp.Any]):
+    def __init__(self, profile: ClusterProfile, extra: dict[str, tp.Any]):
         super().__init__(profile)
         self.extra = extra
 
-    def context(self, job: BatchJob) -> tp.Dict[str, tp.Any]:
+    def context(self, job: BatchJob) -> dict[str, tp.Any]:
         return self.extra
 
 
@@ -191,7 +191,7 @@ class LsfParameters:
     project: tp.Optional[str] = None  # bsub -P (default: the profile's account)
     queue: tp.Optional[str] = None  # bsub -q
     alloc_flags: tp.Optional[str] = None  # bsub -alloc_flags (Summit)
-    setup: tp.List[str] = dataclasses.field(default_factory=list)  # shell lines before the task starts
+    setup: list[str] = dataclasses.field(default_factory=list)  # shell lines before the task starts
     signal_delay_min: tp.Optional[int] = None  # bsub -wt (default: the profile's signal_before_min)
     array_parallelism: int = 256  # bsub -J "name[1-n]%k"
     stderr_to_stdout: bool = False
@@ -226,7 +226,7 @@ class LsfExecutor(core.PicklingExecutor):
                 "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node", "tasks_per_node": "tasks_per_node"}
 
     @classmethod
-    def _valid_parameters(cls) -> tp.Set[str]:
+    def _valid_parameters(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(LsfParameters)}
 
     def _internal_update_parameters(self, **kwargs: tp.Any) -> None:
@@ -254,7 +254,7 @@ class LsfExecutor(core.PicklingExecutor):
     def _submitit_command_str(self) -> str:
         return shlex.join([*self.python, "-u", "-m", "submitit.core._submit", str(self.folder)])
 
-    def _launcher(self) -> tp.Tuple[str, ...]:
+    def _launcher(self) -> tuple[str, ...]:
         """The profile's step launcher for nodes x tasks_per_node tasks of the chosen shape."""
         p, profile = self.parameters, self.profile
         gpus = profile.gpus_per_task if p["gpus_per_node"] is None else p["gpus_per_node"] // p["tasks_per_node"]
@@ -279,7 +279,7 @@ class LsfExecutor(core.PicklingExecutor):
         signal_min = p["signal_delay_min"] or self.profile.signal_before_min
         stdout, stderr = log(paths.stdout), log(paths.stdout if p["stderr_to_stdout"] else paths.stderr)
         env = [f"{k}={v}" for k, v in sorted(profile.multinode_env.items())] if p["nodes"] > 1 else []
-        context: tp.Dict[str, tp.Any] = dict(command=[*(["env", *env] if env else []), *self._launcher(),
+        context: dict[str, tp.Any] = dict(command=[*(["env", *env] if env else []), *self._launcher(),
                                                       *shlex.split(command)], array_size=map_count or 0)
         if map_count:  # bsub -o keeps LSF's report of every element; each element opens its own task's logs
             output = str(utils.JobPaths.get_first_id_independent_folder(self.folder) / "%j_lsf.out")
@@ -295,7 +295,7 @@ class LsfExecutor(core.PicklingExecutor):
     def _make_submission_file_text(self, command: str, uid: str) -> str:
         return self._render(command, self.parameters.get("map_count"))
 
-    def _make_submission_command(self, submission_file_path: Path) -> tp.List[str]:
+    def _make_submission_command(self, submission_file_path: Path) -> list[str]:
         return bsub_argv(self.profile, submission_file_path)
 
     @staticmethod
@@ -303,7 +303,7 @@ class LsfExecutor(core.PicklingExecutor):
         return parse_bsub(string.decode() if isinstance(string, bytes) else string)
 
     def _internal_process_submissions(
-            self, delayed_submissions: tp.List[utils.DelayedSubmission]) -> tp.List[core.Job[tp.Any]]:
+            self, delayed_submissions: list[utils.DelayedSubmission]) -> list[core.Job[tp.Any]]:
         if len(delayed_submissions) == 1:
             return super()._internal_process_submissions(delayed_submissions)
         # a job array: task i (from 0; LSF's element i + 1) runs the i-th pickle, saved under the id "<job>_<i>"
@@ -320,7 +320,7 @@ class LsfExecutor(core.PicklingExecutor):
         self._throttle()
         first = array._submit_command(self._submitit_command_str)
         tasks = list(range(first.num_tasks))
-        jobs: tp.List[core.Job[tp.Any]] = [
+        jobs: list[core.Job[tp.Any]] = [
             LsfJob(folder=self.folder, job_id=f"{first.job_id}_{i}", tasks=tasks) for i in range(len(pickle_paths))]
         for job, pickle_path in zip(jobs, pickle_paths):
             job.paths.move_temporary_file(pickle_path, "submitted_pickle")

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import UserError
-from launcher.run.metrics import METRICS_FILE
 from launcher.policy import ACTIVE, FINAL, exit_code_state
+from launcher.run.metrics import METRICS_FILE
+from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
 from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
 from launcher.sweep.plan import Plan, RunSpec, print_plan, write_plan
-from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
 
 POLL_S = 0.5
 STOP_GRACE_S = 300.0  # how long an interrupted run may take to write its checkpoint before it is killed

@@ -164,8 +164,8 @@ def pack(items: Iterable[PackItem], policy: PackPolicy) -> list[PackedJob]:
         by_shape.setdefault(item.shape, []).append(item)
     jobs: list[PackedJob] = []
     for shape, group in by_shape.items():
-        jobs += _pack_shape(sorted(group, key=lambda i: (-i.hours, i.name)), Geometry.of(shape, policy.devices_per_node),
-                            policy)
+        jobs += _pack_shape(sorted(group, key=lambda i: (-i.hours, i.name)),
+                            Geometry.of(shape, policy.devices_per_node), policy)
     return jobs
 
 

@@ -31,15 +31,23 @@ from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
 from launcher.errors import UserError
-from launcher.resources import ladder_argv
 from launcher.files import atomic_write, atomic_write_json
 from launcher.policy import ACTIVE, FINAL, STATUS_STATES, ExitCode, ended_without_failure, ending, exit_code_state
-from launcher.sweep.jobdb import (Attempt, JobDB, TransitionError, attempt_step, fold_run_states, read_state_file,
-                                  reported_start, reports_on)
-from launcher.sweep.pack import PackItem, pack, pack_array
+from launcher.resources import ladder_argv
 from launcher.schedulers import REGISTRY, get_scheduler
 from launcher.schedulers.base import FINISHED_JOB_STATES, BatchJob, Dependency, Scheduler, Step
 from launcher.sweep.calibrate import calibrated_plan
+from launcher.sweep.jobdb import (
+    Attempt,
+    JobDB,
+    TransitionError,
+    attempt_step,
+    fold_run_states,
+    read_state_file,
+    reported_start,
+    reports_on,
+)
+from launcher.sweep.pack import PackItem, pack, pack_array
 from launcher.sweep.plan import RunSpec, compose_sweep, write_plan
 
 JOBS = "jobs"
@@ -486,7 +494,8 @@ def render_sweep(overrides: list[str], out_dir: Path, calibrate: bool = True) ->
 
 
 def main(argv: list[str]) -> int:
-    parser = command_parser("ladder submit", "Record a sweep in the job database, pack its runs into jobs and submit them.")
+    parser = command_parser("ladder submit",
+                            "Record a sweep in the job database, pack its runs into jobs and submit them.")
     parser.add_argument("--dependency", type=Dependency.parse, default=None,
                         help="start the jobs after others: afterok:ID[:ID], afterany:ID, ...")
     parser.add_argument("--over-budget-ok", action="store_true", help="accept a plan over the allocation")
@@ -515,7 +524,8 @@ def cancel_main(argv: list[str]) -> int:
 
 
 def render_main(argv: list[str]) -> int:
-    args = command_parser("ladder render", "Write the job scripts a submission would use, without submitting (out=DIR).",
+    args = command_parser("ladder render",
+                          "Write the job scripts a submission would use, without submitting (out=DIR).",
                           [("--no-calibrate", "never run a calibration run")]).parse(argv)
     outs = [o for o in args.overrides if o.startswith("out=")]
     if len(outs) != 1:

@@ -81,13 +81,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from launcher.errors import UserError
 from launcher.analysis.fit.bootstrap import LEVEL
 from launcher.analysis.fit.laws import Options
 from launcher.analysis.fit.points import as_points, as_targets
 from launcher.analysis.fit.predict import entries, predict
 from launcher.analysis.fit.registry import LAWS
 from launcher.analysis.fit.sweep import fit_sweep, jsonable
+from launcher.errors import UserError
 
 APPROACHES = tuple(LAWS)
 PREDICTING = tuple(name for name, law in LAWS.items() if law.predicts)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit import multistart
 from launcher.analysis.fit.multistart import fit_from_starts
 from launcher.analysis.fit.points import Points
+from launcher.errors import UserError
 
 HUBER_DELTA = 1e-3
 REDUCTIONS = ("sum", "mean")
@@ -75,7 +75,8 @@ class HuberObjective:
         return out
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray | None = None):
-        """Objective [k] and gradient [k, 5] at internal parameter rows ``theta`` [k, 5], a cache-sized block at a time."""
+        """Objective [k] and gradient [k, 5] at internal parameter rows ``theta`` [k, 5], a cache-sized block at a
+        time."""
         rows = np.arange(len(theta)) if rows is None else rows
         block = max(1, BLOCK_ELEMENTS // len(self.logL))
         if len(theta) <= block:

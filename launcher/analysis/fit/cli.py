@@ -15,13 +15,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.arguments import CommandParser
-from launcher.errors import UserError
 from launcher.analysis.fit import APPROACHES, LAWS, PREDICTING, fit_points, predict_points
 from launcher.analysis.fit.chinchilla import REDUCTIONS
 from launcher.analysis.fit.datacon import BASE_KEYS
 from launcher.analysis.fit.laws import METHODS
 from launcher.analysis.fit.twostage import LINKS
+from launcher.arguments import CommandParser
+from launcher.errors import UserError
 
 
 def approaches_help() -> str:

@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit import multistart
 from launcher.analysis.fit.chinchilla import HUBER_DELTA, REDUCTIONS, ChinchillaFit
 from launcher.analysis.fit.laws import LawFamily, Options
 from launcher.analysis.fit.overtrain import WARM_STARTS, fit_overtrain
 from launcher.analysis.fit.points import Points, Targets
+from launcher.errors import UserError
 
 BASE_KEYS = ("E", "A", "B", "alpha", "beta")
 START_VALUES = (20.0 / 3.0, 40.0 / 3.0, 20.0)

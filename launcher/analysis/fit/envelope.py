@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.points import Points, pareto_front
 from launcher.analysis.fit.powerlaw import PowerLaw, fit_power_law
+from launcher.errors import UserError
 
 N_BINS = 30
 

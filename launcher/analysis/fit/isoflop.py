@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.points import Budget, Points, budgets
 from launcher.analysis.fit.powerlaw import PowerLaw, fit_power_law
+from launcher.errors import UserError
 
 
 @dataclass(frozen=True)

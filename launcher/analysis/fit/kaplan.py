@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from launcher.errors import UserError
 from launcher.analysis.fit.points import Points, pareto_front
 from launcher.analysis.fit.powerlaw import fit_power_law
+from launcher.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.points import Points, Targets
+from launcher.errors import UserError
 
 METHODS = ("grid", "vpnls")
 

@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.lbfgs import BatchResult, minimize_lbfgs_batched
+from launcher.errors import UserError
 
 # Screening tolerance for every start, then a tight one for the N_POLISH best distinct end points.
 SCREEN = dict(rtol=1e-6, patience=1, max_iter=500)

@@ -27,8 +27,7 @@ import itertools
 import numpy as np
 
 from launcher.analysis.fit import multistart
-from launcher.analysis.fit.chinchilla import (HUBER_DELTA, ChinchillaFit, HuberObjective, check_points,
-                                              predicted_loss)
+from launcher.analysis.fit.chinchilla import HUBER_DELTA, ChinchillaFit, HuberObjective, check_points, predicted_loss
 from launcher.analysis.fit.laws import LawFamily, Options
 from launcher.analysis.fit.points import Points, Targets
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.bootstrap import percentile_interval, resample_counts
 from launcher.analysis.fit.laws import LawFamily, Options
 from launcher.analysis.fit.points import Points, Targets
+from launcher.errors import UserError
 
 
 @dataclass(frozen=True)

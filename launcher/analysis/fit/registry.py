@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.bnsl import BnslFit, fit_bnsl
 from launcher.analysis.fit.chinchilla import ChinchillaFit, fit_chinchilla, predicted_loss, refit_weighted
 from launcher.analysis.fit.datacon import Datacon
@@ -17,6 +16,7 @@ from launcher.analysis.fit.overtrain import WARM_STARTS, Overtrain
 from launcher.analysis.fit.points import Points, Targets
 from launcher.analysis.fit.twostage import TwoStage
 from launcher.analysis.fit.vpnls import fit_vpnls
+from launcher.errors import UserError
 
 
 class Envelope(LawFamily):

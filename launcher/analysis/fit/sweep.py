@@ -11,14 +11,20 @@ from collections.abc import Callable
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.bnsl import fit_bnsl
 from launcher.analysis.fit.bootstrap import LEVEL, percentile_interval, resample_counts
-from launcher.analysis.fit.chinchilla import (ChinchillaFit, compute_optimal, fit_chinchilla, predicted_loss, refit_weighted)
+from launcher.analysis.fit.chinchilla import (
+    ChinchillaFit,
+    compute_optimal,
+    fit_chinchilla,
+    predicted_loss,
+    refit_weighted,
+)
 from launcher.analysis.fit.envelope import EnvelopeFit, envelope_points, fit_envelope
 from launcher.analysis.fit.isoflop import IsoflopFit, budget_minimum, fit_isoflop
 from launcher.analysis.fit.kaplan import fit_kaplan
 from launcher.analysis.fit.points import Points, as_points, budgets
+from launcher.errors import UserError
 
 SCHEMA = "scaleladder.fit/1"
 GRID_POINTS = 25

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from launcher.errors import UserError
 from launcher.analysis.fit.laws import LawFamily, Options
 from launcher.analysis.fit.points import Points, Targets
+from launcher.errors import UserError
 
 SLOPES = (1.0, 3.0, 10.0, 30.0)  # |k|·range(L) and |γ|·range(L) of the start grid
 CENTRES = np.linspace(-0.5, 1.5, 9)  # L0 = min(L) + c·range(L)
