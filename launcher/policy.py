@@ -61,8 +61,9 @@ def ended_without_failure(code: int) -> bool:
 STATES = ("planned", "queued", "running", "completed", "failed", "diverged", "timed_out", "cancelled")
 ACTIVE = frozenset({"queued", "running"})  # states with an open attempt
 FINAL = frozenset(e.state for e in ENDINGS.values() if e.finished)
-# a run's state.json status -> its database state ("running" while the run reports it is alive)
-STATUS_STATES = {"running": "running", **{e.status: e.state for e in ENDINGS.values()}}
+# a run's state.json status -> its database state ("running" while the run reports it is alive);
+# looked up with the file's status as read, None where it has none
+STATUS_STATES: dict[str | None, str] = {"running": "running", **{e.status: e.state for e in ENDINGS.values()}}
 
 
 def shell_codes(predicate) -> str:

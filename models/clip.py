@@ -135,6 +135,7 @@ class CLIP(nn.Module):
                                       (cfg.text_width, cfg.text_layers, self.text_blocks)):
             attn_std, proj_std, fc_std = width ** -0.5, width ** -0.5 * (2 * layers) ** -0.5, (2 * width) ** -0.5
             for block in blocks:
+                assert isinstance(block, Block)  # a ModuleList yields Modules
                 for linear, std in ((block.qkv, attn_std), (block.out, proj_std), (block.fc, fc_std),
                                     (block.proj, proj_std)):
                     nn.init.normal_(linear.weight, std=std)

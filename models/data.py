@@ -205,6 +205,7 @@ def memmap_tokens(path: str, dtype: str) -> np.ndarray:
 def open_tokens(cfg: BytesData | TokenBinData) -> TokenWindows:
     if isinstance(cfg, BytesData):
         return TokenWindows.split_tail(stdlib_corpus(cfg.max_bytes, cfg.cache_dir), cfg.val_fraction)
+    assert cfg.path is not None  # required (TokenBinData.__post_init__)
     tokens = memmap_tokens(cfg.path, cfg.dtype)
     if cfg.val_path:
         return TokenWindows(tokens, memmap_tokens(cfg.val_path, cfg.dtype))
@@ -294,6 +295,7 @@ class WebDatasetSource:
     """Samples of webdataset tar shards, indexed once by header scan; members are read on demand."""
 
     def __init__(self, cfg: WebDatasetData):
+        assert cfg.shards is not None  # required (WebDatasetData.__post_init__)
         shards = sorted(glob.glob(cfg.shards))
         if not shards:
             raise ValueError(f"data.shards: no file matches {cfg.shards!r}")
@@ -328,7 +330,9 @@ class WebDatasetSource:
     def _read(self, shard: str, info: tarfile.TarInfo) -> bytes:
         if shard not in self._open:
             self._open[shard] = tarfile.open(shard, "r:")
-        return self._open[shard].extractfile(info).read()
+        member = self._open[shard].extractfile(info)
+        assert member is not None  # the index holds regular files only
+        return member.read()
 
     def items(self, split: str, positions: np.ndarray, rng: np.random.Generator, image_size: int):
         from PIL import Image

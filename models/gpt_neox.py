@@ -165,6 +165,9 @@ class GPTNeoX(nn.Module):
     (``linear_cross_entropy``), so [B, T, vocab] logits never exist at once.
     """
 
+    cos: torch.Tensor  # rotary tables, registered as buffers
+    sin: torch.Tensor
+
     def __init__(self, cfg: GPTNeoXConfig):
         super().__init__()
         self.cfg = cfg

@@ -75,8 +75,8 @@ class RunMeta:
 
 def _effective_state(recorded: Optional[str], run_dir: Path) -> str:
     """The database's state, unless the run's own state.json reports an end not folded in yet."""
-    reported = read_state_file(run_dir)
-    reported = STATUS_STATES.get(reported.get("status")) if reported else None
+    state = read_state_file(run_dir)
+    reported = STATUS_STATES.get(state.get("status")) if state else None
     if reported in FINAL and recorded not in FINAL:
         return reported
     return recorded or reported or "unknown"
@@ -512,10 +512,11 @@ def collect_sweep(sweep_dir: str | os.PathLike, write_csv: bool = True, workers:
                 if parsed.error:
                     skipped.append((meta.name, parsed.error))
                     continue
+                assert parsed.curve is not None  # a file read without error has a curve
                 out.write(parsed.csv)
                 runs.append(_summarise(meta, parsed, warnings))
                 curves[meta.name] = parsed.curve
-        if tmp:
+        if tmp and csv_path:
             os.replace(tmp, csv_path)
     finally:
         if pool:
@@ -539,18 +540,20 @@ def _names(metas: list[RunMeta], limit: int = 5) -> str:
 
 def _summarise(meta: RunMeta, parsed: _Parsed, warnings: list[str]) -> CollectedRun:
     curve = parsed.curve
-    run = CollectedRun(meta, points=len(curve), D=float(curve.D[-1]), C=float(curve.C[-1]))
+    assert curve is not None  # only runs read without error are summarised
+    reached = float(curve.D[-1])
+    run = CollectedRun(meta, points=len(curve), D=reached, C=float(curve.C[-1]))
     run.diverged = meta.state == "diverged" or parsed.nonfinite_step is not None
     if run.diverged:
         why = "state diverged" if meta.state == "diverged" else f"non-finite loss at step {parsed.nonfinite_step}"
         warnings.append(f"{meta.name}: diverged ({why}): kept out of the fits")
         return run
-    if meta.state == "unknown" and run.D >= meta.D:
+    if meta.state == "unknown" and reached >= meta.D:
         meta.state = "completed"
         warnings.append(f"{meta.name}: no state recorded; its curve reached its {meta.D:.4g} tokens: completed")
     run.loss, run.loss_source = _final_loss(curve)
-    if meta.state == "completed" and run.D < 0.99 * meta.D:
-        warnings.append(f"{meta.name}: completed, but its metrics end at {run.D:.4g} of {meta.D:.4g} tokens")
+    if meta.state == "completed" and reached < 0.99 * meta.D:
+        warnings.append(f"{meta.name}: completed, but its metrics end at {reached:.4g} of {meta.D:.4g} tokens")
     if parsed.last and isinstance(parsed.last.get("tokens_per_s"), (int, float)):
         run.tokens_per_s = float(parsed.last["tokens_per_s"])
     return run

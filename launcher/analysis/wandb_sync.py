@@ -20,11 +20,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 from urllib.parse import urlparse
 
 from launcher.analysis.collect import parse_sweep_args
 from launcher.errors import UserError
+
+if TYPE_CHECKING:
+    from launcher.config.run import WandbMode
 
 SUMMARY_JOB_TYPE = "summary"
 DEFAULT_HOST = "https://api.wandb.ai"
@@ -96,15 +99,16 @@ def log_summary_run(sweep_dir: Path, fit: dict, ledger: list, plots: dict[str, P
         import wandb
 
         rec = fit.get("recommendation") or {}
-        run = wandb.init(mode=mode, dir=str(sweep_dir), id=run_id, resume="allow",
+        # $WANDB_MODE or the sweep's config: any string; W&B itself rejects an unknown mode
+        run = wandb.init(mode=cast("WandbMode", mode), dir=str(sweep_dir), id=run_id, resume="allow",
                          project=config.get("project") or "scaleladder", entity=config.get("entity"),
                          group=sweep_dir.name, job_type=SUMMARY_JOB_TYPE, name=f"{sweep_dir.name}-summary",
                          config={"sweep": sweep_dir.name, "inputs": fit.get("inputs"), "fit_error": fit.get("error"),
                                  "recommendation": {k: v for k, v in rec.items() if k != "alternatives"}},
                          settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
         try:
-            columns = ["law", "parameter", "value", "ci_lo", "ci_hi"]
-            payload = {"fit": wandb.Table(columns=columns, data=fit_rows(fit)),
+            columns: list[str | int] = ["law", "parameter", "value", "ci_lo", "ci_hi"]
+            payload: dict[str, Any] = {"fit": wandb.Table(columns=columns, data=fit_rows(fit)),
                        "flop_ledger": wandb.Table(
                            columns=["run", "state", "N", "D", "C_exact", "six_N_D", "C_over_6ND", "final_loss"],
                            data=[[r.name, r.state, r.N, r.D, r.C, r.six_nd, r.ratio, r.loss] for r in ledger])}

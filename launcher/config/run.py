@@ -68,11 +68,14 @@ class DeepSpeedConfig:
             raise ValueError("deepspeed.nvme_path: required when offloading to nvme")
 
 
+WandbMode = Literal["offline", "online", "disabled"]
+
+
 @dataclasses.dataclass
 class WandbConfig:
     """W&B mirror of metrics.jsonl: offline on compute nodes, synced later from a login node."""
 
-    mode: Literal["offline", "online", "disabled"] = "offline"
+    mode: WandbMode = "offline"
     project: str = "scaleladder"
     entity: Optional[str] = None
     group: Optional[str] = None  # the sweep's name

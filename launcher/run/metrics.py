@@ -20,9 +20,12 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from launcher.config.run import WandbMode
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -67,7 +70,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 class WandbMirror:
     """Mirrors records to W&B (offline by default). Any W&B failure is reported once and the run goes on."""
 
-    def __init__(self, mode: str, run_dir: Path, run_id: str, config: dict[str, Any], **init_kwargs: Any):
+    def __init__(self, mode: WandbMode, run_dir: Path, run_id: str, config: dict[str, Any], **init_kwargs: Any):
         self.run = None
         self.warned = False
         if mode == "disabled":

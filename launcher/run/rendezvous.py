@@ -27,7 +27,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from typing import Optional
+from typing import Literal, Optional, overload
 
 from launcher.errors import UserError
 
@@ -72,6 +72,10 @@ class _Ranks:
 # ---------------------------------------------------------------------------------------------- parsing
 
 
+@overload
+def _int(env: Mapping[str, str], name: str, required: Literal[True] = True) -> int: ...
+@overload
+def _int(env: Mapping[str, str], name: str, required: bool) -> Optional[int]: ...
 def _int(env: Mapping[str, str], name: str, required: bool = True) -> Optional[int]:
     value = env.get(name)
     if value is None or value == "":
@@ -378,7 +382,7 @@ def _broadcast_master(dist: DistEnv, port_base: int, port_span: int) -> DistEnv:
     if (comm.Get_rank(), comm.Get_size()) != (dist.rank, dist.world_size):
         raise UserError(f"inconsistent ranks: the launcher variables say rank {dist.rank} of {dist.world_size}, "
                         f"MPI says {comm.Get_rank()} of {comm.Get_size()}")
-    answer: tuple[str, str | int] | None = None
+    answer: tuple[str, str, int] | None = None
     if dist.rank == 0:
         try:
             if dist.interface:
@@ -413,6 +417,7 @@ def _where(dist: DistEnv) -> str:
 
 def wait_reachable(dist: DistEnv, deadline: float, timeout_s: float) -> None:
     """A non-zero rank waits until rank 0 listens; a clear message when it never does."""
+    assert dist.master_port is not None  # resolve() has set rank 0's address
     last = "no answer"
     while True:
         remaining = deadline - time.monotonic()
@@ -439,6 +444,7 @@ def connect(dist: DistEnv, backend: str, timeout_s: float, log: Callable[[str], 
     import torch
     import torch.distributed as torch_dist
 
+    assert dist.master_addr is not None and dist.master_port is not None  # resolve() has set them
     export_torch_env(dist)
     start = time.monotonic()
     deadline = start + timeout_s

@@ -153,7 +153,10 @@ class Schedule:
 
 
 def schedule_steps(train: TrainConfig) -> int:
-    tokens = train.tokens if train.tokens is not None else train.max_steps * train.global_batch_tokens
+    tokens = train.tokens
+    if tokens is None:
+        assert train.max_steps is not None  # TrainConfig requires tokens or max_steps
+        tokens = train.max_steps * train.global_batch_tokens
     return max(1, math.ceil(tokens / train.global_batch_tokens))
 
 
@@ -362,7 +365,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = RunStateFile(self.run_dir, enabled=self.rank == 0)
         self.state_file.update(world_size=self.world)
-        self.wandb = None
+        self.wandb: Optional[WandbMirror] = None
         try:
             import_before_joining()
             rendezvous.connect(dist_env, run.cluster.dist_backend, run.rendezvous.timeout_s)
@@ -508,4 +511,5 @@ class Trainer:
                   "time": time.time()}
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         self.metrics.append(record)
+        assert self.wandb is not None  # rank 0 started it (_resume)
         self.wandb.log(record)

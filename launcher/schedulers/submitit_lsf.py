@@ -155,6 +155,7 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
         super()._handle_signals(paths, submission)
         sig = self._usr_sig()
         act = signal.getsignal(sig)
+        assert callable(act)  # submitit's handler, installed just above
 
         def once(signum, frame):
             signal.signal(signum, signal.SIG_IGN)

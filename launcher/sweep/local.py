@@ -148,6 +148,7 @@ class LocalSweepRunner:
             self.console.log(f"{run.name}: {state}{note}")
 
     def _stop_children(self) -> None:
+        assert self.stop_signal is not None  # called once a signal has arrived
         if self.stop_sent_at is None:
             self.stop_sent_at = time.monotonic()
             name = signal.Signals(self.stop_signal).name

@@ -13,9 +13,9 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, cast
 
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose, config_layers, group_options
@@ -234,7 +234,7 @@ class Plan:
     def total_node_hours(self) -> Optional[float]:
         if self.throughput is None:
             return None
-        return sum(r.est_node_hours for r in self.runs)
+        return sum(cast(float, r.est_node_hours) for r in self.runs)  # every run has hours when throughput is known
 
     @property
     def budget(self) -> Budget:
@@ -336,21 +336,25 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
     sizes = list(sweep.shapes or sweep.params)
     points: list[tuple[dict, Optional[float], Optional[float]]] = []  # (shape, D target, budget)
     if sweep.kind == "isoflop":
-        for i, budget in enumerate(sweep.budgets):
+        for i, flops in enumerate(sweep.budgets):
             for size in (sweep.params_per_budget[i] if sweep.params_per_budget else sizes):
-                points.append((shape_for(size), None, budget))
+                points.append((shape_for(size), None, flops))
     else:
-        values = {"grid": sweep.tokens, "clip": sweep.samples, "ladder": sweep.tokens[:1] or [None]}[sweep.kind]
+        by_kind: dict[str, Sequence[Optional[float]]] = {"grid": sweep.tokens, "clip": sweep.samples,
+                                                         "ladder": sweep.tokens[:1] or [None]}
+        values = by_kind[sweep.kind]
         points = [(shape_for(size), d, None) for size in sizes for d in values]
 
     train = dataclasses.asdict(run.train)
     deepspeed = dataclasses.asdict(run.deepspeed)
+    seen: dict[str, str]
     specs, dropped, seen = [], [], {}
     for shape, target_d, budget in points:
         model, n_total, n_ne, fpt = count(shape)
         if budget is not None:
             target_d = budget / fpt
         elif target_d is None:
+            assert sweep.tokens_per_param is not None  # a ladder without tokens has it (SweepConfig)
             target_d = sweep.tokens_per_param * (n_total if sweep.count == "total" else n_ne)
         steps = max(1, round(target_d / batch))
         D = steps * batch

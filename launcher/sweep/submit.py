@@ -130,7 +130,8 @@ def build_jobs(scheduler: Scheduler, steps: Sequence[Step], ctx: JobContext,
     return jobs
 
 
-def step_for(spec: RunSpec, run_dir: str, overrides: Sequence[str], profile: ClusterProfile, tries: int) -> Step:
+def step_for(spec: RunSpec, run_dir: str | os.PathLike, overrides: Sequence[str], profile: ClusterProfile,
+             tries: int) -> Step:
     """A planned run as a step of a job, with the plan's estimate of its whole training time."""
     if spec.est_node_hours is None:
         raise UserError(f"run {spec.name}: no time estimate to pack it by; set cluster.device_peak_flops "

@@ -159,7 +159,7 @@ class ChinchillaFit:
     n_starts: int
     n_converged: int
     # distinct optima found, best first, rows of natural θ: warm starts for bootstrap refits
-    candidates: np.ndarray = field(default=None, repr=False, compare=False)
+    candidates: np.ndarray = field(default_factory=lambda: np.empty((0, 5)), repr=False, compare=False)
     method: str = "grid"  # how the starts were found: the Chinchilla grid or ``vpnls``
 
     @classmethod

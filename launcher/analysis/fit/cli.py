@@ -143,6 +143,7 @@ def read_points(args: argparse.Namespace) -> tuple[list[dict], list[float] | Non
              "--metric-col": args.metric_col, "--c-col": args.c_col, "--unique-col": args.unique_col,
              "--weight-col": args.weight_col, "--budget-col": args.budget_col}
     _require(table, flags)
+    weights: list[float] | None
     points, weights = [], [] if args.weight_col else None
     for line, row in table.rows:
         point = {key: _number(row[col], col, line, table.path, positive=key != "metric")

@@ -48,7 +48,7 @@ def fit_single(x: np.ndarray, loss: np.ndarray, w: np.ndarray, what: str) -> dic
             "r2": law.r2, "n_points": int(front.size)}
 
 
-def fit_joint(points: Points, starts: list[dict]) -> KaplanFit:
+def fit_joint(points: Points, starts: list[np.ndarray]) -> KaplanFit:
     """Least squares on log L from the single-variable fits and a few spreads of the exponents."""
     use = points.weight > 0
     lnN, lnD, lnL = np.log(points.N[use]), np.log(points.D[use]), np.log(points.loss[use])

@@ -9,9 +9,9 @@ from a few warm starts.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,8 +19,8 @@ from launcher.analysis.fit.lbfgs import BatchResult, minimize_lbfgs_batched
 from launcher.errors import UserError
 
 # Screening tolerance for every start, then a tight one for the N_POLISH best distinct end points.
-SCREEN = dict(rtol=1e-6, patience=1, max_iter=500)
-POLISH = dict(rtol=1e-10, patience=3, max_iter=2000)
+SCREEN: dict[str, Any] = dict(rtol=1e-6, patience=1, max_iter=500)
+POLISH: dict[str, Any] = dict(rtol=1e-10, patience=3, max_iter=2000)
 N_POLISH = 8
 
 
@@ -56,7 +56,8 @@ def finite_fun(result: BatchResult) -> np.ndarray:
     return np.where(ok, result.fun, np.inf)
 
 
-def fit_from_starts(objective: Objective, starts: np.ndarray, what: str, polish: dict = POLISH) -> MultiStart:
+def fit_from_starts(objective: Objective, starts: np.ndarray | Sequence[Sequence[float]], what: str,
+                    polish: dict[str, Any] = POLISH) -> MultiStart:
     """Every start to a relative tolerance of 1e-6 (about where scipy's default stops on these
     objectives); the best distinct end points then continue to ``polish`` (1e-10), so the optimum is
     tight without paying the tight tolerance on thousands of starts that end on plateaus."""
@@ -65,13 +66,13 @@ def fit_from_starts(objective: Objective, starts: np.ndarray, what: str, polish:
     keep = best_distinct(screen.x, finite_fun(screen), N_POLISH)
     if keep.size == 0:
         raise UserError(f"{what}: the fit diverged from every start")
-    polish = minimize_lbfgs_batched(objective, screen.x[keep], **polish)
-    polish_fun = finite_fun(polish)
+    polished = minimize_lbfgs_batched(objective, screen.x[keep], **polish)
+    polish_fun = finite_fun(polished)
     order = np.argsort(polish_fun)
     order = order[np.isfinite(polish_fun[order])]
     best = order[0]
-    return MultiStart(objective.to_natural(polish.x[best])[0], float(polish_fun[best]), len(starts),
-                      int(screen.converged.sum()), objective.to_natural(polish.x[order]), polish_fun[order])
+    return MultiStart(objective.to_natural(polished.x[best])[0], float(polish_fun[best]), len(starts),
+                      int(screen.converged.sum()), objective.to_natural(polished.x[order]), polish_fun[order])
 
 
 def refit_weighted(make_objective: Callable[[np.ndarray], Objective], weights: np.ndarray,

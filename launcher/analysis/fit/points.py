@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,8 @@ class Points:
 
     def take(self, index) -> Points:
         columns = (getattr(self, f) for f in self.__dataclass_fields__)
-        return Points(*(None if c is None else c[index] for c in columns))
+        taken: list[Any] = [None if c is None else c[index] for c in columns]
+        return Points(*taken)
 
     def with_weight(self, weight: np.ndarray) -> Points:
         return dataclasses.replace(self, weight=np.asarray(weight, float))
@@ -93,7 +95,7 @@ def _number(row: Mapping, key: str, i: int, positive: bool = True, what: str = "
     return number
 
 
-def _optional(rows: list[Mapping], key: str, positive: bool, what: str = "point") -> np.ndarray | None:
+def _optional(rows: Sequence[Mapping], key: str, positive: bool, what: str = "point") -> np.ndarray | None:
     """The column ``key`` where any row has it; then every row must."""
     if not any(r.get(key) is not None for r in rows):
         return None
@@ -130,7 +132,7 @@ def as_points(points, weights=None) -> Points:
                   _optional(rows, "U", positive=True), _optional(rows, "metric", positive=False))
 
 
-def as_targets(rows: list[Mapping]) -> Targets:
+def as_targets(rows: Sequence[Mapping]) -> Targets:
     """Validate target rows (N, D; optional C, default 6·N·D, and U)."""
     if not rows:
         raise UserError("targets: no target rows given")

@@ -147,7 +147,7 @@ class SweepFitter:
                                 beta / (alpha + beta), alpha / (alpha + beta)], axis=1)
             summary["approach3"] = self._summarise(derived, ("E", "A", "B", "alpha", "beta", "a", "b"))
         curve_weights = self._curve_weights(counts) if envelope is not None else None
-        if curve_weights is not None:
+        if curve_weights is not None and self.curves is not None:  # weights come from curves
             laws = np.full((self.n_boot, 4), np.nan)
             for r, w in enumerate(curve_weights):
                 fit, _ = _attempt(fit_envelope, self.curves.with_weight(w))
@@ -165,6 +165,7 @@ class SweepFitter:
 
     def _curve_weights(self, counts: np.ndarray) -> np.ndarray | None:
         """Each curve point weighted by its run's resampling count; None when a curve has no known run."""
+        assert self.curves is not None  # asked only when approach 1 was fitted, from curves
         index = {name: i for i, name in enumerate(self.finals.name) if name is not None}
         runs = [index.get(name) for name in self.curves.name]
         if any(r is None for r in runs):

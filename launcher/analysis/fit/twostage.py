@@ -138,7 +138,7 @@ class Exponential:
         return out
 
 
-KINDS = {"sigmoid": Sigmoid(), "exp": Exponential()}
+KINDS: dict[str, Sigmoid | Exponential] = {"sigmoid": Sigmoid(), "exp": Exponential()}
 LINKS = tuple(KINDS)
 
 
