@@ -8,6 +8,7 @@ took before) and ``launcher.run.metrics.read_metrics`` (json.loads per line) on 
 files, extrapolated to all of them. ``--cores`` pins this process and its workers to that many cores.
 Usage: python bench/collect_curves.py [--runs 10000] [--points 1000] [--cores 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,18 @@ def curve_text(rng: np.random.Generator, points: int, n_params: int) -> bytes:
     lines = []
     for step in range(1, points + 1):
         tokens = step * 4096
-        record = {"step": step, "tokens": tokens, "flops": tokens * flops_per_token,
-                  "train_loss": 2.0 + 5.0 * step ** -0.3 + rng.normal(0, 0.01), "lr": 3e-3 * rng.uniform(0.1, 1),
-                  "tokens_per_s": rng.uniform(1e4, 2e4), "mfu": None, "time": t0 + 0.25 * step}
+        record = {
+            "step": step,
+            "tokens": tokens,
+            "flops": tokens * flops_per_token,
+            "train_loss": 2.0 + 5.0 * step**-0.3 + rng.normal(0, 0.01),
+            "lr": 3e-3 * rng.uniform(0.1, 1),
+            "tokens_per_s": rng.uniform(1e4, 2e4),
+            "mfu": None,
+            "time": t0 + 0.25 * step,
+        }
         if step % 20 == 0 or step == points:
-            record["val_loss"] = 2.05 + 5.0 * step ** -0.3
+            record["val_loss"] = 2.05 + 5.0 * step**-0.3
         lines.append(json.dumps(record, allow_nan=False, separators=(",", ":")))
     return ("\n".join(lines) + "\n").encode()
 
@@ -62,8 +70,17 @@ def make_sweep(root: Path, runs: int, points: int) -> Path:
         (run_dir / "metrics.jsonl").write_bytes(texts[i % DISTINCT])
         (run_dir / "state.json").write_text('{"status": "completed", "exit_code": 0}')
         n = sizes[i % DISTINCT]
-        plan_runs.append({"name": name, "family": "gpt_neox", "N": n, "N_non_embedding": int(0.9 * n),
-                          "D": points * 4096, "C": 6 * n * points * 4096, "budget": None})
+        plan_runs.append(
+            {
+                "name": name,
+                "family": "gpt_neox",
+                "N": n,
+                "N_non_embedding": int(0.9 * n),
+                "D": points * 4096,
+                "C": 6 * n * points * 4096,
+                "budget": None,
+            }
+        )
     (sweep / "plan.json").write_text(json.dumps({"runs": plan_runs}))
     return sweep
 
@@ -81,8 +98,10 @@ def main() -> None:
     try:
         t = time.perf_counter()
         sweep = make_sweep(root, args.runs, args.points)
-        print(f"wrote {args.runs} runs x {args.points} points in {time.perf_counter() - t:.1f} s "
-              f"({sum(p.stat().st_size for p in sweep.glob('runs/*/metrics.jsonl')) / 1e9:.2f} GB)")
+        print(
+            f"wrote {args.runs} runs x {args.points} points in {time.perf_counter() - t:.1f} s "
+            f"({sum(p.stat().st_size for p in sweep.glob('runs/*/metrics.jsonl')) / 1e9:.2f} GB)"
+        )
 
         timed = {}
         for fmt in ("parquet", "csv"):
@@ -90,8 +109,10 @@ def main() -> None:
             collected = collect_sweep(sweep, curves=fmt)
             timed[fmt] = (time.perf_counter() - t, _cpu_s() - cpu, collected.curves_path.stat().st_size)
             n_points = sum(len(c) for c in collected.curves.values())
-            assert len(collected.runs) == args.runs and n_points == args.runs * args.points, (len(collected.runs),
-                                                                                              n_points)
+            assert len(collected.runs) == args.runs and n_points == args.runs * args.points, (
+                len(collected.runs),
+                n_points,
+            )
             assert not collected.skipped, collected.skipped[:3]
         ours, ours_cpu, size = timed["parquet"]
         csv_s, csv_cpu, csv_size = timed["csv"]
@@ -103,18 +124,26 @@ def main() -> None:
         scale = args.runs / len(sample)
         baseline, baseline_cpu = (time.perf_counter() - t) * scale, (_cpu_s() - cpu) * scale
         cores = len(os.sched_getaffinity(0))
-        print(f"collect_sweep -> curves.parquet: {ours:.2f} s wall, {ours_cpu:.2f} s CPU (all processes) on {cores} "
-              f"cores for {args.runs} curves ({n_points} points, {size / 1e9:.3f} GB); goal <= {GOAL_S:.0f} s: "
-              f"{'met' if ours <= GOAL_S else 'NOT met'}")
-        print(f"collect_sweep -> curves.csv (the former path): {csv_s:.2f} s wall, {csv_cpu:.2f} s CPU "
-              f"({csv_size / 1e9:.3f} GB); parquet/csv: {ours / csv_s:.2f}x the time, {size / csv_size:.2f}x the size")
-        print(f"baseline (launcher.run.metrics.read_metrics, json.loads per line, no CSV; {len(sample)} files "
-              f"extrapolated): {baseline:.2f} s wall, {baseline_cpu:.2f} s CPU; speed-up {baseline / ours:.1f}x wall, "
-              f"{baseline_cpu / ours_cpu:.1f}x CPU")
+        print(
+            f"collect_sweep -> curves.parquet: {ours:.2f} s wall, {ours_cpu:.2f} s CPU (all processes) on {cores} "
+            f"cores for {args.runs} curves ({n_points} points, {size / 1e9:.3f} GB); goal <= {GOAL_S:.0f} s: "
+            f"{'met' if ours <= GOAL_S else 'NOT met'}"
+        )
+        print(
+            f"collect_sweep -> curves.csv (the former path): {csv_s:.2f} s wall, {csv_cpu:.2f} s CPU "
+            f"({csv_size / 1e9:.3f} GB); parquet/csv: {ours / csv_s:.2f}x the time, {size / csv_size:.2f}x the size"
+        )
+        print(
+            f"baseline (launcher.run.metrics.read_metrics, json.loads per line, no CSV; {len(sample)} files "
+            f"extrapolated): {baseline:.2f} s wall, {baseline_cpu:.2f} s CPU; speed-up {baseline / ours:.1f}x wall, "
+            f"{baseline_cpu / ours_cpu:.1f}x CPU"
+        )
         load = os.getloadavg()[0]
         if load > os.cpu_count():
-            print(f"note: load average {load:.1f} on {os.cpu_count()} cores: other processes share the CPUs, "
-                  f"wall times are inflated")
+            print(
+                f"note: load average {load:.1f} on {os.cpu_count()} cores: other processes share the CPUs, "
+                f"wall times are inflated"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

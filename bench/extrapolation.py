@@ -14,6 +14,7 @@ Then the fit time of approach 3 on 250 points (bench/fit_speed.py's: L = 1.82 + 
 2085/D^0.37, 1% noise): the full 4500-start grid and vpnls, CPU seconds (best of 3), with both
 objectives. Goal: vpnls under 1 s, at an objective no higher than the grid's (1e-12 relative).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,14 +22,14 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread, before numpy loads its BLAS
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from launcher.analysis.fit.laws import Options  # noqa: E402
-from launcher.analysis.fit.points import Targets, as_points  # noqa: E402
-from launcher.analysis.fit.registry import LAWS as FAMILIES  # noqa: E402
+from launcher.analysis.fit.laws import Options
+from launcher.analysis.fit.points import Targets, as_points
+from launcher.analysis.fit.registry import LAWS as FAMILIES
 
 # generating laws: (E, A, B, alpha, beta)
 LAWS = {
@@ -36,8 +37,13 @@ LAWS = {
     "Hoffmann et al. 2022 (a=0.34, b=0.28)": (1.69, 406.4, 410.7, 0.34, 0.28),
     "Muennighoff C4 base (a=b=0.353)": (1.8691, 520.82, 1487.7, 0.3526596, 0.3526596),
 }
-APPROACHES = {"3 (grid)": ("3", Options()), "3 (vpnls)": ("3", Options(method="vpnls")),
-              "overtrain": ("overtrain", Options()), "kaplan": ("kaplan", Options()), "bnsl": ("bnsl", Options())}
+APPROACHES = {
+    "3 (grid)": ("3", Options()),
+    "3 (vpnls)": ("3", Options(method="vpnls")),
+    "overtrain": ("overtrain", Options()),
+    "kaplan": ("kaplan", Options()),
+    "bnsl": ("bnsl", Options()),
+}
 SIZES = np.geomspace(2e7, 3e8, 5)
 MULTIPLIERS = (5.0, 10.0, 20.0, 40.0, 80.0)
 OVERTRAINED = (320.0, 640.0)
@@ -106,32 +112,41 @@ def main() -> int:
 
     table = errors(args.seeds, args.noise)
     n_targets = len(COST_FACTORS) * len(TARGET_MULTIPLIERS)
-    print(f"extrapolation: {len(SIZES) * len(MULTIPLIERS) + 2 * len(OVERTRAINED)} training runs per ladder, "
-          f"{n_targets} targets at {', '.join(f'{c:g}x' for c in COST_FACTORS)} the largest run's FLOPs and "
-          f"M = {', '.join(f'{m:g}' for m in TARGET_MULTIPLIERS)}; {args.seeds} seeds, {args.noise:.1%} noise")
+    print(
+        f"extrapolation: {len(SIZES) * len(MULTIPLIERS) + 2 * len(OVERTRAINED)} training runs per ladder, "
+        f"{n_targets} targets at {', '.join(f'{c:g}x' for c in COST_FACTORS)} the largest run's FLOPs and "
+        f"M = {', '.join(f'{m:g}' for m in TARGET_MULTIPLIERS)}; {args.seeds} seeds, {args.noise:.1%} noise"
+    )
     print("  |relative error| of the predicted loss, median / worst")
     print(f"  {'generating law':42s}" + "".join(f"{a:>20s}" for a in APPROACHES))
     pooled = {a: np.concatenate([table[name][a] for name in LAWS]) for a in APPROACHES}
     optimal = np.array([m for _ in COST_FACTORS for m in TARGET_MULTIPLIERS]) == 20.0
-    rows = [*table.items(), ("all", pooled), ("all, compute-optimal targets (M = 20)",
-                                              {a: e[:, optimal] for a, e in pooled.items()}),
-            ("all, over-trained targets (M = 400, 600)", {a: e[:, ~optimal] for a, e in pooled.items()})]
+    rows = [
+        *table.items(),
+        ("all", pooled),
+        ("all, compute-optimal targets (M = 20)", {a: e[:, optimal] for a, e in pooled.items()}),
+        ("all, over-trained targets (M = 400, 600)", {a: e[:, ~optimal] for a, e in pooled.items()}),
+    ]
     for name, per in rows:
         print(f"  {name:42s}" + "".join(f"{np.median(e):>10.2%} /{e.max():>7.2%}" for e in per.values()))
     best = min(APPROACHES, key=lambda a: (np.median(pooled[a]), pooled[a].max()))
     med, worst = np.median(pooled[best]), pooled[best].max()
     base_med = np.median(pooled["3 (grid)"])
-    print(f"  best: {best}, median {med:.2%} (goal <= {GOAL_MEDIAN:.0%}), worst {worst:.2%} (goal <= "
-          f"{GOAL_WORST:.0%}): {'met' if med <= GOAL_MEDIAN and worst <= GOAL_WORST else 'NOT met'}; "
-          f"median error vs the baseline 3 (grid): {med / base_med:.2f}x")
+    print(
+        f"  best: {best}, median {med:.2%} (goal <= {GOAL_MEDIAN:.0%}), worst {worst:.2%} (goal <= "
+        f"{GOAL_WORST:.0%}): {'met' if med <= GOAL_MEDIAN and worst <= GOAL_WORST else 'NOT met'}; "
+        f"median error vs the baseline 3 (grid): {med / base_med:.2f}x"
+    )
 
     times = fit_times()
     (grid_s, grid_f), (vp_s, vp_f) = times["grid"], times["vpnls"]
     ok = vp_s <= GOAL_SECONDS and vp_f <= grid_f * (1 + 1e-12)
     print("approach 3 on 250 points, CPU seconds (best of 3):")
     print(f"  grid (4500 starts) {grid_s:6.2f} s  objective {grid_f:.15g}")
-    print(f"  vpnls              {vp_s:6.2f} s  objective {vp_f:.15g}  ({grid_s / vp_s:.1f}x faster; goal "
-          f"< {GOAL_SECONDS:g} s at an objective <= the grid's: {'met' if ok else 'NOT met'})")
+    print(
+        f"  vpnls              {vp_s:6.2f} s  objective {vp_f:.15g}  ({grid_s / vp_s:.1f}x faster; goal "
+        f"< {GOAL_SECONDS:g} s at an objective <= the grid's: {'met' if ok else 'NOT met'})"
+    )
     return 0 if ok else 1
 
 

@@ -14,6 +14,7 @@ against the grid's (goal: under 1 s and no higher than the grid's, 1e-12 relativ
 Times are CPU seconds of this process (one thread), so that other work on a shared machine
 inflates them less than wall-clock time; ours is the best of three runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,16 +22,16 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread, before numpy loads its BLAS
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse
+import time
 
-import numpy as np  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
-from scipy.special import huber, logsumexp  # noqa: E402
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import huber, logsumexp
 
-from launcher.analysis.fit.chinchilla import HUBER_DELTA, chinchilla_grid, fit_chinchilla  # noqa: E402
-from launcher.analysis.fit.points import as_points  # noqa: E402
-from launcher.analysis.fit.vpnls import fit_vpnls  # noqa: E402
+from launcher.analysis.fit.chinchilla import HUBER_DELTA, chinchilla_grid, fit_chinchilla
+from launcher.analysis.fit.points import as_points
+from launcher.analysis.fit.vpnls import fit_vpnls
 
 GOAL = 50.0
 
@@ -61,8 +62,9 @@ class LoopObjective:
         r = lse - self.logL
         share = np.exp(terms - lse)
         u = np.clip(r, -HUBER_DELTA, HUBER_DELTA)
-        grad = np.array([u @ share[0], u @ share[1], u @ share[2],
-                         -(u * share[0]) @ self.logN, -(u * share[1]) @ self.logD])
+        grad = np.array(
+            [u @ share[0], u @ share[1], u @ share[2], -(u * share[0]) @ self.logN, -(u * share[1]) @ self.logD]
+        )
         return huber(HUBER_DELTA, r).sum(), grad
 
 
@@ -116,14 +118,18 @@ def main() -> int:
         how = "measured" if len(subset) == len(grid) else f"extrapolated from {len(subset)} starts ({seconds:.2f} s)"
         ok_obj = ours.objective <= best * (1 + 1e-9)
         print(f"  scipy loop [{label:4s}]:   {full:8.2f} s CPU  {how}; best objective over those starts {best:.12g}")
-        print(f"    speed-up {speedup:6.1f}x (goal >= {GOAL:.0f}x: {'met' if speedup >= GOAL else 'NOT met'}); "
-              f"ours <= loop's best: {'yes' if ok_obj else 'NO'}")
+        print(
+            f"    speed-up {speedup:6.1f}x (goal >= {GOAL:.0f}x: {'met' if speedup >= GOAL else 'NOT met'}); "
+            f"ours <= loop's best: {'yes' if ok_obj else 'NO'}"
+        )
         failures += not ok_obj
     gap = (vp.objective - ours.objective) / ours.objective
     vp_ok = gap <= 1e-12
-    print(f"  vpnls ({vp.n_starts} (α, β) cells): {vp_s:8.2f} s CPU  best objective {vp.objective:.12g}  "
-          f"{ours_s / vp_s:.1f}x faster than the grid; relative gap to the grid {gap:+.1e} "
-          f"(goal < 1 s: {'met' if vp_s < 1 else 'NOT met'}; <= grid: {'yes' if vp_ok else 'NO'})")
+    print(
+        f"  vpnls ({vp.n_starts} (α, β) cells): {vp_s:8.2f} s CPU  best objective {vp.objective:.12g}  "
+        f"{ours_s / vp_s:.1f}x faster than the grid; relative gap to the grid {gap:+.1e} "
+        f"(goal < 1 s: {'met' if vp_s < 1 else 'NOT met'}; <= grid: {'yes' if vp_ok else 'NO'})"
+    )
     failures += not vp_ok
     return 1 if failures else 0
 

@@ -17,6 +17,7 @@ the test suite: a run takes 6-7 s on an idle 2-core machine (100 runs: about 11 
 times that on a busy one. ``tests/test_gloo_exit.py`` checks the cause (no gloo thread outlives a
 rank's shutdown) on every run instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,18 @@ def command(run_dir: Path, use_mpirun: bool, overrides: list[str]) -> list[str]:
         mpirun = shutil.which("mpirun")
         if mpirun is None:
             raise SystemExit("--mpirun: no mpirun on PATH")
-        return [mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", "2",
-                "-x", "OMP_NUM_THREADS", *train]
+        return [
+            mpirun,
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+            "-np",
+            "2",
+            "-x",
+            "OMP_NUM_THREADS",
+            *train,
+        ]
     return [*train, "nproc=2"]
 
 
@@ -58,8 +69,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=100, help="consecutive runs (default 100)")
     parser.add_argument("--mpirun", action="store_true", help="start the ranks with mpirun -np 2 around ladder train")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one run may take")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="keep every run folder and log here (default: a temporary folder, failures' logs kept)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep every run folder and log here (default: a temporary folder, failures' logs kept)",
+    )
     parser.add_argument("--progress", action="store_true", help="one line per run as it ends")
     args, overrides = parser.parse_known_args(argv)
     env = dict(os.environ)
@@ -77,8 +92,14 @@ def main(argv: list[str]) -> int:
             t = time.perf_counter()
             with log.open("w") as out:
                 try:
-                    code = subprocess.run(command(run_dir, args.mpirun, overrides), cwd=REPO, env=env, stdout=out,
-                                          stderr=subprocess.STDOUT, timeout=args.timeout).returncode
+                    code = subprocess.run(
+                        command(run_dir, args.mpirun, overrides),
+                        cwd=REPO,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        timeout=args.timeout,
+                    ).returncode
                 except subprocess.TimeoutExpired:
                     code = -1  # counted as "timeout" below
             codes[code] += 1
@@ -87,8 +108,11 @@ def main(argv: list[str]) -> int:
                 if first_failure is None:
                     first_failure = (i, log)
             if args.progress:
-                print(f"run {i}: exit {code if code >= 0 else 'timeout'} ({status_of(run_dir)}) "
-                      f"in {time.perf_counter() - t:.1f} s", flush=True)
+                print(
+                    f"run {i}: exit {code if code >= 0 else 'timeout'} ({status_of(run_dir)}) "
+                    f"in {time.perf_counter() - t:.1f} s",
+                    flush=True,
+                )
             if args.keep is None:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 if code == 0:
@@ -101,10 +125,14 @@ def main(argv: list[str]) -> int:
     print(f"{codes[0]}/{done} exited 0 ({how}, {' '.join([*RUN, *overrides])})")
     print("exit codes: " + ", ".join(f"{'timeout' if c < 0 else c}: {n}" for c, n in sorted(codes.items())))
     if failed_statuses:
-        print("state.json of the runs that did not exit 0: "
-              + ", ".join(f"{s}: {n}" for s, n in failed_statuses.most_common()))
-    print(f"wall time {wall:.0f} s ({wall / max(done, 1):.1f} s per run; load average {load_start:.1f} at the start, "
-          f"{os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores)")
+        print(
+            "state.json of the runs that did not exit 0: "
+            + ", ".join(f"{s}: {n}" for s, n in failed_statuses.most_common())
+        )
+    print(
+        f"wall time {wall:.0f} s ({wall / max(done, 1):.1f} s per run; load average {load_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores)"
+    )
     if first_failure is not None:
         i, log = first_failure
         tail = log.read_text(errors="replace").splitlines()[-8:]

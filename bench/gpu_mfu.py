@@ -9,6 +9,7 @@ to work everywhere:
     .venv/bin/python bench/gpu_mfu.py --model pythia_410m --micro-batch 8
     .venv/bin/python bench/gpu_mfu.py --smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models.gpt_neox import NAMED, GPTNeoX, flops_per_token, param_counts  # noqa: E402
+from models.gpt_neox import NAMED, GPTNeoX, flops_per_token, param_counts
 
 
 def main() -> None:
@@ -74,8 +75,10 @@ def main() -> None:
     achieved = flops_per_token(cfg) * tokens_per_s
     total, non_embedding = param_counts(cfg)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)"
-    print(f"device: {name}; model {args.model}: {total / 1e6:.1f}M params ({non_embedding / 1e6:.1f}M non-embedding),"
-          f" seq {cfg.seq_len}, micro-batch {args.micro_batch}, bf16 autocast, compile={args.compile}")
+    print(
+        f"device: {name}; model {args.model}: {total / 1e6:.1f}M params ({non_embedding / 1e6:.1f}M non-embedding),"
+        f" seq {cfg.seq_len}, micro-batch {args.micro_batch}, bf16 autocast, compile={args.compile}"
+    )
     print(f"step {seconds * 1e3:.1f} ms, {tokens_per_s:,.0f} tokens/s, {achieved / 1e12:.2f} TFLOP/s")
     print(f"MFU = {achieved / args.peak_flops:.4f} of peak {args.peak_flops:.3g} FLOP/s")
     if device.type == "cuda":

@@ -5,6 +5,7 @@ loop of single inserts costs). Prints both times and their ratio.
 
     .venv/bin/python bench/jobdb_plan.py [--runs 10000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,16 @@ GOAL_S = 10.0
 def grid_overrides(n_runs: int, sweeps_root: Path) -> list[str]:
     """A grid sweep of ~sqrt(n) model sizes x token counts on the tiny byte-level GPT-NeoX."""
     side = math.ceil(math.sqrt(n_runs))
-    tokens = [round(1e5 * 1.01 ** i) * 4096 for i in range(side)]
+    tokens = [round(1e5 * 1.01**i) * 4096 for i in range(side)]
     shapes = [f"{{n_layer: {1 + i % 12}, d_model: {16 * (1 + i // 12)}, n_heads: {1 + i // 12}}}" for i in range(side)]
-    return ["sweep=grid", f"sweeps_root={sweeps_root}", "sweep.name=bench", "sweep.params=[]",
-            f"sweep.shapes=[{','.join(shapes)}]", f"sweep.tokens=[{','.join(map(str, tokens))}]"]
+    return [
+        "sweep=grid",
+        f"sweeps_root={sweeps_root}",
+        "sweep.name=bench",
+        "sweep.params=[]",
+        f"sweep.shapes=[{','.join(shapes)}]",
+        f"sweep.tokens=[{','.join(map(str, tokens))}]",
+    ]
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from other processes falls on both. Prints tokens/s of each and the ratio ours /
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/lm_vs_hf.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,18 +21,27 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models.gpt_neox import GPTNeoX, GPTNeoXConfig, load_hf_state_dict  # noqa: E402
+from models.gpt_neox import GPTNeoX, GPTNeoXConfig, load_hf_state_dict
 
 
 def hf_model(cfg: GPTNeoXConfig):
     import transformers
 
     hf_cfg = transformers.GPTNeoXConfig(
-        vocab_size=cfg.padded_vocab, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_heads, intermediate_size=cfg.d_ff, rotary_pct=cfg.rotary_pct,
-        rotary_emb_base=cfg.rotary_base, max_position_embeddings=cfg.seq_len, layer_norm_eps=cfg.layernorm_eps,
-        hidden_act="gelu" if cfg.gelu == "exact" else "gelu_pytorch_tanh", use_parallel_residual=True,
-        attn_implementation="sdpa", use_cache=False)
+        vocab_size=cfg.padded_vocab,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_heads,
+        intermediate_size=cfg.d_ff,
+        rotary_pct=cfg.rotary_pct,
+        rotary_emb_base=cfg.rotary_base,
+        max_position_embeddings=cfg.seq_len,
+        layer_norm_eps=cfg.layernorm_eps,
+        hidden_act="gelu" if cfg.gelu == "exact" else "gelu_pytorch_tanh",
+        use_parallel_residual=True,
+        attn_implementation="sdpa",
+        use_cache=False,
+    )
     return transformers.GPTNeoXForCausalLM(hf_cfg)
 
 
@@ -54,8 +64,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=8)
     args = p.parse_args()
 
-    cfg = GPTNeoXConfig(vocab_size=args.vocab, seq_len=args.seq_len, n_layer=args.n_layer, d_model=args.d_model,
-                        n_heads=args.n_heads)
+    cfg = GPTNeoXConfig(
+        vocab_size=args.vocab, seq_len=args.seq_len, n_layer=args.n_layer, d_model=args.d_model, n_heads=args.n_heads
+    )
     torch.manual_seed(0)
     hf = hf_model(cfg).train()
     ours = GPTNeoX(cfg).train()
@@ -64,12 +75,15 @@ def main() -> None:
     input_ids, labels = window[:, :-1], window[:, 1:]
     runs = {
         "ours": (ours, torch.optim.AdamW(ours.parameters(), lr=1e-4), lambda m, x, y: m(x, y)),
-        "hf": (hf, torch.optim.AdamW(hf.parameters(), lr=1e-4),
-               lambda m, x, y: F.cross_entropy(m(input_ids=x).logits.flatten(0, 1), y.flatten())),
+        "hf": (
+            hf,
+            torch.optim.AdamW(hf.parameters(), lr=1e-4),
+            lambda m, x, y: F.cross_entropy(m(input_ids=x).logits.flatten(0, 1), y.flatten()),
+        ),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
     for repeat in range(args.warmup + args.repeats):
-        for name in (list(runs) if repeat % 2 == 0 else list(reversed(runs))):
+        for name in list(runs) if repeat % 2 == 0 else list(reversed(runs)):
             model, opt, loss_of = runs[name]
             start = time.perf_counter()
             train_step(model, opt, input_ids, labels, loss_of)
@@ -77,12 +91,16 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     tokens = args.batch * cfg.seq_len
     rate = {name: tokens / statistics.median(t) for name, t in times.items()}
-    print(f"config: vocab {cfg.padded_vocab}, seq {cfg.seq_len}, layers {cfg.n_layer}, d {cfg.d_model}, "
-          f"heads {cfg.n_heads}, batch {args.batch}, threads {torch.get_num_threads()}, "
-          f"{args.repeats} timed steps after {args.warmup} warm-up")
+    print(
+        f"config: vocab {cfg.padded_vocab}, seq {cfg.seq_len}, layers {cfg.n_layer}, d {cfg.d_model}, "
+        f"heads {cfg.n_heads}, batch {args.batch}, threads {torch.get_num_threads()}, "
+        f"{args.repeats} timed steps after {args.warmup} warm-up"
+    )
     for name in runs:
-        print(f"{name:>5}: {rate[name]:10.1f} tokens/s  (median step {statistics.median(times[name]) * 1e3:.1f} ms, "
-              f"best {min(times[name]) * 1e3:.1f} ms)")
+        print(
+            f"{name:>5}: {rate[name]:10.1f} tokens/s  (median step {statistics.median(times[name]) * 1e3:.1f} ms, "
+            f"best {min(times[name]) * 1e3:.1f} ms)"
+        )
     best_ratio = min(times["hf"]) / min(times["ours"])
     print(f"ratio ours/hf: {rate['ours'] / rate['hf']:.3f} on medians, {best_ratio:.3f} on best steps  (goal >= 1.10)")
 

@@ -13,6 +13,7 @@ True run times differ from the estimates (lognormal, sigma 0.15, fixed seed), so
 as in life. Allocated = nodes x (job set-up + until the last lane ends); trained = GCD-hours of
 training / 8. Prints both efficiencies and their ratio. Goal: packed >= 90%.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launcher.sweep.pack import PackedJob, PackItem, PackPolicy, one_job_per_run, pack  # noqa: E402
-from launcher.sweep.plan import build_plan  # noqa: E402
+from launcher.sweep.pack import PackedJob, PackItem, PackPolicy, one_job_per_run, pack
+from launcher.sweep.plan import build_plan
 
 SAVE_H = 1 / 60  # checkpoint at the warning
 SIGMA = 0.15
@@ -33,9 +34,18 @@ SIGMA = 0.15
 
 def sweep_overrides() -> list[str]:
     sizes = [f"{30e6 * (1.2e9 / 30e6) ** (i / 49):.3g}" for i in range(50)]
-    return ["sweep=isoflop_frontier", "cluster=frontier", "sweep.name=pack_bench", "sweep.nodes=1",
-            "sweep.ranks_per_run=1", "sweep.budgets=[1e17,3e17,1e18,3e18]", "sweep.params_per_budget=[]",
-            f"sweep.params=[{','.join(sizes)}]", "sweep.min_steps=1", "sweep.global_batch_tokens=524288"]
+    return [
+        "sweep=isoflop_frontier",
+        "cluster=frontier",
+        "sweep.name=pack_bench",
+        "sweep.nodes=1",
+        "sweep.ranks_per_run=1",
+        "sweep.budgets=[1e17,3e17,1e18,3e18]",
+        "sweep.params_per_budget=[]",
+        f"sweep.params=[{','.join(sizes)}]",
+        "sweep.min_steps=1",
+        "sweep.global_batch_tokens=524288",
+    ]
 
 
 @dataclasses.dataclass
@@ -82,8 +92,9 @@ def run_job(job: PackedJob, runs: dict[str, Run], policy: PackPolicy) -> tuple[f
     return job.nodes * elapsed, trained, left
 
 
-def execute(runs: dict[str, Run], first: list[PackedJob], policy: PackPolicy, continue_policy: PackPolicy,
-            repack) -> tuple[float, float, int, int]:
+def execute(
+    runs: dict[str, Run], first: list[PackedJob], policy: PackPolicy, continue_policy: PackPolicy, repack
+) -> tuple[float, float, int, int]:
     """Run jobs and their continuation chains until every run is done.
 
     Returns node-hours allocated, GCD-hours trained, jobs, and the longest chain of jobs (each waits
@@ -113,22 +124,28 @@ def main() -> int:
         return {n: Run(n, est[n], true[n], true[n]) for n in est}
 
     runs = fresh()
-    packed = execute(runs, pack([r.item() for r in runs.values()], policy), policy,
-                     dataclasses.replace(policy, max_jobs=1), pack)
+    packed = execute(
+        runs, pack([r.item() for r in runs.values()], policy), policy, dataclasses.replace(policy, max_jobs=1), pack
+    )
     runs = fresh()
-    single = execute(runs, one_job_per_run([r.item() for r in runs.values()], policy), policy, policy,
-                     one_job_per_run)
+    single = execute(runs, one_job_per_run([r.item() for r in runs.values()], policy), policy, policy, one_job_per_run)
     work = sum(true.values()) / dpn
-    print(f"sweep: {len(plan.runs)} runs of 1 GCD on {plan.cluster.name} ({sum(est.values()):.0f} GCD-hours estimated, "
-          f"{work * dpn:.0f} true); bins {[(b.max_nodes, b.max_walltime_min) for b in policy.bins]}, "
-          f"{policy.max_jobs} eligible jobs, {policy.max_lanes} steps per job")
+    print(
+        f"sweep: {len(plan.runs)} runs of 1 GCD on {plan.cluster.name} ({sum(est.values()):.0f} GCD-hours estimated, "
+        f"{work * dpn:.0f} true); bins {[(b.max_nodes, b.max_walltime_min) for b in policy.bins]}, "
+        f"{policy.max_jobs} eligible jobs, {policy.max_lanes} steps per job"
+    )
     for label, (allocated, trained, jobs, chain) in (("packed", packed), ("one job per run", single)):
         assert abs(trained / dpn - work) < 1e-6 * work, "every run must finish"
-        print(f"{label:>16}: {jobs:4d} jobs (longest chain {chain:2d}), {allocated:8.1f} node-hours allocated, "
-              f"efficiency {work / allocated:6.1%}")
+        print(
+            f"{label:>16}: {jobs:4d} jobs (longest chain {chain:2d}), {allocated:8.1f} node-hours allocated, "
+            f"efficiency {work / allocated:6.1%}"
+        )
     ratio = single[0] / packed[0]
-    print(f"packed / one job per run: {work / packed[0]:.1%} vs {work / single[0]:.1%} "
-          f"({ratio:.1f}x fewer node-hours); goal >= 90%: {'met' if work / packed[0] >= 0.9 else 'NOT met'}")
+    print(
+        f"packed / one job per run: {work / packed[0]:.1%} vs {work / single[0]:.1%} "
+        f"({ratio:.1f}x fewer node-hours); goal >= 90%: {'met' if work / packed[0] >= 0.9 else 'NOT met'}"
+    )
     print(f"({time.perf_counter() - t0:.1f} s)")
     return 0
 

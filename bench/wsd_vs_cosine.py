@@ -9,6 +9,7 @@ processes' wall time from the job database, start-up included) beside the design
 
     .venv/bin/python bench/wsd_vs_cosine.py [--sizes 20000,60000,150000] [--tokens 8192,16384,24576,32768,40960]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,17 @@ GOAL_LOSS, GOAL_RATIO = 0.01, 0.5
 
 
 def run(schedule: str, root: Path, sizes: str, tokens: str) -> dict:
-    plan = build_plan(["sweep=wsd_tiny", f"sweep.name={schedule}", f"sweep.schedule={schedule}",
-                       f"sweep.params=[{sizes}]", f"sweep.tokens=[{tokens}]", "wandb.mode=disabled",
-                       f"sweeps_root={root}"])
+    plan = build_plan(
+        [
+            "sweep=wsd_tiny",
+            f"sweep.name={schedule}",
+            f"sweep.schedule={schedule}",
+            f"sweep.params=[{sizes}]",
+            f"sweep.tokens=[{tokens}]",
+            "wandb.mode=disabled",
+            f"sweeps_root={root}",
+        ]
+    )
     end = run_local_sweep(plan, Console(file=io.StringIO()))
     assert end.exit_code == 0, f"the {schedule} sweep did not complete"
     collected = collect_sweep(plan.sweep_dir, write_csv=False)
@@ -41,8 +50,12 @@ def run(schedule: str, root: Path, sizes: str, tokens: str) -> dict:
         records = read_metrics(spec.run_dir(plan.sweep_dir) / "metrics.jsonl")
         train_s += sum(spec.global_batch_tokens / r["tokens_per_s"] for r in records if r.get("tokens_per_s"))
     steps = sum(s.steps - (s.fork_step or 0) for s in plan.runs)
-    return {"loss": {p["name"]: p["loss"] for p in collected.final_points}, "process_s": process_s,
-            "train_s": train_s, "steps": steps}
+    return {
+        "loss": {p["name"]: p["loss"] for p in collected.final_points},
+        "process_s": process_s,
+        "train_s": train_s,
+        "steps": steps,
+    }
 
 
 def main() -> None:
@@ -57,15 +70,23 @@ def main() -> None:
     n_d = len(args.tokens.split(","))
     arithmetic = (0.8 * n_d + 0.2 * n_d * (n_d + 1) / 2) / (n_d * (n_d + 1) / 2)
     mean = sum(diffs) / len(diffs)
-    print(f"{len(diffs)} points: final val loss WSD vs cosine: mean {100 * mean:+.2f}%, "
-          f"mean |diff| {100 * sum(map(abs, diffs)) / len(diffs):.2f}%, worst {100 * max(diffs, key=abs):+.2f}% "
-          f"(goal: |mean| <= {100 * GOAL_LOSS:g}%, WSD not worse on average)")
-    print(f"optimizer steps WSD / cosine: {wsd['steps']} / {cosine['steps']} = {wsd['steps'] / cosine['steps']:.3f} "
-          f"(design arithmetic for evenly spaced D: {arithmetic:.3f})")
-    print(f"measured training time WSD / cosine: {wsd['train_s']:.1f} s / {cosine['train_s']:.1f} s = "
-          f"{wsd['train_s'] / cosine['train_s']:.3f} (goal <= {GOAL_RATIO})")
-    print(f"measured process time (start-up included) WSD / cosine: {wsd['process_s']:.0f} s / "
-          f"{cosine['process_s']:.0f} s = {wsd['process_s'] / cosine['process_s']:.3f}")
+    print(
+        f"{len(diffs)} points: final val loss WSD vs cosine: mean {100 * mean:+.2f}%, "
+        f"mean |diff| {100 * sum(map(abs, diffs)) / len(diffs):.2f}%, worst {100 * max(diffs, key=abs):+.2f}% "
+        f"(goal: |mean| <= {100 * GOAL_LOSS:g}%, WSD not worse on average)"
+    )
+    print(
+        f"optimizer steps WSD / cosine: {wsd['steps']} / {cosine['steps']} = {wsd['steps'] / cosine['steps']:.3f} "
+        f"(design arithmetic for evenly spaced D: {arithmetic:.3f})"
+    )
+    print(
+        f"measured training time WSD / cosine: {wsd['train_s']:.1f} s / {cosine['train_s']:.1f} s = "
+        f"{wsd['train_s'] / cosine['train_s']:.3f} (goal <= {GOAL_RATIO})"
+    )
+    print(
+        f"measured process time (start-up included) WSD / cosine: {wsd['process_s']:.0f} s / "
+        f"{cosine['process_s']:.0f} s = {wsd['process_s'] / cosine['process_s']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ gradients, fp32 master, Adam moments), ZeRO-3 16 / world, hence 0.5 on 2 ranks.
 
     .venv/bin/python bench/zero_memory.py [hydra overrides]
 """
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from launcher.run import local_launch, rendezvous
 from launcher.config.run import load_run_config
+from launcher.run import local_launch, rendezvous
 
-MODEL = ["model=gpt_neox/tiny", "model.d_model=512", "model.n_layer=4", "model.n_heads=8", "model.seq_len=32",
-         "train.micro_batch_size=2", "train.global_batch_tokens=128", "train.max_steps=2"]
+MODEL = [
+    "model=gpt_neox/tiny",
+    "model.d_model=512",
+    "model.n_layer=4",
+    "model.n_heads=8",
+    "model.seq_len=32",
+    "train.micro_batch_size=2",
+    "train.global_batch_tokens=128",
+    "train.max_steps=2",
+]
 GOAL = 0.6
 PRECISIONS = {"fp32": "fp32", "bf16": "bf16 mixed precision"}
 # Where DeepSpeed's optimizers keep each kind of state (stages 1/2, stage 3 and the 16-bit wrapper of
@@ -100,8 +109,17 @@ def worker(overrides: list[str], out: Path) -> int:
 def measure(precision: str, stage: int, overrides: list[str], scratch: Path) -> list[dict[str, int]]:
     out = scratch / f"{precision}-zero{stage}"
     out.mkdir()
-    command = [sys.executable, __file__, "--worker", str(out), *MODEL, *overrides, f"train.precision={precision}",
-               f"deepspeed=zero{stage}", "wandb.mode=disabled"]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        str(out),
+        *MODEL,
+        *overrides,
+        f"train.precision={precision}",
+        f"deepspeed=zero{stage}",
+        "wandb.mode=disabled",
+    ]
     code = local_launch.launch(2, command)
     if code:
         raise SystemExit(f"{precision} ZeRO-{stage} ranks failed with exit code {code}")
@@ -111,16 +129,20 @@ def measure(precision: str, stage: int, overrides: list[str], scratch: Path) -> 
 def report(precision: str, results: dict[int, list[dict[str, int]]]) -> float:
     """Prints one precision's table and ratio line; returns the ratio."""
     kinds = sorted({k for ranks in results.values() for r in ranks for k in r})
-    print(f"{PRECISIONS[precision]}\n{'MiB per rank':<16}"
-          + "".join(f"{f'ZeRO-{s} r{r}':>12}" for s in results for r in range(2)))
+    print(
+        f"{PRECISIONS[precision]}\n{'MiB per rank':<16}"
+        + "".join(f"{f'ZeRO-{s} r{r}':>12}" for s in results for r in range(2))
+    )
     for kind in kinds + ["total"]:
         cells = [sum(r.values()) if kind == "total" else r.get(kind, 0) for s in results for r in results[s]]
         print(f"{kind:<16}" + "".join(f"{c / 2**20:>12.2f}" for c in cells))
     worst = {s: max(sum(r.values()) for r in ranks) for s, ranks in results.items()}
     ratio = worst[3] / worst[0]
     verdict = "met" if ratio <= GOAL else "MISSED"
-    print(f"{precision}: ZeRO-3 / ZeRO-0 bytes per rank (2 ranks, against {precision} ZeRO-0): {ratio:.3f} "
-          f"(goal <= {GOAL}: {verdict})\n")
+    print(
+        f"{precision}: ZeRO-3 / ZeRO-0 bytes per rank (2 ranks, against {precision} ZeRO-0): {ratio:.3f} "
+        f"(goal <= {GOAL}: {verdict})\n"
+    )
     return ratio
 
 
@@ -133,8 +155,10 @@ def main(argv: list[str]) -> int:
             results = {stage: measure(precision, stage, argv, Path(scratch)) for stage in (0, 3)}
             ratios[precision] = report(precision, results)
     met = [p for p, r in ratios.items() if r <= GOAL]
-    print(f"goal ZeRO-3 <= {GOAL} x ZeRO-0 met in: {', '.join(PRECISIONS[p] for p in met) or 'neither'}"
-          + "".join(f"; missed in {PRECISIONS[p]} ({r:.3f})" for p, r in ratios.items() if p not in met))
+    print(
+        f"goal ZeRO-3 <= {GOAL} x ZeRO-0 met in: {', '.join(PRECISIONS[p] for p in met) or 'neither'}"
+        + "".join(f"; missed in {PRECISIONS[p]} ({r:.3f})" for p, r in ratios.items() if p not in met)
+    )
     return 0
 
 

@@ -2,6 +2,7 @@
 
 A bad flag is bad input like a bad field: ``UserError``, so the CLI prints one line and exits 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ class CommandParser(argparse.ArgumentParser):
         return self.parse_intermixed_args(list(argv))
 
 
-def command_parser(prog: str, description: str, flags: Iterable[tuple[str, str]] = (),
-                   overrides_help: str | None = OVERRIDES_HELP) -> CommandParser:
+def command_parser(
+    prog: str, description: str, flags: Iterable[tuple[str, str]] = (), overrides_help: str | None = OVERRIDES_HELP
+) -> CommandParser:
     """A parser for ``prog`` taking overrides (unless ``overrides_help`` is None) and the on/off ``flags``
     (``(flag, help)`` pairs); a command adds its other options to it."""
     parser = CommandParser(prog=prog, description=description)

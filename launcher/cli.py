@@ -7,6 +7,7 @@ an environment fault: one line on stderr and a pointer to a log file holding the
 (``crash_log_dir``), exit status 1; ``ladder --debug <command>`` or ``SCALELADDER_DEBUG=1`` prints the
 traceback on the terminal instead.
 """
+
 from __future__ import annotations
 
 import datetime

@@ -3,6 +3,7 @@
 ``ladder plan``: plan a sweep, calibrating its speed when the profile has none. ``ladder sweep``: plan,
 train on this machine (``launcher.sweep.local``), then collect, fit and report (``launcher.analysis``).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,10 @@ from launcher.arguments import command_parser
 from launcher.errors import UserError
 from launcher.locks import FolderLock
 from launcher.numbers import sci
-from launcher.sweep.propose import DEFAULT_RUNS, propose, write_proposal
 from launcher.sweep.calibrate import calibrated_plan
 from launcher.sweep.local import run_local_sweep
 from launcher.sweep.plan import compose_sweep, make_console, print_plan
+from launcher.sweep.propose import DEFAULT_RUNS, propose, write_proposal
 
 OVER_BUDGET_OK = ("--over-budget-ok", "accept a plan over the allocation's remaining node-hours")
 NO_CALIBRATE = ("--no-calibrate", "use the profile's assumed numbers; never run a calibration")
@@ -27,8 +28,11 @@ NO_CALIBRATE = ("--no-calibrate", "use the profile's assumed numbers; never run 
 
 def plan_main(argv: list[str]) -> int:
     """``ladder plan``: the runs, node-hours and budget; submits nothing."""
-    args = command_parser("ladder plan", "Show a sweep's runs, node-hours and budget without submitting.",
-                          [OVER_BUDGET_OK, NO_CALIBRATE, ("--json", "print the plan as JSON")]).parse(argv)
+    args = command_parser(
+        "ladder plan",
+        "Show a sweep's runs, node-hours and budget without submitting.",
+        [OVER_BUDGET_OK, NO_CALIBRATE, ("--json", "print the plan as JSON")],
+    ).parse(argv)
     plan = calibrated_plan(args.overrides, not args.no_calibrate, echo=lambda line: print(line, file=sys.stderr))
     if args.json:
         print(json.dumps(plan.to_json(), indent=1))
@@ -40,9 +44,11 @@ def plan_main(argv: list[str]) -> int:
 
 def sweep_main(argv: list[str]) -> int:
     """``ladder sweep``: a local sweep, then (unless stopped or --no-report) collect, fit and report."""
-    args = command_parser("ladder sweep", "Run a sweep on this machine, then collect, fit and report.",
-                          [OVER_BUDGET_OK, NO_CALIBRATE, ("--no-report", "train only: skip collect, fit and report")]
-                          ).parse(argv)
+    args = command_parser(
+        "ladder sweep",
+        "Run a sweep on this machine, then collect, fit and report.",
+        [OVER_BUDGET_OK, NO_CALIBRATE, ("--no-report", "train only: skip collect, fit and report")],
+    ).parse(argv)
     console = make_console()
     with FolderLock(compose_sweep(args.overrides)[2], "sweep"):  # before calibrating: one sweep per folder
         plan = calibrated_plan(args.overrides, not args.no_calibrate, echo=console.log)

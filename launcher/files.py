@@ -1,4 +1,5 @@
 """Whole-file writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,10 @@ def make_dir(path: Path, field: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{field}: {str(path)!r} cannot be a folder ({exc.strerror or exc}); "
-                        "allowed: a writable folder or a path where one can be made") from None
+        raise UserError(
+            f"{field}: {str(path)!r} cannot be a folder ({exc.strerror or exc}); "
+            "allowed: a writable folder or a path where one can be made"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{field}: {str(path)!r} is not writable; allowed: a writable folder")
     return path

@@ -5,6 +5,7 @@ decides the run's result, model, data, optimisation, ZeRO stage and seed, and le
 folders, W&B fields and the cluster, so the same run planned again, or on another site, is never
 repeated. ``content_hash`` is the primitive, also used to tell whether a fit's inputs changed.
 """
+
 from __future__ import annotations
 
 import dataclasses

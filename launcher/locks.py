@@ -9,6 +9,7 @@ anyway is refused as well (a stale lock from another host: the message names the
 delete once that host's run is gone). Where flock itself fails (ENOLCK, EOPNOTSUPP), the record decides:
 a dead pid on this host is stale and taken over.
 """
+
 from __future__ import annotations
 
 import errno
@@ -70,8 +71,10 @@ class FolderLock:
 
     def _refuse(self, holder: Optional[tuple[int, str]]) -> None:
         who = f"pid {holder[0]} on {holder[1]}" if holder else "another process"
-        raise UserError(f"{self.what}: {self.path.parent} is in use by {who} (lock {self.path}); wait for it to "
-                        f"end, or delete the lock file if that process is gone")
+        raise UserError(
+            f"{self.what}: {self.path.parent} is in use by {who} (lock {self.path}); wait for it to "
+            f"end, or delete the lock file if that process is gone"
+        )
 
 
 def _me() -> tuple[int, str]:

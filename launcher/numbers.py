@@ -3,10 +3,12 @@
 Every formatter writes "n/a" (or ``missing``) for a value that is absent or not a finite number, so a
 fit that could not give a number still prints a readable line.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 _SCALES = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))
 

@@ -5,6 +5,7 @@ database records the matching run ``state``. Whoever supervises a step (the loca
 LSF lane shells, which are rendered from this table, submit's continuations and the submitit callable)
 asks ``ending(code)`` whether the step is over and whether to start it again.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,14 +32,17 @@ class Ending:
     retry: bool  # a failure worth another step from the last checkpoint (while tries are left)
 
 
-ENDINGS: dict[ExitCode, Ending] = {e.code: e for e in (
-    Ending(ExitCode.COMPLETED, "completed", "completed", finished=True, retry=False),
-    Ending(ExitCode.FAILED, "failed", "failed", finished=False, retry=True),
-    Ending(ExitCode.USAGE, "failed", "failed", finished=False, retry=False),
-    Ending(ExitCode.DIVERGED, "diverged", "diverged", finished=True, retry=False),
-    Ending(ExitCode.HUNG, "hung", "hung", finished=False, retry=True),
-    Ending(ExitCode.REQUEUE, "requeue", "timed_out", finished=False, retry=False),
-)}
+ENDINGS: dict[ExitCode, Ending] = {
+    e.code: e
+    for e in (
+        Ending(ExitCode.COMPLETED, "completed", "completed", finished=True, retry=False),
+        Ending(ExitCode.FAILED, "failed", "failed", finished=False, retry=True),
+        Ending(ExitCode.USAGE, "failed", "failed", finished=False, retry=False),
+        Ending(ExitCode.DIVERGED, "diverged", "diverged", finished=True, retry=False),
+        Ending(ExitCode.HUNG, "hung", "hung", finished=False, retry=True),
+        Ending(ExitCode.REQUEUE, "requeue", "timed_out", finished=False, retry=False),
+    )
+}
 
 
 def ending(code: int) -> Ending:
@@ -65,7 +69,7 @@ ACTIVE = frozenset({"queued", "running"})  # states with an open attempt
 FINAL = frozenset(e.state for e in ENDINGS.values() if e.finished)
 RETRIED = frozenset(e.state for e in ENDINGS.values() if e.retry)  # failures: retried while max_retries allows
 # a run's state.json status -> its database state ("running" while the run reports it is alive)
-STATUS_STATES = {"running": "running", **{e.status: e.state for e in ENDINGS.values()}}
+STATUS_STATES: dict[str | None, str] = {"running": "running", **{e.status: e.state for e in ENDINGS.values()}}
 
 
 def shell_codes(predicate) -> str:

@@ -8,6 +8,7 @@ A site keeps its own ``cluster/``, ``sweep/``, ``model/``, ``slurm/`` and ``lsf/
 folders named by ``SCALELADDER_SITE_DIR`` (``:``-separated, earlier wins) or by ``site_dir=`` on the
 command line (before the environment's); they are searched before the shipped ones.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ the end-of-text token (the largest id in every sequence, so ``argmax`` finds it)
 features are L2-normalised; the logit scale starts at ln(1/0.07) and is clamped at ln(100) where it
 is used. The parameter and FLOP accounting lives beside the model; for CLIP a sweep "token" is a sample.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,19 @@ class CLIPConfig:
     layernorm_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("embed_dim", "image_size", "patch_size", "vision_width", "vision_layers", "vision_heads",
-                     "context_length", "vocab_size", "text_width", "text_heads", "text_layers"):
+        for name in (
+            "embed_dim",
+            "image_size",
+            "patch_size",
+            "vision_width",
+            "vision_layers",
+            "vision_heads",
+            "context_length",
+            "vocab_size",
+            "text_width",
+            "text_heads",
+            "text_layers",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
         if self.layernorm_eps <= 0:
@@ -48,8 +60,9 @@ class CLIPConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"model.patch_size: must divide image_size={self.image_size}, got {self.patch_size}")
         if self.vision_width % self.vision_heads:
-            raise ValueError(f"model.vision_heads: must divide vision_width={self.vision_width}, "
-                             f"got {self.vision_heads}")
+            raise ValueError(
+                f"model.vision_heads: must divide vision_width={self.vision_width}, got {self.vision_heads}"
+            )
         if self.text_width % self.text_heads:
             raise ValueError(f"model.text_heads: must divide text_width={self.text_width}, got {self.text_heads}")
         if self.mlp_ratio <= 0:
@@ -62,12 +75,32 @@ class CLIPConfig:
 
 NAMED: dict[str, CLIPConfig] = {
     "tiny": CLIPConfig(),  # 8x8 digits, trains in seconds on a CPU
-    "vit_b32": CLIPConfig(embed_dim=512, image_size=224, patch_size=32, vision_width=768, vision_layers=12,
-                          vision_heads=12, context_length=77, vocab_size=49408, text_width=512, text_heads=8,
-                          text_layers=12),
-    "vit_b16": CLIPConfig(embed_dim=512, image_size=224, patch_size=16, vision_width=768, vision_layers=12,
-                          vision_heads=12, context_length=77, vocab_size=49408, text_width=512, text_heads=8,
-                          text_layers=12),
+    "vit_b32": CLIPConfig(
+        embed_dim=512,
+        image_size=224,
+        patch_size=32,
+        vision_width=768,
+        vision_layers=12,
+        vision_heads=12,
+        context_length=77,
+        vocab_size=49408,
+        text_width=512,
+        text_heads=8,
+        text_layers=12,
+    ),
+    "vit_b16": CLIPConfig(
+        embed_dim=512,
+        image_size=224,
+        patch_size=16,
+        vision_width=768,
+        vision_layers=12,
+        vision_heads=12,
+        context_length=77,
+        vocab_size=49408,
+        text_width=512,
+        text_heads=8,
+        text_layers=12,
+    ),
 }
 
 
@@ -91,8 +124,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln_1(x)).view(B, T, 3, self.heads, C // self.heads).unbind(dim=2)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=self.causal)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=self.causal
+        )
         x = x + self.out(y.transpose(1, 2).reshape(B, T, C))
         return x + self.proj(F.gelu(self.fc(self.ln_2(x))))
 
@@ -114,7 +148,7 @@ class CLIP(nn.Module):
         vw, tw = cfg.vision_width, cfg.text_width
         self.conv1 = nn.Conv2d(3, vw, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.empty(vw))
-        self.vision_positional_embedding = nn.Parameter(torch.empty(cfg.grid ** 2 + 1, vw))
+        self.vision_positional_embedding = nn.Parameter(torch.empty(cfg.grid**2 + 1, vw))
         self.ln_pre = nn.LayerNorm(vw, eps=cfg.layernorm_eps)
         self.vision_blocks = _tower(vw, cfg.vision_layers, cfg.vision_heads, cfg, causal=False)
         self.ln_post = nn.LayerNorm(vw, eps=cfg.layernorm_eps)
@@ -133,26 +167,33 @@ class CLIP(nn.Module):
     def reset_parameters(self) -> None:
         """open_clip's text-tower init, applied to both towers (residual projections scaled by depth)."""
         cfg = self.cfg
-        for width, layers, blocks in ((cfg.vision_width, cfg.vision_layers, self.vision_blocks),
-                                      (cfg.text_width, cfg.text_layers, self.text_blocks)):
-            attn_std, proj_std, fc_std = width ** -0.5, width ** -0.5 * (2 * layers) ** -0.5, (2 * width) ** -0.5
+        for width, layers, blocks in (
+            (cfg.vision_width, cfg.vision_layers, self.vision_blocks),
+            (cfg.text_width, cfg.text_layers, self.text_blocks),
+        ):
+            attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * layers) ** -0.5, (2 * width) ** -0.5
             for block in blocks:
-                for linear, std in ((block.qkv, attn_std), (block.out, proj_std), (block.fc, fc_std),
-                                    (block.proj, proj_std)):
+                assert isinstance(block, Block)  # a ModuleList yields Modules
+                for linear, std in (
+                    (block.qkv, attn_std),
+                    (block.out, proj_std),
+                    (block.fc, fc_std),
+                    (block.proj, proj_std),
+                ):
                     nn.init.normal_(linear.weight, std=std)
                     nn.init.zeros_(linear.bias)
                 for ln in (block.ln_1, block.ln_2):
                     ln.reset_parameters()
         for ln in (self.ln_pre, self.ln_post, self.ln_final):
             ln.reset_parameters()
-        vscale = cfg.vision_width ** -0.5
+        vscale = cfg.vision_width**-0.5
         self.conv1.reset_parameters()
         nn.init.normal_(self.class_embedding, std=vscale)
         nn.init.normal_(self.vision_positional_embedding, std=vscale)
         nn.init.normal_(self.vision_proj, std=vscale)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.text_positional_embedding, std=0.01)
-        nn.init.normal_(self.text_proj, std=cfg.text_width ** -0.5)
+        nn.init.normal_(self.text_proj, std=cfg.text_width**-0.5)
         self.logit_scale.fill_(INIT_LOGIT_SCALE)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -194,11 +235,12 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad)  # every rank's loss depends on every rank's rows
         b = grad.shape[0] // dist.get_world_size()
-        return grad[dist.get_rank() * b:(dist.get_rank() + 1) * b]
+        return grad[dist.get_rank() * b : (dist.get_rank() + 1) * b]
 
 
-def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                     gather: bool = True) -> torch.Tensor:
+def contrastive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, gather: bool = True
+) -> torch.Tensor:
     """Symmetric InfoNCE of this rank's pairs against the global batch.
 
     With ``gather`` and torch.distributed initialised with world > 1, the features of all ranks are
@@ -224,8 +266,13 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
 
 def _block_params(width: int, mlp_ratio: float) -> int:
     hidden = int(width * mlp_ratio)
-    return (3 * width * width + 3 * width) + (width * width + width) + (width * hidden + hidden) \
-        + (hidden * width + width) + 2 * (2 * width)
+    return (
+        (3 * width * width + 3 * width)
+        + (width * width + width)
+        + (width * hidden + hidden)
+        + (hidden * width + width)
+        + 2 * (2 * width)
+    )
 
 
 def param_counts(cfg: CLIPConfig) -> tuple[int, int]:
@@ -235,9 +282,10 @@ def param_counts(cfg: CLIPConfig) -> tuple[int, int]:
     towers and the class token (Kaplan et al.'s convention: no vocabulary or position tables).
     """
     vw, tw, e = cfg.vision_width, cfg.text_width, cfg.embed_dim
-    embeddings = cfg.vocab_size * tw + cfg.context_length * tw + (cfg.grid ** 2 + 1) * vw + vw
-    vision = 3 * cfg.patch_size ** 2 * vw + 2 * vw + cfg.vision_layers * _block_params(vw, cfg.mlp_ratio) \
-        + 2 * vw + vw * e
+    embeddings = cfg.vocab_size * tw + cfg.context_length * tw + (cfg.grid**2 + 1) * vw + vw
+    vision = (
+        3 * cfg.patch_size**2 * vw + 2 * vw + cfg.vision_layers * _block_params(vw, cfg.mlp_ratio) + 2 * vw + vw * e
+    )
     text = cfg.text_layers * _block_params(tw, cfg.mlp_ratio) + 2 * tw + tw * e
     non_embedding = vision + text + 1  # + logit_scale
     return non_embedding + embeddings, non_embedding
@@ -261,9 +309,14 @@ def flops_per_sample(cfg: CLIPConfig) -> int:
     matrix of the loss depends on the batch, not the sample, and is left out (< 0.1% at B <= 32k).
     Embedding lookups, ln_pre/ln_post/ln_final and the class token cost nothing here.
     """
-    tv = cfg.grid ** 2 + 1
-    image = _tower_forward_flops(tv, cfg.vision_width, cfg.vision_layers, cfg.mlp_ratio) \
-        + 2 * cfg.grid ** 2 * 3 * cfg.patch_size ** 2 * cfg.vision_width + 2 * cfg.vision_width * cfg.embed_dim
-    text = _tower_forward_flops(cfg.context_length, cfg.text_width, cfg.text_layers, cfg.mlp_ratio) \
+    tv = cfg.grid**2 + 1
+    image = (
+        _tower_forward_flops(tv, cfg.vision_width, cfg.vision_layers, cfg.mlp_ratio)
+        + 2 * cfg.grid**2 * 3 * cfg.patch_size**2 * cfg.vision_width
+        + 2 * cfg.vision_width * cfg.embed_dim
+    )
+    text = (
+        _tower_forward_flops(cfg.context_length, cfg.text_width, cfg.text_layers, cfg.mlp_ratio)
         + 2 * cfg.text_width * cfg.embed_dim
+    )
     return 3 * (image + text)

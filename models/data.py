@@ -9,6 +9,7 @@ written by nanoGPT and gpt-neox preprocessing (``TokenBinData``). CLIP: scikit-l
 handwritten digits with generated captions (``DigitsData``), or webdataset tar shards
 (``WebDatasetData``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -116,7 +117,7 @@ class TokenWindows:
         self.arrays = {"train": train, "val": val}
 
     @classmethod
-    def split_tail(cls, tokens: np.ndarray, val_fraction: float) -> "TokenWindows":
+    def split_tail(cls, tokens: np.ndarray, val_fraction: float) -> TokenWindows:
         boundary = len(tokens) - int(len(tokens) * val_fraction)
         return cls(tokens[:boundary], tokens[boundary:])
 
@@ -124,10 +125,11 @@ class TokenWindows:
         rng = batch_rng(seed, split, index)
         tokens = self.arrays[split]
         if len(tokens) < seq_len + 1:
-            raise ValueError(f"data: the {split} split has {len(tokens)} tokens, fewer than seq_len + 1 = "
-                             f"{seq_len + 1}")
+            raise ValueError(
+                f"data: the {split} split has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}"
+            )
         starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
-        windows = torch.from_numpy(np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64))
+        windows = torch.from_numpy(np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64))
         return {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
 
 
@@ -179,11 +181,13 @@ def idx_dtype(bin_path: str) -> np.dtype:
     """The token dtype recorded in the Megatron-format index beside a gpt-neox ``.bin``."""
     idx_path = Path(bin_path).with_suffix(".idx")
     if not idx_path.exists():
-        raise ValueError(f"data.dtype: 'auto' needs the index {idx_path} beside {bin_path}; "
-                         "or set data.dtype to uint16, uint32 or int32")
+        raise ValueError(
+            f"data.dtype: 'auto' needs the index {idx_path} beside {bin_path}; "
+            "or set data.dtype to uint16, uint32 or int32"
+        )
     with open(idx_path, "rb") as f:
         header = f.read(len(_IDX_MAGIC) + 9)
-    if header[:len(_IDX_MAGIC)] != _IDX_MAGIC or len(header) < len(_IDX_MAGIC) + 9:
+    if header[: len(_IDX_MAGIC)] != _IDX_MAGIC or len(header) < len(_IDX_MAGIC) + 9:
         raise ValueError(f"data.dtype: {idx_path} is not a Megatron/gpt-neox index (bad magic)")
     code = struct.unpack("<B", header[-1:])[0]
     if code not in _IDX_DTYPES:
@@ -205,6 +209,7 @@ def memmap_tokens(path: str, dtype: str) -> np.ndarray:
 def open_tokens(cfg: BytesData | TokenBinData) -> TokenWindows:
     if isinstance(cfg, BytesData):
         return TokenWindows.split_tail(stdlib_corpus(cfg.max_bytes, cfg.cache_dir), cfg.val_fraction)
+    assert cfg.path is not None  # required (TokenBinData.__post_init__)
     tokens = memmap_tokens(cfg.path, cfg.dtype)
     if cfg.val_path:
         return TokenWindows(tokens, memmap_tokens(cfg.val_path, cfg.dtype))
@@ -253,8 +258,13 @@ def epoch_positions(seed: int, split: str, index: int, batch_size: int, n: int) 
 
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-DIGIT_TEMPLATES = ["the digit {}.", "a handwritten {}.", "{}, written by hand.", "a photo of a {}.",
-                   "a blurry {}."]  # short: the tiny model's 40-byte context never cuts the name off
+DIGIT_TEMPLATES = [
+    "the digit {}.",
+    "a handwritten {}.",
+    "{}, written by hand.",
+    "a photo of a {}.",
+    "a blurry {}.",
+]  # short: the tiny model's 40-byte context never cuts the name off
 
 
 class DigitsSource:
@@ -294,6 +304,7 @@ class WebDatasetSource:
     """Samples of webdataset tar shards, indexed once by header scan; members are read on demand."""
 
     def __init__(self, cfg: WebDatasetData):
+        assert cfg.shards is not None  # required (WebDatasetData.__post_init__)
         shards = sorted(glob.glob(cfg.shards))
         if not shards:
             raise ValueError(f"data.shards: no file matches {cfg.shards!r}")
@@ -310,13 +321,14 @@ class WebDatasetSource:
                 image = next((parts[e] for e in _IMAGE_EXTS if e in parts), None)
                 if image is None or ".txt" not in parts:
                     continue
-                split = "val" if zlib.crc32(f"{shard}/{key}".encode()) % 10_000 < cfg.val_fraction * 10_000 \
-                    else "train"
+                split = "val" if zlib.crc32(f"{shard}/{key}".encode()) % 10_000 < cfg.val_fraction * 10_000 else "train"
                 self.ids[split].append((shard, image, parts[".txt"]))
         for split, items in self.ids.items():
             if not items:
-                raise ValueError(f"data.shards: no {split} sample (image + .txt pair) in {cfg.shards!r}; "
-                                 "add samples or change data.val_fraction")
+                raise ValueError(
+                    f"data.shards: no {split} sample (image + .txt pair) in {cfg.shards!r}; "
+                    "add samples or change data.val_fraction"
+                )
         self._open: dict[str, tarfile.TarFile] = {}
 
     def size(self, split: str) -> int:
@@ -328,7 +340,9 @@ class WebDatasetSource:
     def _read(self, shard: str, info: tarfile.TarInfo) -> bytes:
         if shard not in self._open:
             self._open[shard] = tarfile.open(shard, "r:")
-        return self._open[shard].extractfile(info).read()
+        member = self._open[shard].extractfile(info)
+        assert member is not None  # the index holds regular files only
+        return member.read()
 
     def items(self, split: str, positions: np.ndarray, rng: np.random.Generator, image_size: int):
         from PIL import Image
@@ -361,8 +375,7 @@ class ImageTextBatches:
 
     def batch(self, seed: int, split: str, index: int, batch_size: int) -> dict[str, torch.Tensor]:
         positions = epoch_positions(seed, split, index, batch_size, self.source.size(split))
-        images, captions, labels = self.source.items(split, positions, batch_rng(seed, split, index),
-                                                     self.image_size)
+        images, captions, labels = self.source.items(split, positions, batch_rng(seed, split, index), self.image_size)
         return {"images": normalize_images(images), "texts": self.tokenizer(captions), "labels": labels}
 
 

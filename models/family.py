@@ -7,6 +7,7 @@ config schema, the exact counts and the shape solver, without building a model o
 ``model_config`` and ``data_config`` are the one check of the ``model`` and ``data`` sections;
 ``build_family`` turns those plain dicts into a ``ModelFamily``. A new family is one registry entry.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,15 +16,26 @@ import difflib
 import math
 import types
 import typing
-from typing import Any, Callable, ClassVar, Literal, Optional, Protocol, Union
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, Optional, Protocol, Union
 
 import torch
 import torch.nn.functional as F
 
 from models import clip, gpt_neox
 from models.clip import CLIPConfig
-from models.data import (AutoData, ByteTokenizer, BytesData, DigitsData, ImageTextBatches, TokenBinData,
-                         TokenWindows, WebDatasetData, open_image_text, open_tokens)
+from models.data import (
+    AutoData,
+    BytesData,
+    ByteTokenizer,
+    DigitsData,
+    ImageTextBatches,
+    TokenBinData,
+    TokenWindows,
+    WebDatasetData,
+    open_image_text,
+    open_tokens,
+)
 from models.gpt_neox import GPTNeoXConfig
 
 
@@ -86,8 +98,9 @@ class GPTNeoXFamily:
         batch = self.data.batch(self.seed, split, index, batch_size, self.cfg.seq_len)
         top = int(torch.maximum(batch["input_ids"].max(), batch["labels"].max()))
         if top >= self.cfg.vocab_size:
-            raise ValueError(f"model.vocab_size: the data holds token id {top}, the model has only "
-                             f"{self.cfg.vocab_size} ids")
+            raise ValueError(
+                f"model.vocab_size: the data holds token id {top}, the model has only {self.cfg.vocab_size} ids"
+            )
         return batch
 
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -136,8 +149,9 @@ class CLIPFamily:
             if prompts is not None:
                 tokens = self.data.tokenizer([p for per_class in prompts for p in per_class])
                 _, text_features, _ = model(texts=_to_device({"t": tokens}, model)["t"])
-                classes = F.normalize(text_features.float().view(len(prompts), -1, text_features.shape[-1])
-                                      .mean(dim=1), dim=-1)
+                classes = F.normalize(
+                    text_features.float().view(len(prompts), -1, text_features.shape[-1]).mean(dim=1), dim=-1
+                )
             for i in range(max_batches):
                 batch = _to_device(self.batch("val", i, batch_size), model)
                 image_features, text_features, logit_scale = model(batch["images"], batch["texts"])
@@ -177,8 +191,15 @@ def _clip_family(cfg: CLIPConfig, data: Any, seed: int) -> CLIPFamily:
 
 def _solve_gpt_neox(target: int, base: dict, aspect_ratio: float, head_size: int, count: Count) -> dict:
     fixed = {k: v for k, v in base.items() if k not in ("n_layer", "d_model", "n_heads", "vocab_size", "seq_len")}
-    cfg = gpt_neox.solve_shape(target, aspect_ratio=aspect_ratio, head_dim=head_size, vocab_size=base["vocab_size"],
-                               seq_len=base["seq_len"], count=count, **fixed)
+    cfg = gpt_neox.solve_shape(
+        target,
+        aspect_ratio=aspect_ratio,
+        head_dim=head_size,
+        vocab_size=base["vocab_size"],
+        seq_len=base["seq_len"],
+        count=count,
+        **fixed,
+    )
     return {"n_layer": cfg.n_layer, "d_model": cfg.d_model, "n_heads": cfg.n_heads}
 
 
@@ -205,13 +226,28 @@ class Family:
         return self.solve_shape(target, base, aspect_ratio, head_size, count)
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("gpt_neox", GPTNeoXConfig, ("bytes", "token_bin"), _lm_family, gpt_neox.param_counts,
-           gpt_neox.flops_per_token, _solve_gpt_neox),
-    Family("clip", CLIPConfig, ("digits", "webdataset"), _clip_family, clip.param_counts, clip.flops_per_sample),
-)}
-DATA_CONFIGS: dict[str, type] = {"auto": AutoData, "bytes": BytesData, "token_bin": TokenBinData,
-                                 "digits": DigitsData, "webdataset": WebDatasetData}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "gpt_neox",
+            GPTNeoXConfig,
+            ("bytes", "token_bin"),
+            _lm_family,
+            gpt_neox.param_counts,
+            gpt_neox.flops_per_token,
+            _solve_gpt_neox,
+        ),
+        Family("clip", CLIPConfig, ("digits", "webdataset"), _clip_family, clip.param_counts, clip.flops_per_sample),
+    )
+}
+DATA_CONFIGS: dict[str, type] = {
+    "auto": AutoData,
+    "bytes": BytesData,
+    "token_bin": TokenBinData,
+    "digits": DigitsData,
+    "webdataset": WebDatasetData,
+}
 
 
 def family(name: Any) -> Family:
@@ -252,8 +288,9 @@ def build_family(model: dict, data: dict, seed: int) -> ModelFamily:
     if kind == "auto":
         source = DATA_CONFIGS[entry.data_kinds[0]]()
     elif kind not in entry.data_kinds:
-        raise ValueError(f"data.kind: {kind!r} cannot feed model family {entry.name}; "
-                         f"allowed: auto, {', '.join(entry.data_kinds)}")
+        raise ValueError(
+            f"data.kind: {kind!r} cannot feed model family {entry.name}; allowed: auto, {', '.join(entry.data_kinds)}"
+        )
     return entry.make(cfg, source, seed)
 
 

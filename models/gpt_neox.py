@@ -9,6 +9,7 @@ layer with the cross-entropy (``linear_cross_entropy``). The accounting (``param
 ``flops_per_token``) lives here, beside the model it describes, and every FLOP number in
 scaleladder comes from ``flops_per_token``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -117,8 +118,9 @@ class Attention(nn.Module):
             x1, x2 = rot.chunk(2, dim=-1)  # rotate-half: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
             qk = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, keep), dim=-1)
         q, k = qk.unbind(dim=3)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.squeeze(3).transpose(1, 2),
-                                           is_causal=True)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.squeeze(3).transpose(1, 2), is_causal=True
+        )
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -167,6 +169,9 @@ class GPTNeoX(nn.Module):
     (``linear_cross_entropy``), so [B, T, vocab] logits never exist at once.
     """
 
+    cos: torch.Tensor  # rotary tables, registered as buffers
+    sin: torch.Tensor
+
     def __init__(self, cfg: GPTNeoXConfig):
         super().__init__()
         self.cfg = cfg
@@ -203,11 +208,12 @@ class GPTNeoX(nn.Module):
         return self.embed_out(self.ln_f(x), labels)
 
 
-LOGITS_CHUNK_ELEMENTS = 2 ** 27  # logits the fused loss holds at once (512 MiB in fp32): few grad_w passes
+LOGITS_CHUNK_ELEMENTS = 2**27  # logits the fused loss holds at once (512 MiB in fp32): few grad_w passes
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         chunk_elements: int = LOGITS_CHUNK_ELEMENTS) -> torch.Tensor:
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_elements: int = LOGITS_CHUNK_ELEMENTS
+) -> torch.Tensor:
     """``F.cross_entropy(h @ weight.T, labels)`` (mean over tokens, every label counts), a chunk of
     tokens at a time: memory O(chunk x vocab) instead of O(tokens x vocab), and no zero-filled
     [tokens, vocab] gradient buffer. When a gradient is needed it is computed while each chunk's
@@ -231,7 +237,7 @@ def _chunked_cross_entropy(h, weight, labels, chunk_elements: int, with_grad: bo
     grad_h, grad_w = [], None
     with torch.autocast(device, enabled=False):
         for start in range(0, h.shape[0], chunk):
-            hs, ys = h_c[start:start + chunk], labels[start:start + chunk]
+            hs, ys = h_c[start : start + chunk], labels[start : start + chunk]
             logits = (hs @ w_c.T).float()
             top = logits.amax(dim=-1, keepdim=True)
             target = logits.gather(1, ys[:, None])
@@ -377,11 +383,18 @@ def solve_shape(
     while True:
         lowest = max(1, math.ceil(aspect_ratio * n_layer / 2 / head_dim))
         for units in range(lowest, max(lowest, math.floor(2 * aspect_ratio * n_layer / head_dim)) + 1):
-            cfg = GPTNeoXConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=n_layer,
-                                d_model=units * head_dim, n_heads=units, **fields)
+            cfg = GPTNeoXConfig(
+                vocab_size=vocab_size,
+                seq_len=seq_len,
+                n_layer=n_layer,
+                d_model=units * head_dim,
+                n_heads=units,
+                **fields,
+            )
             n = param_counts(cfg)[which]
-            candidates.append((abs(n - target_params) / target_params,
-                               abs(math.log(cfg.d_model / n_layer / aspect_ratio)), cfg))
+            candidates.append(
+                (abs(n - target_params) / target_params, abs(math.log(cfg.d_model / n_layer / aspect_ratio)), cfg)
+            )
             if n > target_params:  # wider is farther still
                 if units == lowest:  # and so is every deeper shape: its narrowest is wider than this
                     close = [c for c in candidates if c[0] <= tolerance]

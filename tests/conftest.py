@@ -1,4 +1,5 @@
 """Shared fixtures. ``dev_slurm``: the dev Slurm cluster of slurm/dev-cluster/ for tests marked ``slurm``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,9 @@ def tree_progress(*roots: Path) -> frozenset:
     return frozenset(found)
 
 
-def wait_while_progressing(done: Callable[[], object], what: str, progress: Callable[[], object],
-                           stall_s: float = 300.0, every: float = 0.5):
+def wait_while_progressing(
+    done: Callable[[], object], what: str, progress: Callable[[], object], stall_s: float = 300.0, every: float = 0.5
+):
     """``done()``'s first truthy value, waiting as long as ``progress()`` keeps changing: a loaded machine is
     slow but advancing, so only ``stall_s`` seconds without any change is a failure (not a fixed wall time)."""
     last, changed = progress(), time.monotonic()

@@ -1,4 +1,5 @@
 """CLIP: exact accounting, the multi-rank contrastive loss, pooling, logit scale, zero-shot evaluation."""
+
 import dataclasses
 import math
 import socket
@@ -28,12 +29,15 @@ def test_vit_b_counts_are_the_published_ones(name, published):
     total, non_embedding = param_counts(NAMED[name])
     assert total == published == meta_count(NAMED[name])
     cfg = NAMED[name]
-    assert total - non_embedding == (cfg.vocab_size + cfg.context_length) * cfg.text_width \
-        + (cfg.grid ** 2 + 2) * cfg.vision_width
+    assert (
+        total - non_embedding
+        == (cfg.vocab_size + cfg.context_length) * cfg.text_width + (cfg.grid**2 + 2) * cfg.vision_width
+    )
 
 
-@pytest.mark.parametrize("cfg", [*NAMED.values(), CLIPConfig(mlp_ratio=2.5, image_size=12, patch_size=4)],
-                         ids=[*NAMED, "odd"])
+@pytest.mark.parametrize(
+    "cfg", [*NAMED.values(), CLIPConfig(mlp_ratio=2.5, image_size=12, patch_size=4)], ids=[*NAMED, "odd"]
+)
 def test_analytic_count_equals_module(cfg):
     assert param_counts(cfg)[0] == meta_count(cfg)
 
@@ -52,17 +56,21 @@ def test_flops_per_sample_matches_counted_matmuls():
     b = 3
     images, texts = torch.randn(b, 3, cfg.image_size, cfg.image_size), torch.randint(0, 256, (b, cfg.context_length))
     texts[:, -1] = cfg.vocab_size - 1
-    vector = {tower: sum(p.numel() for blk in getattr(model, f"{tower}_blocks") for p in blk.parameters() if p.ndim == 1)
-              for tower in ("vision", "text")}
-    approximation = 2 * ((cfg.grid ** 2 + 1) * vector["vision"] + cfg.context_length * vector["text"])
+    vector = {
+        tower: sum(p.numel() for blk in getattr(model, f"{tower}_blocks") for p in blk.parameters() if p.ndim == 1)
+        for tower in ("vision", "text")
+    }
+    approximation = 2 * ((cfg.grid**2 + 1) * vector["vision"] + cfg.context_length * vector["text"])
     with sdpa_kernel(SDPBackend.MATH):
         with FlopCounterMode(display=False) as forward:
             image_features, text_features, _ = model(images, texts)
         with FlopCounterMode(display=False) as backward:
             (image_features.sum() + text_features.sum()).backward()
     assert forward.get_total_flops() == b * (flops_per_sample(cfg) // 3 - approximation)
-    assert backward.get_total_flops() == 2 * forward.get_total_flops() - 2 * b * 3 * cfg.patch_size ** 2 \
-        * cfg.vision_width * cfg.grid ** 2  # no gradient for the input images
+    assert (
+        backward.get_total_flops()
+        == 2 * forward.get_total_flops() - 2 * b * 3 * cfg.patch_size**2 * cfg.vision_width * cfg.grid**2
+    )  # no gradient for the input images
 
 
 def test_logit_scale_starts_at_one_over_007_and_is_clamped_at_100():
@@ -136,8 +144,9 @@ def test_two_rank_loss_and_gradients_equal_the_global_batch(tmp_path):
     assert distributed["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
     for name, p in model.named_parameters():
         scale = p.grad.abs().max().item()  # float sums in another order: compare to the tensor's scale
-        torch.testing.assert_close(distributed["grads"][name], p.grad, rtol=1e-4, atol=1e-5 * scale,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            distributed["grads"][name], p.grad, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, name=name: f"{name}: {m}"
+        )
     assert model.logit_scale.grad.abs().item() > 0
 
 

@@ -3,6 +3,7 @@
 The helpers at the top build sweeps (job database, plan.json, run directories) for the report and W&B
 tests too.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,10 +17,17 @@ import pytest
 
 from launcher import cli
 from launcher.analysis import collect
+from launcher.analysis.collect import (
+    CSV_HEADER,
+    CURVE_COLUMNS,
+    _careful_columns,
+    _fast_columns,
+    collect_sweep,
+    parse_metrics,
+)
 from launcher.run import metrics
-from launcher.analysis.collect import CSV_HEADER, CURVE_COLUMNS, _careful_columns, _fast_columns, collect_sweep, parse_metrics
-from launcher.sweep.jobdb import JobDB
 from launcher.run.metrics import read_metrics
+from launcher.sweep.jobdb import JobDB
 from launcher.sweep.plan import RunSpec
 
 # A Chinchilla-like law the synthetic runs follow: L(N, D) = E + A / N^alpha + B / D^beta.
@@ -32,10 +40,25 @@ def law_loss(N, D, law=LAW):
 
 def spec(sweep: str, name: str, N: int, D: int, *, budget=None, steps=100, flops_per_token=None) -> RunSpec:
     fpt = flops_per_token or 6 * N
-    return RunSpec(name=name, sweep=sweep, family="gpt_neox", model="gpt_neox/tiny", shape={}, N=N,
-                   N_non_embedding=int(0.8 * N), D=D, C=fpt * D, flops_per_token=fpt, budget=budget, steps=steps,
-                   global_batch_tokens=max(1, D // steps), nodes=1, ranks_per_run=1, base_overrides=(),
-                   config_hash=hashlib.sha1(f"{sweep}/{name}".encode()).hexdigest()[:16])
+    return RunSpec(
+        name=name,
+        sweep=sweep,
+        family="gpt_neox",
+        model="gpt_neox/tiny",
+        shape={},
+        N=N,
+        N_non_embedding=int(0.8 * N),
+        D=D,
+        C=fpt * D,
+        flops_per_token=fpt,
+        budget=budget,
+        steps=steps,
+        global_batch_tokens=max(1, D // steps),
+        nodes=1,
+        ranks_per_run=1,
+        base_overrides=(),
+        config_hash=hashlib.sha1(f"{sweep}/{name}".encode()).hexdigest()[:16],
+    )
 
 
 def curve_records(s: RunSpec, *, seed=0, val_every=20, noise=0.005, law=LAW) -> list[dict]:
@@ -44,9 +67,16 @@ def curve_records(s: RunSpec, *, seed=0, val_every=20, noise=0.005, law=LAW) -> 
     records = []
     for step in range(1, s.steps + 1):
         tokens = step * s.D // s.steps
-        record = {"step": step, "tokens": tokens, "flops": tokens * s.flops_per_token,
-                  "train_loss": float(law_loss(s.N, tokens, law) + rng.normal(0, noise)), "lr": 1e-3,
-                  "tokens_per_s": 1000.0 + step, "mfu": None, "time": 1.79e9 + step}
+        record = {
+            "step": step,
+            "tokens": tokens,
+            "flops": tokens * s.flops_per_token,
+            "train_loss": float(law_loss(s.N, tokens, law) + rng.normal(0, noise)),
+            "lr": 1e-3,
+            "tokens_per_s": 1000.0 + step,
+            "mfu": None,
+            "time": 1.79e9 + step,
+        }
         if step % val_every == 0 or step == s.steps:
             record["val_loss"] = float(law_loss(s.N, tokens, law) + 0.01)
         records.append(record)
@@ -61,8 +91,9 @@ def write_metrics(run_dir: Path, records: list[dict], *, compact=True) -> Path:
     return path
 
 
-def make_sweep(root: Path, name: str, specs: list[RunSpec], states: dict[str, str] | None = None,
-               budget_flops: float | None = None) -> Path:
+def make_sweep(
+    root: Path, name: str, specs: list[RunSpec], states: dict[str, str] | None = None, budget_flops: float | None = None
+) -> Path:
     """A sweep directory with a real job database and plan.json; runs end in ``states`` (default completed)."""
     sweep_dir = root / name
     sweep_dir.mkdir(parents=True)
@@ -77,8 +108,11 @@ def make_sweep(root: Path, name: str, specs: list[RunSpec], states: dict[str, st
             db.start(s.config_hash)
             if state != "running":
                 db.finish(s.config_hash, state)
-    plan = {"runs": [s.to_json() for s in specs], "budget_flops": budget_flops,
-            "cluster": {"name": "local", "allocation_node_hours": 1.0, "devices_per_node": 1}}
+    plan = {
+        "runs": [s.to_json() for s in specs],
+        "budget_flops": budget_flops,
+        "cluster": {"name": "local", "allocation_node_hours": 1.0, "devices_per_node": 1},
+    }
     (sweep_dir / "plan.json").write_text(json.dumps(plan))
     return sweep_dir
 
@@ -132,7 +166,8 @@ def test_clean_sweep_points_and_curves_file(tmp_path):
     assert [r["val_loss"] for r in rows[:50]].count(None) == 50 - 3
     assert rows[19]["val_loss"] == first[19]["val_loss"]
     assert {(r["run"], r["family"], r["N"], r["budget"], r["diverged"]) for r in rows[:50]} == {
-        (specs[0].name, "gpt_neox", specs[0].N, None, False)}
+        (specs[0].name, "gpt_neox", specs[0].N, None, False)
+    }
     # the former CSV (the benchmark's baseline) holds the same points
     as_csv = collect_sweep(sweep_dir, curves="csv")
     with open(as_csv.curves_path, newline="") as fh:
@@ -146,8 +181,12 @@ def test_fast_path_agrees_with_json_per_line():
     records = curve_records(s)
     records[7]["val_loss"] = None  # the runtime logs a non-finite loss as null
     as_floats = [dict(r, flops=r["flops"] * 1.0, tokens=r["tokens"] * 1.0) for r in records]  # "4096.0"
-    for compact, shuffle, rows in [(True, False, records), (False, False, records), (True, True, records),
-                                   (False, True, as_floats)]:
+    for compact, shuffle, rows in [
+        (True, False, records),
+        (False, False, records),
+        (True, True, records),
+        (False, True, as_floats),
+    ]:
         if shuffle:
             rows = [dict(reversed(list(r.items()))) for r in rows]
         sep = (",", ":") if compact else (", ", ": ")
@@ -184,8 +223,21 @@ def test_collect_and_the_runtime_reader_share_one_resume_rule(tmp_path):
 
 
 def test_broken_files_are_skipped_or_cleaned_and_reported(tmp_path):
-    names = ["good", "resumed", "truncated", "corrupt", "garbage", "empty", "missing", "nan", "null", "diverged",
-             "running", "planned", "stale_val"]
+    names = [
+        "good",
+        "resumed",
+        "truncated",
+        "corrupt",
+        "garbage",
+        "empty",
+        "missing",
+        "nan",
+        "null",
+        "diverged",
+        "running",
+        "planned",
+        "stale_val",
+    ]
     specs = {n: spec("b", n, 20_000 + 1000 * i, 10**6, steps=40) for i, n in enumerate(names)}
     states = {"diverged": "diverged", "running": "running", "planned": "planned"}
     sweep_dir = make_sweep(tmp_path, "b", list(specs.values()), states)
@@ -225,8 +277,9 @@ def test_broken_files_are_skipped_or_cleaned_and_reported(tmp_path):
     assert skipped["garbage"].startswith("metrics.jsonl has no valid record")
     warnings = "\n".join(collected.warnings)
     assert "truncated: 1 bad line(s) dropped: line 41: cut mid-record (last line)" in warnings
-    assert "corrupt: 3 bad line(s) dropped: line 6: not JSON; line 10: missing train_loss; line 13: not JSON" \
-        in warnings
+    assert (
+        "corrupt: 3 bad line(s) dropped: line 6: not JSON; line 10: missing train_loss; line 13: not JSON" in warnings
+    )
     assert "resumed: 10 record(s) repeated by a resume" in warnings
     assert "nan: diverged (non-finite loss at step 31)" in warnings
     assert "null: diverged (non-finite loss at step 20)" in warnings
@@ -273,8 +326,11 @@ def test_state_json_end_wins_over_a_stale_database_and_unknown_runs_use_config(t
     collected = collect_sweep(sweep_dir)
     assert [r.state for r in collected.runs] == ["completed", "completed"]
     finals = {p["name"]: p for p in collected.final_points}
-    assert (finals["extra"]["N"], finals["extra"]["N_non_embedding"], finals["extra"]["C"]) == \
-        (n_total, n_ne, 40960 * flops_per_token(cfg))
+    assert (finals["extra"]["N"], finals["extra"]["N_non_embedding"], finals["extra"]["C"]) == (
+        n_total,
+        n_ne,
+        40960 * flops_per_token(cfg),
+    )
     assert collected.skipped == [("stray", "not in the job database or plan.json, and no config.yaml")]
 
 

@@ -1,4 +1,5 @@
 """Data: addressable batches, disjoint splits, token files, the stdlib corpus, digits, webdataset shards."""
+
 import dataclasses
 import io
 import struct
@@ -12,8 +13,17 @@ import yaml
 from PIL import Image
 
 from models import DATA_CONFIGS, build_family
-from models.data import (CLIP_MEAN, CLIP_STD, DIGIT_NAMES, ByteTokenizer, BytesData, DigitsData, DigitsSource,
-                         epoch_positions, stdlib_corpus)
+from models.data import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DIGIT_NAMES,
+    BytesData,
+    ByteTokenizer,
+    DigitsData,
+    DigitsSource,
+    epoch_positions,
+    stdlib_corpus,
+)
 
 TINY_LM = {"family": "gpt_neox", "vocab_size": 256, "seq_len": 16, "n_layer": 1, "d_model": 32, "n_heads": 2}
 TINY_CLIP = {"family": "clip", "image_size": 8, "patch_size": 4, "context_length": 32}
@@ -22,7 +32,7 @@ TINY_CLIP = {"family": "clip", "image_size": 8, "patch_size": 4, "context_length
 def caption(ids: torch.Tensor) -> str:
     """The bytes between start- and end-of-text (the two largest ids)."""
     ids = ids.tolist()
-    return bytes(ids[1:ids.index(max(ids))]).decode()
+    return bytes(ids[1 : ids.index(max(ids))]).decode()
 
 
 def write_tokens(path, tokens, dtype):
@@ -56,8 +66,9 @@ def test_token_bin_roundtrip_and_disjoint_split(tmp_path, dtype, top):
     boundary = top - top // 10
     for split in ("train", "val"):
         for i in range(5):
-            windows = torch.cat([family.batch(split, i, 8)["input_ids"], family.batch(split, i, 8)["labels"][:, -1:]],
-                                dim=1)
+            windows = torch.cat(
+                [family.batch(split, i, 8)["input_ids"], family.batch(split, i, 8)["labels"][:, -1:]], dim=1
+            )
             starts = windows[:, :1]
             assert torch.equal(windows, starts + torch.arange(17))  # contiguous runs of the file, exact values
             if split == "train":
@@ -120,8 +131,8 @@ def test_epoch_positions_cover_every_sample_once_per_epoch():
     n, b = 50, 8
     ids = np.concatenate([epoch_positions(3, "train", i, b, n) for i in range(25)])  # 200 = 4 epochs
     for epoch in range(4):
-        assert sorted(ids[epoch * n:(epoch + 1) * n]) == list(range(n))
-    assert not np.array_equal(ids[:n], ids[n:2 * n])  # reshuffled every epoch
+        assert sorted(ids[epoch * n : (epoch + 1) * n]) == list(range(n))
+    assert not np.array_equal(ids[:n], ids[n : 2 * n])  # reshuffled every epoch
     assert np.array_equal(epoch_positions(3, "train", 4, b, n), ids[32:40])
 
 
@@ -163,8 +174,9 @@ def test_webdataset_shards_read_images_with_their_captions(tmp_path):
         samples.append((f"s{k:04d}", image, "png" if k % 3 else "jpg", f"sample {k}"))
     write_shard(tmp_path / "shard-000.tar", samples[:30])
     write_shard(tmp_path / "shard-001.tar", samples[30:])
-    family = build_family(TINY_CLIP, {"kind": "webdataset", "shards": str(tmp_path / "shard-*.tar"),
-                                      "val_fraction": 0.2}, seed=0)
+    family = build_family(
+        TINY_CLIP, {"kind": "webdataset", "shards": str(tmp_path / "shard-*.tar"), "val_fraction": 0.2}, seed=0
+    )
     seen = {}
     for split in ("train", "val"):
         n = family.data.source.size(split)

@@ -1,4 +1,5 @@
 """``ladder describe``: exact counts from the family's accounting, without building the model."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def describe_json(*overrides: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "describe", *overrides, "--json"], cwd=REPO,
-                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "describe", *overrides, "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -36,10 +43,12 @@ def test_json_counts_match_the_built_model(model):
 
 
 def test_a_12b_model_is_described_without_allocating_it():
-    code = ("import json, resource, sys\n"
-            "from launcher import cli\n"
-            "assert cli.main(['describe', 'model=gpt_neox/pythia_12b', '--json']) == 0\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    code = (
+        "import json, resource, sys\n"
+        "from launcher import cli\n"
+        "assert cli.main(['describe', 'model=gpt_neox/pythia_12b', '--json']) == 0\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     numbers = json.loads(proc.stdout)

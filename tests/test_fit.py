@@ -1,4 +1,5 @@
 """Scaling-law fits recover known laws and reproduce published fits (tests/data/scaling/README.md)."""
+
 from __future__ import annotations
 
 import csv
@@ -9,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.errors import UserError
 from launcher.analysis.fit import fit_points
 from launcher.analysis.fit.bnsl import fit_bnsl
 from launcher.analysis.fit.bootstrap import resample_counts
 from launcher.analysis.fit.chinchilla import HuberObjective, chinchilla_grid
 from launcher.analysis.fit.lbfgs import minimize_lbfgs_batched
+from launcher.errors import UserError
 
 DATA = Path(__file__).parent / "data" / "scaling"
 # Besiroglu et al. (2024)'s replication of Chinchilla's approach 3
@@ -66,9 +67,9 @@ def test_objective_gradient_matches_finite_differences():
     N, D, L = (np.array([p[k] for p in points]) for k in ("N", "D", "loss"))
     weights = np.random.default_rng(0).uniform(0.5, 2.0, len(L))
     objective = HuberObjective(N, D, L, weights, reduce="mean")
-    theta = objective.to_internal(np.array([[6.0, 7.5, 0.6, 0.35, 0.37],
-                                            [2.0, 9.0, 0.1, 0.8, 0.2],
-                                            [300.0, 5.0, 0.5, 40.0, 0.3]]))  # third: terms 700+ e-folds apart
+    theta = objective.to_internal(
+        np.array([[6.0, 7.5, 0.6, 0.35, 0.37], [2.0, 9.0, 0.1, 0.8, 0.2], [300.0, 5.0, 0.5, 40.0, 0.3]])
+    )  # third: terms 700+ e-folds apart
     f, grad = objective(theta)
     h = 1e-6
     for i in range(5):
@@ -130,8 +131,10 @@ WEIGHTED = [r for r in read_csv("porian2024_fit_results.csv") if r["fit"] == "we
 @pytest.mark.parametrize("published", WEIGHTED, ids=lambda r: f"{r['source']}-{r['row']}")
 def test_porian_weighted_isoflop_exponents(published):
     rows = porian_optima()[published["source"], published["row"]]
-    points = [{"N": float(r["n_star"]), "D": float(r["t_star"]), "C": float(r["flops"]), "loss": float(r["loss_star"])}
-              for r in rows]
+    points = [
+        {"N": float(r["n_star"]), "D": float(r["t_star"]), "C": float(r["flops"]), "loss": float(r["loss_star"])}
+        for r in rows
+    ]
     by_n = fit_points(points, "2", weights=[1 / float(r["n_star_std"]) ** 2 for r in rows])
     by_t = fit_points(points, "2", weights=[1 / float(r["t_star_std"]) ** 2 for r in rows])
     assert by_n["a"] == pytest.approx(float(published["n_exponent"]), abs=1e-3)
@@ -146,11 +149,15 @@ def test_approach2_takes_single_points_as_optima_only_when_every_budget_is_one()
     raw = [p for p in points if p["C"] != 1e19] + optima[2:]  # the largest budget ran one size
     fit = fit_points(raw, "2")
     assert [b["n_points"] for b in fit["budgets"]] == [7, 7]
-    assert fit["skipped_budgets"] == [{"budget": 1e19, "error": "budget 1e+19: a parabola needs runs of 3+ "
-                                                               "distinct sizes, got 1"}]
+    assert fit["skipped_budgets"] == [
+        {"budget": 1e19, "error": "budget 1e+19: a parabola needs runs of 3+ distinct sizes, got 1"}
+    ]
     two_sizes = [p for C in (3e18, 1e19) for p in [q for q in points if q["C"] == C][2:4]]
-    with pytest.raises(UserError, match=r"^approach 2: needs optima at 2\+ isoFLOP budgets, got 1 \(budget 3e\+18: "
-                                        r"a parabola needs runs of 3\+ distinct sizes, got 2; budget 1e\+19: "):
+    with pytest.raises(
+        UserError,
+        match=r"^approach 2: needs optima at 2\+ isoFLOP budgets, got 1 \(budget 3e\+18: "
+        r"a parabola needs runs of 3\+ distinct sizes, got 2; budget 1e\+19: ",
+    ):
         fit_points([p for p in points if p["C"] == 1e18] + two_sizes, "2")
 
 
@@ -163,12 +170,16 @@ def test_porian_named_configurations_are_among_those_checked():
 @pytest.mark.parametrize("label", ["Cosine decay", "Optimizer tuning (no decay)"])
 def test_approach2_parabolas_on_porian_isoflop_curves(label):
     """Parabolas through the raw IsoFLOP points land near the authors' interpolated minima."""
-    published = next(r for r in read_csv("porian2024_fit_results.csv")
-                     if r["paper_label"] == label and r["fit"] == "basic" and r["source"] == "summary_df")
-    points = [{"N": float(r["n"]), "D": float(r["t"]), "C": float(r["flops"]), "loss": float(r["loss"]),
-               "budget": r["flops"]}
-              for r in read_csv("porian2024_isoflop_points.csv")
-              if r["source"] == published["source"] and r["row"] == published["row"]]
+    published = next(
+        r
+        for r in read_csv("porian2024_fit_results.csv")
+        if r["paper_label"] == label and r["fit"] == "basic" and r["source"] == "summary_df"
+    )
+    points = [
+        {"N": float(r["n"]), "D": float(r["t"]), "C": float(r["flops"]), "loss": float(r["loss"]), "budget": r["flops"]}
+        for r in read_csv("porian2024_isoflop_points.csv")
+        if r["source"] == published["source"] and r["row"] == published["row"]
+    ]
     fit = fit_points(points, "2")
     assert fit["a"] == pytest.approx(float(published["n_exponent"]), abs=0.03)
 
@@ -176,8 +187,11 @@ def test_approach2_parabolas_on_porian_isoflop_curves(label):
 def test_approach1_envelope_of_training_curves():
     rng = np.random.default_rng(5)
     E, A, B, alpha, beta = (TRUE[k] for k in ("E", "A", "B", "alpha", "beta"))
-    curves = [{"N": N, "D": D, "loss": (E + A / N**alpha + B / D**beta) * np.exp(rng.normal(0, 0.001))}
-              for N in np.geomspace(1e7, 1e10, 16) for D in np.geomspace(1e8, 2e11, 60)]
+    curves = [
+        {"N": N, "D": D, "loss": (E + A / N**alpha + B / D**beta) * np.exp(rng.normal(0, 0.001))}
+        for N in np.geomspace(1e7, 1e10, 16)
+        for D in np.geomspace(1e8, 2e11, 60)
+    ]
     fit = fit_points(curves, "1")
     assert fit["a"] == pytest.approx(beta / (alpha + beta), abs=0.05)
     assert fit["a"] + fit["b"] == pytest.approx(1.0, abs=1e-6)  # C = 6ND along the envelope
@@ -187,8 +201,11 @@ def test_approach1_envelope_of_training_curves():
 def test_kaplan_recovers_the_joint_law():
     rng = np.random.default_rng(6)
     Nc, Dc, alpha_n, alpha_d = 8.8e13, 5.4e13, 0.076, 0.095
-    points = [{"N": N, "D": D, "loss": ((Nc / N) ** (alpha_n / alpha_d) + Dc / D) ** alpha_d * np.exp(rng.normal(0, 0.002))}
-              for N in np.geomspace(1e6, 1e9, 8) for D in np.geomspace(1e8, 1e11, 8)]
+    points = [
+        {"N": N, "D": D, "loss": ((Nc / N) ** (alpha_n / alpha_d) + Dc / D) ** alpha_d * np.exp(rng.normal(0, 0.002))}
+        for N in np.geomspace(1e6, 1e9, 8)
+        for D in np.geomspace(1e8, 1e11, 8)
+    ]
     fit = fit_points(points, "kaplan")
     joint = fit["L_ND"]
     assert joint["alpha_N"] == pytest.approx(alpha_n, rel=0.05)
@@ -212,8 +229,11 @@ def test_bnsl_finds_the_break():
 
 def muennighoff_points(single_epoch: bool) -> list[dict]:
     rows = read_csv("muennighoff2023_datablations_val_losses.csv")
-    return [{"N": float(r["params_N"]), "D": float(r["tokens_D"]), "loss": float(r["val_loss"])} for r in rows
-            if not single_epoch or float(r["tokens_D"]) <= float(r["unique_tokens_U"])]
+    return [
+        {"N": float(r["params_N"]), "D": float(r["tokens_D"]), "loss": float(r["val_loss"])}
+        for r in rows
+        if not single_epoch or float(r["tokens_D"]) <= float(r["unique_tokens_U"])
+    ]
 
 
 def test_muennighoff_runs_through_approach_3():
@@ -230,13 +250,16 @@ def test_muennighoff_runs_through_approach_3():
     assert abs(everything["alpha"] - single["alpha"]) > 0.05
 
 
-@pytest.mark.parametrize("points, approach, message", [
-    ([{"N": 1e8, "D": 1e9}], "3", "missing loss"),
-    ([{"N": -1.0, "D": 1e9, "loss": 3.0}], "3", "N must be a positive finite number"),
-    ([{"N": 1e8, "D": 1e9, "loss": 3.0}], "4", "approach: must be one of"),
-    ([{"N": 1e8, "D": 1e9, "loss": 3.0}] * 3, "3", "approach 3: needs at least 5"),
-    ([{"N": 1e8, "D": 1e9, "loss": 3.0, "C": 6e17}], "2", "approach 2: needs optima at 2+"),
-])
+@pytest.mark.parametrize(
+    "points, approach, message",
+    [
+        ([{"N": 1e8, "D": 1e9}], "3", "missing loss"),
+        ([{"N": -1.0, "D": 1e9, "loss": 3.0}], "3", "N must be a positive finite number"),
+        ([{"N": 1e8, "D": 1e9, "loss": 3.0}], "4", "approach: must be one of"),
+        ([{"N": 1e8, "D": 1e9, "loss": 3.0}] * 3, "3", "approach 3: needs at least 5"),
+        ([{"N": 1e8, "D": 1e9, "loss": 3.0, "C": 6e17}], "2", "approach 2: needs optima at 2+"),
+    ],
+)
 def test_bad_points_are_one_line_user_errors(points, approach, message):
     with pytest.raises(UserError, match=message) as info:
         fit_points(points, approach)
@@ -245,8 +268,10 @@ def test_bad_points_are_one_line_user_errors(points, approach, message):
 
 def test_structured_array_points_and_budget_labels():
     rows = isoflop_points([1e18, 4e18, 1.6e19], seed=8)
-    table = np.array([(p["N"], p["D"], p["loss"], f"{p['C']:g}") for p in rows],
-                     dtype=[("N", float), ("D", float), ("loss", float), ("budget", "U8")])
+    table = np.array(
+        [(p["N"], p["D"], p["loss"], f"{p['C']:g}") for p in rows],
+        dtype=[("N", float), ("D", float), ("loss", float), ("budget", "U8")],
+    )
     fit = fit_points(table, "2")
     assert [b["budget"] for b in fit["budgets"]] == ["1e+18", "4e+18", "1.6e+19"]
     assert [b["C"] for b in fit["budgets"]] == [1e18, 4e18, 1.6e19]  # numeric labels are the budgets' FLOPs

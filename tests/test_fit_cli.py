@@ -1,4 +1,5 @@
 """``ladder fit --points FILE.csv ...`` on real CSV files, in-process and as the installed command would run."""
+
 from __future__ import annotations
 
 import csv
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.errors import UserError
 from launcher.analysis.fit.cli import main
+from launcher.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,14 +32,36 @@ def isoflop_csv(tmp_path: Path) -> Path:
     for budget in (1e18, 4e18, 1.6e19):
         for n in np.geomspace(2e7, 2e9, 5) * (budget / 1e18) ** 0.5:
             d = budget / (6.2 * n)  # the sweep's own FLOPs per parameter-token, not 6
-            rows.append({"params": n, "tokens": d, "flops": 6.2 * n * d, "budget": f"{budget:g}",
-                         "val": 1.8 + 400 / n**0.34 + 2000 / d**0.36})
+            rows.append(
+                {
+                    "params": n,
+                    "tokens": d,
+                    "flops": 6.2 * n * d,
+                    "budget": f"{budget:g}",
+                    "val": 1.8 + 400 / n**0.34 + 2000 / d**0.36,
+                }
+            )
     return write_csv(tmp_path / "points.csv", rows)
 
 
 def test_approach_2_prints_exponents_and_per_budget_optima(isoflop_csv, capsys):
-    argv = ["--points", str(isoflop_csv), "--approach", "2", "--n-col", "params", "--d-col", "tokens",
-            "--c-col", "flops", "--loss-col", "val", "--budget-col", "budget", "--json"]
+    argv = [
+        "--points",
+        str(isoflop_csv),
+        "--approach",
+        "2",
+        "--n-col",
+        "params",
+        "--d-col",
+        "tokens",
+        "--c-col",
+        "flops",
+        "--loss-col",
+        "val",
+        "--budget-col",
+        "budget",
+        "--json",
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["a"] == pytest.approx(0.36 / (0.34 + 0.36), abs=0.03)
@@ -47,8 +70,18 @@ def test_approach_2_prints_exponents_and_per_budget_optima(isoflop_csv, capsys):
 
 
 def test_readable_table_without_json(isoflop_csv, capsys):
-    argv = ["--points", str(isoflop_csv), "--approach", "2", "--n-col", "params", "--d-col", "tokens",
-            "--loss-col", "val"]
+    argv = [
+        "--points",
+        str(isoflop_csv),
+        "--approach",
+        "2",
+        "--n-col",
+        "params",
+        "--d-col",
+        "tokens",
+        "--loss-col",
+        "val",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].split() == ["approach", "2"]
@@ -56,8 +89,19 @@ def test_readable_table_without_json(isoflop_csv, capsys):
 
 
 def test_c_defaults_to_6nd(isoflop_csv, capsys):
-    base = ["--points", str(isoflop_csv), "--approach", "2", "--n-col", "params", "--d-col", "tokens",
-            "--loss-col", "val", "--json"]
+    base = [
+        "--points",
+        str(isoflop_csv),
+        "--approach",
+        "2",
+        "--n-col",
+        "params",
+        "--d-col",
+        "tokens",
+        "--loss-col",
+        "val",
+        "--json",
+    ]
     main(base)
     without = json.loads(capsys.readouterr().out)
     main(base + ["--c-col", "flops"])
@@ -71,8 +115,21 @@ def test_approach_3_json_with_huber_mean_and_weights(tmp_path, capsys):
     L = (1.8 + 480 / N**0.35 + 2000 / D**0.37) * np.exp(rng.normal(0, 0.01, 50))
     w = rng.uniform(0.5, 2.0, 50)
     path = write_csv(tmp_path / "m.csv", [{"N": a, "D": b, "L": c, "w": d} for a, b, c, d in zip(N, D, L, w)])
-    argv = ["--points", str(path), "--approach", "3", "--n-col", "N", "--d-col", "D", "--loss-col", "L",
-            "--weight-col", "w", "--json"]
+    argv = [
+        "--points",
+        str(path),
+        "--approach",
+        "3",
+        "--n-col",
+        "N",
+        "--d-col",
+        "D",
+        "--loss-col",
+        "L",
+        "--weight-col",
+        "w",
+        "--json",
+    ]
     main(argv + ["--huber-reduce", "mean"])
     mean = json.loads(capsys.readouterr().out)
     main(argv)
@@ -83,14 +140,26 @@ def test_approach_3_json_with_huber_mean_and_weights(tmp_path, capsys):
     assert total["objective"] == pytest.approx(w.sum() * mean["objective"], rel=1e-8)  # the weights were used
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"--n-col": "parameters"}, "--n-col: no column 'parameters' in .*; available: params, tokens, flops, budget, val"),
-    ({"--points": "/nonexistent/points.csv"}, "--points: no such file"),
-    ({"--approach": "4"}, "argument --approach: invalid choice"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"--n-col": "parameters"},
+            "--n-col: no column 'parameters' in .*; available: params, tokens, flops, budget, val",
+        ),
+        ({"--points": "/nonexistent/points.csv"}, "--points: no such file"),
+        ({"--approach": "4"}, "argument --approach: invalid choice"),
+    ],
+)
 def test_bad_input_is_a_one_line_user_error(isoflop_csv, change, message):
-    args = {"--points": str(isoflop_csv), "--approach": "2", "--n-col": "params", "--d-col": "tokens",
-            "--loss-col": "val", **change}
+    args = {
+        "--points": str(isoflop_csv),
+        "--approach": "2",
+        "--n-col": "params",
+        "--d-col": "tokens",
+        "--loss-col": "val",
+        **change,
+    }
     with pytest.raises(UserError, match=message) as info:
         main([x for kv in args.items() for x in kv])
     assert "\n" not in str(info.value)
@@ -106,10 +175,31 @@ def test_too_few_points_and_non_numbers(tmp_path):
 
 
 def test_ladder_command_prints_the_error_without_traceback(isoflop_csv):
-    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "fit", "--points", str(isoflop_csv),
-                           "--approach", "2", "--n-col", "nparams", "--d-col", "tokens", "--loss-col", "val"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.cli",
+            "fit",
+            "--points",
+            str(isoflop_csv),
+            "--approach",
+            "2",
+            "--n-col",
+            "nparams",
+            "--d-col",
+            "tokens",
+            "--loss-col",
+            "val",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "ladder fit: error: --n-col: no column 'nparams' in " + str(isoflop_csv)
-        + "; available: params, tokens, flops, budget, val"]
+        "ladder fit: error: --n-col: no column 'nparams' in "
+        + str(isoflop_csv)
+        + "; available: params, tokens, flops, budget, val"
+    ]

@@ -1,4 +1,5 @@
 """fit_sweep: the whole fit.json for a small sweep drawn from a known law."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from launcher.errors import UserError
 from launcher.analysis.fit import fit_sweep
+from launcher.errors import UserError
 
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
 G = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
@@ -31,11 +32,21 @@ def sweep(budgets=(1e17, 4e17, 1.6e18), sizes=(0.4, 0.8, 1.6, 3.2), seed: int = 
             N = true_n_opt(C) * factor
             D = C / (6 * N)
             name = f"c{C:.0e}-n{j}"
-            finals.append({"name": name, "N": N, "N_non_embedding": 0.8 * N, "D": D, "C": 6 * N * D,
-                           "loss": law(N, D) * np.exp(rng.normal(0, 0.003)), "budget": C})
+            finals.append(
+                {
+                    "name": name,
+                    "N": N,
+                    "N_non_embedding": 0.8 * N,
+                    "D": D,
+                    "C": 6 * N * D,
+                    "loss": law(N, D) * np.exp(rng.normal(0, 0.003)),
+                    "budget": C,
+                }
+            )
             for d in np.geomspace(D / 50, D, 20):
-                curves.append({"name": name, "N": N, "D": d, "C": 6 * N * d,
-                               "loss": law(N, d) * np.exp(rng.normal(0, 0.003))})
+                curves.append(
+                    {"name": name, "N": N, "D": d, "C": 6 * N * d, "loss": law(N, d) * np.exp(rng.normal(0, 0.003))}
+                )
     return finals, curves
 
 
@@ -51,8 +62,17 @@ def test_every_part_is_present_and_plain_json(fitted):
     out, _ = fitted
     text = json.dumps(out, allow_nan=False)
     assert json.loads(text) == out
-    for key in ("approach1", "approach2", "approach3", "kaplan", "bnsl", "bootstrap", "frontier",
-                "recommendation", "extrapolation"):
+    for key in (
+        "approach1",
+        "approach2",
+        "approach3",
+        "kaplan",
+        "bnsl",
+        "bootstrap",
+        "frontier",
+        "recommendation",
+        "extrapolation",
+    ):
         assert key in out and "error" not in out[key], key
     assert out["schema"] == "scaleladder.fit/1"
     assert out["n_runs"] == 12 and out["n_curve_points"] == 240
@@ -70,8 +90,9 @@ def test_approach3_is_fitted_by_vpnls_and_grid_reaches_the_same_optimum(fitted):
     assert out["approach3"]["objective"] <= grid["approach3"]["objective"] * (1 + 1e-12)
     assert out["approach3"]["alpha"] == pytest.approx(grid["approach3"]["alpha"], abs=1e-4)
     # the fit without the largest budget (the extrapolation check) takes the same method
-    assert out["extrapolation"]["approach3"]["N_opt"] == pytest.approx(grid["extrapolation"]["approach3"]["N_opt"],
-                                                                       rel=1e-3)
+    assert out["extrapolation"]["approach3"]["N_opt"] == pytest.approx(
+        grid["extrapolation"]["approach3"]["N_opt"], rel=1e-3
+    )
 
 
 def test_recommendation_brackets_the_true_optimum(fitted):
@@ -143,7 +164,8 @@ def test_approach2_skips_budgets_of_fewer_than_3_sizes_instead_of_taking_a_run_a
     approach2 = fit_sweep(full + lone, [], budget_flops=None, n_boot=5)["approach2"]
     assert [b["budget"] for b in approach2["budgets"]] == [1e17, 4e17]
     assert approach2["skipped_budgets"] == [
-        {"budget": 1.6e18, "error": "budget 1.6e+18: a parabola needs runs of 3+ distinct sizes, got 1"}]
+        {"budget": 1.6e18, "error": "budget 1.6e+18: a parabola needs runs of 3+ distinct sizes, got 1"}
+    ]
     assert approach2["a"] == pytest.approx(BETA / (ALPHA + BETA), abs=0.05)
 
 
@@ -161,8 +183,14 @@ def test_holdout_runs_are_predicted_not_fitted_and_beyond_every_run_is_a_project
     finals, curves = sweep(budgets=(1e17, 4e17, 1.6e18, 6.4e18))
     held = [p for p in finals if p["budget"] == 6.4e18]
     kept = [p for p in finals if p["budget"] != 6.4e18]
-    out = fit_sweep(kept, [c for c in curves if c["name"] in {p["name"] for p in kept}], budget_flops=1e19,
-                    n_boot=50, seed=0, holdout=held)
+    out = fit_sweep(
+        kept,
+        [c for c in curves if c["name"] in {p["name"] for p in kept}],
+        budget_flops=1e19,
+        n_boot=50,
+        seed=0,
+        holdout=held,
+    )
     assert out["n_runs"] == 12 and [r["name"] for r in out["approach3"]["runs"]] == [p["name"] for p in kept]
     runs = out["holdout"]["runs"]
     assert [r["name"] for r in runs] == [p["name"] for p in held] and {r["kind"] for r in runs} == {"prediction"}

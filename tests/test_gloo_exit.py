@@ -9,6 +9,7 @@ launcher; this file is also the rank program: it reads the rank's own threads fr
 returned (the moment the interpreter would start to finalize), and writes both to a JSON file.
 ``bench/gloo_exit_loop.py`` counts the exit codes of many runs; this checks the cause on every run.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,13 +77,15 @@ def check_no_dist_thread_left(ranks: list[dict], expected_code: int) -> None:
         assert seen["exit_code"] == seen["launcher_exit_code"] == expected_code, seen
         # the probe sees gloo's threads while the groups exist (so an empty list below means something)
         assert "pt_gloo_runloop" in seen["before_close"], f"rank {rank}: {seen['before_close']}"
-        assert dist_threads(seen["after_main"]) == [], \
+        assert dist_threads(seen["after_main"]) == [], (
             f"rank {rank}: torch.distributed threads outlive the shutdown path: {seen['after_main']}"
+        )
 
 
 def test_plain_processes_zero0_leave_no_gloo_thread_behind(tmp_path):
-    ranks = run_two_ranks(tmp_path, "torchrun", "train.max_steps=2", "deepspeed=zero0",
-                          "cluster.step_launcher=torchrun")
+    ranks = run_two_ranks(
+        tmp_path, "torchrun", "train.max_steps=2", "deepspeed=zero0", "cluster.step_launcher=torchrun"
+    )
     check_no_dist_thread_left(ranks, 0)
     assert json.loads((tmp_path / "run" / "state.json").read_text())["status"] == "completed"
 

@@ -1,4 +1,5 @@
 """GPT-NeoX: equivalence with Hugging Face's implementation, exact accounting, shapes, the LM family."""
+
 import dataclasses
 import math
 from pathlib import Path
@@ -12,8 +13,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_family
 from models.clip import NAMED as CLIP_NAMED
-from models.gpt_neox import (NAMED, GPTNeoX, GPTNeoXConfig, flops_per_token, linear_cross_entropy, load_hf_state_dict,
-                             param_counts, solve_shape)
+from models.gpt_neox import (
+    NAMED,
+    GPTNeoX,
+    GPTNeoXConfig,
+    flops_per_token,
+    linear_cross_entropy,
+    load_hf_state_dict,
+    param_counts,
+    solve_shape,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "hydra_configs"
 
@@ -35,25 +44,39 @@ def meta_count(cfg) -> int:
         return sum(p.numel() for p in GPTNeoX(cfg).parameters())
 
 
-@pytest.mark.parametrize("hidden_act,gelu,attn,rotary_pct", [
-    ("gelu", "exact", "sdpa", 0.25),
-    ("gelu", "exact", "eager", 0.25),
-    ("gelu_new", "tanh", "sdpa", 0.25),
-    ("gelu_pytorch_tanh", "tanh", "sdpa", 1.0),
-])
+@pytest.mark.parametrize(
+    "hidden_act,gelu,attn,rotary_pct",
+    [
+        ("gelu", "exact", "sdpa", 0.25),
+        ("gelu", "exact", "eager", 0.25),
+        ("gelu_new", "tanh", "sdpa", 0.25),
+        ("gelu_pytorch_tanh", "tanh", "sdpa", 1.0),
+    ],
+)
 def test_logits_match_hugging_face(hidden_act, gelu, attn, rotary_pct):
     transformers = pytest.importorskip("transformers")
     hf_cfg = transformers.GPTNeoXConfig(
-        vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-        hidden_act=hidden_act, rotary_pct=rotary_pct, rotary_emb_base=10000, max_position_embeddings=48,
-        use_parallel_residual=True, layer_norm_eps=1e-5, attn_implementation=attn)
+        vocab_size=256,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        hidden_act=hidden_act,
+        rotary_pct=rotary_pct,
+        rotary_emb_base=10000,
+        max_position_embeddings=48,
+        use_parallel_residual=True,
+        layer_norm_eps=1e-5,
+        attn_implementation=attn,
+    )
     torch.manual_seed(0)
     hf = transformers.GPTNeoXForCausalLM(hf_cfg).eval()
     with torch.no_grad():  # far from init, so a swapped or mis-split weight cannot hide
         for name, p in hf.named_parameters():
             p.normal_(1.0 if "layernorm" in name or "layer_norm" in name else 0.0, 0.1)
-    ours = GPTNeoX(GPTNeoXConfig(vocab_size=256, seq_len=48, n_layer=2, d_model=64, n_heads=4,
-                                 rotary_pct=rotary_pct, gelu=gelu)).eval()
+    ours = GPTNeoX(
+        GPTNeoXConfig(vocab_size=256, seq_len=48, n_layer=2, d_model=64, n_heads=4, rotary_pct=rotary_pct, gelu=gelu)
+    ).eval()
     load_hf_state_dict(ours, hf.state_dict())
     ids = torch.randint(0, 256, (3, 48))
     with torch.no_grad():
@@ -62,7 +85,7 @@ def test_logits_match_hugging_face(hidden_act, gelu, attn, rotary_pct):
     assert (expected - got).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("chunk_elements", [7_000, 2 ** 27])  # uneven chunks of 7 tokens; one chunk
+@pytest.mark.parametrize("chunk_elements", [7_000, 2**27])  # uneven chunks of 7 tokens; one chunk
 def test_fused_loss_equals_cross_entropy_of_logits(chunk_elements):
     torch.manual_seed(0)
     h = torch.randn(300, 32, requires_grad=True)
@@ -75,10 +98,12 @@ def test_fused_loss_equals_cross_entropy_of_logits(chunk_elements):
     for a, b in zip(reference, torch.autograd.grad(3.0 * got, [h, weight])):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     with torch.no_grad():
-        assert linear_cross_entropy(h, weight, labels, chunk_elements).item() == pytest.approx(expected.item(), rel=1e-6)
+        assert linear_cross_entropy(h, weight, labels, chunk_elements).item() == pytest.approx(
+            expected.item(), rel=1e-6
+        )
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the GPU path: bf16 matmuls, fp32 softmax and sums
         low = linear_cross_entropy(h, weight, labels, chunk_elements)
-        grad_h, = torch.autograd.grad(low, [h])
+        (grad_h,) = torch.autograd.grad(low, [h])
     assert low.dtype == torch.float32 and low.item() == pytest.approx(expected.item(), rel=2e-2)
     assert F.cosine_similarity(grad_h.flatten(), reference[0].flatten(), dim=0) > 0.99
 
@@ -99,10 +124,14 @@ def test_pythia_counts_are_the_published_ones(name):
     assert meta_count(cfg) == total
 
 
-@pytest.mark.parametrize("cfg", [
-    *NAMED.values(),
-    GPTNeoXConfig(vocab_size=1000, n_layer=3, d_model=96, n_heads=3, intermediate_size=200, rotary_pct=0.5),
-], ids=[*NAMED, "odd"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        *NAMED.values(),
+        GPTNeoXConfig(vocab_size=1000, n_layer=3, d_model=96, n_heads=3, intermediate_size=200, rotary_pct=0.5),
+    ],
+    ids=[*NAMED, "odd"],
+)
 def test_analytic_count_equals_module(cfg):
     total, non_embedding = param_counts(cfg)
     assert meta_count(cfg) == total
@@ -139,8 +168,10 @@ def test_flops_formula_terms():
     assert flops_per_token(cfg) == expected
 
 
-@pytest.mark.parametrize("target,vocab,head_dim", [(1e6, 256, 32), (3e6, 256, 32), (20e6, 50304, 64),
-                                                   (160e6, 50304, 64), (1e9, 50304, 64), (7e9, 50304, 128)])
+@pytest.mark.parametrize(
+    "target,vocab,head_dim",
+    [(1e6, 256, 32), (3e6, 256, 32), (20e6, 50304, 64), (160e6, 50304, 64), (1e9, 50304, 64), (7e9, 50304, 128)],
+)
 def test_solve_shape_hits_target(target, vocab, head_dim):
     cfg = solve_shape(int(target), aspect_ratio=64, head_dim=head_dim, vocab_size=vocab)
     total, _ = param_counts(cfg)
@@ -168,8 +199,13 @@ def test_small_wang_init_statistics():
     model = GPTNeoX(cfg)
     small, wang = math.sqrt(2 / (5 * 256)), 2 / 4 / math.sqrt(256)
     block = model.blocks[1]
-    for weight, std in [(block.attn.qkv.weight, small), (block.mlp.up.weight, small), (model.embed_in.weight, small),
-                        (block.attn.out.weight, wang), (block.mlp.down.weight, wang)]:
+    for weight, std in [
+        (block.attn.qkv.weight, small),
+        (block.mlp.up.weight, small),
+        (model.embed_in.weight, small),
+        (block.attn.out.weight, wang),
+        (block.mlp.down.weight, wang),
+    ]:
         assert weight.std().item() == pytest.approx(std, rel=0.05)
     assert torch.all(block.ln_attn.weight == 1) and torch.all(block.attn.qkv.bias == 0)
     normal = GPTNeoX(dataclasses.replace(cfg, init="normal", init_std=0.01))
@@ -186,8 +222,9 @@ def test_invalid_config_names_the_field():
 FAMILY_NAMED = {"gpt_neox": NAMED, "clip": CLIP_NAMED}
 
 
-@pytest.mark.parametrize("path", sorted((CONFIG_DIR / "model").glob("*/*.yaml")),
-                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "path", sorted((CONFIG_DIR / "model").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
 def test_hydra_yaml_spells_out_the_named_config(path):
     text = path.read_text()
     assert text.startswith("# @package model")
@@ -203,8 +240,11 @@ def test_every_named_config_has_a_yaml(family):
 
 
 def test_lm_family_trains_and_evaluates(tmp_path):
-    family = build_family({"family": "gpt_neox", **dataclasses.asdict(NAMED["tiny"])},
-                          {"kind": "bytes", "max_bytes": 200_000, "cache_dir": str(tmp_path)}, seed=0)
+    family = build_family(
+        {"family": "gpt_neox", **dataclasses.asdict(NAMED["tiny"])},
+        {"kind": "bytes", "max_bytes": 200_000, "cache_dir": str(tmp_path)},
+        seed=0,
+    )
     assert family.name == "gpt_neox" and family.tokens_per_sample == 64
     assert family.param_counts() == param_counts(NAMED["tiny"])
     assert family.flops_per_token() == flops_per_token(NAMED["tiny"])

@@ -1,6 +1,7 @@
 """Bad input as a user hits it: generated bad values for config fields and CSV cells, run through ``ladder``
 in-process. Each must end in one line on stderr, exit 2, no traceback and no file written; an unexpected
 failure is one line pointing at a log that holds the traceback."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,15 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from launcher import cli
 from launcher.config.validate import PathComponent
 from launcher.policy import ExitCode
 
-SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 
 
@@ -46,7 +47,7 @@ TRAIN_FIELDS = {
     "train.beta1": floats_outside(lo=0.0, hi=1.0, hi_open=True),
     "train.max_steps": ints_outside(lo=1),
     "train.tokens": ints_outside(lo=1),
-    "seed": ints_outside(lo=0, hi=2 ** 63 - 1),
+    "seed": ints_outside(lo=0, hi=2**63 - 1),
     "model.layernorm_eps": floats_outside(lo=0.0),
     "cluster.device_peak_flops": floats_outside(lo=0.0),
     "cluster.allocation_node_hours": floats_outside(lo=0.0, lo_open=True).filter(lambda v: not v == 0.0),
@@ -106,16 +107,18 @@ def test_ladder_plan_refuses_unsafe_sweep_names(name, workdir, capsys):
 @given(budget=floats_outside(lo=0.0))
 def test_ladder_plan_refuses_bad_budgets(budget, workdir, capsys):
     before = files_under(workdir)
-    code = cli.main(["plan", "--no-calibrate", "sweep=tiny", f"sweep.budgets=[1e15,{budget!r}]",
-                     f"sweeps_root={workdir}"])
+    code = cli.main(
+        ["plan", "--no-calibrate", "sweep=tiny", f"sweep.budgets=[1e15,{budget!r}]", f"sweeps_root={workdir}"]
+    )
     line = assert_one_line_refusal(code, capsys.readouterr(), "plan")
     assert "sweep.budgets" in line
     assert files_under(workdir) == before
 
 
 def fit_points(path: Path, capsys) -> tuple[int, object]:
-    code = cli.main(["fit", "--points", str(path), "--approach", "3", "--n-col", "N", "--d-col", "D",
-                     "--loss-col", "loss"])
+    code = cli.main(
+        ["fit", "--points", str(path), "--approach", "3", "--n-col", "N", "--d-col", "D", "--loss-col", "loss"]
+    )
     return code, capsys.readouterr()
 
 
@@ -129,15 +132,21 @@ def test_fit_points_refuses_binary_garbage(data, workdir, capsys):
     assert files_under(workdir) == before
 
 
-BAD_CELLS = st.one_of(st.sampled_from(["", "nan", "inf", "-1", "0", "1e400", "abc", "3,1"]),
-                      st.text(alphabet="éçñ\x00\t ;x", min_size=1, max_size=8))
+BAD_CELLS = st.one_of(
+    st.sampled_from(["", "nan", "inf", "-1", "0", "1e400", "abc", "3,1"]),
+    st.text(alphabet="éçñ\x00\t ;x", min_size=1, max_size=8),
+)
 
 
 @SETTINGS
-@given(column=st.sampled_from(["N", "D", "loss"]), row=st.integers(0, 3), cell=BAD_CELLS,
-       encoding=st.sampled_from(["utf-8", "latin-1"]))
+@given(
+    column=st.sampled_from(["N", "D", "loss"]),
+    row=st.integers(0, 3),
+    cell=BAD_CELLS,
+    encoding=st.sampled_from(["utf-8", "latin-1"]),
+)
 def test_fit_points_names_the_bad_row_and_column(column, row, cell, encoding, workdir, capsys):
-    rows = [{"N": 1e6 * 2 ** i, "D": 2e7 * 3 ** i, "loss": 3.0 - 0.1 * i} for i in range(4)]
+    rows = [{"N": 1e6 * 2**i, "D": 2e7 * 3**i, "loss": 3.0 - 0.1 * i} for i in range(4)]
     rows[row][column] = cell
     text = "N,D,loss\n" + "".join(f"{r['N']},{r['D']},{r['loss']}\n" for r in rows)
     path = workdir / "points.csv"
@@ -151,7 +160,7 @@ def test_fit_points_short_row_and_constant_losses(workdir, capsys):
     short.write_text("N,D,loss\n1e6,2e7,3.1\n2e6\n")
     assert "line 3: 1 fields" in assert_one_line_refusal(*fit_points(short, capsys), "fit")
     flat = workdir / "flat.csv"
-    flat.write_text("N,D,loss\n" + "".join(f"{1e6 * 2 ** i},{2e7 * 2 ** i},3.1\n" for i in range(5)))
+    flat.write_text("N,D,loss\n" + "".join(f"{1e6 * 2**i},{2e7 * 2**i},3.1\n" for i in range(5)))
     assert "holds one value" in assert_one_line_refusal(*fit_points(flat, capsys), "fit")
 
 
@@ -159,8 +168,16 @@ def test_yaml_syntax_error_in_a_profile_names_the_file(workdir, capsys):
     site = workdir / "site" / "cluster"
     site.mkdir(parents=True)
     (site / "broken.yaml").write_text("name: broken\nscheduler: [local\n")
-    code = cli.main(["plan", "--no-calibrate", "sweep=tiny", f"site_dir={workdir / 'site'}", "cluster=broken",
-                     f"sweeps_root={workdir}"])
+    code = cli.main(
+        [
+            "plan",
+            "--no-calibrate",
+            "sweep=tiny",
+            f"site_dir={workdir / 'site'}",
+            "cluster=broken",
+            f"sweeps_root={workdir}",
+        ]
+    )
     line = assert_one_line_refusal(code, capsys.readouterr(), "plan")
     assert f"{site / 'broken.yaml'}:3:1: not valid YAML" in line
 
@@ -252,8 +269,10 @@ def test_a_failed_fit_keeps_the_good_one_and_writes_its_error_beside_it(fitted_s
 # ------------------------------------------------------------------------------- metrics.jsonl lines
 
 
-@pytest.mark.parametrize("stray", [b"not json\n", b"[1, 2]\n", b'{"loss": 1}\n', b'{"step": "3"}\n',
-                                   b"\xff\xfe latin-1 \xe9\n", b'{"step": 4, "tok'])
+@pytest.mark.parametrize(
+    "stray",
+    [b"not json\n", b"[1, 2]\n", b'{"loss": 1}\n', b'{"step": "3"}\n', b"\xff\xfe latin-1 \xe9\n", b'{"step": 4, "tok'],
+)
 def test_a_bad_metrics_line_is_skipped_and_counted(stray, tmp_path):
     from launcher.run.metrics import read_metrics, read_metrics_counted
 
@@ -276,14 +295,26 @@ HOSTILE_FILES = {  # case -> (what is done to a finished sweep, exit of collect/
     "state.json holds []": (lambda d: _first_run_file("state.json")(d).write_text("[]"), 0, None),
     "state.json is binary": (lambda d: _first_run_file("state.json")(d).write_bytes(b"\xff\x00"), 0, None),
     "plan.json holds []": (lambda d: (d / "plan.json").write_text("[]"), 2, "plan.json: expected a JSON object"),
-    "plan.json runs without keys": (lambda d: (d / "plan.json").write_text('{"runs": [{"name": "x"}]}'), 2,
-                                    "runs[0]: expected an object with name, family, N"),
-    "plan.json negative budget": (lambda d: (d / "plan.json").write_text('{"budget_flops": -1}'), 2,
-                                  "budget_flops: expected a number > 0"),
-    "jobdb.sqlite truncated": (lambda d: (d / "jobdb.sqlite").write_bytes((d / "jobdb.sqlite").read_bytes()[:1000]),
-                               2, "jobdb.sqlite: not a usable job database"),
-    "jobdb.sqlite garbage": (lambda d: (d / "jobdb.sqlite").write_bytes(b"garbage" * 100), 2,
-                             "jobdb.sqlite: not a usable job database"),
+    "plan.json runs without keys": (
+        lambda d: (d / "plan.json").write_text('{"runs": [{"name": "x"}]}'),
+        2,
+        "runs[0]: expected an object with name, family, N",
+    ),
+    "plan.json negative budget": (
+        lambda d: (d / "plan.json").write_text('{"budget_flops": -1}'),
+        2,
+        "budget_flops: expected a number > 0",
+    ),
+    "jobdb.sqlite truncated": (
+        lambda d: (d / "jobdb.sqlite").write_bytes((d / "jobdb.sqlite").read_bytes()[:1000]),
+        2,
+        "jobdb.sqlite: not a usable job database",
+    ),
+    "jobdb.sqlite garbage": (
+        lambda d: (d / "jobdb.sqlite").write_bytes(b"garbage" * 100),
+        2,
+        "jobdb.sqlite: not a usable job database",
+    ),
     "a metrics line not JSON": (lambda d: open(_first_run_file("metrics.jsonl")(d), "a").write("oops\n"), 0, None),
     "fit.json holds []": (lambda d: (d / "fit.json").write_text("[]"), 0, None),
 }

@@ -1,4 +1,5 @@
 """The job database: transitions, idempotent planning, state.json folding, and real concurrent writers."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,26 @@ from launcher.sweep.plan import RunSpec
 
 
 def spec(i: int, name: str | None = None, digest: str | None = None) -> RunSpec:
-    return RunSpec(name=name or f"run{i}", sweep="s", family="gpt_neox", model="gpt_neox/tiny",
-                   shape={"n_layer": 1 + i % 3}, N=1000 + i, N_non_embedding=500 + i, D=4096 * (i + 1),
-                   C=6 * (1000 + i) * 4096 * (i + 1), flops_per_token=6000, budget=None, steps=i + 1,
-                   global_batch_tokens=4096, nodes=1, ranks_per_run=1, base_overrides=("model=gpt_neox/tiny",),
-                   config_hash=digest or f"hash{i:04d}", est_node_hours=0.01)
+    return RunSpec(
+        name=name or f"run{i}",
+        sweep="s",
+        family="gpt_neox",
+        model="gpt_neox/tiny",
+        shape={"n_layer": 1 + i % 3},
+        N=1000 + i,
+        N_non_embedding=500 + i,
+        D=4096 * (i + 1),
+        C=6 * (1000 + i) * 4096 * (i + 1),
+        flops_per_token=6000,
+        budget=None,
+        steps=i + 1,
+        global_batch_tokens=4096,
+        nodes=1,
+        ranks_per_run=1,
+        base_overrides=("model=gpt_neox/tiny",),
+        config_hash=digest or f"hash{i:04d}",
+        est_node_hours=0.01,
+    )
 
 
 @pytest.fixture
@@ -78,12 +94,20 @@ def test_transitions_are_validated(db, tmp_path):
     run = db.run("run0")
     assert (run.state, run.attempts, run.job_id) == ("completed", 2, "124")
     attempts = db.attempts("run0")
-    assert [(a.job_id, a.array_index, a.state, a.exit_code) for a in attempts] == \
-        [("123", 4, "timed_out", 75), ("124", None, "completed", 0)]
+    assert [(a.job_id, a.array_index, a.state, a.exit_code) for a in attempts] == [
+        ("123", 4, "timed_out", 75),
+        ("124", None, "completed", 0),
+    ]
     assert all(a.started and a.ended and a.ended >= a.started for a in attempts)
     history = [(e["from_state"], e["to_state"]) for e in db.events("run0")]
-    assert history == [("planned", "queued"), ("queued", "running"), ("running", "timed_out"),
-                       ("timed_out", "queued"), ("queued", "running"), ("running", "completed")]
+    assert history == [
+        ("planned", "queued"),
+        ("queued", "running"),
+        ("running", "timed_out"),
+        ("timed_out", "queued"),
+        ("queued", "running"),
+        ("running", "completed"),
+    ]
 
 
 def test_consecutive_failures_count_and_reset(db, tmp_path):
@@ -118,8 +142,13 @@ def test_jobs_are_recorded(db, tmp_path):
     db.add_job("s", "slurm", "77", "array", ["hash0000", "hash0001"], depends_on="76")
     db.set_job_state("slurm", "77", "running")
     (job,) = db.jobs("s")
-    assert (job.job_id, job.kind, job.runs, job.depends_on, job.state) == \
-        ("77", "array", ["hash0000", "hash0001"], "76", "running")
+    assert (job.job_id, job.kind, job.runs, job.depends_on, job.state) == (
+        "77",
+        "array",
+        ["hash0000", "hash0001"],
+        "76",
+        "running",
+    )
 
 
 def write_state(run_dir, **state):
@@ -138,8 +167,11 @@ def test_fold_run_states(db, tmp_path):
     write_state(tmp_path / "runs" / "run2", status="requeue", step=5, exit_code=75, job_key="102", **step)
     write_state(tmp_path / "runs" / "run3", status="completed", step=9, exit_code=0)  # no job: not this attempt's
     changes = fold_run_states(db, "s")
-    assert sorted(changes) == [("run0", "queued", "running"), ("run1", "queued", "completed"),
-                               ("run2", "queued", "timed_out")]
+    assert sorted(changes) == [
+        ("run0", "queued", "running"),
+        ("run1", "queued", "completed"),
+        ("run2", "queued", "timed_out"),
+    ]
     assert [db.run(f"run{i}").state for i in range(4)] == ["running", "completed", "timed_out", "queued"]
     assert db.attempts("run2")[0].exit_code == 75
     assert fold_run_states(db, "s") == []  # nothing new
@@ -193,8 +225,7 @@ def test_concurrent_processes_lose_no_update(db, tmp_path):
     db.add_runs("s", [spec(i) for i in range(n_runs)], tmp_path)
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(db.path), w, n_runs, iterations, results))
-             for w in range(n_workers)]
+    procs = [ctx.Process(target=_worker, args=(str(db.path), w, n_runs, iterations, results)) for w in range(n_workers)]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=120) for _ in procs]

@@ -1,4 +1,5 @@
 """jsrun resource-set arithmetic against the layouts in the OLCF Summit user guide ("Resource Sets")."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,14 +58,18 @@ def test_a_literal_binding_is_passed_through(summit):
 
 def test_cpu_only_resource_sets_split_the_cores():
     cpu = ClusterProfile(cores_per_node=42, cores_per_task=21, gpus_per_task=0, devices_per_node=1)
-    assert resource_sets_for_nodes(cpu, 2) == ResourceSets(count=4, tasks_per_rs=1, cores_per_rs=21, gpus_per_rs=0,
-                                                           rs_per_host=2)
+    assert resource_sets_for_nodes(cpu, 2) == ResourceSets(
+        count=4, tasks_per_rs=1, cores_per_rs=21, gpus_per_rs=0, rs_per_host=2
+    )
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"gpus_per_task": 7}, "cluster.gpus_per_task"),
-    ({"cores_per_task": 8}, "cluster.cores_per_task"),  # 6 x 8 > 42 cores
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"gpus_per_task": 7}, "cluster.gpus_per_task"),
+        ({"cores_per_task": 8}, "cluster.cores_per_task"),  # 6 x 8 > 42 cores
+    ],
+)
 def test_shapes_that_do_not_fit_a_node_name_the_field(summit, change, field):
     with pytest.raises(UserError, match=field):
         rs_per_node(dataclasses.replace(summit, **change))

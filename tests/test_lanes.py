@@ -8,6 +8,7 @@ real from being contacted. Both must start the same steps the same number of tim
 code class of launcher.policy, write the same step log, stop alike at the walltime warning, and run an
 array task's own run under the same key.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,13 +68,20 @@ for file in "$LANES_STEPS"/*; do kill -s USR2 "$(cat "$file")"; done
 # checkpointed for the next job) and one it does not name (a failure); how many starts each gets
 STARTS = {0: 1, 1: TRIES, 2: 1, 3: 1, 75: 1, 4: TRIES}
 # the faked scheduler variables of a packed job, and its key in the step log
-JOBS = {"slurm": ("111", {"SLURM_JOB_ID": "111", "SLURM_JOB_NODELIST": "n1"}),
-        "summit": ("222", {"LSB_JOBID": "222", "LSB_JOBINDEX": "0"})}
+JOBS = {
+    "slurm": ("111", {"SLURM_JOB_ID": "111", "SLURM_JOB_NODELIST": "n1"}),
+    "summit": ("222", {"LSB_JOBID": "222", "LSB_JOBINDEX": "0"}),
+}
 
 
 def profile(name: str) -> ClusterProfile:
-    return validate(ClusterProfile, compose([f"cluster={name}", "cluster.modules=[]", "cluster.setup=[]",
-                                             "cluster.step_launch_delay_s=0"])["cluster"], "cluster")
+    return validate(
+        ClusterProfile,
+        compose([f"cluster={name}", "cluster.modules=[]", "cluster.setup=[]", "cluster.step_launch_delay_s=0"])[
+            "cluster"
+        ],
+        "cluster",
+    )
 
 
 @pytest.fixture
@@ -90,14 +98,38 @@ def stand_ins(tmp_path: Path) -> Path:
 def packed_job(tmp_path: Path, ladder: Path, codes, lanes: int = 2, array: bool = False) -> BatchJob:
     """The same job for both schedulers: a run per exit code in ``codes``, in lanes (or one per array task)."""
     sweep_dir = tmp_path / "sweep"
-    steps = tuple(Step(index=i, name=f"exit{code}", config_hash=f"{i:016x}", run_dir=str(sweep_dir / "runs" / f"exit{code}"),
-                       overrides=(f"run_dir={sweep_dir / 'runs' / f'exit{code}'}", f"exit_code={code}"),
-                       nodes=1, ranks=1, hours=0.1, tries=TRIES) for i, code in enumerate(codes))
+    steps = tuple(
+        Step(
+            index=i,
+            name=f"exit{code}",
+            config_hash=f"{i:016x}",
+            run_dir=str(sweep_dir / "runs" / f"exit{code}"),
+            overrides=(f"run_dir={sweep_dir / 'runs' / f'exit{code}'}", f"exit_code={code}"),
+            nodes=1,
+            ranks=1,
+            hours=0.1,
+            tries=TRIES,
+        )
+        for i, code in enumerate(codes)
+    )
     jobs = sweep_dir / "jobs"
-    return BatchJob(name="lanes-001", sweep="lanes", sweep_dir=str(sweep_dir), workdir=str(tmp_path), steps=steps,
-                    lanes=lanes, nodes=1, walltime_min=30, signal_s=600, ladder=(str(ladder),),
-                    manifest=str(jobs / "lanes-001.json"), output=str(jobs / "lanes-001-%j.out"),
-                    steps_log=str(jobs / "lanes-001.steps"), array=array, array_throttle=1)
+    return BatchJob(
+        name="lanes-001",
+        sweep="lanes",
+        sweep_dir=str(sweep_dir),
+        workdir=str(tmp_path),
+        steps=steps,
+        lanes=lanes,
+        nodes=1,
+        walltime_min=30,
+        signal_s=600,
+        ladder=(str(ladder),),
+        manifest=str(jobs / "lanes-001.json"),
+        output=str(jobs / "lanes-001-%j.out"),
+        steps_log=str(jobs / "lanes-001.steps"),
+        array=array,
+        array_throttle=1,
+    )
 
 
 def start(name: str, job: BatchJob, scheduler_env: dict[str, str], bin_dir: Path, tmp_path: Path) -> subprocess.Popen:
@@ -108,10 +140,23 @@ def start(name: str, job: BatchJob, scheduler_env: dict[str, str], bin_dir: Path
     for old in (tmp_path / f"{name}.calls", Path(job.steps_log), *(Path(s.run_dir) / "starts" for s in job.steps)):
         old.unlink(missing_ok=True)
     (tmp_path / "steps").mkdir(exist_ok=True)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
-           "LANES_CALLS": str(tmp_path / f"{name}.calls"), "LANES_STEPS": str(tmp_path / "steps"), **scheduler_env}
-    return subprocess.Popen(["bash", str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+        "LANES_CALLS": str(tmp_path / f"{name}.calls"),
+        "LANES_STEPS": str(tmp_path / "steps"),
+        **scheduler_env,
+    }
+    return subprocess.Popen(
+        ["bash", str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen, job: BatchJob) -> tuple[int, str, list[list[str]], dict[str, list[str]]]:
@@ -123,8 +168,11 @@ def finish(proc: subprocess.Popen, job: BatchJob) -> tuple[int, str, list[list[s
             os.killpg(proc.pid, signal.SIGKILL)
     log = Path(job.steps_log)
     rows = [line.split("\t")[:4] for line in log.read_text().splitlines()] if log.exists() else []
-    starts = {s.name: (Path(s.run_dir) / "starts").read_text().splitlines() for s in job.steps
-              if (Path(s.run_dir) / "starts").exists()}
+    starts = {
+        s.name: (Path(s.run_dir) / "starts").read_text().splitlines()
+        for s in job.steps
+        if (Path(s.run_dir) / "starts").exists()
+    }
     return proc.returncode, out, rows, starts
 
 
@@ -148,8 +196,9 @@ def test_slurm_and_lsf_lanes_retry_alike(tmp_path, stand_ins):
         assert calls == [f"submit --continue-from {key} --manifest {job.manifest}"]
         runs[name] = sorted(tuple(row[1:]) for row in rows)
     assert runs["slurm"] == runs["summit"]
-    assert runs["slurm"] == sorted((f"exit{code}", str(attempt), str(code)) for code, n in STARTS.items()
-                                   for attempt in range(1, n + 1))
+    assert runs["slurm"] == sorted(
+        (f"exit{code}", str(attempt), str(code)) for code, n in STARTS.items() for attempt in range(1, n + 1)
+    )
     assert set(STARTS) >= {int(code) for code in ExitCode}
 
 
@@ -176,9 +225,18 @@ def test_an_array_task_runs_its_own_run_under_the_adapters_key(tmp_path, stand_i
     """Array task 1 (Slurm's SLURM_ARRAY_TASK_ID=1, LSF's element LSB_JOBINDEX=2) runs run 1 as <job>_1."""
     job = packed_job(tmp_path, stand_ins / "ladder", STARTS, array=True)
     for name, key, env in (
-            ("slurm", "111_1", {"SLURM_JOB_ID": "112", "SLURM_ARRAY_JOB_ID": "111", "SLURM_ARRAY_TASK_ID": "1",
-                                "SLURM_JOB_NODELIST": "n1"}),
-            ("summit", from_lsf("222[2]"), {"LSB_JOBID": "222", "LSB_JOBINDEX": "2"})):
+        (
+            "slurm",
+            "111_1",
+            {
+                "SLURM_JOB_ID": "112",
+                "SLURM_ARRAY_JOB_ID": "111",
+                "SLURM_ARRAY_TASK_ID": "1",
+                "SLURM_JOB_NODELIST": "n1",
+            },
+        ),
+        ("summit", from_lsf("222[2]"), {"LSB_JOBID": "222", "LSB_JOBINDEX": "2"}),
+    ):
         rc, out, rows, starts = run_script(name, job, env, stand_ins, tmp_path)
         assert rc == 1, out  # run 1 exits 1 in every try
         assert key.endswith("_1") and list(starts) == [job.steps[1].name]

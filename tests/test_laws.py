@@ -1,6 +1,7 @@
 """The law registry and the laws beyond Chinchilla's: over-training, data-constrained, two-stage, and
 approach 3 by variable projection. Known laws are synthetic with stated parameters; published
 numbers come from the authors' data and notebook (tests/data/scaling/README.md)."""
+
 from __future__ import annotations
 
 import csv
@@ -11,12 +12,12 @@ import numpy as np
 import pytest
 
 import launcher.analysis.fit as fit_module
-from launcher.errors import UserError
 from launcher.analysis.fit import APPROACHES, LAWS, fit_points, predict_points
 from launcher.analysis.fit.chinchilla import fit_chinchilla
 from launcher.analysis.fit.laws import LawFamily
 from launcher.analysis.fit.points import as_points
 from launcher.analysis.fit.vpnls import fit_vpnls
+from launcher.errors import UserError
 from test_fit_sweep import sweep
 
 DATA = Path(__file__).parent / "data" / "scaling"
@@ -24,8 +25,9 @@ DATA = Path(__file__).parent / "data" / "scaling"
 CHINCHILLA = dict(E=1.82, A=482.0, B=2085.0, alpha=0.35, beta=0.37)
 # Muennighoff et al. 2023's base law (their notebook: a, b, e, alpha, beta = 6.255414, 7.3049974, 0.6254804,
 # 0.3526596, 0.3526596, fitted with alpha = beta to Chinchilla's C4 IsoFLOP points) and their fit of it
-MUENNIGHOFF_BASE = dict(E=math.exp(0.6254804), A=math.exp(6.255414), B=math.exp(7.3049974), alpha=0.3526596,
-                        beta=0.3526596)
+MUENNIGHOFF_BASE = dict(
+    E=math.exp(0.6254804), A=math.exp(6.255414), B=math.exp(7.3049974), alpha=0.3526596, beta=0.3526596
+)
 PUBLISHED_R_D, PUBLISHED_R_N, PUBLISHED_OBJECTIVE = 15.387756, 5.309743, 0.015825936570763588
 
 
@@ -40,6 +42,7 @@ def chinchilla_loss(N, D):
 
 
 # ---------------------------------------------------------------------------------------------- registry
+
 
 class Constant(LawFamily):
     name = "constant"
@@ -83,8 +86,9 @@ def overtrained_points(seed: int, noise: float = 0.002) -> list[dict]:
     D, g = M * N, GADRE
     C = 6 * N * D
     loss = (g["E"] + (g["a"] * M ** g["eta"] + g["b"] * M ** -g["eta"]) * C ** -g["eta"]) * np.exp(
-        rng.normal(0, noise, N.size))
-    return [{"N": n, "D": d, "loss": l} for n, d, l in zip(N, D, loss)]
+        rng.normal(0, noise, N.size)
+    )
+    return [{"N": n, "D": d, "loss": y} for n, d, y in zip(N, D, loss)]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -115,10 +119,19 @@ def test_overtrain_predicts_an_over_trained_run_far_beyond_the_ladder():
 
 # ---------------------------------------------------------------------------------------------- datacon
 
+
 def muennighoff_points(names: set[str] | None = None) -> list[dict]:
-    return [{"N": float(r["params_N"]), "D": float(r["tokens_D"]), "U": float(r["unique_tokens_U"]),
-             "loss": float(r["val_loss"]), "name": r["run_name"]}
-            for r in read_csv("muennighoff2023_datablations_val_losses.csv") if names is None or r["run_name"] in names]
+    return [
+        {
+            "N": float(r["params_N"]),
+            "D": float(r["tokens_D"]),
+            "U": float(r["unique_tokens_U"]),
+            "loss": float(r["val_loss"]),
+            "name": r["run_name"],
+        }
+        for r in read_csv("muennighoff2023_datablations_val_losses.csv")
+        if names is None or r["run_name"] in names
+    ]
 
 
 def paper_runs() -> set[str]:
@@ -133,8 +146,12 @@ def test_datacon_reproduces_muennighoff_decay_constants():
     assert len(points) == 182
     fit = fit_points(points, "datacon", base=MUENNIGHOFF_BASE)
     assert fit["base"] == "given" and fit["n_starts"] == 9
-    published = [o for o in fit["optima"] if o["R_D_star"] == pytest.approx(PUBLISHED_R_D, rel=0.1)
-                 and o["R_N_star"] == pytest.approx(PUBLISHED_R_N, rel=0.1)]
+    published = [
+        o
+        for o in fit["optima"]
+        if o["R_D_star"] == pytest.approx(PUBLISHED_R_D, rel=0.1)
+        and o["R_N_star"] == pytest.approx(PUBLISHED_R_N, rel=0.1)
+    ]
     assert published, fit["optima"]
     assert published[0]["objective"] == pytest.approx(PUBLISHED_OBJECTIVE, rel=1e-5)
     assert fit["objective"] == fit["optima"][0]["objective"] <= published[0]["objective"]
@@ -155,11 +172,16 @@ def test_datacon_fits_its_base_to_single_epoch_runs_and_predicts_repeated_data()
     assert np.all(gains > 0) and np.all(np.diff(gains) < 0)
 
 
-@pytest.mark.parametrize("points, message", [
-    ([{"N": 1e8, "D": 1e9, "loss": 3.0}] * 6, r"datacon: needs each point's unique tokens \(U; --unique-col\)"),
-    ([{"N": n, "D": 1e9, "U": 2e9, "loss": 3.0 - n / 1e9} for n in (1e7, 2e7, 4e7, 8e7, 1.6e8, 3.2e8)],
-     r"datacon: R_D\* is undetermined: no run has D > U"),
-])
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        ([{"N": 1e8, "D": 1e9, "loss": 3.0}] * 6, r"datacon: needs each point's unique tokens \(U; --unique-col\)"),
+        (
+            [{"N": n, "D": 1e9, "U": 2e9, "loss": 3.0 - n / 1e9} for n in (1e7, 2e7, 4e7, 8e7, 1.6e8, 3.2e8)],
+            r"datacon: R_D\* is undetermined: no run has D > U",
+        ),
+    ],
+)
 def test_datacon_bad_input_is_a_one_line_error(points, message):
     with pytest.raises(UserError, match=message) as info:
         fit_points(points, "datacon", base=MUENNIGHOFF_BASE)
@@ -167,6 +189,7 @@ def test_datacon_bad_input_is_a_one_line_error(points, message):
 
 
 # ---------------------------------------------------------------------------------------------- two_stage
+
 
 def sigmoid(L, a, b, k, L0):
     return a / (1 + np.exp(-k * (L - L0))) + b
@@ -237,11 +260,14 @@ def test_two_stage_exponential_link_for_top1_error():
     assert [p["metric"] for p in out["predictions"]] == pytest.approx(eps - k * np.exp(-gamma * L), abs=0.02)
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(link="cubic"), "--link: must be one of sigmoid, exp"),
-    (dict(loss_approach="2"), "--loss-approach: must be one of 3, kaplan, bnsl, overtrain, datacon"),
-    (dict(metric_range=(0.5, 0.9)), r"--metric-range: observed metric values lie outside \[0.5, 0.9\]"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(link="cubic"), "--link: must be one of sigmoid, exp"),
+        (dict(loss_approach="2"), "--loss-approach: must be one of 3, kaplan, bnsl, overtrain, datacon"),
+        (dict(metric_range=(0.5, 0.9)), r"--metric-range: observed metric values lie outside \[0.5, 0.9\]"),
+    ],
+)
 def test_two_stage_bad_options_are_one_line_errors(options, message):
     points = two_stage_points(lambda L: sigmoid(L, **ACCURACY), n=20)
     with pytest.raises(UserError, match=message) as info:
@@ -251,17 +277,22 @@ def test_two_stage_bad_options_are_one_line_errors(options, message):
 
 # ---------------------------------------------------------------------------------------------- vpnls
 
+
 def porian(source: str, row: str) -> list[dict]:
-    return [{"N": float(r["n"]), "D": float(r["t"]), "C": float(r["flops"]), "loss": float(r["loss"])}
-            for r in read_csv("porian2024_isoflop_points.csv") if r["source"] == source and r["row"] == row]
+    return [
+        {"N": float(r["n"]), "D": float(r["t"]), "C": float(r["flops"]), "loss": float(r["loss"])}
+        for r in read_csv("porian2024_isoflop_points.csv")
+        if r["source"] == source and r["row"] == row
+    ]
 
 
 def synthetic(n: int, noise: float, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), n))
     D = np.exp(rng.uniform(np.log(1e8), np.log(1e11), n))
-    return [{"N": a, "D": b, "loss": c} for a, b, c in
-            zip(N, D, chinchilla_loss(N, D) * np.exp(rng.normal(0, noise, n)))]
+    return [
+        {"N": a, "D": b, "loss": c} for a, b, c in zip(N, D, chinchilla_loss(N, D) * np.exp(rng.normal(0, noise, n)))
+    ]
 
 
 def muennighoff_single_epoch() -> list[dict]:

@@ -1,5 +1,6 @@
 """Data flow one way: every import in launcher/ and models/ (top-level, in functions, under TYPE_CHECKING)
 goes to the importer's own layer or one below it, and models/ knows nothing of the launcher."""
+
 from __future__ import annotations
 
 import ast
@@ -13,8 +14,16 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS: list[tuple[str, ...]] = [
     # the rules every room shares, once: errors, whole-file writes, exit codes and retry, shipped and
     # site folders, number formatting, content hashes, the command-line shape
-    ("launcher.errors", "launcher.files", "launcher.policy", "launcher.resources", "launcher.numbers",
-     "launcher.identity", "launcher.arguments", "launcher.locks"),
+    (
+        "launcher.errors",
+        "launcher.files",
+        "launcher.policy",
+        "launcher.resources",
+        "launcher.numbers",
+        "launcher.identity",
+        "launcher.arguments",
+        "launcher.locks",
+    ),
     # pure PyTorch model families and their registry: what everything above builds, counts and validates
     ("models",),
     # Hydra composition and the typed run and cluster configs (model and data sections checked by models/)
@@ -51,8 +60,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {module_name(p): p for root in ("launcher", "models") for p in sorted((REPO / root).rglob("*.py"))
-           if "_shipped" not in p.parts}
+MODULES = {
+    module_name(p): p
+    for root in ("launcher", "models")
+    for p in sorted((REPO / root).rglob("*.py"))
+    if "_shipped" not in p.parts
+}
 
 
 def layer(name: str) -> int | None:
@@ -76,7 +89,7 @@ def imports(name: str) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([node.module] if node.module else []))
             for alias in node.names:  # `from launcher.run import rendezvous` imports launcher.run.rendezvous
                 found.append((node.lineno, f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base))
@@ -91,13 +104,21 @@ def test_every_module_has_a_layer():
 @pytest.mark.parametrize("name", [n for n in MODULES if n not in EMPTY_PACKAGES])
 def test_no_module_imports_a_layer_above_it(name):
     own = layer(name)
-    upward = [f"{MODULES[name].relative_to(REPO)}:{line} imports {target} (layer {layer(target)} > {own})"
-              for line, target in imports(name) if target not in EMPTY_PACKAGES and layer(target) > own]
+    upward = [
+        f"{MODULES[name].relative_to(REPO)}:{line} imports {target} (layer {layer(target)} > {own})"
+        for line, target in imports(name)
+        if target not in EMPTY_PACKAGES and layer(target) > own
+    ]
     assert upward == []
 
 
 def test_models_import_nothing_of_the_launcher():
     """models/ is pure PyTorch (DESIGN.md): the launcher builds on it, never the other way round."""
-    found = [(name, line, target) for name in MODULES if name.split(".")[0] == "models"
-             for line, target in imports(name) if target.split(".")[0] == "launcher"]
+    found = [
+        (name, line, target)
+        for name in MODULES
+        if name.split(".")[0] == "models"
+        for line, target in imports(name)
+        if target.split(".")[0] == "launcher"
+    ]
     assert found == []

@@ -1,5 +1,6 @@
 """One owner per folder: a second ``ladder train`` on a run_dir and a second ``ladder sweep`` in a sweep
 folder are refused in one line before doing any work; a lock left by a dead process is taken over."""
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,28 @@ def one_line_refusal(code: int, err: str, command: str) -> str:
 def test_a_second_ladder_train_on_one_run_dir_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
-    overrides = ["train.max_steps=100000", "train.checkpoint_every=100000", "train.val_every=100000",
-                 f"run_dir={run_dir}", "wandb.mode=disabled"]
-    first = subprocess.Popen([sys.executable, "-m", "launcher.cli", "train", *overrides], env=ENV, cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    overrides = [
+        "train.max_steps=100000",
+        "train.checkpoint_every=100000",
+        "train.val_every=100000",
+        f"run_dir={run_dir}",
+        "wandb.mode=disabled",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", "train", *overrides],
+        env=ENV,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         metrics = run_dir / "metrics.jsonl"
-        wait_while_progressing(lambda: metrics.exists() and metrics.stat().st_size > 0, "the first run to log a step",
-                               lambda: (first.poll(), tree_progress(tmp_path)))
+        wait_while_progressing(
+            lambda: metrics.exists() and metrics.stat().st_size > 0,
+            "the first run to log a step",
+            lambda: (first.poll(), tree_progress(tmp_path)),
+        )
         assert first.poll() is None, first.stderr.read()
         code = cli.main(["train", *overrides])
         line = one_line_refusal(code, capsys.readouterr().err, "train")
@@ -57,9 +72,17 @@ def test_a_second_ladder_sweep_is_refused_before_calibrating(tmp_path, capsys, m
     monkeypatch.chdir(tmp_path)
     sweep_dir = tmp_path / "sweeps" / "tiny"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom launcher.locks import FolderLock\n"
-         "with FolderLock(sys.argv[1], 'sweep'):\n    print('held', flush=True)\n    time.sleep(600)\n",
-         str(sweep_dir)], env=ENV, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom launcher.locks import FolderLock\n"
+            "with FolderLock(sys.argv[1], 'sweep'):\n    print('held', flush=True)\n    time.sleep(600)\n",
+            str(sweep_dir),
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "held\n"
         code = cli.main(["sweep", "sweep=tiny", f"sweeps_root={tmp_path / 'sweeps'}"])

@@ -5,6 +5,7 @@ documented formats (README.md there cites the pages), and small stand-ins for bs
 brequeue (tests/data/lsf/bin/recorded) print them from PATH: an honest substitute for a scheduler that
 cannot run here, which checks our parsing and command lines, not LSF itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,23 @@ from launcher.config.validate import validate
 from launcher.errors import UserError
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency
-from launcher.schedulers.lsf import (LsfRecord, LsfScheduler, dependency_condition, directive_arg, element_id, from_lsf,
-                                     job_key, key_path, parse_bjobs_json, parse_bjobs_plain, parse_bsub,
-                                     parse_signal_output, to_lsf, walltime, warning_minutes)
+from launcher.schedulers.lsf import (
+    LsfRecord,
+    LsfScheduler,
+    dependency_condition,
+    directive_arg,
+    element_id,
+    from_lsf,
+    job_key,
+    key_path,
+    parse_bjobs_json,
+    parse_bjobs_plain,
+    parse_bsub,
+    parse_signal_output,
+    to_lsf,
+    walltime,
+    warning_minutes,
+)
 
 DATA = Path(__file__).parent / "data" / "lsf"
 GOLDEN = Path(__file__).parent / "golden" / "summit"
@@ -103,17 +118,21 @@ def local_lsf(tmp_path, monkeypatch) -> Path:
 
 # --- bsub ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name,job_id", [("bsub_submitted.txt", "4242"), ("bsub_submitted_default_queue.txt", "4243")])
 def test_bsub_job_id(name, job_id):
     assert parse_bsub(recorded(name)) == job_id
 
 
-@pytest.mark.parametrize("name,field,hint", [
-    ("bsub_no_such_queue.txt", "cluster.queue", "unknown queue"),
-    ("bsub_queue_closed.txt", "cluster.queue", "closed"),
-    ("bsub_job_limit.txt", "cluster.max_queued_jobs", "job limit"),
-    ("bsub_bad_project.txt", "cluster.account", "project"),
-])
+@pytest.mark.parametrize(
+    "name,field,hint",
+    [
+        ("bsub_no_such_queue.txt", "cluster.queue", "unknown queue"),
+        ("bsub_queue_closed.txt", "cluster.queue", "closed"),
+        ("bsub_job_limit.txt", "cluster.max_queued_jobs", "job limit"),
+        ("bsub_bad_project.txt", "cluster.account", "project"),
+    ],
+)
 def test_bsub_refusals_name_the_field_and_quote_lsf(name, field, hint):
     with pytest.raises(UserError) as info:
         parse_bsub("", recorded(name))
@@ -129,19 +148,30 @@ def test_bsub_unexplained_refusal_still_raises():
 
 # --- bjobs --------------------------------------------------------------------------------------------
 
+
 def test_bjobs_json_maps_every_lsf_state():
     records = parse_bjobs_json(recorded("bjobs_json.txt"))
     states = {job_id: record.state for job_id, record in records.items()}
     assert states == {
-        "4242": "running", "4243": "queued", "4244": "completed", "4245": "failed",
+        "4242": "running",
+        "4243": "queued",
+        "4244": "completed",
+        "4245": "failed",
         "4246": "timed_out",  # TERM_RUNLIMIT
         "4247": "cancelled",  # TERM_OWNER (bkill)
         "4248": "failed",  # a job's own exit code is not a run's: runs report theirs in state.json
-        "4249": "queued", "4250": "running", "4251": "running", "4252": "running", "4253": "cancelled",
-        "4300[1]": "completed", "4300[2]": "running",
+        "4249": "queued",
+        "4250": "running",
+        "4251": "running",
+        "4252": "running",
+        "4253": "cancelled",
+        "4300[1]": "completed",
+        "4300[2]": "running",
     }
     assert "999" not in records  # "Job <999> is not found": unknown to LSF, not a state
-    assert records["4246"] == LsfRecord("4246", "EXIT", 140, "TERM_RUNLIMIT: job killed after reaching LSF run time limit")
+    assert records["4246"] == LsfRecord(
+        "4246", "EXIT", 140, "TERM_RUNLIMIT: job killed after reaching LSF run time limit"
+    )
     assert records["4242"].exit_code is None
 
 
@@ -149,7 +179,12 @@ def test_bjobs_json_maps_every_lsf_state():
 def test_bjobs_plain_with_and_without_header(name):
     records = parse_bjobs_plain(recorded(name))
     assert {j: r.stat for j, r in records.items()} == {
-        "4242": "RUN", "4243": "PEND", "4245": "EXIT", "4300[1]": "DONE", "4300[2]": "RUN"}
+        "4242": "RUN",
+        "4243": "PEND",
+        "4245": "EXIT",
+        "4300[1]": "DONE",
+        "4300[2]": "RUN",
+    }
 
 
 def test_bjobs_json_refuses_plain_text():
@@ -159,13 +194,18 @@ def test_bjobs_json_refuses_plain_text():
 
 # --- bkill / brequeue ---------------------------------------------------------------------------------
 
+
 def test_signal_output():
     assert parse_signal_output(recorded("bkill.txt")) == {
-        "4242": "is being terminated", "4244": "Job has already finished", "999": "No matching job found"}
+        "4242": "is being terminated",
+        "4244": "Job has already finished",
+        "999": "No matching job found",
+    }
     assert parse_signal_output(recorded("brequeue.txt")) == {"4242": "is being requeued"}
 
 
 # --- the commands, with the stand-ins on PATH ---------------------------------------------------------
+
 
 def profile(name: str) -> ClusterProfile:
     return validate(ClusterProfile, compose([f"cluster={name}"])["cluster"], "cluster")
@@ -207,10 +247,17 @@ def test_submit_without_lsf_on_path(monkeypatch, tmp_path, summit):
 def test_status_asks_bjobs_once_and_reports_array_tasks_from_0(fake_lsf, summit):
     fake_lsf.answer("bjobs", out="bjobs_json.txt")
     states = summit.status(["4300", "4242", "4246", "999"])
-    assert fake_lsf.calls() == [["bjobs", "-a", "-o", "jobid jobindex stat exit_code exit_reason", "-json",
-                                 "4242", "4246", "4300", "999"]]
-    assert states == {"4242": "running", "4246": "timed_out", "999": "ended",
-                      "4300": "running", "4300_0": "completed", "4300_1": "running"}
+    assert fake_lsf.calls() == [
+        ["bjobs", "-a", "-o", "jobid jobindex stat exit_code exit_reason", "-json", "4242", "4246", "4300", "999"]
+    ]
+    assert states == {
+        "4242": "running",
+        "4246": "timed_out",
+        "999": "ended",
+        "4300": "running",
+        "4300_0": "completed",
+        "4300_1": "running",
+    }
 
 
 def test_status_falls_back_to_the_plain_table(fake_lsf, summit):
@@ -260,20 +307,24 @@ def test_task_keys_and_lsf_elements_are_one_mapping():
     [key_line] = [line for line in script.splitlines() if line.startswith('if [ "${LSB_JOBINDEX')]
     for element in (0, *range(1, n + 1)):  # 0: LSF's LSB_JOBINDEX outside an array
         environ = {"LSB_JOBID": "4300", "LSB_JOBINDEX": str(element)}
-        done = subprocess.run(["bash", "-c", f'{key_line}\necho "$JOB_KEY"'], env=environ, capture_output=True,
-                              text=True, check=True)
+        done = subprocess.run(
+            ["bash", "-c", f'{key_line}\necho "$JOB_KEY"'], env=environ, capture_output=True, text=True, check=True
+        )
         key = "4300" if element == 0 else f"4300_{element - 1}"
         assert done.stdout.strip() == key == job_key(environ) == from_lsf(element_id("4300", element))
         assert to_lsf(key) == element_id("4300", element)
 
 
-@pytest.mark.parametrize("kind,condition", [("afterany", "ended(7)"), ("afterok", "done(7)"),
-                                            ("afternotok", "exit(7)"), ("after", "started(7)")])
+@pytest.mark.parametrize(
+    "kind,condition",
+    [("afterany", "ended(7)"), ("afterok", "done(7)"), ("afternotok", "exit(7)"), ("after", "started(7)")],
+)
 def test_dependency_conditions(kind, condition):
     assert dependency_condition(Dependency(kind, ("7",))) == condition
 
 
 # --- quoting and times in #BSUB lines -----------------------------------------------------------------
+
 
 def test_directive_quoting_follows_lsf_script_parser():
     assert directive_arg("ended(4242)") == '"ended(4242)"'
@@ -296,6 +347,7 @@ def test_warning_time_in_whole_minutes(seconds, minutes):
 
 def test_key_path_expands_the_job_tags_and_nothing_else():
     word = key_path("/tmp/my $HOME `id` logs/%j/%A_%a.out")
-    done = subprocess.run(["bash", "-c", f'JOB_KEY=4300_2 LSB_JOBID=4300; printf "%s" {word}'], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        ["bash", "-c", f'JOB_KEY=4300_2 LSB_JOBID=4300; printf "%s" {word}'], capture_output=True, text=True, check=True
+    )
     assert done.stdout == "/tmp/my $HOME `id` logs/4300_2/4300_2.out"

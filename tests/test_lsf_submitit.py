@@ -5,6 +5,7 @@ outputs written from IBM's documented formats, to check the script and the comma
 (tests/data/lsf/bin/local-lsf) runs the job script's body on this machine, to check that a submitted
 function really runs, returns its result, and survives a walltime warning by checkpoint and brequeue.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,10 @@ def test_autoexecutor_picks_the_lsf_plugin(recorded_lsf, tmp_path):
     executor = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="lsf")
     assert isinstance(executor._executor, LsfExecutor)
     assert executor._executor.profile.name == "lsf"
-    assert submitit.AutoExecutor(folder=tmp_path / "logs", cluster="lsf", lsf_profile="summit")._executor.profile.name \
+    assert (
+        submitit.AutoExecutor(folder=tmp_path / "logs", cluster="lsf", lsf_profile="summit")._executor.profile.name
         == "summit"
+    )
 
 
 def test_no_bsub_no_executor(tmp_path, monkeypatch):
@@ -69,8 +72,15 @@ def test_submission_script_matches_golden_and_job_id_is_parsed(recorded_lsf, tmp
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "logs" / "%j"
     executor = submitit.AutoExecutor(folder=folder, cluster="lsf", lsf_profile="summit")
-    executor.update_parameters(name="probe", timeout_min=30, nodes=2, tasks_per_node=6, gpus_per_node=6,
-                               lsf_project="ABC123", lsf_signal_delay_min=3)
+    executor.update_parameters(
+        name="probe",
+        timeout_min=30,
+        nodes=2,
+        tasks_per_node=6,
+        gpus_per_node=6,
+        lsf_project="ABC123",
+        lsf_signal_delay_min=3,
+    )
     job = executor.submit(add, 1, 2)
     assert isinstance(job, LsfJob) and job.job_id == "4242"
     script = job.paths.submission_file
@@ -102,14 +112,27 @@ def test_bad_parameters_fail_at_update(recorded_lsf, tmp_path):
 def test_job_environment_reads_lsf_and_jsrun(monkeypatch, tmp_path):
     rankfile = tmp_path / "rankfile"
     rankfile.write_text("batch3\n" + "a01n01\n" * 6 + "a01n02\n" * 6)
-    for name, value in {"SUBMITIT_EXECUTOR": "lsf", "LSB_JOBID": "4300", "LSB_JOBINDEX": "2",
-                        "JSM_NAMESPACE_SIZE": "12", "JSM_NAMESPACE_RANK": "7", "JSM_NAMESPACE_LOCAL_RANK": "1",
-                        "JSM_NAMESPACE_LOCAL_SIZE": "6", "LSB_DJOB_RANKFILE": str(rankfile)}.items():
+    for name, value in {
+        "SUBMITIT_EXECUTOR": "lsf",
+        "LSB_JOBID": "4300",
+        "LSB_JOBINDEX": "2",
+        "JSM_NAMESPACE_SIZE": "12",
+        "JSM_NAMESPACE_RANK": "7",
+        "JSM_NAMESPACE_LOCAL_RANK": "1",
+        "JSM_NAMESPACE_LOCAL_SIZE": "6",
+        "LSB_DJOB_RANKFILE": str(rankfile),
+    }.items():
         monkeypatch.setenv(name, value)
     env = submitit.JobEnvironment()
     assert isinstance(env, LsfJobEnvironment)
-    assert (env.job_id, env.global_rank, env.local_rank, env.num_tasks, env.num_nodes, env.node) == \
-        ("4300_1", 7, 1, 12, 2, 1)  # element 2 of LSF's array is task 1
+    assert (env.job_id, env.global_rank, env.local_rank, env.num_tasks, env.num_nodes, env.node) == (
+        "4300_1",
+        7,
+        1,
+        12,
+        2,
+        1,
+    )  # element 2 of LSF's array is task 1
     assert env.hostnames == ["a01n01", "a01n02"]
     monkeypatch.setenv("LSB_JOBINDEX", "0")
     assert submitit.JobEnvironment().job_id == "4300"

@@ -7,6 +7,7 @@ steps started on this machine (cluster.step_launcher=local, the CPU, gloo) to th
 `-w "ended(id)"`), sends the walltime warning, and follows the runs through their checkpoint, the
 job's continuation and `ladder status`.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,18 +24,25 @@ from test_lsf import assert_golden, local_lsf, shellcheck  # noqa: F401 (local_l
 SUMMIT = ["cluster=summit", "cluster.account=ABC123"]
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("sweep_tiny.lsf", ["sweep=tiny", *SUMMIT]),  # 6 one-GPU runs: 6 lanes on one node
-    ("sweep_multinode.lsf", ["sweep=tiny", "sweep.nodes=2", "sweep.ranks_per_run=12", *SUMMIT]),
-    ("sweep_array.lsf", ["sweep=tiny", "cluster.submission=array", *SUMMIT]),
-    ("sweep_generic_lsf.lsf", ["sweep=tiny", "cluster=lsf", "cluster.device_peak_flops=1.0e+14"]),
-])
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("sweep_tiny.lsf", ["sweep=tiny", *SUMMIT]),  # 6 one-GPU runs: 6 lanes on one node
+        ("sweep_multinode.lsf", ["sweep=tiny", "sweep.nodes=2", "sweep.ranks_per_run=12", *SUMMIT]),
+        ("sweep_array.lsf", ["sweep=tiny", "cluster.submission=array", *SUMMIT]),
+        ("sweep_generic_lsf.lsf", ["sweep=tiny", "cluster=lsf", "cluster.device_peak_flops=1.0e+14"]),
+    ],
+)
 def test_render_writes_the_golden_scripts(name, overrides, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     [script] = render_sweep([*overrides, f"sweeps_root={tmp_path}/sweeps"], tmp_path / "out", calibrate=False)
     text = script.read_text()
     shellcheck(script)
-    assert_golden(name, text, {str(tmp_path): "<TMP>", str(Path(sys.executable).parent / "ladder"): "<LADDER>", sys.executable: "<PYTHON>"})
+    assert_golden(
+        name,
+        text,
+        {str(tmp_path): "<TMP>", str(Path(sys.executable).parent / "ladder"): "<LADDER>", sys.executable: "<PYTHON>"},
+    )
     manifest = json.loads(script.with_suffix(".json").read_text())
     directives = [line for line in text.splitlines() if line.startswith("#BSUB")]
     if "cluster=lsf" in overrides:
@@ -48,26 +56,42 @@ def test_render_writes_the_golden_scripts(name, overrides, tmp_path, monkeypatch
 
 
 def ladder(*args: str, cwd: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
 
 def test_ladder_render_writes_bsub_scripts_into_out(tmp_path):
-    printed = ladder("render", "sweep=tiny", *SUMMIT, f"sweeps_root={tmp_path}/sweeps", f"out={tmp_path}/out",
-                     "--no-calibrate", cwd=tmp_path)
+    printed = ladder(
+        "render",
+        "sweep=tiny",
+        *SUMMIT,
+        f"sweeps_root={tmp_path}/sweeps",
+        f"out={tmp_path}/out",
+        "--no-calibrate",
+        cwd=tmp_path,
+    )
     [script] = [Path(line) for line in printed.split()]
     assert script.parent == tmp_path / "out" and script.suffix == ".lsf"
     assert script.read_text().startswith('#!/bin/bash\n#BSUB -J "tiny-001"\n#BSUB -P "ABC123"\n')
     assert not (tmp_path / "sweeps" / "tiny" / "jobs").exists()  # rendering submits nothing
 
 
-DRY_RUN = ["sweep=tiny", "sweep.budgets=[1.0e+10,2.0e+10]", "sweep.params=[60000]",
-           "sweep.overrides=['train.micro_batch_size=8','train.val_every=1000','train.checkpoint_every=1000']",
-           "cluster=summit",
-           "cluster.step_launcher=local", "cluster.modules=[]", "cluster.device=cpu", "cluster.dist_backend=gloo",
-           "cluster.precision=fp32", "cluster.network_interface=null"]
+DRY_RUN = [
+    "sweep=tiny",
+    "sweep.budgets=[1.0e+10,2.0e+10]",
+    "sweep.params=[60000]",
+    "sweep.overrides=['train.micro_batch_size=8','train.val_every=1000','train.checkpoint_every=1000']",
+    "cluster=summit",
+    "cluster.step_launcher=local",
+    "cluster.modules=[]",
+    "cluster.device=cpu",
+    "cluster.dist_backend=gloo",
+    "cluster.precision=fp32",
+    "cluster.network_interface=null",
+]
 
 
 def wait_for(what: str, check, root: Path):
@@ -92,13 +116,17 @@ def test_dry_run_of_a_packed_summit_sweep(local_lsf, tmp_path, monkeypatch):
 
     # the walltime warning, as LSF sends it, once both runs are training
     runs = sweeps / "tiny" / "runs"
-    wait_for("both runs to train", lambda: len([p for p in runs.glob("*/metrics.jsonl") if p.stat().st_size]) == 2,
-             tmp_path)
+    wait_for(
+        "both runs to train", lambda: len([p for p in runs.glob("*/metrics.jsonl") if p.stat().st_size]) == 2, tmp_path
+    )
     subprocess.run(["bkill", "-s", "USR2", "5000"], check=True, capture_output=True)
 
     # the runs checkpoint (exit 75); the job submits what is left, to start once it has ended
-    wait_for("the continuation to end", lambda: stat(local_lsf, "5000") == "DONE" and stat(local_lsf, "5001") == "DONE",
-             tmp_path)
+    wait_for(
+        "the continuation to end",
+        lambda: stat(local_lsf, "5000") == "DONE" and stat(local_lsf, "5001") == "DONE",
+        tmp_path,
+    )
     jobs = sweeps / "tiny" / "jobs"
     first = [line.split("\t") for line in (jobs / "tiny-001.steps").read_text().splitlines()]
     assert sorted(cells[3] for cells in first) == ["75", "75"]

@@ -1,5 +1,6 @@
 """``ladder fit sweep=NAME metric=KEY``: any key the runs log, fitted in two steps, on synthetic curves
 written as metrics.jsonl (a real CLIP sweep is not cheap enough here: tests/test_clip.py trains CLIP)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,9 @@ def clip_like(tmp_path_factory):
 
 def test_final_metric_is_the_last_logged_value(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1, "acc": 0.1}\n{"step": 2, "acc": 0.3}\n{"step": 3, "acc": null}\n'
-                    '{"step": 4, "other": 1}\n')
+    path.write_text(
+        '{"step": 1, "acc": 0.1}\n{"step": 2, "acc": 0.3}\n{"step": 3, "acc": null}\n{"step": 4, "other": 1}\n'
+    )
     assert final_metric(path, "acc") == (0.3, 2)
     assert final_metric(path, "nope") is None and final_metric(tmp_path / "missing.jsonl", "acc") is None
 
@@ -81,8 +83,10 @@ def test_a_key_no_run_logged_is_an_error_part_and_the_loss_key_is_the_ordinary_f
     assert fit["metrics"]["bleu"] == {"error": "metric bleu: no completed run logged it in metrics.jsonl"}
     assert list(fit_sweep_dir(sweep_dir, n_boot=5, metric="val_loss")["metrics"]) == ["zero_shot_acc"]
     assert cli.main(["fit", f"sweep={sweep_dir}", "metrc=x"]) == 2
-    assert "metrc=x: unknown argument; allowed: sweep=<name>, sweeps_root=<dir>, metric=<metric>" in \
-        capsys.readouterr().err
+    assert (
+        "metrc=x: unknown argument; allowed: sweep=<name>, sweeps_root=<dir>, metric=<metric>"
+        in capsys.readouterr().err
+    )
 
 
 def test_the_report_shows_the_two_step_fit(clip_like):

@@ -1,4 +1,5 @@
 """The packer: runs into jobs that respect a site's bins, step and job limits, and fill their lanes."""
+
 from __future__ import annotations
 
 import random
@@ -112,7 +113,7 @@ def test_bad_shapes_are_refused():
     with pytest.raises(UserError, match="at least one rank per node"):
         pack([PackItem("x", 1.0, 4, 2)], policy)
     with pytest.raises(UserError, match="largest queue bin"):
-        policy.bin_for(10 ** 6)
+        policy.bin_for(10**6)
 
 
 def test_no_bins_is_a_config_error():
@@ -140,8 +141,16 @@ def test_packing_uses_node_hours_better_than_one_job_per_run():
 
 
 def test_bin_lookup_uses_upper_edges():
-    policy = PackPolicy(devices_per_node=8, bins=(QueueBin(91, 120), QueueBin(183, 360), QueueBin(9408, 720)),
-                        max_lanes=100, max_jobs=4, run_overhead_h=0.05, job_overhead_h=0.03, signal_h=0.1, safety=1.25)
+    policy = PackPolicy(
+        devices_per_node=8,
+        bins=(QueueBin(91, 120), QueueBin(183, 360), QueueBin(9408, 720)),
+        max_lanes=100,
+        max_jobs=4,
+        run_overhead_h=0.05,
+        job_overhead_h=0.03,
+        signal_h=0.1,
+        safety=1.25,
+    )
     assert policy.bin_for(91).max_walltime_min == 120
     assert policy.bin_for(92).max_walltime_min == 360
     assert policy.min_nodes(QueueBin(183, 360)) == 92

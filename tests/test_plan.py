@@ -1,4 +1,5 @@
 """The sweep planner: exact N, D in whole batches, C from the FLOP formula, hashes, budget refusal."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def test_isoflop_runs_have_exact_counts_whole_batches_and_exact_flops(tmp_path):
         cfg = gpt_neox.GPTNeoXConfig(**{k: v for k, v in run.model.items() if k != "family"})
         assert (r.N, r.N_non_embedding) == gpt_neox.param_counts(cfg)
         fpt = gpt_neox.flops_per_token(cfg)
-        assert fpt == 6 * r.N_non_embedding + 12 * cfg.n_layer * cfg.seq_len * cfg.d_model \
-            + 6 * cfg.d_model * cfg.padded_vocab
+        assert (
+            fpt
+            == 6 * r.N_non_embedding + 12 * cfg.n_layer * cfg.seq_len * cfg.d_model + 6 * cfg.d_model * cfg.padded_vocab
+        )
         assert run.train.tokens == r.D and run.train.max_steps is None
         assert run.train.global_batch_tokens == r.global_batch_tokens == 1024
         assert r.D == r.steps * r.global_batch_tokens
@@ -72,16 +75,19 @@ def test_grid_ladder_and_clip_kinds():
     ladder = plan("sweep=kaplan_ladder")
     assert {r.D for r in ladder.runs} == {round(2e6 / 4096) * 4096}
     targets = sorted(ladder.sweep.params)
-    assert [r.N_non_embedding for r in sorted(ladder.runs, key=lambda r: r.N)] == \
-        sorted(r.N_non_embedding for r in ladder.runs)
-    assert all(abs(math.log(r.N_non_embedding / t)) < 0.6 for r, t in
-               zip(sorted(ladder.runs, key=lambda r: r.N), targets))
+    assert [r.N_non_embedding for r in sorted(ladder.runs, key=lambda r: r.N)] == sorted(
+        r.N_non_embedding for r in ladder.runs
+    )
+    assert all(
+        abs(math.log(r.N_non_embedding / t)) < 0.6 for r, t in zip(sorted(ladder.runs, key=lambda r: r.N), targets)
+    )
     proportional = plan("sweep=kaplan_ladder", "sweep.tokens=[]", "sweep.tokens_per_param=20")
     for r in proportional.runs:
         assert abs(r.D - 20 * r.N_non_embedding) <= 4096 / 2
     clip = plan("sweep=clip_tiny")
     assert {r.family for r in clip.runs} == {"clip"} and len(clip.runs) == 6
     from models import clip as clip_model
+
     for r in clip.runs:
         run = load_run_config(r.overrides(clip.sweep_dir))
         cfg = clip_model.CLIPConfig(**{k: v for k, v in run.model.items() if k != "family"})
@@ -95,13 +101,16 @@ def test_min_steps_drops_runs_and_says_why():
     assert p.dropped and all("steps < sweep.min_steps=20" in why for why in p.dropped)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("sweep.kind=spiral", "sweep.kind: 'spiral' is not allowed; allowed: grid, isoflop, ladder, clip"),
-    ("sweep.shapes=[{n_layer: 2}]", "sweep: give the model sizes in exactly one of params, shapes"),
-    ("sweep.budgets=[]", "sweep.budgets: required for kind isoflop"),
-    ("sweep.params=[-5]", "sweep.params: every value must be > 0"),
-    ("sweep.shapes=[{n_layer: 2, d_model: 30}]", "model.n_heads: must divide d_model=30"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sweep.kind=spiral", "sweep.kind: 'spiral' is not allowed; allowed: grid, isoflop, ladder, clip"),
+        ("sweep.shapes=[{n_layer: 2}]", "sweep: give the model sizes in exactly one of params, shapes"),
+        ("sweep.budgets=[]", "sweep.budgets: required for kind isoflop"),
+        ("sweep.params=[-5]", "sweep.params: every value must be > 0"),
+        ("sweep.shapes=[{n_layer: 2, d_model: 30}]", "model.n_heads: must divide d_model=30"),
+    ],
+)
 def test_bad_sweeps_are_one_line_errors(override, message):
     extra = ["sweep.params=[]"] if override.startswith("sweep.shapes=[{n_layer: 2,") else []
     with pytest.raises(UserError) as err:
@@ -111,8 +120,12 @@ def test_bad_sweeps_are_one_line_errors(override, message):
 
 def test_holdout_selectors_mark_runs_and_keep_their_identity():
     base = plan("sweep=tiny", "sweep.params_per_budget=[[20000,60000],[20000,60000,150000]]", "sweep.params=[]")
-    p = plan("sweep=tiny", "sweep.params_per_budget=[[20000,60000],[20000,60000,150000]]", "sweep.params=[]",
-             "sweep.holdout=[{budget: 2.0e+10, params: 150000}, {params: 20000, budget: 1.0e+10}]")
+    p = plan(
+        "sweep=tiny",
+        "sweep.params_per_budget=[[20000,60000],[20000,60000,150000]]",
+        "sweep.params=[]",
+        "sweep.holdout=[{budget: 2.0e+10, params: 150000}, {params: 20000, budget: 1.0e+10}]",
+    )
     held = [(r.budget, r.N) for r in p.runs if r.holdout]
     largest = max(r.N for r in p.runs)
     smallest = min(r.N for r in p.runs)
@@ -122,13 +135,25 @@ def test_holdout_selectors_mark_runs_and_keep_their_identity():
     assert sum(r.to_json()["holdout"] for r in p.runs) == 2
 
 
-@pytest.mark.parametrize("holdout, message", [
-    ("[{budget: 3.0e+10}]", "sweep.holdout[0]: {'budget': 30000000000.0} matches no planned run; select by "
-                            "params, shape, budget, tokens, samples"),
-    ("[{size: 1}]", "sweep.holdout[0]: must be a mapping of one or more of params, shape, budget, tokens, samples, "
-                    "got {'size': 1.0}"),
-    ("[{budget: 1.0e+10}, {budget: 2.0e+10}]", "sweep.holdout: holds out all 6 runs; at least one must stay in the fit"),
-])
+@pytest.mark.parametrize(
+    "holdout, message",
+    [
+        (
+            "[{budget: 3.0e+10}]",
+            "sweep.holdout[0]: {'budget': 30000000000.0} matches no planned run; select by "
+            "params, shape, budget, tokens, samples",
+        ),
+        (
+            "[{size: 1}]",
+            "sweep.holdout[0]: must be a mapping of one or more of params, shape, budget, tokens, samples, "
+            "got {'size': 1.0}",
+        ),
+        (
+            "[{budget: 1.0e+10}, {budget: 2.0e+10}]",
+            "sweep.holdout: holds out all 6 runs; at least one must stay in the fit",
+        ),
+    ],
+)
 def test_bad_holdouts_are_one_line_errors(holdout, message):
     with pytest.raises(UserError) as err:
         plan("sweep=tiny", f"sweep.holdout={holdout}")
@@ -165,8 +190,21 @@ def test_plan_json_lists_every_run(capsys):
     assert ladder(["plan", "sweep=tiny", "--no-calibrate", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["runs"]) >= 6
-    assert set(data["runs"][0]) >= {"name", "family", "N", "N_non_embedding", "D", "C", "budget", "steps",
-                                    "global_batch_tokens", "nodes", "ranks_per_run", "est_node_hours", "config_hash"}
+    assert set(data["runs"][0]) >= {
+        "name",
+        "family",
+        "N",
+        "N_non_embedding",
+        "D",
+        "C",
+        "budget",
+        "steps",
+        "global_batch_tokens",
+        "nodes",
+        "ranks_per_run",
+        "est_node_hours",
+        "config_hash",
+    }
     assert data["total_node_hours"] is None and data["throughput"] is None  # no peak, no calibration
 
 
@@ -176,8 +214,10 @@ def test_the_budget_is_decided_once_and_plan_json_names_its_source(capsys):
     assert bought.flops == pytest.approx(2 * 3600 * 2e9)
     assert bought.source == "cluster.allocation_node_hours 2 x 3600 s x 2e+09 FLOP/s per node, peak x assumed MFU"
     unknown = plan("sweep=tiny")  # the local profile: 1 node-hour left, no peak, no calibration
-    assert unknown.budget == Budget(10 * max(r.C for r in unknown.runs), "10 x the largest run's C "
-                                    "(speed unknown: no device_peak_flops and no calibration)")
+    assert unknown.budget == Budget(
+        10 * max(r.C for r in unknown.runs),
+        "10 x the largest run's C (speed unknown: no device_peak_flops and no calibration)",
+    )
     assert ladder(["plan", "sweep=tiny", "--no-calibrate", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["budget_flops"], data["budget_source"]) == (unknown.budget.flops, unknown.budget.source)

@@ -1,4 +1,5 @@
 """``ladder project`` on a fitted synthetic sweep: every number recomputed here from fit.json and scaling.json."""
+
 from __future__ import annotations
 
 import json
@@ -33,11 +34,21 @@ def fitted(tmp_path_factory):
 
 
 def write_scaling(sweep_dir):
-    points = [{"nodes": n, "mode": "weak", "tokens_per_s": t, "tokens_per_s_lo": lo, "tokens_per_s_hi": hi,
-               "efficiency": t / (n * WEAK[1][0])} for n, (t, lo, hi) in WEAK.items()]
+    points = [
+        {
+            "nodes": n,
+            "mode": "weak",
+            "tokens_per_s": t,
+            "tokens_per_s_lo": lo,
+            "tokens_per_s_hi": hi,
+            "efficiency": t / (n * WEAK[1][0]),
+        }
+        for n, (t, lo, hi) in WEAK.items()
+    ]
     points.append({"nodes": 2, "mode": "strong", "tokens_per_s": 3000.0, "efficiency": 0.75})
-    (sweep_dir / "scaling.json").write_text(json.dumps({"cluster": "dev_slurm", "model": "made-up",
-                                                        "flops_per_token": STUDY_FPT, "points": points}))
+    (sweep_dir / "scaling.json").write_text(
+        json.dumps({"cluster": "dev_slurm", "model": "made-up", "flops_per_token": STUDY_FPT, "points": points})
+    )
 
 
 def project(root, capsys, *args) -> dict:
@@ -92,8 +103,9 @@ def test_projection_at_the_fitted_budget_from_the_scaling_study(fitted, capsys):
     assert p["jobs"] == math.ceil(wall_h / ((60 - 1.3) / 60))
     assert p["checkpoint_bytes"] == 12 * N  # fp32 weights + Adam's two fp32 moments
     assert p["checkpoints_in_warning"] == math.floor(60 / (12 * N / (1e9 * 2)))
-    total = sum(json.loads((sweep_dir / "runs" / s.name / "metrics.jsonl").read_text().splitlines()[-1])["flops"]
-                for s in specs)
+    total = sum(
+        json.loads((sweep_dir / "runs" / s.name / "metrics.jsonl").read_text().splitlines()[-1])["flops"] for s in specs
+    )
     assert p["sweep_cost"]["flops"] == pytest.approx(total, rel=1e-12) and p["sweep_cost"]["runs"] == len(specs)
     assert "scaling study" in p["speed_source"]
 

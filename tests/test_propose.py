@@ -1,5 +1,6 @@
 """``ladder propose`` on a synthetic sweep whose largest budget ran only sizes above its optimum, and
 ``proposal=FILE`` adding the proposed runs to a sweep's plan without touching the runs already there."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,6 @@ import yaml
 from launcher import cli
 from launcher.analysis.fitting import fit_sweep_dir
 from launcher.sweep.plan import build_plan
-
 from test_collect import LAW, curve_records, make_sweep, spec, write_metrics
 
 
@@ -20,10 +20,17 @@ def n_opt(C: float) -> float:
 
 
 def test_a_minimum_at_the_small_edge_proposes_smaller_sizes_and_a_larger_budget(tmp_path, capsys):
-    factors = {1e16: (0.25, 0.5, 1, 2, 4), 3e16: (0.25, 0.5, 1, 2, 4), 1e17: (0.25, 0.5, 1, 2, 4),
-               3e17: (3, 6, 12, 24)}  # the largest budget's runs all lie above its optimum
-    specs = [spec("tiny", f"c{C:.0e}-n{j}", int(n_opt(C) * f), int(C / (6 * int(n_opt(C) * f))), budget=C, steps=40)
-             for C, fs in factors.items() for j, f in enumerate(fs)]
+    factors = {
+        1e16: (0.25, 0.5, 1, 2, 4),
+        3e16: (0.25, 0.5, 1, 2, 4),
+        1e17: (0.25, 0.5, 1, 2, 4),
+        3e17: (3, 6, 12, 24),
+    }  # the largest budget's runs all lie above its optimum
+    specs = [
+        spec("tiny", f"c{C:.0e}-n{j}", int(n_opt(C) * f), int(C / (6 * int(n_opt(C) * f))), budget=C, steps=40)
+        for C, fs in factors.items()
+        for j, f in enumerate(fs)
+    ]
     sweep_dir = make_sweep(tmp_path, "tiny", specs, budget_flops=1e19)
     for i, s in enumerate(specs):
         write_metrics(sweep_dir / "runs" / s.name, curve_records(s, seed=i))
@@ -48,9 +55,18 @@ def test_a_minimum_at_the_small_edge_proposes_smaller_sizes_and_a_larger_budget(
 def test_a_proposal_adds_its_runs_to_the_sweep_and_keeps_the_others(tmp_path):
     before = build_plan(["sweep=tiny", f"sweeps_root={tmp_path}"])
     path = tmp_path / "proposal.yaml"
-    path.write_text(yaml.safe_dump({"sweep": "tiny", "rule": "by hand", "runs": [
-        {"params": 8000, "budget": 1e10, "reason": "below the small edge"},
-        {"params": 60000, "budget": 4e10, "reason": "a budget beyond the largest"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "sweep": "tiny",
+                "rule": "by hand",
+                "runs": [
+                    {"params": 8000, "budget": 1e10, "reason": "below the small edge"},
+                    {"params": 60000, "budget": 4e10, "reason": "a budget beyond the largest"},
+                ],
+            }
+        )
+    )
     after = build_plan(["sweep=tiny", f"proposal={path}", f"sweeps_root={tmp_path}"])
     old = {r.config_hash for r in before.runs}
     assert old < {r.config_hash for r in after.runs} and len(after.runs) == len(before.runs) + 2

@@ -2,6 +2,7 @@
 
 UPDATE_GOLDEN=1 pytest tests/test_render.py rewrites tests/golden/frontier/ from the current templates.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,9 @@ def profile(name: str, *overrides: str) -> ClusterProfile:
 
 
 def frontier(*overrides: str) -> ClusterProfile:
-    return profile("frontier", "cluster.account=ABC123", "cluster.ladder_command=ladder",
-                   f"cluster.setup=[{SETUP!r}]", *overrides)
+    return profile(
+        "frontier", "cluster.account=ABC123", "cluster.ladder_command=ladder", f"cluster.setup=[{SETUP!r}]", *overrides
+    )
 
 
 def steps(n: int, hours, nodes: int = 1, ranks: int = 1, prefix: str = "n") -> list[Step]:
@@ -41,11 +43,30 @@ def steps(n: int, hours, nodes: int = 1, ranks: int = 1, prefix: str = "n") -> l
     for i in range(n):
         name = f"{prefix}{20 + 10 * i}M-d{i + 1}G"
         run_dir = SWEEP_DIR / "runs" / name
-        overrides = ("model=gpt_neox/pythia_160m", f"model.n_layer={2 + i % 4}", f"model.d_model={256 + 64 * i}",
-                     f"train.tokens={(i + 1) * 10 ** 9}", "train.max_steps=null", f"run_dir={run_dir}",
-                     "wandb.group=golden", f"wandb.name={name}", "cluster=frontier")
-        out.append(Step(index=0, name=name, config_hash=f"{i:016x}", run_dir=str(run_dir), overrides=overrides,
-                        nodes=nodes, ranks=ranks, hours=hours[i] if isinstance(hours, list) else hours, tries=3))
+        overrides = (
+            "model=gpt_neox/pythia_160m",
+            f"model.n_layer={2 + i % 4}",
+            f"model.d_model={256 + 64 * i}",
+            f"train.tokens={(i + 1) * 10**9}",
+            "train.max_steps=null",
+            f"run_dir={run_dir}",
+            "wandb.group=golden",
+            f"wandb.name={name}",
+            "cluster=frontier",
+        )
+        out.append(
+            Step(
+                index=0,
+                name=name,
+                config_hash=f"{i:016x}",
+                run_dir=str(run_dir),
+                overrides=overrides,
+                nodes=nodes,
+                ranks=ranks,
+                hours=hours[i] if isinstance(hours, list) else hours,
+                tries=3,
+            )
+        )
     return out
 
 
@@ -84,8 +105,7 @@ def shellcheck(text: str, tmp_path: Path, name: str) -> None:
     assert shutil.which("shellcheck"), "shellcheck is needed (apt-get install shellcheck; make setup does it)"
     path = tmp_path / name
     path.write_text(text)
-    done = subprocess.run(["shellcheck", "--shell=bash", "--severity=style", str(path)], capture_output=True,
-                          text=True)
+    done = subprocess.run(["shellcheck", "--shell=bash", "--severity=style", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
 
@@ -94,13 +114,28 @@ def test_every_rendered_script_passes_shellcheck(tmp_path):
     rendered = {f"{s}-{n}": t for s, make in SCENARIOS.items() for n, t in make().items()}
     for site in ("slurm", "dev_slurm"):
         for submission in ("packed", "array"):
-            p = profile(site, f"cluster.submission={submission}", "cluster.partition=gpu", "cluster.qos=normal",
-                        "cluster.directives=['--constraint=a100']", "cluster.step_args=['--mpi=pmix']")
+            p = profile(
+                site,
+                f"cluster.submission={submission}",
+                "cluster.partition=gpu",
+                "cluster.qos=normal",
+                "cluster.directives=['--constraint=a100']",
+                "cluster.step_args=['--mpi=pmix']",
+            )
             runs = steps(6, 0.2, nodes=2 if site == "slurm" else 1, ranks=2)
             rendered.update({f"{site}-{submission}-{n}": t for n, t in render_all(p, runs).items()})
-    rendered.update({f"continuation-{n}": t for n, t in render_all(
-        frontier(), steps(2, 0.3), dependency=Dependency("afterany", ("123",)), continuation_of="123",
-        parent="golden-001").items()})
+    rendered.update(
+        {
+            f"continuation-{n}": t
+            for n, t in render_all(
+                frontier(),
+                steps(2, 0.3),
+                dependency=Dependency("afterany", ("123",)),
+                continuation_of="123",
+                parent="golden-001",
+            ).items()
+        }
+    )
     assert len(rendered) >= 9
     for name, text in rendered.items():
         shellcheck(text, tmp_path, f"{name}.sbatch")
@@ -122,8 +157,13 @@ def test_frontier_scripts_follow_olcf():
     assert srun_single and all("--nodes=1 --ntasks=1" in line for line in srun_single)
     assert "NCCL_NET" not in packed and "disable_rdzv_get" not in packed  # one node: RCCL's plugin must stay off
     srun_multi = [line for line in multi.splitlines() if "cmd=(" in line]
-    assert srun_multi and all(line.count("--network=disable_rdzv_get") == 1 and "cmd=(env " in line
-                              and ' NCCL_NET="OFI" ' in line and "--nodes=2 --ntasks=16" in line for line in srun_multi)
+    assert srun_multi and all(
+        line.count("--network=disable_rdzv_get") == 1
+        and "cmd=(env " in line
+        and ' NCCL_NET="OFI" ' in line
+        and "--nodes=2 --ntasks=16" in line
+        for line in srun_multi
+    )
     lanes = int(re.search(r"for _ in \$\(seq (\d+)\)", packed).group(1))
     nodes = int(re.search(r"#SBATCH --nodes=(\d+)", packed).group(1))
     assert lanes == 8 * nodes  # whole nodes, one lane per GCD
@@ -133,8 +173,9 @@ def test_frontier_scripts_follow_olcf():
 def test_values_reach_the_script_quoted(tmp_path):
     hostile = "$(touch PWNED) `touch PWNED2` ; rm -rf / 'x\" \\ ${HOME}"
     base = frontier()
-    p = dataclasses.replace(base, account="my account", env={**base.env, "EVIL": hostile},
-                            ladder_command="'/opt/my ladder/bin/ladder'")
+    p = dataclasses.replace(
+        base, account="my account", env={**base.env, "EVIL": hostile}, ladder_command="'/opt/my ladder/bin/ladder'"
+    )
     runs = steps(2, 0.2)
     runs[0] = dataclasses.replace(runs[0], overrides=(*runs[0].overrides, f"model.tag={hostile}"))
     (text,) = render_all(p, runs).values()
@@ -144,10 +185,17 @@ def test_values_reach_the_script_quoted(tmp_path):
     # run the script's own lines that define the environment and the commands: nothing may execute
     lines = [line for line in text.splitlines() if line.startswith("export EVIL=") or " cmd=(" in line][:2]
     probe = tmp_path / "probe.sh"
-    probe.write_text("\n".join(line.strip().removesuffix(" ;;") for line in lines) +
-                     '\nprintf "%s\\n" "$EVIL"\nprintf "%s\\n" "${cmd[-1]}"\n')
-    done = subprocess.run(["bash", str(probe)], cwd=tmp_path, capture_output=True, text=True,
-                          env={"HOME": "/home/me", "PATH": os.environ["PATH"]})
+    probe.write_text(
+        "\n".join(line.strip().removesuffix(" ;;") for line in lines)
+        + '\nprintf "%s\\n" "$EVIL"\nprintf "%s\\n" "${cmd[-1]}"\n'
+    )
+    done = subprocess.run(
+        ["bash", str(probe)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"HOME": "/home/me", "PATH": os.environ["PATH"]},
+    )
     assert done.returncode == 0, done.stderr
     evil, tag = done.stdout.splitlines()
     assert evil == hostile.replace("${HOME}", "/home/me")  # variables expand, nothing else does
@@ -157,7 +205,7 @@ def test_values_reach_the_script_quoted(tmp_path):
 
 def test_env_values_expand_only_variables():
     assert quote_with_variables("/tmp/$USER-x-${SLURM_JOB_ID}") == '"/tmp/$USER-x-${SLURM_JOB_ID}"'
-    assert quote_with_variables("$(id) `id` ${X:-y} \"q\"") == '"\\$(id) \\`id\\` \\${X:-y} \\"q\\""'
+    assert quote_with_variables('$(id) `id` ${X:-y} "q"') == '"\\$(id) \\`id\\` \\${X:-y} \\"q\\""'
 
 
 def test_directives_refuse_what_sbatch_cannot_read():

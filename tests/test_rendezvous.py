@@ -1,4 +1,5 @@
 """Rendezvous: every launcher's variables, ports, errors, timeouts, and real ranks under mpirun."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,17 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import UserError
-from launcher.run.rendezvous import (MPI_SOURCES, DistEnv, connect, derive_port, discover, expand_hostlist, expand_tasks_per_node, interface_address, resolve)
+from launcher.run.rendezvous import (
+    MPI_SOURCES,
+    DistEnv,
+    connect,
+    derive_port,
+    discover,
+    expand_hostlist,
+    expand_tasks_per_node,
+    interface_address,
+    resolve,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()
@@ -22,30 +33,47 @@ HOST = socket.gethostname()
 
 def openmpi_env(rank: int, size: int = 4) -> dict[str, str]:
     """What Open MPI's mpirun gives rank ``rank`` of ``size`` on one node."""
-    return {"OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_SIZE": str(size),
-            "OMPI_COMM_WORLD_LOCAL_RANK": str(rank), "OMPI_COMM_WORLD_LOCAL_SIZE": str(size),
-            "OMPI_COMM_WORLD_NODE_RANK": str(rank), "PMIX_RANK": str(rank), "PMIX_NAMESPACE": "1284440065"}
+    return {
+        "OMPI_COMM_WORLD_RANK": str(rank),
+        "OMPI_COMM_WORLD_SIZE": str(size),
+        "OMPI_COMM_WORLD_LOCAL_RANK": str(rank),
+        "OMPI_COMM_WORLD_LOCAL_SIZE": str(size),
+        "OMPI_COMM_WORLD_NODE_RANK": str(rank),
+        "PMIX_RANK": str(rank),
+        "PMIX_NAMESPACE": "1284440065",
+    }
 
 
 def slurm_step_env(rank: int, size: int = 8, per_node: str = "4(x2)") -> dict[str, str]:
     """What srun gives task ``rank`` of a two-node step on Frontier."""
-    return {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank % 4), "SLURM_NODEID": str(rank // 4),
-            "SLURM_NTASKS": str(size), "SLURM_STEP_NUM_TASKS": str(size), "SLURM_STEP_TASKS_PER_NODE": per_node,
-            "SLURM_JOB_ID": "1234567", "SLURM_STEP_ID": "2", "SLURM_JOB_NODELIST": "frontier[00012-00015]",
-            "SLURM_STEP_NODELIST": "frontier[00013-00014]"}
+    return {
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank % 4),
+        "SLURM_NODEID": str(rank // 4),
+        "SLURM_NTASKS": str(size),
+        "SLURM_STEP_NUM_TASKS": str(size),
+        "SLURM_STEP_TASKS_PER_NODE": per_node,
+        "SLURM_JOB_ID": "1234567",
+        "SLURM_STEP_ID": "2",
+        "SLURM_JOB_NODELIST": "frontier[00012-00015]",
+        "SLURM_STEP_NODELIST": "frontier[00013-00014]",
+    }
 
 
 # ------------------------------------------------------------------------------------ host lists
 
 
-@pytest.mark.parametrize("spec, hosts", [
-    ("n[1-3,5],m7", ["n1", "n2", "n3", "n5", "m7"]),
-    ("frontier[00012-00015]", ["frontier00012", "frontier00013", "frontier00014", "frontier00015"]),
-    ("vm", ["vm"]),
-    ("a1,b[08-10]", ["a1", "b08", "b09", "b10"]),
-    ("rack[1-2]-n[1,3]", ["rack1-n1", "rack1-n3", "rack2-n1", "rack2-n3"]),
-    ("h[7]", ["h7"]),
-])
+@pytest.mark.parametrize(
+    "spec, hosts",
+    [
+        ("n[1-3,5],m7", ["n1", "n2", "n3", "n5", "m7"]),
+        ("frontier[00012-00015]", ["frontier00012", "frontier00013", "frontier00014", "frontier00015"]),
+        ("vm", ["vm"]),
+        ("a1,b[08-10]", ["a1", "b08", "b09", "b10"]),
+        ("rack[1-2]-n[1,3]", ["rack1-n1", "rack1-n3", "rack2-n1", "rack2-n3"]),
+        ("h[7]", ["h7"]),
+    ],
+)
 def test_hostlist_forms(spec, hosts):
     assert expand_hostlist(spec) == hosts
 
@@ -71,8 +99,15 @@ def test_no_launcher_is_a_single_process():
 
 
 def test_torchrun():
-    env = {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
-           "MASTER_ADDR": "node7", "MASTER_PORT": "29600", **slurm_step_env(1)}
+    env = {
+        "RANK": "5",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "8",
+        "LOCAL_WORLD_SIZE": "4",
+        "MASTER_ADDR": "node7",
+        "MASTER_PORT": "29600",
+        **slurm_step_env(1),
+    }
     dist = resolve(env)
     assert dist == DistEnv(5, 1, 8, 4, "node7", 29600, "torchrun", None, "MASTER_ADDR", None)
 
@@ -144,9 +179,16 @@ def test_slurm_batch_script_is_not_a_step():
 
 
 def test_mpirun_inside_sbatch_trusts_mpi_over_inherited_slurm_variables():
-    outer = {"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "0",
-             "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_JOB_ID": "77",
-             "SLURM_JOB_NODELIST": "n[1-2]"}
+    outer = {
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NTASKS": "1",
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_TASKS": "1",
+        "SLURM_STEP_TASKS_PER_NODE": "1",
+        "SLURM_JOB_ID": "77",
+        "SLURM_JOB_NODELIST": "n[1-2]",
+    }
     dists = [discover({**outer, **openmpi_env(rank)}) for rank in range(4)]
     assert [(d.source, d.rank, d.world_size, d.local_rank) for d in dists] == [("openmpi", r, 4, r) for r in range(4)]
     assert dists[0].job_step == ("77", "1284440065")
@@ -166,9 +208,16 @@ def test_rank_outside_the_world_is_an_error():
 def jsrun_env(rank: int, tmp_path: Path, rankfile: str) -> dict[str, str]:
     path = tmp_path / "rankfile"
     path.write_text(rankfile)
-    return {"JSM_NAMESPACE_RANK": str(rank), "JSM_NAMESPACE_SIZE": "12", "JSM_NAMESPACE_LOCAL_RANK": str(rank % 6),
-            "JSM_NAMESPACE_LOCAL_SIZE": "6", "LSB_JOBID": "905", "LSB_DJOB_RANKFILE": str(path),
-            "LSB_HOSTS": "batch3 " + "a01n05 " * 42 + "a01n06 " * 42, "PMIX_NAMESPACE": "jsm.905.3"}
+    return {
+        "JSM_NAMESPACE_RANK": str(rank),
+        "JSM_NAMESPACE_SIZE": "12",
+        "JSM_NAMESPACE_LOCAL_RANK": str(rank % 6),
+        "JSM_NAMESPACE_LOCAL_SIZE": "6",
+        "LSB_JOBID": "905",
+        "LSB_DJOB_RANKFILE": str(path),
+        "LSB_HOSTS": "batch3 " + "a01n05 " * 42 + "a01n06 " * 42,
+        "PMIX_NAMESPACE": "jsm.905.3",
+    }
 
 
 def test_jsrun_master_is_the_first_compute_host_not_the_launch_node(tmp_path):
@@ -237,8 +286,13 @@ def free_port() -> int:
 
 
 def torchrun_env(rank: int, addr: str, port: int) -> dict[str, str]:
-    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": addr,
-            "MASTER_PORT": str(port)}
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": addr,
+        "MASTER_PORT": str(port),
+    }
 
 
 @pytest.fixture
@@ -254,8 +308,9 @@ def test_unreachable_master_fails_within_the_timeout(restore_environ):
 
     port = free_port()
     start = time.monotonic()
-    with pytest.raises(UserError, match=f"cannot reach master 127.0.0.1:{port} \\(master from MASTER_ADDR\\) "
-                                        f"within 1.5 s"):
+    with pytest.raises(
+        UserError, match=f"cannot reach master 127.0.0.1:{port} \\(master from MASTER_ADDR\\) within 1.5 s"
+    ):
         connect(resolve(torchrun_env(1, "127.0.0.1", port)), "gloo", 1.5)
     assert time.monotonic() - start < 3.5
 
@@ -272,8 +327,9 @@ def test_rank_zero_waiting_for_missing_ranks_fails_within_the_timeout(restore_en
 
 def test_unresolvable_master_is_named(restore_environ, tmp_path):
     env = jsrun_env(1, tmp_path, "login-batch\nno-such-host.invalid\n")
-    with pytest.raises(UserError, match="cannot resolve master host 'no-such-host.invalid' "
-                                        "\\(from LSB_DJOB_RANKFILE\\)"):
+    with pytest.raises(
+        UserError, match="cannot resolve master host 'no-such-host.invalid' \\(from LSB_DJOB_RANKFILE\\)"
+    ):
         connect(resolve(env), "gloo", 5)
 
 
@@ -284,15 +340,22 @@ MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none
 RENDEZVOUS = [sys.executable, "-m", "launcher.run.rendezvous", "--timeout", "60"]
 
 
-def mpirun(tmp_path: Path, nproc: int, wrapper_body: str, extra_env: dict[str, str] | None = None,
-           args: tuple = ()) -> str:
+def mpirun(
+    tmp_path: Path, nproc: int, wrapper_body: str, extra_env: dict[str, str] | None = None, args: tuple = ()
+) -> str:
     """``nproc`` real ranks of ``python -m launcher.run.rendezvous`` under mpirun, each through a bash wrapper."""
     wrapper = tmp_path / "rank.sh"
     wrapper.write_text("#!/bin/bash\nset -e\n" + textwrap.dedent(wrapper_body) + '\nexec "$@"\n')
     wrapper.chmod(0o755)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **(extra_env or {}))
-    proc = subprocess.run([*MPIRUN, "-np", str(nproc), str(wrapper), *RENDEZVOUS, *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [*MPIRUN, "-np", str(nproc), str(wrapper), *RENDEZVOUS, *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("rendezvous:")]
     assert len(lines) == 1, proc.stdout  # rank 0 alone reports, after the all-reduce of all ranks
@@ -307,8 +370,15 @@ def fields(line: str) -> dict[str, str]:
 @pytest.mark.mpi
 def test_mpirun_four_ranks_broadcast_over_mpi_despite_inherited_slurm_variables(tmp_path):
     """mpi4py path; every rank also carries an outer batch step's SLURM_PROCID=0 (the sbatch trap)."""
-    outer = {"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "0",
-             "SLURM_JOB_ID": "31337", "SLURM_JOB_NODELIST": "nowhere[1-2]", "SLURM_STEP_TASKS_PER_NODE": "1"}
+    outer = {
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NTASKS": "1",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_ID": "31337",
+        "SLURM_JOB_NODELIST": "nowhere[1-2]",
+        "SLURM_STEP_TASKS_PER_NODE": "1",
+    }
     info = fields(mpirun(tmp_path, 4, "", outer, ("--interface", "lo")))
     assert info == {**info, "interface": "lo", "address": "127.0.0.1", "world_size": "4", "source": "openmpi"}
 
@@ -329,8 +399,13 @@ def test_real_ranks_with_jsrun_variables_meet_at_the_first_compute_host(tmp_path
     rankfile.write_text("batch-launch-node.invalid\n" + f"{HOST}\n" * 2 + "other-node.invalid\n" * 2)
     env = {"LSB_DJOB_RANKFILE": str(rankfile), "LSB_JOBID": "4711", "LSB_HOSTS": "batch-launch-node.invalid " + HOST}
     info = fields(mpirun(tmp_path, 2, JSRUN_WRAPPER + DROP_MPI, env, ("--port-base", "41000", "--port-span", "2000")))
-    assert info == {**info, "address": HOST, "world_size": "2", "source": "lsf",
-                    "port": str(derive_port("4711", "", 41000, 2000))}
+    assert info == {
+        **info,
+        "address": HOST,
+        "world_size": "2",
+        "source": "lsf",
+        "port": str(derive_port("4711", "", 41000, 2000)),
+    }
 
 
 @needs_mpi
@@ -341,5 +416,10 @@ def test_real_ranks_with_slurm_step_variables_meet_at_the_first_node(tmp_path):
     export SLURM_NTASKS=2 SLURM_STEP_NUM_TASKS=2 SLURM_STEP_TASKS_PER_NODE=2 SLURM_JOB_ID=90210 SLURM_STEP_ID=7
     """
     info = fields(mpirun(tmp_path, 2, wrapper + DROP_MPI, {"SLURM_JOB_NODELIST": f"{HOST},nowhere[2-3]"}))
-    assert info == {**info, "address": HOST, "world_size": "2", "source": "slurm",
-                    "port": str(derive_port("90210", "7", 29500, 20000))}
+    assert info == {
+        **info,
+        "address": HOST,
+        "world_size": "2",
+        "source": "slurm",
+        "port": str(derive_port("90210", "7", 29500, 20000)),
+    }

@@ -1,4 +1,5 @@
 """fit_sweep_dir end to end on curves drawn from a known law, and the report built from it."""
+
 from __future__ import annotations
 
 import base64
@@ -77,14 +78,33 @@ def test_the_fit_takes_the_budget_and_its_source_from_plan_json(tmp_path):
 
 def test_ladder_fit_cli(law_sweep, tmp_path, capsys):
     shutil.copytree(law_sweep[0], tmp_path / "copy")
-    assert cli.main(["fit", "sweep=copy", f"sweeps_root={tmp_path}", "--json", "--n-boot", "5",
-                     "--budget-flops", "1e18"]) == 0
+    assert (
+        cli.main(["fit", "sweep=copy", f"sweeps_root={tmp_path}", "--json", "--n-boot", "5", "--budget-flops", "1e18"])
+        == 0
+    )
     fit = json.loads(capsys.readouterr().out)
     assert fit["recommendation"]["C"] == 1e18 and fit["inputs"]["budget_source"] == BUDGET_ARGUMENT
     csv = tmp_path / "points.csv"
-    csv.write_text("N,D,loss\n" + "".join(f"{n},{20 * n},{2 + 100 / n ** 0.3}\n" for n in (1e6, 1e7, 1e8)))
-    assert cli.main(["fit", "--points", str(csv), "--approach", "kaplan", "--n-col", "N", "--d-col", "D",
-                     "--loss-col", "loss", "--json"]) == 0
+    csv.write_text("N,D,loss\n" + "".join(f"{n},{20 * n},{2 + 100 / n**0.3}\n" for n in (1e6, 1e7, 1e8)))
+    assert (
+        cli.main(
+            [
+                "fit",
+                "--points",
+                str(csv),
+                "--approach",
+                "kaplan",
+                "--n-col",
+                "N",
+                "--d-col",
+                "D",
+                "--loss-col",
+                "loss",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["approach"] == "kaplan"
 
 
@@ -154,12 +174,16 @@ def test_report_when_the_fit_fails(tmp_path, capsys):
 
 def test_summary_when_the_extrapolation_has_no_error_to_give():
     """A held-out budget whose optimum could not be located leaves its relative errors null (CLIP sweeps)."""
-    fit = {"inputs": {"sweep": "clip_tiny"}, "recommendation": {"error": "no law"},
-           "extrapolation": {"C": 1e12, "observed": {"N_opt": 5e4, "from": "runs"},
-                             "approach2": {"N_opt": 4e4, "rel_error_N_opt": None, "loss_opt": None,
-                                           "rel_error_loss": None},
-                             "approach3": {"N_opt": 6e4, "rel_error_N_opt": 0.2, "loss_opt": 2.0,
-                                           "rel_error_loss": -0.01}}}
+    fit = {
+        "inputs": {"sweep": "clip_tiny"},
+        "recommendation": {"error": "no law"},
+        "extrapolation": {
+            "C": 1e12,
+            "observed": {"N_opt": 5e4, "from": "runs"},
+            "approach2": {"N_opt": 4e4, "rel_error_N_opt": None, "loss_opt": None, "rel_error_loss": None},
+            "approach3": {"N_opt": 6e4, "rel_error_N_opt": 0.2, "loss_opt": 2.0, "rel_error_loss": -0.01},
+        },
+    }
     lines = summary_lines(fit)
     assert "  approach2: N_opt error n/a, loss error n/a" in lines
     assert "  approach3: N_opt error +20.0%, loss error -1.00%" in lines

@@ -7,6 +7,7 @@ own step-j checkpoint (as if it had been killed after logging step K); stage 2 i
 (plain local processes), stage 3 by SIGUSR2 (under mpirun). A one-rank run gets a second signal while
 the checkpoint the first asked for is written.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,26 +22,35 @@ from pathlib import Path
 import pytest
 
 from launcher.config.run import load_run_config
-from launcher.run.metrics import read_metrics
 from launcher.policy import ExitCode
+from launcher.run.metrics import read_metrics
 from launcher.run.runtime import Schedule, make_family
 
 REPO = Path(__file__).resolve().parent.parent
 K, J = 8, 4  # steps of a run; the checkpoint the copied-checkpoint resumes start from
-COMMON = ("train.max_steps=8", "train.global_batch_tokens=2048", "train.checkpoint_every=4", "train.val_every=4",
-          "train.val_batches=2", "nproc=2", "wandb.mode=disabled")
+COMMON = (
+    "train.max_steps=8",
+    "train.global_batch_tokens=2048",
+    "train.checkpoint_every=4",
+    "train.val_every=4",
+    "train.val_batches=2",
+    "nproc=2",
+    "wandb.mode=disabled",
+)
 KEYS = {"step", "tokens", "flops", "train_loss", "lr", "tokens_per_s", "mfu", "time"}
 needs_mpi = pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun")
 
 
-def ladder_train(run_dir: Path, *overrides: str, stop_with: int | None = None, then: int | None = None,
-                 env: dict | None = None):
+def ladder_train(
+    run_dir: Path, *overrides: str, stop_with: int | None = None, then: int | None = None, env: dict | None = None
+):
     """``ladder train`` as a user runs it; with ``stop_with``, that signal as soon as step 1 is logged, and
     with ``then``, that one as soon as the checkpoint it asked for is being written."""
     command = [sys.executable, "-m", "launcher.cli", "train", *COMMON, *overrides, f"run_dir={run_dir}"]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    proc = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     if stop_with is not None:
         wait_for(proc, lambda: (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text())
         proc.send_signal(stop_with)
@@ -118,8 +128,13 @@ def copy_checkpoint(source: Path, target: Path, step: int) -> None:
 @pytest.mark.mpi
 def test_zero0_trains_logs_mirrors_to_wandb_offline_and_resumes_exactly(tmp_path):
     secret = "0123456789abcdef0123456789abcdef01234567"
-    code, output = ladder_train(tmp_path / "a", "deepspeed=zero0", "wandb.mode=offline",
-                                "cluster.device_peak_flops=1e12", env={"WANDB_API_KEY": secret})
+    code, output = ladder_train(
+        tmp_path / "a",
+        "deepspeed=zero0",
+        "wandb.mode=offline",
+        "cluster.device_peak_flops=1e12",
+        env={"WANDB_API_KEY": secret},
+    )
     check_uninterrupted(tmp_path / "a", 0, code, output, peak=1e12)
     assert list((tmp_path / "a" / "wandb").glob("offline-run-*/run-*.wandb")), "no offline W&B run"
     for path in (tmp_path / "a").rglob("*"):
@@ -179,8 +194,9 @@ def test_non_finite_loss_stops_the_run_as_diverged(tmp_path):
 
 
 def test_a_second_signal_while_the_checkpoint_is_written_changes_nothing(tmp_path):
-    code, output = ladder_train(tmp_path, "nproc=1", "train.checkpoint_every=100", stop_with=signal.SIGUSR2,
-                                then=signal.SIGTERM)
+    code, output = ladder_train(
+        tmp_path, "nproc=1", "train.checkpoint_every=100", stop_with=signal.SIGUSR2, then=signal.SIGTERM
+    )
     assert code == ExitCode.REQUEUE, output
     stopped = state(tmp_path)
     assert (stopped["status"], stopped["exit_code"], stopped["checkpoint_step"]) == ("requeue", 75, stopped["step"])

@@ -1,4 +1,5 @@
 """The runtime's parts that need no second rank: schedule, batch split, DeepSpeed config, files, signals."""
+
 from __future__ import annotations
 
 import ctypes
@@ -14,14 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from launcher.run import local_launch
-from launcher.run.checkpoint import Checkpointer, atomic_write
 from launcher.config.run import load_run_config
 from launcher.errors import UserError
+from launcher.run import local_launch
+from launcher.run.checkpoint import Checkpointer, atomic_write
 from launcher.run.metrics import MetricsLog, read_metrics
-from launcher.run.runtime import (BatchPlan, RunStateFile, Schedule, StopRequest, default_run_dir, deepspeed_config,
-                                  make_family, param_groups, run_steps, schedule_steps,
-                                  wsd_decay_start)
+from launcher.run.runtime import (
+    BatchPlan,
+    RunStateFile,
+    Schedule,
+    StopRequest,
+    deepspeed_config,
+    default_run_dir,
+    make_family,
+    param_groups,
+    run_steps,
+    schedule_steps,
+    wsd_decay_start,
+)
 
 
 def train_config(*overrides: str):
@@ -32,8 +43,13 @@ def train_config(*overrides: str):
 
 
 def test_schedule_warms_up_linearly_then_decays_along_a_cosine_to_the_floor():
-    train = train_config("train.tokens=409600", "train.global_batch_tokens=4096", "train.lr=1e-3",
-                         "train.warmup_fraction=0.1", "train.min_lr_ratio=0.1")
+    train = train_config(
+        "train.tokens=409600",
+        "train.global_batch_tokens=4096",
+        "train.lr=1e-3",
+        "train.warmup_fraction=0.1",
+        "train.min_lr_ratio=0.1",
+    )
     schedule = Schedule.make(train)
     assert (schedule.total_steps, schedule.warmup_steps) == (100, 10)
     assert [schedule(s) for s in range(10)] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])
@@ -43,18 +59,27 @@ def test_schedule_warms_up_linearly_then_decays_along_a_cosine_to_the_floor():
     assert schedule(100) == pytest.approx(1e-4) and schedule(150) == pytest.approx(1e-4)
 
 
-WSD = ("train.tokens=409600", "train.global_batch_tokens=4096", "train.lr=1e-3", "train.warmup_tokens=40960",
-       "train.min_lr_ratio=0.1")  # 100 steps, 10 of warm-up
+WSD = (
+    "train.tokens=409600",
+    "train.global_batch_tokens=4096",
+    "train.lr=1e-3",
+    "train.warmup_tokens=40960",
+    "train.min_lr_ratio=0.1",
+)  # 100 steps, 10 of warm-up
 
 
-@pytest.mark.parametrize("shape, at_84, at_89", [
-    ("linear", 1e-4 + 9e-4 * 0.75, 1e-4 + 9e-4 * 0.5),  # 1 - p
-    ("sqrt", 1e-4 + 9e-4 * 0.5, 1e-4 + 9e-4 * (1 - 0.5 ** 0.5)),  # 1 - sqrt(p): p = 0.25 -> 0.5
-    ("cosine", 1e-4 + 9e-4 * 0.5 * (1 + 0.5 ** 0.5), 1e-4 + 9e-4 * 0.5),  # cos(pi/4) = sqrt(2)/2
-])
+@pytest.mark.parametrize(
+    "shape, at_84, at_89",
+    [
+        ("linear", 1e-4 + 9e-4 * 0.75, 1e-4 + 9e-4 * 0.5),  # 1 - p
+        ("sqrt", 1e-4 + 9e-4 * 0.5, 1e-4 + 9e-4 * (1 - 0.5**0.5)),  # 1 - sqrt(p): p = 0.25 -> 0.5
+        ("cosine", 1e-4 + 9e-4 * 0.5 * (1 + 0.5**0.5), 1e-4 + 9e-4 * 0.5),  # cos(pi/4) = sqrt(2)/2
+    ],
+)
 def test_wsd_is_constant_then_decays_over_the_last_fraction_along_its_shape(shape, at_84, at_89):
-    schedule = Schedule.make(train_config(*WSD, "train.schedule=wsd", "train.decay_fraction=0.2",
-                                          f"train.decay_shape={shape}"))
+    schedule = Schedule.make(
+        train_config(*WSD, "train.schedule=wsd", "train.decay_fraction=0.2", f"train.decay_shape={shape}")
+    )
     assert (schedule.warmup_steps, wsd_decay_start(100, 0.2), schedule.total_steps) == (10, 80, 100)
     assert [schedule(s) for s in range(10)] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])
     assert [schedule(s) for s in range(10, 80)] == [1e-3] * 70  # stable: exactly the peak until the fork
@@ -73,14 +98,17 @@ def test_a_constant_trunk_is_every_wsd_run_before_its_cooldown():
         assert [branch(s) for s in range(fork)] == [trunk(s) for s in range(fork)] and branch(fork) < trunk(fork)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.schedule=step", "train.schedule"),
-    ("train.decay_shape=exp", "train.decay_shape"),
-    ("train.decay_fraction=0", r"train.decay_fraction: must be in \(0, 1\], got 0"),
-    ("train.decay_fraction=1.5", "train.decay_fraction"),
-    ("train.warmup_tokens=-1", "train.warmup_tokens: must be >= 0"),
-    ("train.checkpoint_steps=[0]", "train.checkpoint_steps"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.schedule=step", "train.schedule"),
+        ("train.decay_shape=exp", "train.decay_shape"),
+        ("train.decay_fraction=0", r"train.decay_fraction: must be in \(0, 1\], got 0"),
+        ("train.decay_fraction=1.5", "train.decay_fraction"),
+        ("train.warmup_tokens=-1", "train.warmup_tokens: must be >= 0"),
+        ("train.checkpoint_steps=[0]", "train.checkpoint_steps"),
+    ],
+)
 def test_schedule_fields_are_checked_in_one_line(override, message):
     with pytest.raises(UserError, match=message) as caught:
         train_config(*WSD, override)
@@ -111,8 +139,11 @@ def test_batch_plan_accumulates_to_the_global_batch():
 
 def test_batch_plan_that_does_not_divide_names_the_numbers():
     train = train_config("train.global_batch_tokens=4000", "train.micro_batch_size=8")
-    with pytest.raises(UserError, match=r"train.global_batch_tokens: 4000 is not a multiple of world 2 x "
-                                        r"micro_batch_size 8 x tokens_per_sample 64 = 1024"):
+    with pytest.raises(
+        UserError,
+        match=r"train.global_batch_tokens: 4000 is not a multiple of world 2 x "
+        r"micro_batch_size 8 x tokens_per_sample 64 = 1024",
+    ):
         BatchPlan.make(train, 2, 64)
 
 
@@ -131,17 +162,31 @@ def test_each_step_reads_a_fresh_contiguous_range_of_batches_whatever_the_split(
 def test_deepspeed_config_is_accepted_by_deepspeed_with_offload_and_loss_scaling():
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    run = load_run_config(["deepspeed=zero3_offload", "train.precision=fp16", "deepspeed.initial_scale_power=12",
-                           "deepspeed.loss_scale_window=500", "deepspeed.hysteresis=3", "deepspeed.min_loss_scale=2",
-                           "train.grad_clip=0.5"])
+    run = load_run_config(
+        [
+            "deepspeed=zero3_offload",
+            "train.precision=fp16",
+            "deepspeed.initial_scale_power=12",
+            "deepspeed.loss_scale_window=500",
+            "deepspeed.hysteresis=3",
+            "deepspeed.min_loss_scale=2",
+            "train.grad_clip=0.5",
+        ]
+    )
     plan = BatchPlan.make(run.train, 1, 64)
     parsed = DeepSpeedConfig(deepspeed_config(run, plan))
     zero = parsed.zero_config
     assert (zero.stage, zero.offload_optimizer.device, zero.offload_param.device) == (3, "cpu", "cpu")
     assert zero.offload_optimizer.pin_memory is False  # no pinned memory without a GPU
     fp16 = parsed.float16_config
-    assert (fp16.enabled, fp16.loss_scale, fp16.initial_scale_power, fp16.loss_scale_window, fp16.hysteresis,
-            fp16.min_loss_scale) == (True, 0, 12, 500, 3, 2)
+    assert (
+        fp16.enabled,
+        fp16.loss_scale,
+        fp16.initial_scale_power,
+        fp16.loss_scale_window,
+        fp16.hysteresis,
+        fp16.min_loss_scale,
+    ) == (True, 0, 12, 500, 3, 2)
     assert (parsed.train_batch_size, parsed.gradient_accumulation_steps, parsed.gradient_clipping) == (64, 8, 0.5)
     assert not parsed.bfloat16_config.enabled
 
@@ -160,8 +205,9 @@ def test_no_weight_decay_on_biases_and_layernorms():
     decay, no_decay = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in model.named_parameters()
-                                                          if n.endswith("bias") or ".ln_" in n or n.startswith("ln_")}
+    assert {names[id(p)] for p in no_decay["params"]} == {
+        n for n, p in model.named_parameters() if n.endswith("bias") or ".ln_" in n or n.startswith("ln_")
+    }
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
@@ -270,10 +316,12 @@ def test_supervise_returns_the_first_failure_and_stops_the_rest():
 
 
 def test_supervise_forwards_sigterm_as_asked():
-    code = ("import signal, sys, time\n"
-            "signal.signal(signal.SIGUSR2, lambda *_: sys.exit(75))\n"
-            "print('ready', flush=True)\n"
-            "time.sleep(60)\n")
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGUSR2, lambda *_: sys.exit(75))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in procs:
         assert proc.stdout.readline().strip() == "ready"
@@ -286,15 +334,18 @@ def test_supervise_forwards_sigterm_as_asked():
 
 def test_a_failing_wandb_warns_once_and_the_run_goes_on(tmp_path):
     """online without an API key: W&B refuses at init; the mirror says so once and logging is a no-op."""
-    code = ("from launcher.run.metrics import WandbMirror\n"
-            f"mirror = WandbMirror('online', {str(tmp_path)!r}, 'abc123', {{'N': 1}}, project='p')\n"
-            "mirror.log({'step': 1, 'train_loss': 1.0})\n"
-            "mirror.finish(0)\n"
-            "print('run went on', mirror.run)\n")
+    code = (
+        "from launcher.run.metrics import WandbMirror\n"
+        f"mirror = WandbMirror('online', {str(tmp_path)!r}, 'abc123', {{'N': 1}}, project='p')\n"
+        "mirror.log({'step': 1, 'train_loss': 1.0})\n"
+        "mirror.finish(0)\n"
+        "print('run went on', mirror.run)\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout == "run went on None\n", proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: W&B mirror disabled")]
     assert len(warnings) == 1, proc.stderr

@@ -1,4 +1,5 @@
 """``ladder scaling-study`` on the real dev Slurm cluster: tiny GPT-NeoX over 1, 2 and 4 nodes, weak and strong."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,26 @@ def steady_tokens_per_s(metrics_path) -> list[float]:
 
 
 def test_weak_and_strong_scaling_over_1_2_4_nodes(dev_slurm, tmp_path, capsys):
-    assert cli.main(["scaling-study", "model=gpt_neox/tiny", "cluster=dev_slurm", "nodes=1,2,4", "name=study",
-                     f"sweeps_root={tmp_path}", "--steps", str(STEPS), "--warmup", str(WARMUP), "--json",
-                     "--timeout", "900"]) == 0
+    assert (
+        cli.main(
+            [
+                "scaling-study",
+                "model=gpt_neox/tiny",
+                "cluster=dev_slurm",
+                "nodes=1,2,4",
+                "name=study",
+                f"sweeps_root={tmp_path}",
+                "--steps",
+                str(STEPS),
+                "--warmup",
+                str(WARMUP),
+                "--json",
+                "--timeout",
+                "900",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     study = tmp_path / "study"
     assert json.loads((study / "scaling.json").read_text()) == out

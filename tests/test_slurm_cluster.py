@@ -4,6 +4,7 @@ DeepSpeed run, job arrays, dependencies, the walltime warning and continuation, 
 Tiny GPT-NeoX runs (sweep=tiny with fewer or longer runs); every check reads what Slurm, the job
 database and the runs' own files say.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -22,10 +23,10 @@ from conftest import tree_progress, wait_while_progressing
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
-from launcher.sweep.jobdb import JobDB, read_state_file
 from launcher.run.metrics import read_metrics
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency
+from launcher.sweep.jobdb import JobDB, read_state_file
 from launcher.sweep.submit import cancel_sweep, read_steps, submit_sweep, sync
 
 pytestmark = pytest.mark.slurm
@@ -47,8 +48,11 @@ class Sweep:
     def sync(self):
         with JobDB(self.dir / "jobdb.sqlite") as db:
             sync(db, self.name, self.dir, self.scheduler)
-            return ({r.name: r for r in db.runs(self.name)}, db.jobs(self.name),
-                    {r.name: db.attempts(r.config_hash) for r in db.runs(self.name)})
+            return (
+                {r.name: r for r in db.runs(self.name)},
+                db.jobs(self.name),
+                {r.name: db.attempts(r.config_hash) for r in db.runs(self.name)},
+            )
 
     def runs(self):
         return self.sync()[0]
@@ -56,8 +60,10 @@ class Sweep:
     def wait_done(self, timeout: float = 240) -> dict:
         def done():
             runs, jobs, _ = self.sync()
-            return all(r.state in ("completed", "diverged", "failed", "cancelled") for r in runs.values()) and \
-                all(j.state not in ("queued", "running") for j in jobs)
+            return all(r.state in ("completed", "diverged", "failed", "cancelled") for r in runs.values()) and all(
+                j.state not in ("queued", "running") for j in jobs
+            )
+
         wait_until(done, timeout, f"sweep {self.name} to end", progress=self.progress)
         return self.runs()
 
@@ -76,8 +82,13 @@ class Sweep:
         return out
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 1.0,
-               progress: Callable[[], object] = lambda: None):
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    every: float = 1.0,
+    progress: Callable[[], object] = lambda: None,
+):
     """``predicate()`` once true; ``timeout`` is how long ``progress()`` (say a sweep folder's files) may stay
     the same, not a wall time for the whole wait (a loaded machine is slow but advancing)."""
     return wait_while_progressing(predicate, what, progress, stall_s=timeout, every=every)
@@ -95,9 +106,16 @@ def slurm_job(cluster, job_id: str) -> dict[str, str]:
 def test_dev_cluster_nodes_are_separate_hosts(dev_slurm):
     hosts = dev_slurm.run("srun", "--nodes=2", "--ntasks=4", "hostname").stdout.split()
     assert len(hosts) == 4 and len(set(hosts)) == 2 and all(re.fullmatch(r"n\d+", h) for h in hosts)
-    mpi = dev_slurm.run("srun", "--mpi=pmix", "--nodes=2", "--ntasks=2", sys.executable, "-c",
-                        "import socket; from mpi4py import MPI; c = MPI.COMM_WORLD; "
-                        "print(c.allreduce(c.Get_rank()), c.Get_size(), *sorted(c.allgather(socket.gethostname())))")
+    mpi = dev_slurm.run(
+        "srun",
+        "--mpi=pmix",
+        "--nodes=2",
+        "--ntasks=2",
+        sys.executable,
+        "-c",
+        "import socket; from mpi4py import MPI; c = MPI.COMM_WORLD; "
+        "print(c.allreduce(c.Get_rank()), c.Get_size(), *sorted(c.allgather(socket.gethostname())))",
+    )
     lines = mpi.stdout.splitlines()
     assert len(lines) == 2 and lines[0] == lines[1]
     total, size, first, second = lines[0].split()
@@ -106,8 +124,12 @@ def test_dev_cluster_nodes_are_separate_hosts(dev_slurm):
     again = subprocess.run([str(REPO / "slurm/dev-cluster/up")], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "already running" in again.stderr and time.monotonic() - began < 10
     assert again.stdout.strip() == f"export SLURM_CONF={dev_slurm.conf}"
-    refused = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                              str(REPO / "slurm/dev-cluster/up")], capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(REPO / "slurm/dev-cluster/up")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 1 and "must run as root" in refused.stderr
 
 
@@ -126,15 +148,27 @@ def test_packed_sweep_runs_as_concurrent_steps_and_the_database_agrees(dev_slurm
     assert len(hosts) >= 2  # the runs' steps ran on different nodes
     assert all(len(read_metrics(sweep.dir / "runs" / name / "metrics.jsonl")) == runs[name].steps for name in runs)
     plain = [o for o in sweep.overrides if not o.startswith("cluster=")]  # the sweep remembers its cluster
-    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", *plain, "--json"],
-                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    status = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "status", *plain, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["counts"] == {"completed": 6}
 
 
 def test_two_node_deepspeed_run_meets_through_slurm_variables(dev_slurm, tmp_path):
-    sweep = Sweep(tmp_path, "ds2", *ONE_RUN, "++sweep.nodes=2", "++sweep.ranks_per_run=2", "deepspeed=zero2",
-                  "train.micro_batch_size=8")  # 2 ranks x 8 samples x 64 tokens: the sweep's 1024-token batch
+    sweep = Sweep(
+        tmp_path,
+        "ds2",
+        *ONE_RUN,
+        "++sweep.nodes=2",
+        "++sweep.ranks_per_run=2",
+        "deepspeed=zero2",
+        "train.micro_batch_size=8",
+    )  # 2 ranks x 8 samples x 64 tokens: the sweep's 1024-token batch
     ((job, _),) = sweep.submitted
     assert job.nodes == 2 and job.lanes == 1
     runs = sweep.wait_done()
@@ -150,8 +184,9 @@ def test_two_node_deepspeed_run_meets_through_slurm_variables(dev_slurm, tmp_pat
 
 
 def test_job_array_with_a_throttle(dev_slurm, tmp_path):
-    sweep = Sweep(tmp_path, "arr", "sweep=tiny", "sweep.budgets=[5e9]", "cluster.submission=array",
-                  "cluster.array_throttle=2")
+    sweep = Sweep(
+        tmp_path, "arr", "sweep=tiny", "sweep.budgets=[5e9]", "cluster.submission=array", "cluster.array_throttle=2"
+    )
     ((job, job_id),) = sweep.submitted
     assert job.array and len(job.steps) == 3
     assert "#SBATCH --array=0-2%2" in (sweep.dir / "jobs" / f"{job.name}.sbatch").read_text()
@@ -184,8 +219,13 @@ def test_walltime_warning_checkpoints_and_the_continuations_end_with_the_same_cu
     # 2-min jobs warned 90 s before their end: the controller checks limits every 30 s, so the warning
     # comes 30-60 s into each job; a run of over a minute and a half of training on an idle machine
     # (several under load) cannot end inside the first job, whatever the machine's speed
-    long_run = ["sweep=tiny", "sweep.budgets=[9e11]", "sweep.params=[20000]", "train.checkpoint_every=1000",
-                "train.val_every=1000"]
+    long_run = [
+        "sweep=tiny",
+        "sweep.budgets=[9e11]",
+        "sweep.params=[20000]",
+        "train.checkpoint_every=1000",
+        "train.val_every=1000",
+    ]
     reference = Sweep(tmp_path, "whole", *long_run)
     cut = Sweep(tmp_path, "cut", *long_run, "cluster.walltime_min=2", "cluster.signal_before_s=90")
     ((job, first_id),) = cut.submitted
@@ -199,8 +239,9 @@ def test_walltime_warning_checkpoints_and_the_continuations_end_with_the_same_cu
     ids = [j.job_id for j in jobs]
     assert len(jobs) >= 2 and ids[0] == first_id
     assert [(j.kind, j.depends_on) for j in jobs[1:]] == [("continuation", f"afterany:{i}") for i in ids[:-1]]
-    assert [(a.job_id, a.state, a.exit_code) for a in attempts[name]] == \
-        [(i, "timed_out", 75) for i in ids[:-1]] + [(ids[-1], "completed", 0)]
+    assert [(a.job_id, a.state, a.exit_code) for a in attempts[name]] == [(i, "timed_out", 75) for i in ids[:-1]] + [
+        (ids[-1], "completed", 0)
+    ]
     steps = cut.steps()
     assert [steps[i][name] for i in ids] == [[(1, 75)]] * (len(ids) - 1) + [[(1, 0)]]
     for i in ids[:-1]:  # each ended itself after its warning, before its time limit
@@ -217,12 +258,22 @@ def test_walltime_warning_checkpoints_and_the_continuations_end_with_the_same_cu
 
 
 def test_usr2_to_the_batch_shell_takes_the_same_path(dev_slurm, tmp_path):
-    sweep = Sweep(tmp_path, "usr2", "sweep=tiny", "sweep.budgets=[3e10]", "sweep.params=[20000,60000]",
-                  "train.checkpoint_every=20")
+    sweep = Sweep(
+        tmp_path,
+        "usr2",
+        "sweep=tiny",
+        "sweep.budgets=[3e10]",
+        "sweep.params=[20000,60000]",
+        "train.checkpoint_every=20",
+    )
     (first_id,) = sweep.job_ids
     names = list(sweep.runs())
-    wait_until(lambda: all((sweep.state(n).get("checkpoint_step") or 0) >= 20 for n in names), 180,
-               "a checkpoint of every run", progress=sweep.progress)
+    wait_until(
+        lambda: all((sweep.state(n).get("checkpoint_step") or 0) >= 20 for n in names),
+        180,
+        "a checkpoint of every run",
+        progress=sweep.progress,
+    )
     dev_slurm.run("scancel", "--signal=USR2", "--batch", first_id)  # the batch shell and its children
     runs = sweep.wait_done()
     assert {r.state for r in runs.values()} == {"completed"}
@@ -238,12 +289,22 @@ def test_cancel_leaves_runs_resumable(dev_slurm, tmp_path):
     overrides = ["sweep=tiny", "sweep.budgets=[1.2e11]", "sweep.params=[20000,60000]", "train.checkpoint_every=20"]
     sweep = Sweep(tmp_path, "cx", *overrides)
     names = list(sweep.runs())
-    wait_until(lambda: all((sweep.state(n).get("checkpoint_step") or 0) >= 20 for n in names), 180,
-               "a checkpoint of every run", progress=sweep.progress)
+    wait_until(
+        lambda: all((sweep.state(n).get("checkpoint_step") or 0) >= 20 for n in names),
+        180,
+        "a checkpoint of every run",
+        progress=sweep.progress,
+    )
     lines = cancel_sweep(sweep.overrides)
     assert lines[0] == f"cancelled jobs: {sweep.job_ids[0]}"
-    wait_until(lambda: slurm_job(dev_slurm, sweep.job_ids[0])["JobState"] == "CANCELLED" and
-               all(sweep.state(n).get("status") != "running" for n in names), 60, "the job to be cancelled")
+    wait_until(
+        lambda: (
+            slurm_job(dev_slurm, sweep.job_ids[0])["JobState"] == "CANCELLED"
+            and all(sweep.state(n).get("status") != "running" for n in names)
+        ),
+        60,
+        "the job to be cancelled",
+    )
     runs, jobs, _ = sweep.sync()
     assert {r.state for r in runs.values()} == {"cancelled"} and jobs[0].state == "cancelled"
     stopped = {n: sweep.state(n) for n in names}
@@ -258,12 +319,21 @@ def test_cancel_leaves_runs_resumable(dev_slurm, tmp_path):
 
 
 def test_a_killed_rank_fails_its_run_which_retries_from_its_checkpoint(dev_slurm, tmp_path):
-    sweep = Sweep(tmp_path, "kill", "sweep=tiny", "sweep.budgets=[3e10]", "sweep.params=[20000]",
-                  "++sweep.ranks_per_run=2", "train.micro_batch_size=8", "train.checkpoint_every=20")
+    sweep = Sweep(
+        tmp_path,
+        "kill",
+        "sweep=tiny",
+        "sweep.budgets=[3e10]",
+        "sweep.params=[20000]",
+        "++sweep.ranks_per_run=2",
+        "train.micro_batch_size=8",
+        "train.checkpoint_every=20",
+    )
     (job_id,) = sweep.job_ids
     (name,) = sweep.runs()
-    wait_until(lambda: (sweep.state(name).get("checkpoint_step") or 0) >= 20, 180, "a checkpoint",
-               progress=sweep.progress)
+    wait_until(
+        lambda: (sweep.state(name).get("checkpoint_step") or 0) >= 20, 180, "a checkpoint", progress=sweep.progress
+    )
     victim = wait_until(lambda: _rank_pid(job_id, 1, name), 30, "rank 1's process")
     os.kill(victim, signal.SIGKILL)
     runs = sweep.wait_done()
@@ -286,7 +356,12 @@ def _rank_pid(job_id: str, rank: int, run_name: str) -> int | None:
             cmdline = (proc / "cmdline").read_text()
         except OSError:
             continue
-        if environ.get("SLURM_JOB_ID") == job_id and environ.get("SLURM_PROCID") == str(rank) and \
-                environ.get("SLURM_STEP_ID", "batch").isdigit() and "train" in cmdline and run_name in cmdline:
+        if (
+            environ.get("SLURM_JOB_ID") == job_id
+            and environ.get("SLURM_PROCID") == str(rank)
+            and environ.get("SLURM_STEP_ID", "batch").isdigit()
+            and "train" in cmdline
+            and run_name in cmdline
+        ):
             return int(proc.name)
     return None

@@ -1,5 +1,6 @@
 """The same runs through submitit: its local executor, and its Slurm executor on the dev cluster (a job
 array via map_array, the walltime signal checkpointing and requeueing a run that then resumes)."""
+
 from __future__ import annotations
 
 import time
@@ -8,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from launcher.run.metrics import read_metrics
-from launcher.sweep.jobdb import JobDB, read_state_file
-from launcher.sweep.plan import build_plan
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.submitit_exec import fresh_folder, record, submit_runs
+from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.sweep.plan import build_plan
 from launcher.sweep.submit import sync
 
 
@@ -33,11 +34,13 @@ def test_runs_through_submitits_local_executor(tmp_path):
 
 @pytest.mark.slurm
 def test_submitit_slurm_array_and_requeue_on_the_walltime_signal(dev_slurm, tmp_path):
-    p, sweep_dir = plan(tmp_path, "dev_slurm", "sweep.budgets=[3e10]", "sweep.params=[20000,60000]",
-                        "train.checkpoint_every=20")
+    p, sweep_dir = plan(
+        tmp_path, "dev_slurm", "sweep.budgets=[3e10]", "sweep.params=[20000,60000]", "train.checkpoint_every=20"
+    )
     runs = [(s.name, s.overrides(sweep_dir)) for s in p.runs]
-    jobs = submit_runs(runs, fresh_folder(tmp_path / "submitit"), p.cluster, cluster="slurm", timeout_min=10,
-                       name="sub")
+    jobs = submit_runs(
+        runs, fresh_folder(tmp_path / "submitit"), p.cluster, cluster="slurm", timeout_min=10, name="sub"
+    )
     array_id = jobs[0].job_id.split("_")[0]
     assert [j.job_id for j in jobs] == [f"{array_id}_0", f"{array_id}_1"]
     with JobDB(sweep_dir / "jobdb.sqlite") as db:

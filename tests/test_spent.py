@@ -1,4 +1,5 @@
 """The compute a sweep spent: a real run killed mid-way and resumed counts the steps it computed twice."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ from models.gpt_neox import GPTNeoXConfig
 from test_collect import make_sweep, spec
 
 STEPS, EVERY, BATCH = 60, 5, 4096
-TRAIN = ["model=gpt_neox/tiny", f"train.max_steps={STEPS}", f"train.checkpoint_every={EVERY}", "train.val_every=20",
-         "wandb.mode=disabled", "nproc=1"]
+TRAIN = [
+    "model=gpt_neox/tiny",
+    f"train.max_steps={STEPS}",
+    f"train.checkpoint_every={EVERY}",
+    "train.val_every=20",
+    "wandb.mode=disabled",
+    "nproc=1",
+]
 
 
 def train(run_dir, kill_after_lines: int | None = None) -> subprocess.CompletedProcess | int:

@@ -3,6 +3,7 @@ a byte the tiny LM never sees); the runtime must see the spikes, rewind to the c
 skip the data that led to them and complete; with no rewinds allowed, the run ends as diverged. The
 2-rank run also has a rank made slow (a test-only hook): every record must name it as the straggler.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,15 +24,29 @@ from launcher.run.stragglers import SLOW_ENV, consistent_straggler
 
 REPO = Path(__file__).resolve().parent.parent
 CORRUPT = (16, 17)  # data steps; optimizer step s reads data step s - 1 + data_offset
-COMMON = ("model=gpt_neox/tiny", "train.max_steps=30", "train.global_batch_tokens=2048", "train.checkpoint_every=5",
-          "train.val_every=30", "train.val_batches=1", "train.spike_window=8", "train.spike_patience=2",
-          "wandb.mode=disabled")
+COMMON = (
+    "model=gpt_neox/tiny",
+    "train.max_steps=30",
+    "train.global_batch_tokens=2048",
+    "train.checkpoint_every=5",
+    "train.val_every=30",
+    "train.val_batches=1",
+    "train.spike_window=8",
+    "train.spike_patience=2",
+    "wandb.mode=disabled",
+)
 
 
 def train(run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", **{CORRUPT_ENV: ",".join(map(str, CORRUPT))}, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "launcher.cli", "train", *COMMON, *overrides, f"run_dir={run_dir}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "train", *COMMON, *overrides, f"run_dir={run_dir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_detector_bound_streak_and_patience():

@@ -1,4 +1,5 @@
 """`ladder status`: the job database's runs, with the runs' own state.json folded in first."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import time
 
 from launcher.cli import main as ladder
 from launcher.sweep.jobdb import JobDB
-from launcher.sweep.submit import sync
-from launcher.sweep.plan import build_plan
 from launcher.sweep.local import record_plan
+from launcher.sweep.plan import build_plan
+from launcher.sweep.submit import sync
 
 
 def recorded_sweep(tmp_path):
@@ -31,10 +32,24 @@ def test_status_json_folds_run_states(tmp_path, capsys):
     with JobDB(plan.sweep_dir / "jobdb.sqlite") as db:
         db.queue(first.config_hash, "slurm", "4242", array_index=0)
         db.queue(second.config_hash, "slurm", "4243")
-    report(first.run_dir(plan.sweep_dir), status="running", step=3, total_steps=first.steps, exit_code=None,
-           job_key="4242_0", job_attempt=1)
-    report(second.run_dir(plan.sweep_dir), status="completed", step=second.steps, total_steps=second.steps,
-           exit_code=0, job_key="4243", job_attempt=1)
+    report(
+        first.run_dir(plan.sweep_dir),
+        status="running",
+        step=3,
+        total_steps=first.steps,
+        exit_code=None,
+        job_key="4242_0",
+        job_attempt=1,
+    )
+    report(
+        second.run_dir(plan.sweep_dir),
+        status="completed",
+        step=second.steps,
+        total_steps=second.steps,
+        exit_code=0,
+        job_key="4243",
+        job_attempt=1,
+    )
     assert ladder(["status", "sweep=tiny", f"sweeps_root={tmp_path}", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["sweep"] == "tiny" and data["counts"] == {"running": 1, "completed": 1, "planned": len(plan.runs) - 2}
@@ -44,12 +59,18 @@ def test_status_json_folds_run_states(tmp_path, capsys):
         r = runs[spec.name]
         assert {"name", "state", "N", "D", "C", "job_id", "attempts"} <= set(r)
         assert (r["N"], r["D"], r["C"]) == (spec.N, spec.D, spec.C)
-    assert (runs[first.name]["state"], runs[first.name]["job_id"], runs[first.name]["attempts"]) == \
-        ("running", "4242", 1)
+    assert (runs[first.name]["state"], runs[first.name]["job_id"], runs[first.name]["attempts"]) == (
+        "running",
+        "4242",
+        1,
+    )
     assert (runs[first.name]["step"], runs[first.name]["total_steps"]) == (3, first.steps)
     assert (runs[second.name]["state"], runs[second.name]["job_id"]) == ("completed", "4243")
-    assert all(r["state"] == "planned" and r["attempts"] == 0 and r["job_id"] is None
-               for name, r in runs.items() if name not in (first.name, second.name))
+    assert all(
+        r["state"] == "planned" and r["attempts"] == 0 and r["job_id"] is None
+        for name, r in runs.items()
+        if name not in (first.name, second.name)
+    )
     with JobDB(plan.sweep_dir / "jobdb.sqlite") as db:  # the fold was recorded, not only shown
         assert db.run(second.config_hash).state == "completed"
 

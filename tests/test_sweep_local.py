@@ -1,4 +1,5 @@
 """Real local sweeps: `ladder sweep` trains, is interrupted, continues, retries failures, skips divergence."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,11 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
         runs = snapshot(db_path)
         reported = {n: read_state_file(sweep_dir / "runs" / n) or {} for n in runs}
         # past its first step, and far enough from its last that the interrupt cannot arrive after it
-        training = [n for n, (state, _) in runs.items() if state == "running"
-                    and 1 <= reported[n].get("step", 0) <= reported[n].get("total_steps", 0) // 2]
+        training = [
+            n
+            for n, (state, _) in runs.items()
+            if state == "running" and 1 <= reported[n].get("step", 0) <= reported[n].get("total_steps", 0) // 2
+        ]
         return any(state == "completed" for state, _ in runs.values()) and training
 
     training = wait_for(one_done_one_training, 400, first, "a completed run and a run in training")
@@ -73,8 +77,7 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
         checkpoints[name] = state and state.get("checkpoint_step")
     metrics_before = {n: (sweep_dir / "runs" / n / "metrics.jsonl").read_bytes() for n in done_first}
 
-    second = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True,
-                            timeout=600)
+    second = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:]
     for produced in ("report.html", "fit.json", "curves.parquet", "summary.txt"):
         assert (sweep_dir / produced).stat().st_size > 0
@@ -84,8 +87,10 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
     # the budget is the planner's, and the fit and its summary say where the planner got it
     planned = json.loads((sweep_dir / "plan.json").read_text())
     assert planned["budget_source"].startswith("10 x the largest run's C")  # --no-calibrate: no speed known
-    assert (fit["inputs"]["budget_flops"], fit["inputs"]["budget_source"]) == \
-        (planned["budget_flops"], planned["budget_source"])
+    assert (fit["inputs"]["budget_flops"], fit["inputs"]["budget_source"]) == (
+        planned["budget_flops"],
+        planned["budget_source"],
+    )
     assert f"FLOPs ({planned['budget_source']})" in (sweep_dir / "summary.txt").read_text()
     assert "--budget-flops" not in (sweep_dir / "summary.txt").read_text()
     plan = build_plan([f"sweeps_root={tmp_path}", "sweep=tiny"])
@@ -110,8 +115,9 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
     for name in training:  # continued from the checkpoint written when it was interrupted
         assert read_state_file(sweep_dir / "runs" / name)["resumed_from"] == checkpoints[name]
     # a third start finds nothing to do
-    third = subprocess.run(argv + ["--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(),
-                           text=True, timeout=300)
+    third = subprocess.run(
+        argv + ["--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True, timeout=300
+    )
     assert third.returncode == 0 and "starts" not in third.stdout
     assert snapshot(db_path) == {n: ("completed", len(a)) for n, a in attempts.items()}
     plan_json = json.loads((sweep_dir / "plan.json").read_text())
@@ -121,11 +127,28 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
 def test_failed_runs_are_retried_and_diverged_runs_are_not(tmp_path):
     one_run = ["sweep=tiny", "sweep.budgets=[1e10]", "sweep.params=[60000]", f"sweeps_root={tmp_path}", *FAST]
     failing = subprocess.Popen(
-        ladder("sweep", *one_run, "sweep.name=failing", "++cluster.max_retries=2", "data=token_bin",
-               f"data.path={tmp_path / 'missing.bin'}", "--no-report"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True)
-    diverging = subprocess.run(ladder("sweep", *one_run, "sweep.name=diverging", "train.lr=1e30", "--no-report"),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True, timeout=300)
+        ladder(
+            "sweep",
+            *one_run,
+            "sweep.name=failing",
+            "++cluster.max_retries=2",
+            "data=token_bin",
+            f"data.path={tmp_path / 'missing.bin'}",
+            "--no-report",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env(),
+        text=True,
+    )
+    diverging = subprocess.run(
+        ladder("sweep", *one_run, "sweep.name=diverging", "train.lr=1e30", "--no-report"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env(),
+        text=True,
+        timeout=300,
+    )
     failed_out, _ = failing.communicate(timeout=300)
     assert failing.returncode == 1 and diverging.returncode == 1
     with JobDB(tmp_path / "failing" / "jobdb.sqlite") as db:

@@ -1,4 +1,5 @@
 """The W&B summary run, written offline for real and read back from its .wandb file; ``ladder wandb-sync``."""
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,11 @@ def wandb_records(path):
         if room < HEADER:
             offset += room
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[offset:offset + HEADER])
+        _crc, length, kind = struct.unpack("<IHB", data[offset : offset + HEADER])
         if kind == 0 and length == 0:
             offset += room
             continue
-        chunk = data[offset + HEADER:offset + HEADER + length]
+        chunk = data[offset + HEADER : offset + HEADER + length]
         offset += HEADER + length
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):

@@ -3,6 +3,7 @@ address that refuses connections. The watcher must report each failure and try a
 syncs of one folder at once (not even across a kill and a restart: the killed watcher's sync holds its
 lock), and leave alone a folder marked synced; the table shows every run, with or without W&B.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,16 +26,37 @@ def make_run(sweep_dir: Path, name: str, status: str, with_wandb: bool) -> Path:
     run_dir = sweep_dir / "runs" / name
     run_dir.mkdir(parents=True)
     now = time.time()
-    (run_dir / "state.json").write_text(json.dumps({"status": status, "step": 4, "total_steps": 4, "tokens": 8192,
-                                                    "updated_at": now}))
-    (run_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "tokens": 2048 * s, "train_loss": 5.0 / s, "tokens_per_s": 1000.0, "time": now,
-                    "slowest_rank": 1, "slowest_host": "node7", "straggler_ratio": 1.5}) + "\n" for s in range(1, 11)))
+    (run_dir / "state.json").write_text(
+        json.dumps({"status": status, "step": 4, "total_steps": 4, "tokens": 8192, "updated_at": now})
+    )
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "step": s,
+                    "tokens": 2048 * s,
+                    "train_loss": 5.0 / s,
+                    "tokens_per_s": 1000.0,
+                    "time": now,
+                    "slowest_rank": 1,
+                    "slowest_host": "node7",
+                    "straggler_ratio": 1.5,
+                }
+            )
+            + "\n"
+            for s in range(1, 11)
+        )
+    )
     if with_wandb:
         import wandb
 
-        run = wandb.init(mode="offline", dir=str(run_dir), project="watch-test", id=f"id-{name}",
-                         settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
+        run = wandb.init(
+            mode="offline",
+            dir=str(run_dir),
+            project="watch-test",
+            id=f"id-{name}",
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+        )
         for s in (1, 2, 3, 4):
             run.log({"train_loss": 5.0 / s}, step=s)
         run.finish()
@@ -53,9 +75,25 @@ def events(sweep_dir: Path) -> list[dict]:
 
 
 def watcher(sweep_dir: Path, env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "launcher.cli", "watch", f"sweep={sweep_dir}", "--interval", "1",
-                             "--sync-timeout", str(SYNC_TIMEOUT_S), *extra], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launcher.cli",
+            "watch",
+            f"sweep={sweep_dir}",
+            "--interval",
+            "1",
+            "--sync-timeout",
+            str(SYNC_TIMEOUT_S),
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def alive(pid: int) -> bool:
@@ -70,8 +108,13 @@ def test_watch_table_without_sync(tmp_path):
     sweep_dir = tmp_path / "sw"
     make_run(sweep_dir, "r-done", "completed", with_wandb=False)
     make_run(sweep_dir, "r-live", "running", with_wandb=False)
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", "watch", f"sweep={sweep_dir}", "--once",
-                           "--no-sync"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "watch", f"sweep={sweep_dir}", "--once", "--no-sync"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     lines = {line.split()[1]: line for line in done.stdout.splitlines() if line.strip().startswith("│ r-")}
     assert set(lines) == {"r-done", "r-live"}
@@ -137,8 +180,14 @@ def test_runs_keep_wandb_offline_where_compute_nodes_are_offline():
     from launcher.config.run import load_run_config
     from launcher.run.metrics import wandb_mode
 
-    for cluster, expected in (("frontier", "offline"), ("summit", "offline"), ("slurm", "offline"),
-                              ("lsf", "offline"), ("dev_slurm", "offline"), ("local", "online")):
+    for cluster, expected in (
+        ("frontier", "offline"),
+        ("summit", "offline"),
+        ("slurm", "offline"),
+        ("lsf", "offline"),
+        ("dev_slurm", "offline"),
+        ("local", "online"),
+    ):
         run = load_run_config([f"cluster={cluster}", "wandb.mode=online"])
         assert wandb_mode(run.wandb.mode, run.cluster.offline_compute) == expected, cluster
     assert wandb_mode("disabled", True) == "disabled"

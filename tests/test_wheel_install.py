@@ -7,6 +7,7 @@ twice); a path in a ``.pth`` file is added to ``sys.path`` without running that 
 files, so the dev install's editable finder stays out, and ``import launcher`` must resolve inside the
 new environment.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,10 +42,12 @@ class Installed:
 
     def run(self, *argv: str | os.PathLike, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCALELADDER_SITE_DIR", "VIRTUAL_ENV")}
-        env.update(OMP_NUM_THREADS="1", PYTHONNOUSERSITE="1", PATH=f"{self.venv / 'bin'}{os.pathsep}{env['PATH']}",
-                   **extra)
-        done = subprocess.run([str(a) for a in argv], check=False, cwd=self.work, env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        env.update(
+            OMP_NUM_THREADS="1", PYTHONNOUSERSITE="1", PATH=f"{self.venv / 'bin'}{os.pathsep}{env['PATH']}", **extra
+        )
+        done = subprocess.run(
+            [str(a) for a in argv], check=False, cwd=self.work, env=env, capture_output=True, text=True, timeout=timeout
+        )
         assert done.returncode == 0, f"{argv}: exit {done.returncode}\n{done.stderr[-3000:]}"
         return done
 
@@ -70,16 +73,29 @@ def installed(tmp_path_factory) -> Installed:
     root = tmp_path_factory.mktemp("wheel")
     source = _copy_sources(root / "src")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", root / "dist", source], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", root / "dist", source],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (wheel,) = (root / "dist").glob("scaleladder-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=300)
-    subprocess.run([*pip, "--python", venv / "bin" / "python", "install", "--no-deps", wheel], check=True,
-                   capture_output=True, timeout=600)
-    site_packages = Path(subprocess.run([venv / "bin" / "python", "-c",
-                                         "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        check=True, capture_output=True, text=True).stdout.strip())
+    subprocess.run(
+        [*pip, "--python", venv / "bin" / "python", "install", "--no-deps", wheel],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    site_packages = Path(
+        subprocess.run(
+            [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # after the install, or pip would take the dev environment's scaleladder for this one's
     (site_packages / "dev_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     (root / "work").mkdir()
@@ -87,8 +103,10 @@ def installed(tmp_path_factory) -> Installed:
 
 
 def test_the_package_and_its_data_come_from_the_new_environment(installed):
-    code = ("import json, sys, launcher, launcher.resources as r; print(json.dumps({'launcher': launcher.__file__, "
-            "'shipped': str(r.SHIPPED.resolve()), 'path': sys.path, 'modules': sorted(sys.modules)}))")
+    code = (
+        "import json, sys, launcher, launcher.resources as r; print(json.dumps({'launcher': launcher.__file__, "
+        "'shipped': str(r.SHIPPED.resolve()), 'path': sys.path, 'modules': sorted(sys.modules)}))"
+    )
     seen = json.loads(installed.run(installed.python, "-c", code).stdout)
     assert Path(seen["launcher"]).is_relative_to(installed.site_packages)
     assert Path(seen["shipped"]).is_relative_to(installed.site_packages)  # real files, no links into the checkout
@@ -105,18 +123,27 @@ def test_plan_matches_the_checkout(installed):
     """The installed package plans exactly what the checkout plans from the same folder."""
     args = ("plan", "sweep=tiny", "cluster=frontier", "--json")
     plan = json.loads(installed.ladder(*args))
-    checkout = subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=installed.work, check=True,
-                              capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                              timeout=600)
+    checkout = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=installed.work,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=600,
+    )
     assert plan == json.loads(checkout.stdout)
     assert len(plan["runs"]) == 6 and {r["budget"] for r in plan["runs"]} == {1.0e10, 2.0e10}  # sweep/tiny.yaml
     assert plan["cluster"]["name"] == "frontier"
 
 
-@pytest.mark.parametrize("site, suffix, marker", [
-    ("frontier", ".sbatch", 'srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 mkdir -p "$MIOPEN_USER_DB_PATH"'),
-    ("summit", ".lsf", "#BSUB -nnodes 1"),
-])
+@pytest.mark.parametrize(
+    "site, suffix, marker",
+    [
+        ("frontier", ".sbatch", 'srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 mkdir -p "$MIOPEN_USER_DB_PATH"'),
+        ("summit", ".lsf", "#BSUB -nnodes 1"),
+    ],
+)
 def test_render_and_the_scripts_run_the_ladder_of_this_environment(installed, site, suffix, marker):
     out = installed.work / f"scripts-{site}"
     printed = installed.ladder("render", "sweep=tiny", f"cluster={site}", f"out={out}").split()
@@ -137,7 +164,8 @@ def test_a_tiny_train(installed):
     # same Python): building it afresh takes minutes and tests DeepSpeed, not the install
     code = "from launcher.run.runtime import extensions_dir; print(extensions_dir())"
     prebuilt = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
-    installed.ladder("train", "model=gpt_neox/tiny", "train.max_steps=2", f"run_dir={run_dir}",
-                     TORCH_EXTENSIONS_DIR=prebuilt)
+    installed.ladder(
+        "train", "model=gpt_neox/tiny", "train.max_steps=2", f"run_dir={run_dir}", TORCH_EXTENSIONS_DIR=prebuilt
+    )
     steps = [json.loads(line).get("step") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(s for s in steps if s is not None) == 2

@@ -1,4 +1,5 @@
 """The WSD design on paper: trunks, branches, forks, node-hours, and which points approach 1 reads."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,6 @@ from launcher.analysis.collect import collect_sweep
 from launcher.analysis.fitting import thinned_curve_points
 from launcher.errors import UserError
 from launcher.sweep.plan import build_plan
-
 from test_collect import curve_records, make_sweep, spec, write_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,8 +30,11 @@ def test_wsd_tiny_is_a_trunk_per_size_and_a_branch_per_point(tmp_path):
         assert branch.fork_step == {8: 6, 16: 13, 24: 19, 32: 26}[branch.steps] and trunk.steps == 26
         assert trunk.N == branch.N and trunk.shape == branch.shape
         overrides = branch.overrides(plan.sweep_dir)
-        assert f"train.init_from={plan.sweep_dir / 'runs' / trunk.name / 'checkpoints'}/step_{branch.fork_step:08d}" \
-            in overrides and "train.schedule=wsd" in overrides
+        assert (
+            f"train.init_from={plan.sweep_dir / 'runs' / trunk.name / 'checkpoints'}/step_{branch.fork_step:08d}"
+            in overrides
+            and "train.schedule=wsd" in overrides
+        )
         assert branch.C == branch.flops_per_token * branch.D  # the point's C: the full run's
         assert branch.trained_C == branch.flops_per_token * (branch.steps - branch.fork_step) * 1024
     for trunk in trunks:
@@ -46,8 +49,22 @@ def test_wsd_tiny_is_a_trunk_per_size_and_a_branch_per_point(tmp_path):
 
 
 def test_ladder_plan_json_prints_both_node_hour_totals(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "launcher.cli", "plan", "sweep=wsd_tiny", "cluster=frontier",
-                          f"sweeps_root={tmp_path}", "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.cli",
+            "plan",
+            "sweep=wsd_tiny",
+            "cluster=frontier",
+            f"sweeps_root={tmp_path}",
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     assert plan["node_hours_total"] == pytest.approx(42 / 80 * plan["node_hours_cosine_equivalent"])
@@ -64,12 +81,14 @@ def test_a_cosine_sweep_is_unchanged_and_the_schedule_key_is_checked(tmp_path):
 def test_approach_1_reads_branch_end_points_only_and_trunks_are_no_points(tmp_path):
     trunk = spec("w", "n1-trunk", 10_000, 80_000, steps=80)
     branches = [spec("w", f"n1-d{d}", 10_000, d * 1000, steps=d) for d in (50, 100)]
-    runs = [dataclasses.replace(trunk, role="trunk"),
-            *(dataclasses.replace(b, role="branch", parent="n1-trunk", fork_step=b.steps * 4 // 5) for b in branches)]
+    runs = [
+        dataclasses.replace(trunk, role="trunk"),
+        *(dataclasses.replace(b, role="branch", parent="n1-trunk", fork_step=b.steps * 4 // 5) for b in branches),
+    ]
     sweep_dir = make_sweep(tmp_path, "w", runs)
     for r in runs:
         records = curve_records(r)
-        write_metrics(sweep_dir / "runs" / r.name, records[r.fork_step or 0:])  # a branch logs its cooldown only
+        write_metrics(sweep_dir / "runs" / r.name, records[r.fork_step or 0 :])  # a branch logs its cooldown only
     collected = collect_sweep(sweep_dir)
     assert sorted(p["name"] for p in collected.final_points) == ["n1-d100", "n1-d50"]
     points = collected.curve_points

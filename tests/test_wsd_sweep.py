@@ -1,5 +1,6 @@
 """A real WSD sweep on this machine: the local runner trains a trunk, its branches start from the trunk's
 checkpoints once they exist, a trunk killed mid-way resumes, and running the sweep again repeats nothing."""
+
 from __future__ import annotations
 
 import io
@@ -38,8 +39,9 @@ def test_killed_trunk_resumes_and_its_branches_start_from_it(tmp_path, monkeypat
     assert (trunk.role, trunk.steps, short.fork_step, long.fork_step) == ("trunk", 51, 6, 51)
     assert (short.parent, long.parent) == (trunk.name, trunk.name)
     stop, killed = threading.Event(), []
-    watcher = threading.Thread(target=kill_trunk_after_its_first_checkpoint,
-                               args=(trunk.run_dir(plan.sweep_dir), stop, killed))
+    watcher = threading.Thread(
+        target=kill_trunk_after_its_first_checkpoint, args=(trunk.run_dir(plan.sweep_dir), stop, killed)
+    )
     watcher.start()
     console = Console(file=io.StringIO(), width=160)
     try:

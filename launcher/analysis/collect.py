@@ -17,6 +17,7 @@ Nothing a run left behind makes collection fail: a missing, empty or unreadable 
 (``Collected.skipped``); bad lines (cut, not JSON, missing keys) are dropped with a warning; a run that
 diverged (state diverged, or a non-finite loss) stays in the table and out of the fits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,10 @@ import math
 import multiprocessing
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -42,8 +44,19 @@ from launcher.sweep.plan import read_plan
 
 CURVES_FILE = "curves.parquet"
 CSV_FILE = "curves.csv"  # the former format: ``collect_sweep(..., curves="csv")``, kept as the benchmark's baseline
-CURVE_COLUMNS = ("run", "family", "N", "N_non_embedding", "budget", "diverged", "step", "D", "C", "train_loss",
-                 "val_loss")  # of curves.parquet: one row per logged step, one column per metric, N, D, C per row
+CURVE_COLUMNS = (
+    "run",
+    "family",
+    "N",
+    "N_non_embedding",
+    "budget",
+    "diverged",
+    "step",
+    "D",
+    "C",
+    "train_loss",
+    "val_loss",
+)  # of curves.parquet: one row per logged step, one column per metric, N, D, C per row
 REQUIRED_KEYS = ("step", "tokens", "train_loss")  # a line without one of these is dropped
 CSV_HEADER = "run,family,N,N_non_embedding,budget,diverged,step,D,C,train_loss,val_loss"
 # The final loss is the last val_loss if it was measured in the last STALE_VAL_FRACTION of the steps;
@@ -82,8 +95,8 @@ class RunMeta:
 
 def _effective_state(recorded: Optional[str], run_dir: Path) -> str:
     """The database's state, unless the run's own state.json reports an end not folded in yet."""
-    reported = read_state_file(run_dir)
-    reported = STATUS_STATES.get(reported.get("status")) if reported else None
+    state = read_state_file(run_dir)
+    reported = STATUS_STATES.get(state.get("status")) if state else None
     if reported in FINAL and recorded not in FINAL:
         return reported
     return recorded or reported or "unknown"
@@ -101,8 +114,19 @@ def _meta_from_config(run_dir: Path) -> RunMeta:
     train = config["train"]
     tokens = int(train["tokens"] or train["max_steps"] * train["global_batch_tokens"])
     role = "branch" if train.get("init_from") else "trunk" if train.get("schedule") == "constant" else "run"
-    return RunMeta(run_dir.name, entry.name, n_total, n_ne, tokens, float(entry.flops_per_token(cfg)) * tokens,
-                   None, run_dir, "unknown", "config.yaml", role=role)
+    return RunMeta(
+        run_dir.name,
+        entry.name,
+        n_total,
+        n_ne,
+        tokens,
+        float(entry.flops_per_token(cfg)) * tokens,
+        None,
+        run_dir,
+        "unknown",
+        "config.yaml",
+        role=role,
+    )
 
 
 def run_metas(sweep_dir: Path) -> tuple[list[RunMeta], list[tuple[str, str]]]:
@@ -122,16 +146,38 @@ def run_metas(sweep_dir: Path) -> tuple[list[RunMeta], list[tuple[str, str]]]:
         with JobDB(db_path) as db:
             for r in db.runs():
                 run_dir = where(r.name, r.run_dir)
-                metas[r.name] = RunMeta(r.name, r.family, r.N, r.N_non_embedding, r.D, float(r.C), r.budget,
-                                        run_dir, _effective_state(r.state, run_dir), "jobdb", r.name in held,
-                                        r.role)
+                metas[r.name] = RunMeta(
+                    r.name,
+                    r.family,
+                    r.N,
+                    r.N_non_embedding,
+                    r.D,
+                    float(r.C),
+                    r.budget,
+                    run_dir,
+                    _effective_state(r.state, run_dir),
+                    "jobdb",
+                    r.name in held,
+                    r.role,
+                )
     for r in planned:
         if r.get("name") in metas:
             continue
         run_dir = where(r["name"], None)
-        metas[r["name"]] = RunMeta(r["name"], r["family"], int(r["N"]), int(r["N_non_embedding"]), int(r["D"]),
-                                   float(r["C"]), r.get("budget"), run_dir, _effective_state(None, run_dir),
-                                   "plan.json", r["name"] in held, r.get("role", "run"))
+        metas[r["name"]] = RunMeta(
+            r["name"],
+            r["family"],
+            int(r["N"]),
+            int(r["N_non_embedding"]),
+            int(r["D"]),
+            float(r["C"]),
+            r.get("budget"),
+            run_dir,
+            _effective_state(None, run_dir),
+            "plan.json",
+            r["name"] in held,
+            r.get("role", "run"),
+        )
     if runs_root.is_dir():
         for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir() and p.name not in metas):
             try:
@@ -197,8 +243,9 @@ _QUOTE, _COLON, _COMMA, _NEWLINE, _SPACE = (ord(c) for c in '":,\n ')
 _OPEN, _CLOSE = ord("{"), ord("}")
 
 
-def _key_spans(buf: np.ndarray, key_start: np.ndarray, key_len: np.ndarray, key: bytes, quotes: np.ndarray,
-               line_ends: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def _key_spans(
+    buf: np.ndarray, key_start: np.ndarray, key_len: np.ndarray, key: bytes, quotes: np.ndarray, line_ends: np.ndarray
+) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """(value start, value end) of every occurrence of ``key``, in file order; None if a value is not followed
     by a comma or by the line's closing brace. ``quotes`` ends with a sentinel past the buffer."""
     hit = np.flatnonzero(key_len == len(key))
@@ -224,7 +271,7 @@ def _gather_rows(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> byte
     out = buf[index]
     separators = out_start + width - 1
     out[separators] = _COMMA
-    out[separators[start.shape[1] - 1::start.shape[1]]] = _NEWLINE
+    out[separators[start.shape[1] - 1 :: start.shape[1]]] = _NEWLINE
     return out.tobytes()
 
 
@@ -267,11 +314,12 @@ def _fast_columns(data: bytes) -> Optional[_Columns]:
     val_logged[val_lines] = True
     number = (val_end - val_start != 4) | (buf[val_start] != ord("n"))  # the runtime writes non-finite as null
     try:
-        numbers = np.loadtxt(rows.splitlines(), delimiter=",", usecols=(0, 1, 2, 3), dtype=np.float64,
-                             comments=None, ndmin=2).T
-        val[val_lines[number]] = np.array([data[a:b] for a, b in zip(val_start[number].tolist(),
-                                                                     val_end[number].tolist())],
-                                          dtype=bytes).astype(np.float64)
+        numbers = np.loadtxt(
+            rows.splitlines(), delimiter=",", usecols=(0, 1, 2, 3), dtype=np.float64, comments=None, ndmin=2
+        ).T
+        val[val_lines[number]] = np.array(
+            [data[a:b] for a, b in zip(val_start[number].tolist(), val_end[number].tolist())], dtype=bytes
+        ).astype(np.float64)
     except ValueError:
         return None
     if not np.array_equal(numbers[0], np.round(numbers[0])):
@@ -307,8 +355,9 @@ def _careful_columns(data: bytes, issues: list[str]) -> Optional[_Columns]:
             continue
         try:  # the runtime writes a non-finite loss as null: NaN here, so that the run counts as diverged
             step, tokens = _number(record["step"]), _number(record["tokens"])
-            flops, loss, val = (math.nan if record.get(k) is None else _number(record[k])
-                                for k in ("flops", "train_loss", "val_loss"))
+            flops, loss, val = (
+                math.nan if record.get(k) is None else _number(record[k]) for k in ("flops", "train_loss", "val_loss")
+            )
         except TypeError:
             bad.append(f"line {number}: step, tokens, flops, train_loss or val_loss is not a number")
             continue
@@ -316,22 +365,33 @@ def _careful_columns(data: bytes, issues: list[str]) -> Optional[_Columns]:
             bad.append(f"line {number}: step {record['step']!r} is not an integer")
             continue
         rows.append((step, tokens, flops, loss, val, "val_loss" in record))
-        texts.append(",".join([json.dumps(record[k]) for k in ("step", "tokens")]
-                              + ["" if record.get("flops") is None else json.dumps(record["flops"]),
-                                 json.dumps(record["train_loss"]),
-                                 json.dumps(record["val_loss"]) if "val_loss" in record else ""]))
+        texts.append(
+            ",".join(
+                [json.dumps(record[k]) for k in ("step", "tokens")]
+                + [
+                    "" if record.get("flops") is None else json.dumps(record["flops"]),
+                    json.dumps(record["train_loss"]),
+                    json.dumps(record["val_loss"]) if "val_loss" in record else "",
+                ]
+            )
+        )
     if bad:
         shown = "; ".join(bad[:3]) + (f"; ... ({len(bad) - 3} more)" if len(bad) > 3 else "")
         issues.append(f"{len(bad)} bad line(s) dropped: {shown}")
     if not rows:
         return None
     numbers = np.array([r[:4] for r in rows], dtype=np.float64).T
-    return _Columns(numbers, ("\n".join(texts) + "\n").encode(), np.array([r[4] for r in rows]),
-                    np.array([r[5] for r in rows], dtype=bool))
+    return _Columns(
+        numbers,
+        ("\n".join(texts) + "\n").encode(),
+        np.array([r[4] for r in rows]),
+        np.array([r[5] for r in rows], dtype=bool),
+    )
 
 
-def parse_metrics(path: Path, prefix: Optional[bytes] = None, flops_per_token: float = math.nan,
-                  state_diverged: bool = False) -> _Parsed:
+def parse_metrics(
+    path: Path, prefix: Optional[bytes] = None, flops_per_token: float = math.nan, state_diverged: bool = False
+) -> _Parsed:
     """Read one metrics.jsonl into a Curve, and into its ``curves.csv`` rows when given a ``prefix`` (which
     starts every row)."""
     out = _Parsed()
@@ -366,8 +426,9 @@ def parse_metrics(path: Path, prefix: Optional[bytes] = None, flops_per_token: f
         for f, c in zip(fields, flops.tolist()):
             f[2] = f[2] or json.dumps(c).encode()
         rows = b"".join(b",".join(f) + b"\n" for f in fields)
-        out.issues.append(f"{int(missing_flops.sum())} record(s) without flops: C = tokens x the plan's "
-                          f"FLOPs per token")
+        out.issues.append(
+            f"{int(missing_flops.sum())} record(s) without flops: C = tokens x the plan's FLOPs per token"
+        )
     out.curve = Curve(step[keep], tokens, flops, loss, val)
     bad = ~np.isfinite(loss) | (val_logged & ~np.isfinite(val))
     out.nonfinite_step = int(out.curve.step[np.argmax(bad)]) if bad.any() else None
@@ -380,7 +441,7 @@ def parse_metrics(path: Path, prefix: Optional[bytes] = None, flops_per_token: f
 
 def _last_record(data: bytes) -> Optional[dict]:
     """The last line that parses as a JSON object (the end-of-run keys: throughput and the like)."""
-    tail = data[data.rfind(b"\n", 0, max(0, len(data) - 4096)) + 1:]  # the last lines
+    tail = data[data.rfind(b"\n", 0, max(0, len(data) - 4096)) + 1 :]  # the last lines
     for line in reversed(tail.rstrip(b"\n").split(b"\n")):
         try:
             record = json.loads(line)
@@ -407,7 +468,7 @@ def final_metric(path: Path, key: str) -> Optional[tuple[float, int]]:
         stop = data.find(b"\n", at)
         end = start
         try:
-            record = json.loads(data[start:None if stop < 0 else stop])
+            record = json.loads(data[start : None if stop < 0 else stop])
             value = _number(record[key])
         except (ValueError, TypeError, KeyError):
             continue
@@ -447,13 +508,23 @@ class CollectedRun:
     def to_json(self) -> dict:
         meta = dataclasses.asdict(self.meta)
         meta["run_dir"] = str(meta["run_dir"])
-        return {**meta, "D_planned": meta.pop("D"), "C_planned": meta.pop("C"), "points": self.points,
-                "D": self.D, "C": self.C, "loss": self.loss, "loss_source": self.loss_source,
-                "diverged": self.diverged, "tokens_per_s": self.tokens_per_s}
+        return {
+            **meta,
+            "D_planned": meta.pop("D"),
+            "C_planned": meta.pop("C"),
+            "points": self.points,
+            "D": self.D,
+            "C": self.C,
+            "loss": self.loss,
+            "loss_source": self.loss_source,
+            "diverged": self.diverged,
+            "tokens_per_s": self.tokens_per_s,
+        }
 
 
-CURVE_POINT_DTYPE = np.dtype([("name", object), ("N", np.float64), ("D", np.float64), ("C", np.float64),
-                              ("loss", np.float64)])
+CURVE_POINT_DTYPE = np.dtype(
+    [("name", object), ("N", np.float64), ("D", np.float64), ("C", np.float64), ("loss", np.float64)]
+)
 
 
 @dataclasses.dataclass
@@ -490,17 +561,22 @@ class Collected:
         at = 0
         for r, index in parts:
             curve = self.curves[r.name]
-            part = out[at:at + len(index)]
+            part = out[at : at + len(index)]
             part["name"], part["N"] = r.name, r.meta.N
             part["D"], part["C"], part["loss"] = curve.D[index], curve.C[index], curve.train_loss[index]
             at += len(index)
         return out
 
     def to_json(self) -> dict:
-        return {"sweep_dir": str(self.sweep_dir), "runs": [r.to_json() for r in self.runs],
-                "final_points": self.final_points, "curve_points": len(self.curve_points),
-                "skipped": [{"run": n, "reason": why} for n, why in self.skipped], "warnings": self.warnings,
-                "curves_file": None if self.curves_path is None else str(self.curves_path)}
+        return {
+            "sweep_dir": str(self.sweep_dir),
+            "runs": [r.to_json() for r in self.runs],
+            "final_points": self.final_points,
+            "curve_points": len(self.curve_points),
+            "skipped": [{"run": n, "reason": why} for n, why in self.skipped],
+            "warnings": self.warnings,
+            "curves_file": None if self.curves_path is None else str(self.curves_path),
+        }
 
 
 def _csv_prefix(meta: RunMeta) -> bytes:
@@ -549,13 +625,16 @@ def curves_table(runs: list[CollectedRun], curves: dict[str, Curve]):
     val = stacked("val_loss")
     columns = {
         "run": pa.DictionaryArray.from_arrays(index, pa.array([r.name for r in runs], pa.string())),
-        "family": pa.DictionaryArray.from_arrays(pa.array(np.repeat(family_index, lengths)),
-                                                 pa.array(families, pa.string())),
+        "family": pa.DictionaryArray.from_arrays(
+            pa.array(np.repeat(family_index, lengths)), pa.array(families, pa.string())
+        ),
         "N": per_run([r.meta.N for r in runs], np.int64),
         "N_non_embedding": per_run([r.meta.N_non_embedding for r in runs], np.int64),
         "budget": pa.array(budget, mask=np.isnan(budget)),
         "diverged": per_run([r.diverged for r in runs], bool),
-        "step": stacked("step").astype(np.int64), "D": stacked("D"), "C": stacked("C"),
+        "step": stacked("step").astype(np.int64),
+        "D": stacked("D"),
+        "C": stacked("C"),
         "train_loss": stacked("train_loss"),
         "val_loss": pa.array(val, mask=np.isnan(val)),  # null where the step had no validation
     }
@@ -570,8 +649,9 @@ def write_curves(path: Path, runs: list[CollectedRun], curves: dict[str, Curve])
         pq.write_table(curves_table(runs, curves), tmp, compression="zstd", row_group_size=1 << 20)
 
 
-def collect_sweep(sweep_dir: str | os.PathLike, write_curves_file: bool = True, workers: Optional[int] = None,
-                  curves: str = "parquet") -> Collected:
+def collect_sweep(
+    sweep_dir: str | os.PathLike, write_curves_file: bool = True, workers: Optional[int] = None, curves: str = "parquet"
+) -> Collected:
     """Gather every run of ``sweep_dir`` (see the module docstring); writes ``curves.parquet`` atomically
     (``curves="csv"``: the former ``curves.csv``, streamed as the files are parsed)."""
     sweep_dir = Path(sweep_dir)
@@ -586,8 +666,10 @@ def collect_sweep(sweep_dir: str | os.PathLike, write_curves_file: bool = True, 
     if curves not in ("parquet", "csv"):
         raise UserError(f"curves: must be parquet or csv, got {curves!r}")
     as_csv = write_curves_file and curves == "csv"
-    tasks = [(m.run_dir / METRICS_FILE, _csv_prefix(m) if as_csv else None, m.flops_per_token, m.state == "diverged")
-             for m in metas]
+    tasks = [
+        (m.run_dir / METRICS_FILE, _csv_prefix(m) if as_csv else None, m.flops_per_token, m.state == "diverged")
+        for m in metas
+    ]
     csv_path = sweep_dir / CSV_FILE if as_csv else None
     tmp = csv_path.with_name(f".{CSV_FILE}.{os.getpid()}.tmp") if csv_path else None
     runs: list[CollectedRun] = []
@@ -595,9 +677,12 @@ def collect_sweep(sweep_dir: str | os.PathLike, write_curves_file: bool = True, 
     n_workers = _workers(len(tasks), workers)
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) if n_workers > 1 else None
     try:
-        results = pool.map(_parse_task, tasks, chunksize=max(1, min(64, len(tasks) // (4 * n_workers)))) \
-            if pool else map(_parse_task, tasks)
-        with (open(tmp, "wb") if tmp else open(os.devnull, "wb")) as out:
+        results = (
+            pool.map(_parse_task, tasks, chunksize=max(1, min(64, len(tasks) // (4 * n_workers))))
+            if pool
+            else map(_parse_task, tasks)
+        )
+        with open(tmp, "wb") if tmp else open(os.devnull, "wb") as out:
             if tmp:
                 out.write(CSV_HEADER.encode() + b"\n")
             for meta, parsed in zip(metas, results):
@@ -606,6 +691,7 @@ def collect_sweep(sweep_dir: str | os.PathLike, write_curves_file: bool = True, 
                 if parsed.error:
                     skipped.append((meta.name, parsed.error))
                     continue
+                assert parsed.curve is not None  # a file read without error has a curve
                 out.write(parsed.csv)
                 runs.append(_summarise(meta, parsed, warnings))
                 parsed_curves[meta.name] = parsed.curve
@@ -622,13 +708,27 @@ def collect_sweep(sweep_dir: str | os.PathLike, write_curves_file: bool = True, 
         write_curves(curves_path, runs, parsed_curves)
     unfinished = [r for r in runs if r.state != "completed" and not r.diverged]
     if unfinished:
-        warnings.append(f"{len(unfinished)} run(s) not completed: curves kept, no final point "
-                        f"({', '.join(f'{r.name} {r.state}' for r in unfinished[:5])}"
-                        f"{', ...' if len(unfinished) > 5 else ''})")
-    final_points = [{"name": r.name, "family": r.meta.family, "N": r.meta.N, "N_non_embedding": r.meta.N_non_embedding,
-                     "D": r.D, "C": r.C, "loss": r.loss, "loss_source": r.loss_source, "budget": r.meta.budget,
-                     "holdout": r.meta.holdout}
-                    for r in runs if r.state == "completed" and not r.diverged and r.meta.role != "trunk"]
+        warnings.append(
+            f"{len(unfinished)} run(s) not completed: curves kept, no final point "
+            f"({', '.join(f'{r.name} {r.state}' for r in unfinished[:5])}"
+            f"{', ...' if len(unfinished) > 5 else ''})"
+        )
+    final_points = [
+        {
+            "name": r.name,
+            "family": r.meta.family,
+            "N": r.meta.N,
+            "N_non_embedding": r.meta.N_non_embedding,
+            "D": r.D,
+            "C": r.C,
+            "loss": r.loss,
+            "loss_source": r.loss_source,
+            "budget": r.meta.budget,
+            "holdout": r.meta.holdout,
+        }
+        for r in runs
+        if r.state == "completed" and not r.diverged and r.meta.role != "trunk"
+    ]
     return Collected(sweep_dir, runs, parsed_curves, final_points, skipped, warnings, curves_path)
 
 
@@ -638,18 +738,20 @@ def _names(metas: list[RunMeta], limit: int = 5) -> str:
 
 def _summarise(meta: RunMeta, parsed: _Parsed, warnings: list[str]) -> CollectedRun:
     curve = parsed.curve
-    run = CollectedRun(meta, points=len(curve), D=float(curve.D[-1]), C=float(curve.C[-1]))
+    assert curve is not None  # only runs read without error are summarised
+    reached = float(curve.D[-1])
+    run = CollectedRun(meta, points=len(curve), D=reached, C=float(curve.C[-1]))
     run.diverged = meta.state == "diverged" or parsed.nonfinite_step is not None
     if run.diverged:
         why = "state diverged" if meta.state == "diverged" else f"non-finite loss at step {parsed.nonfinite_step}"
         warnings.append(f"{meta.name}: diverged ({why}): kept out of the fits")
         return run
-    if meta.state == "unknown" and run.D >= meta.D:
+    if meta.state == "unknown" and reached >= meta.D:
         meta.state = "completed"
         warnings.append(f"{meta.name}: no state recorded; its curve reached its {meta.D:.4g} tokens: completed")
     run.loss, run.loss_source = _final_loss(curve)
-    if meta.state == "completed" and run.D < 0.99 * meta.D:
-        warnings.append(f"{meta.name}: completed, but its metrics end at {run.D:.4g} of {meta.D:.4g} tokens")
+    if meta.state == "completed" and reached < 0.99 * meta.D:
+        warnings.append(f"{meta.name}: completed, but its metrics end at {reached:.4g} of {meta.D:.4g} tokens")
     if parsed.last and isinstance(parsed.last.get("tokens_per_s"), (int, float)):
         run.tokens_per_s = float(parsed.last["tokens_per_s"])
     return run
@@ -663,8 +765,9 @@ def resolve_sweep_dir(value: str, sweeps_root: Optional[str] = None) -> Path:
     if not value:
         raise UserError("sweep: give the sweep's name (sweep=<name>) or its directory")
     direct = Path(value)
-    if direct.is_dir() and ((direct / "runs").is_dir() or (direct / "plan.json").exists()
-                            or (direct / "jobdb.sqlite").exists()):
+    if direct.is_dir() and (
+        (direct / "runs").is_dir() or (direct / "plan.json").exists() or (direct / "jobdb.sqlite").exists()
+    ):
         return direct
     if sweeps_root is None:
         from launcher.config.compose import compose
@@ -672,19 +775,26 @@ def resolve_sweep_dir(value: str, sweeps_root: Optional[str] = None) -> Path:
         sweeps_root = compose([]).get("sweeps_root") or "sweeps"
     path = Path(sweeps_root) / value
     if not path.is_dir():
-        raise UserError(f"sweep={value}: no sweep directory {path} (sweeps_root={sweeps_root}); "
-                        f"run `ladder sweep` or `ladder submit` first, or give sweeps_root=<dir>")
+        raise UserError(
+            f"sweep={value}: no sweep directory {path} (sweeps_root={sweeps_root}); "
+            f"run `ladder sweep` or `ladder submit` first, or give sweeps_root=<dir>"
+        )
     return path
 
 
-def parse_sweep_args(argv: list[str], prog: str, description: str,
-                     add_arguments: Optional[Callable[[CommandParser], object]] = None,
-                     keys: tuple[str, ...] = ()) -> tuple[argparse.Namespace, Path]:
+def parse_sweep_args(
+    argv: list[str],
+    prog: str,
+    description: str,
+    add_arguments: Optional[Callable[[CommandParser], object]] = None,
+    keys: tuple[str, ...] = (),
+) -> tuple[argparse.Namespace, Path]:
     """The shared command line of collect, fit, report and wandb-sync: ``sweep=<name> [sweeps_root=<dir>]``;
     ``keys``: more ``key=value`` arguments the command takes (``ladder fit``'s ``metric``), set on the namespace."""
     allowed = ("sweep", "sweeps_root", "sweep.name", *keys)
-    parser = command_parser(prog, description, overrides_help="sweep=<name> [sweeps_root=<dir>]"
-                            + "".join(f" [{k}=<{k}>]" for k in keys))
+    parser = command_parser(
+        prog, description, overrides_help="sweep=<name> [sweeps_root=<dir>]" + "".join(f" [{k}=<{k}>]" for k in keys)
+    )
     if add_arguments:
         add_arguments(parser)
     args = parser.parse(argv)
@@ -692,8 +802,10 @@ def parse_sweep_args(argv: list[str], prog: str, description: str,
     for item in args.overrides:
         key, eq, value = item.partition("=")
         if not eq or key not in allowed:
-            raise UserError(f"{item}: unknown argument; allowed: sweep=<name>, sweeps_root=<dir>"
-                            + "".join(f", {k}=<{k}>" for k in keys))
+            raise UserError(
+                f"{item}: unknown argument; allowed: sweep=<name>, sweeps_root=<dir>"
+                + "".join(f", {k}=<{k}>" for k in keys)
+            )
         values["sweep" if key == "sweep.name" else key] = value
     for key in keys:
         setattr(args, key, values.get(key))
@@ -702,14 +814,19 @@ def parse_sweep_args(argv: list[str], prog: str, description: str,
 
 def main(argv: list[str]) -> int:
     args, sweep_dir = parse_sweep_args(
-        argv, "ladder collect", "gather every run's metrics.jsonl into curves.parquet",
-        lambda p: p.add_argument("--json", action="store_true", help="print the collection as JSON"))
+        argv,
+        "ladder collect",
+        "gather every run's metrics.jsonl into curves.parquet",
+        lambda p: p.add_argument("--json", action="store_true", help="print the collection as JSON"),
+    )
     collected = collect_sweep(sweep_dir)
     if args.json:
         print(json.dumps(collected.to_json(), indent=1))
         return 0
-    print(f"{len(collected.runs)} runs collected, {len(collected.final_points)} final points, "
-          f"{sum(len(c) for c in collected.curves.values())} curve points -> {collected.curves_path}")
+    print(
+        f"{len(collected.runs)} runs collected, {len(collected.final_points)} final points, "
+        f"{sum(len(c) for c in collected.curves.values())} curve points -> {collected.curves_path}"
+    )
     for name, why in collected.skipped:
         print(f"skipped {name}: {why}")
     for warning in collected.warnings:

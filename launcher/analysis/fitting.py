@@ -7,6 +7,7 @@ size for: the caller's (``--budget-flops``), else the one the planner decided an
 with its source (``launcher.sweep.plan.recommendation_budget``). ``fit.json`` also records its inputs
 and where the budget came from, so the report can tell whether it is stale and the summary says why.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,15 @@ def thinned_curve_points(collected: Collected, per_run: int = CURVE_POINTS_PER_R
             continue
         curve = collected.curves[run.name]
         for i in collected.curve_indices(run, per_run).tolist():
-            out.append({"name": run.name, "N": run.meta.N, "D": float(curve.D[i]), "C": float(curve.C[i]),
-                        "loss": float(curve.train_loss[i])})
+            out.append(
+                {
+                    "name": run.name,
+                    "N": run.meta.N,
+                    "D": float(curve.D[i]),
+                    "C": float(curve.C[i]),
+                    "loss": float(curve.train_loss[i]),
+                }
+            )
     return out
 
 
@@ -63,8 +71,16 @@ def sweep_metrics(sweep_dir: Path, asked: Optional[str]) -> list[str]:
     return [k for k in dict.fromkeys(keys) if k not in LOSS_KEYS]
 
 
-def fit_metric(collected: Collected, key: str, final_points: list[dict], recommendation: dict, *,
-               n_boot: int, seed: int, link: str = "sigmoid") -> dict:
+def fit_metric(
+    collected: Collected,
+    key: str,
+    final_points: list[dict],
+    recommendation: dict,
+    *,
+    n_boot: int,
+    seed: int,
+    link: str = "sigmoid",
+) -> dict:
     """A metric the runs log, fitted in two steps: (N, D) -> loss by approach 3, loss -> metric by ``link``.
 
     Every completed run that logged ``key`` is a point (its last value); held-out runs are predicted and
@@ -74,23 +90,48 @@ def fit_metric(collected: Collected, key: str, final_points: list[dict], recomme
 
     dirs = {r.name: r.meta.run_dir for r in collected.runs}
     logged = {p["name"]: final_metric(dirs[p["name"]] / METRICS_FILE, key) for p in final_points}
-    points = [{k: p[k] for k in ("name", "N", "D", "C", "loss", "budget")} | {"metric": logged[p["name"]][0],
-                                                                                "holdout": p.get("holdout", False)}
-              for p in final_points if logged[p["name"]] is not None]
+    points = [
+        {k: p[k] for k in ("name", "N", "D", "C", "loss", "budget")}
+        | {"metric": logged[p["name"]][0], "holdout": p.get("holdout", False)}
+        for p in final_points
+        if logged[p["name"]] is not None
+    ]
     fitted = [p for p in points if not p["holdout"]]
     missing = [p["name"] for p in final_points if logged[p["name"]] is None]
     if not fitted:
         return {"error": f"metric {key}: no completed run logged it in {METRICS_FILE}"}
-    targets = [{"name": p["name"], "N": p["N"], "D": p["D"], "C": p["C"], "metric": p["metric"],
-                "kind": "prediction" if p["holdout"] else "fitted"} for p in points]
+    targets = [
+        {
+            "name": p["name"],
+            "N": p["N"],
+            "D": p["D"],
+            "C": p["C"],
+            "metric": p["metric"],
+            "kind": "prediction" if p["holdout"] else "fitted",
+        }
+        for p in points
+    ]
     if "N_opt" in recommendation:
-        targets.append({"name": "recommendation", "N": recommendation["N_opt"], "D": recommendation["D_opt"],
-                        "kind": recommendation.get("kind", "projection")})
+        targets.append(
+            {
+                "name": "recommendation",
+                "N": recommendation["N_opt"],
+                "D": recommendation["D_opt"],
+                "kind": recommendation.get("kind", "projection"),
+            }
+        )
     try:
-        out = predict_points([{k: p[k] for k in ("name", "N", "D", "C", "loss", "budget", "metric")} for p in fitted],
-                             targets, "two_stage", n_boot=n_boot, seed=seed, value_key="metric",
-                             carry=[{k: t[k] for k in ("name", "kind", "N", "D")} for t in targets],
-                             loss_approach="3", link=link)
+        out = predict_points(
+            [{k: p[k] for k in ("name", "N", "D", "C", "loss", "budget", "metric")} for p in fitted],
+            targets,
+            "two_stage",
+            n_boot=n_boot,
+            seed=seed,
+            value_key="metric",
+            carry=[{k: t[k] for k in ("name", "kind", "N", "D")} for t in targets],
+            loss_approach="3",
+            link=link,
+        )
     except UserError as exc:
         return {"error": f"metric {key}: {exc}"}
     return {"key": key, **out, "not_logged": missing}
@@ -105,17 +146,31 @@ def fit_inputs(collected: Collected, budget_flops: Optional[float], n_boot: int 
     """(final points, curve points, the ``inputs`` record of fit.json) for a collected sweep."""
     curve_points = thinned_curve_points(collected)
     logged = sum(len(collected.curves[r.name]) for r in collected.in_fit)
-    inputs = {"sweep": collected.sweep_dir.name, "runs": len(collected.runs),
-              "final_points": len(collected.final_points), "curve_points_logged": logged,
-              "curve_points_fitted": len(curve_points), "budget_flops": budget_flops, "n_boot": n_boot, "seed": seed,
-              "skipped": [{"run": n, "reason": why} for n, why in collected.skipped],
-              "warnings": collected.warnings,
-              "fingerprint": fingerprint(collected.final_points, logged, budget_flops, n_boot, seed)}
+    inputs = {
+        "sweep": collected.sweep_dir.name,
+        "runs": len(collected.runs),
+        "final_points": len(collected.final_points),
+        "curve_points_logged": logged,
+        "curve_points_fitted": len(curve_points),
+        "budget_flops": budget_flops,
+        "n_boot": n_boot,
+        "seed": seed,
+        "skipped": [{"run": n, "reason": why} for n, why in collected.skipped],
+        "warnings": collected.warnings,
+        "fingerprint": fingerprint(collected.final_points, logged, budget_flops, n_boot, seed),
+    }
     return collected.final_points, curve_points, inputs
 
 
-def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = None, *, n_boot: int = N_BOOT,
-                  seed: int = 0, collected: Optional[Collected] = None, metric: Optional[str] = None) -> dict:
+def fit_sweep_dir(
+    sweep_dir: str | os.PathLike,
+    budget_flops: Optional[float] = None,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    collected: Optional[Collected] = None,
+    metric: Optional[str] = None,
+) -> dict:
     """collect -> ``launcher.analysis.fit.fit_sweep`` -> ``<sweep_dir>/fit.json`` (atomically); returns its content.
 
     A sweep the fitters cannot use at all (no completed run, say) gets its error in fit.error.json, and in
@@ -136,17 +191,26 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
     inputs["budget_source"] = source
     try:
         if not final_points:
-            raise UserError(f"no completed run to fit ({len(collected.runs)} collected, "
-                            f"{len(collected.skipped)} skipped)")
+            raise UserError(
+                f"no completed run to fit ({len(collected.runs)} collected, {len(collected.skipped)} skipped)"
+            )
         fitted = [p for p in final_points if not p.get("holdout")]
         if not fitted:
             raise UserError(f"every completed run is a holdout run ({len(final_points)}); none left to fit")
-        fit = fit_sweep(fitted, curve_points, budget_flops, n_boot=n_boot, seed=seed,
-                        holdout=[p for p in final_points if p.get("holdout")])
+        fit = fit_sweep(
+            fitted,
+            curve_points,
+            budget_flops,
+            n_boot=n_boot,
+            seed=seed,
+            holdout=[p for p in final_points if p.get("holdout")],
+        )
         keys = sweep_metrics(sweep_dir, metric)
         if keys:
-            fit["metrics"] = {k: fit_metric(collected, k, final_points, fit.get("recommendation") or {},
-                                            n_boot=n_boot, seed=seed) for k in keys}
+            fit["metrics"] = {
+                k: fit_metric(collected, k, final_points, fit.get("recommendation") or {}, n_boot=n_boot, seed=seed)
+                for k in keys
+            }
     except UserError as exc:
         fit = {"schema": SCHEMA, "error": str(exc)}
     fit["inputs"] = inputs
@@ -160,7 +224,7 @@ def fit_sweep_dir(sweep_dir: str | os.PathLike, budget_flops: Optional[float] = 
 def reason(part: dict, label: str) -> str:
     """A part's error without the label the fitter put in front of it (the line already names the part)."""
     error = str(part.get("error", ""))
-    return error[len(label) + 2:] if error.lower().startswith(label.lower() + ": ") else error
+    return error[len(label) + 2 :] if error.lower().startswith(label.lower() + ": ") else error
 
 
 def _param(fit: dict, approach: str, name: str) -> str:
@@ -185,15 +249,19 @@ def verdict_lines(fit: dict) -> list[str]:
     diagnostics = fit.get("diagnostics")
     if not diagnostics:
         return []
-    lines = [f"verdict: {diagnostics['verdict']}" + (" (the approaches' exponents agree and none is flagged)"
-                                                     if diagnostics["verdict"] == "agree" else "")]
+    lines = [
+        f"verdict: {diagnostics['verdict']}"
+        + (" (the approaches' exponents agree and none is flagged)" if diagnostics["verdict"] == "agree" else "")
+    ]
     lines += [f"  - {why}" for why in diagnostics["reasons"]]
     rec = trusted_recommendation(fit)
     if rec is None:
         lines.append("trusted: none of the approaches: no recommendation can be trusted from this sweep")
     else:
-        lines.append(f"trusted: {diagnostics['trusted']}: N_opt = {sci(rec['N_opt'])}{interval(rec.get('N_opt_ci'))}, "
-                     f"D_opt = {sci(rec['D_opt'])}{interval(rec.get('D_opt_ci'))} at C = {sci(rec['C'])} FLOPs")
+        lines.append(
+            f"trusted: {diagnostics['trusted']}: N_opt = {sci(rec['N_opt'])}{interval(rec.get('N_opt_ci'))}, "
+            f"D_opt = {sci(rec['D_opt'])}{interval(rec.get('D_opt_ci'))} at C = {sci(rec['C'])} FLOPs"
+        )
     lines += ["next:"] + [f"  - {step}" for step in diagnostics["next_runs"]]
     return lines
 
@@ -201,71 +269,100 @@ def verdict_lines(fit: dict) -> list[str]:
 def summary_lines(fit: dict) -> list[str]:
     """The fit in plain text: exponents with 95% bootstrap intervals, the recommendation, the extrapolation."""
     inputs = fit.get("inputs") or {}
-    lines = [f"sweep {inputs.get('sweep', '?')}: {inputs.get('final_points', 0)} completed runs fitted, "
-             f"{inputs.get('curve_points_fitted', 0)} curve points ({inputs.get('curve_points_logged', 0)} logged), "
-             f"{len(inputs.get('skipped', []))} runs skipped"]
+    lines = [
+        f"sweep {inputs.get('sweep', '?')}: {inputs.get('final_points', 0)} completed runs fitted, "
+        f"{inputs.get('curve_points_fitted', 0)} curve points ({inputs.get('curve_points_logged', 0)} logged), "
+        f"{len(inputs.get('skipped', []))} runs skipped"
+    ]
     if "error" in fit:
         return lines + [f"fit failed: {fit['error']}"]
     lines += verdict_lines(fit)
     level = int(round(100 * (fit.get("bootstrap") or {}).get("level", 0.95)))
-    lines.append(f"intervals: {level}% bootstrap percentiles over {(fit.get('bootstrap') or {}).get('n_boot', '?')} "
-                 f"resamples of the runs")
+    lines.append(
+        f"intervals: {level}% bootstrap percentiles over {(fit.get('bootstrap') or {}).get('n_boot', '?')} "
+        f"resamples of the runs"
+    )
     rec = fit.get("recommendation") or {}
     if "error" in rec:
         lines.append(f"recommendation: {reason(rec, 'recommendation')}")
     else:
-        lines += [f"budget C = {sci(rec.get('C'))} FLOPs ({inputs.get('budget_source', '')})",
-                  f"  N_opt = {sci(rec.get('N_opt'))}{interval(rec.get('N_opt_ci'))} parameters",
-                  f"  D_opt = {sci(rec.get('D_opt'))}{interval(rec.get('D_opt_ci'))} tokens "
-                  f"({sci(rec.get('tokens_per_param'))} tokens per parameter)",
-                  f"  predicted loss = {sci(rec.get('predicted_loss'), '.4g')}{interval(rec.get('predicted_loss_ci'), '.4g')} "
-                  f"(from {rec.get('source')})"]
+        lines += [
+            f"budget C = {sci(rec.get('C'))} FLOPs ({inputs.get('budget_source', '')})",
+            f"  N_opt = {sci(rec.get('N_opt'))}{interval(rec.get('N_opt_ci'))} parameters",
+            f"  D_opt = {sci(rec.get('D_opt'))}{interval(rec.get('D_opt_ci'))} tokens "
+            f"({sci(rec.get('tokens_per_param'))} tokens per parameter)",
+            f"  predicted loss = {sci(rec.get('predicted_loss'), '.4g')}"
+            f"{interval(rec.get('predicted_loss_ci'), '.4g')} "
+            f"(from {rec.get('source')})",
+        ]
         if rec.get("kind") == "projection":
-            lines.append(f"  a projection: C lies beyond every run (largest C = "
-                         f"{sci((fit.get('projection') or {}).get('beyond_C'))})")
-    for approach, title, names in (("approach1", "approach 1 (training-curve envelope)", ("a", "b")),
-                                   ("approach2", "approach 2 (isoFLOP parabolas)", ("a", "b")),
-                                   ("approach3", "approach 3 (L = E + A/N^alpha + B/D^beta)", ("a", "b")),
-                                   ("approach3", "  its law", ("alpha", "beta", "E", "A", "B"))):
+            lines.append(
+                f"  a projection: C lies beyond every run (largest C = "
+                f"{sci((fit.get('projection') or {}).get('beyond_C'))})"
+            )
+    for approach, title, names in (
+        ("approach1", "approach 1 (training-curve envelope)", ("a", "b")),
+        ("approach2", "approach 2 (isoFLOP parabolas)", ("a", "b")),
+        ("approach3", "approach 3 (L = E + A/N^alpha + B/D^beta)", ("a", "b")),
+        ("approach3", "  its law", ("alpha", "beta", "E", "A", "B")),
+    ):
         part = fit.get(approach) or {}
         if "error" in part and names != ("a", "b"):
             continue
-        body = reason(part, approach.replace("approach", "approach ")) if "error" in part else \
-            ", ".join(_param(fit, approach, n) for n in names)
+        body = (
+            reason(part, approach.replace("approach", "approach "))
+            if "error" in part
+            else ", ".join(_param(fit, approach, n) for n in names)
+        )
         lines.append(f"{title}: {body}")
     kaplan = fit.get("kaplan") or {}
     parts = []
     for key, exponent in (("L_N", "alpha_N"), ("L_D", "alpha_D")):
         part = kaplan.get(key) or {}
-        parts.append(f"{key}: " + (reason(part, f"kaplan L({key[-1]})") if "error" in part
-                                   else f"{exponent} = {sci(part.get(exponent))}"))
+        parts.append(
+            f"{key}: "
+            + (reason(part, f"kaplan L({key[-1]})") if "error" in part else f"{exponent} = {sci(part.get(exponent))}")
+        )
     lines.append("kaplan: " + "; ".join(parts))
     bnsl = fit.get("bnsl") or {}
-    lines.append("bnsl: " + (reason(bnsl, "bnsl") if "error" in bnsl else f"rmse(log loss) = {sci(bnsl.get('rmse_log'))}, "
-                                                                  f"{len(bnsl.get('breaks') or [])} break(s)"))
+    lines.append(
+        "bnsl: "
+        + (
+            reason(bnsl, "bnsl")
+            if "error" in bnsl
+            else f"rmse(log loss) = {sci(bnsl.get('rmse_log'))}, {len(bnsl.get('breaks') or [])} break(s)"
+        )
+    )
     held = fit.get("holdout") or {}
     if "error" in held:
         lines.append(f"holdout: {reason(held, 'holdout')}")
     elif held.get("runs"):
-        lines.append(f"holdout: {len(held['runs'])} run(s) predicted by approach 3 from the others: median |error| "
-                     f"{percent(held.get('median_abs_rel_error'), '.2f')}, worst {percent(held.get('worst_abs_rel_error'), '.2f')}, "
-                     f"{held.get('n_inside')} inside the interval")
+        lines.append(
+            f"holdout: {len(held['runs'])} run(s) predicted by approach 3 from the others: median |error| "
+            f"{percent(held.get('median_abs_rel_error'), '.2f')}, "
+            f"worst {percent(held.get('worst_abs_rel_error'), '.2f')}, "
+            f"{held.get('n_inside')} inside the interval"
+        )
     for key, part in (fit.get("metrics") or {}).items():
         lines += metric_lines(key, part)
     ext = fit.get("extrapolation") or {}
     if "error" in ext:
         lines.append(f"extrapolation: {reason(ext, 'extrapolation')}")
     else:
-        lines.append(f"extrapolation to the held-out largest budget C = {sci(ext.get('C'))} "
-                     f"(observed N_opt {sci((ext.get('observed') or {}).get('N_opt'))} from the "
-                     f"{(ext.get('observed') or {}).get('from')}):")
+        lines.append(
+            f"extrapolation to the held-out largest budget C = {sci(ext.get('C'))} "
+            f"(observed N_opt {sci((ext.get('observed') or {}).get('N_opt'))} from the "
+            f"{(ext.get('observed') or {}).get('from')}):"
+        )
         for approach in ("approach2", "approach3"):
             part = ext.get(approach) or {}
             if "error" in part:
                 lines.append(f"  {approach}: {reason(part, approach.replace('approach', 'approach '))}")
             else:
-                lines.append(f"  {approach}: N_opt error {percent(part.get('rel_error_N_opt'))}, "
-                             f"loss error {percent(part.get('rel_error_loss'), '+.2f')}")
+                lines.append(
+                    f"  {approach}: N_opt error {percent(part.get('rel_error_N_opt'))}, "
+                    f"loss error {percent(part.get('rel_error_loss'), '+.2f')}"
+                )
     return lines
 
 
@@ -274,17 +371,24 @@ def metric_lines(key: str, part: dict) -> list[str]:
     if "error" in part:
         return [f"metric {key}: {reason(part, f'metric {key}')}"]
     law = part["metric_law"]
-    lines = [f"metric {key}: (N, D) -> loss by approach {part.get('loss_approach')}, loss -> {key} by the "
-             f"{law['link']} link (" + ", ".join(f"{k} = {sci(v)}" for k, v in law.items()
-                                                 if isinstance(v, (int, float))) + ")"]
+    lines = [
+        f"metric {key}: (N, D) -> loss by approach {part.get('loss_approach')}, loss -> {key} by the "
+        f"{law['link']} link ("
+        + ", ".join(f"{k} = {sci(v)}" for k, v in law.items() if isinstance(v, (int, float)))
+        + ")"
+    ]
     for p in part.get("predictions") or []:
         if p.get("kind") == "prediction":
-            lines.append(f"  {p['name']} (held out): predicted {sci(p['metric'], '.4g')}"
-                         f"{interval([p.get('lo'), p.get('hi')], '.4g')}, reached {sci(p.get('observed'), '.4g')} "
-                         f"({percent(p.get('rel_error'), '+.2f')}, {'inside' if p.get('inside') else 'outside'} the interval)")
+            lines.append(
+                f"  {p['name']} (held out): predicted {sci(p['metric'], '.4g')}"
+                f"{interval([p.get('lo'), p.get('hi')], '.4g')}, reached {sci(p.get('observed'), '.4g')} "
+                f"({percent(p.get('rel_error'), '+.2f')}, {'inside' if p.get('inside') else 'outside'} the interval)"
+            )
         elif p.get("kind") in ("projection", "within the runs"):
-            lines.append(f"  at the recommendation ({p['kind']}): {sci(p['metric'], '.4g')}"
-                         f"{interval([p.get('lo'), p.get('hi')], '.4g')}")
+            lines.append(
+                f"  at the recommendation ({p['kind']}): {sci(p['metric'], '.4g')}"
+                f"{interval([p.get('lo'), p.get('hi')], '.4g')}"
+            )
     return lines
 
 
@@ -299,17 +403,23 @@ def fit_main(argv: list[str]) -> int:
         from launcher.analysis.fit.cli import points_help
 
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
-        parser.epilog = (f"metric=KEY: a key the runs log in metrics.jsonl (zero_shot_acc, a user's own eval), fitted "
-                         f"besides the sweep config's\nsweep.metrics in two steps, (N, D) -> loss -> KEY; runs the sweep "
-                         f"config's sweep.holdout selects are\npredicted from the others, not fitted.\n\n{points_help()}")
+        parser.epilog = (
+            f"metric=KEY: a key the runs log in metrics.jsonl (zero_shot_acc, a user's own eval), fitted "
+            f"besides the sweep config's\nsweep.metrics in two steps, (N, D) -> loss -> KEY; runs the sweep "
+            f"config's sweep.holdout selects are\npredicted from the others, not fitted.\n\n{points_help()}"
+        )
         parser.add_argument("--json", action="store_true", help="print fit.json")
         parser.add_argument("--budget-flops", type=float, help="recommend N_opt, D_opt for this many FLOPs")
         parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
         parser.add_argument("--seed", type=int, default=0)
 
-    args, sweep_dir = parse_sweep_args(argv, "ladder fit", "fit scaling laws to a sweep (or --points FILE.csv); "
-                                       "metric=KEY also fits a key the runs log, in two steps", options,
-                                       keys=("metric",))
+    args, sweep_dir = parse_sweep_args(
+        argv,
+        "ladder fit",
+        "fit scaling laws to a sweep (or --points FILE.csv); metric=KEY also fits a key the runs log, in two steps",
+        options,
+        keys=("metric",),
+    )
     if args.n_boot < 0:
         raise UserError(f"--n-boot: must be >= 0 (0: no bootstrap), got {args.n_boot}")
     if args.budget_flops is not None and not (math.isfinite(args.budget_flops) and args.budget_flops > 0):

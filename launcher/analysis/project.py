@@ -30,6 +30,7 @@ and a site profile, the projection is:
 ``node_hours_lo``, ``node_hours_hi``, ``jobs``, ``flops`` are a contract), and ``proposal.md`` the same
 as text a consortium can paste, with the report's figures.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,31 +79,46 @@ class NodeSpeed:
     @classmethod
     def from_scaling(cls, scaling: dict, nodes: int, path: Path) -> NodeSpeed:
         """The weak-scaling point at ``nodes`` (else the largest measured below it) of a scaling study."""
-        weak = sorted((p for p in scaling.get("points", []) if p.get("mode") == "weak" and p.get("tokens_per_s")),
-                      key=lambda p: p["nodes"])
+        weak = sorted(
+            (p for p in scaling.get("points", []) if p.get("mode") == "weak" and p.get("tokens_per_s")),
+            key=lambda p: p["nodes"],
+        )
         fpt = scaling.get("flops_per_token")
         if not weak or not fpt:
-            raise UserError(f"{path}: no weak-scaling point with tokens_per_s and no flops_per_token; "
-                            f"run ladder scaling-study again")
+            raise UserError(
+                f"{path}: no weak-scaling point with tokens_per_s and no flops_per_token; "
+                f"run ladder scaling-study again"
+            )
         below = [p for p in weak if p["nodes"] <= nodes] or weak[:1]
         point = below[-1]
         per_node = fpt / point["nodes"]
         where = f"measured at {point['nodes']} nodes" + (
-            "" if point["nodes"] == nodes else f" (the largest measured up to {nodes}; assumed to hold at {nodes})")
-        return cls(point["tokens_per_s"] * per_node, point.get("tokens_per_s_lo", point["tokens_per_s"]) * per_node,
-                   point.get("tokens_per_s_hi", point["tokens_per_s"]) * per_node,
-                   f"scaling study {path} ({scaling.get('model')}): {where}; the target is assumed to reach the "
-                   f"study model's FLOP/s")
+            "" if point["nodes"] == nodes else f" (the largest measured up to {nodes}; assumed to hold at {nodes})"
+        )
+        return cls(
+            point["tokens_per_s"] * per_node,
+            point.get("tokens_per_s_lo", point["tokens_per_s"]) * per_node,
+            point.get("tokens_per_s_hi", point["tokens_per_s"]) * per_node,
+            f"scaling study {path} ({scaling.get('model')}): {where}; the target is assumed to reach the "
+            f"study model's FLOP/s",
+        )
 
     @classmethod
     def from_peak(cls, cluster: ClusterProfile) -> NodeSpeed:
         if cluster.device_peak_flops is None:
-            raise UserError(f"cluster.device_peak_flops: profile {cluster.name} has none and there is no "
-                            f"{SCALING_FILE}; run ladder scaling-study or give the peak")
+            raise UserError(
+                f"cluster.device_peak_flops: profile {cluster.name} has none and there is no "
+                f"{SCALING_FILE}; run ladder scaling-study or give the peak"
+            )
         value = cluster.devices_per_node * cluster.device_peak_flops * cluster.assumed_mfu
-        return cls(value, value, value, f"assumed: {cluster.devices_per_node} x device_peak_flops "
-                                        f"{sci(cluster.device_peak_flops)} x assumed_mfu {cluster.assumed_mfu:g} "
-                                        f"per node, perfect scaling; not measured")
+        return cls(
+            value,
+            value,
+            value,
+            f"assumed: {cluster.devices_per_node} x device_peak_flops "
+            f"{sci(cluster.device_peak_flops)} x assumed_mfu {cluster.assumed_mfu:g} "
+            f"per node, perfect scaling; not measured",
+        )
 
 
 def node_speed(cluster: ClusterProfile, nodes: int, scaling_path: Optional[Path]) -> NodeSpeed:
@@ -110,8 +126,9 @@ def node_speed(cluster: ClusterProfile, nodes: int, scaling_path: Optional[Path]
     if scaling_path is not None and scaling_path.exists():
         scaling = json.loads(scaling_path.read_text())
         if scaling.get("cluster") not in (None, cluster.name):
-            raise UserError(f"--scaling: {scaling_path} was measured on cluster {scaling.get('cluster')}, "
-                            f"not {cluster.name}")
+            raise UserError(
+                f"--scaling: {scaling_path} was measured on cluster {scaling.get('cluster')}, not {cluster.name}"
+            )
         return NodeSpeed.from_scaling(scaling, nodes, scaling_path)
     return NodeSpeed.from_peak(cluster)
 
@@ -128,12 +145,15 @@ def law_at(sweep_dir: Path, C: float, collected: Collected) -> dict:
     rec = fit.get("recommendation") or {}
     inputs = fit.get("inputs") or {}
     if "error" in fit or rec.get("C") is None or not math.isclose(rec["C"], C, rel_tol=1e-9):
-        fit = fit_sweep_dir(sweep_dir, C, n_boot=inputs.get("n_boot", 100), seed=inputs.get("seed", 0),
-                            collected=collected)
+        fit = fit_sweep_dir(
+            sweep_dir, C, n_boot=inputs.get("n_boot", 100), seed=inputs.get("seed", 0), collected=collected
+        )
         rec = fit.get("recommendation") or {}
     if "error" in fit or "error" in rec:
-        raise UserError(f"sweep {sweep_dir.name}: the fit gives no recommendation at C = {sci(C)}: "
-                        f"{fit.get('error') or rec.get('error')}")
+        raise UserError(
+            f"sweep {sweep_dir.name}: the fit gives no recommendation at C = {sci(C)}: "
+            f"{fit.get('error') or rec.get('error')}"
+        )
     return fit
 
 
@@ -141,7 +161,7 @@ def frontier_slope(fit: dict, C: float) -> float:
     """d ln(loss) / d ln C of the recommending law's frontier at C (the grid segment ending at C)."""
     frontier = fit["frontier"]
     grid, loss = frontier["C"], frontier[fit["recommendation"]["source"]]["loss"]
-    pairs = [(c, l) for c, l in zip(grid, loss) if c is not None and l is not None and c <= C * (1 + 1e-9)]
+    pairs = [(c, y) for c, y in zip(grid, loss) if c is not None and y is not None and c <= C * (1 + 1e-9)]
     if len(pairs) < 2:
         raise UserError(f"fit.json: the frontier has fewer than 2 points up to C = {sci(C)}")
     (c0, l0), (c1, l1) = pairs[-2], pairs[-1]
@@ -190,7 +210,9 @@ def solve_target(plan: dict, N_opt: float) -> TargetShape:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     total, non_embedding = entry.param_counts(cfg)
-    return TargetShape(model, shape, total, non_embedding, entry.flops_per_token(cfg), int(first["global_batch_tokens"]))
+    return TargetShape(
+        model, shape, total, non_embedding, entry.flops_per_token(cfg), int(first["global_batch_tokens"])
+    )
 
 
 def checkpoint_bytes(N: int, precision: str) -> int:
@@ -205,11 +227,16 @@ def jobs_for(wall_h: float, nodes: int, cluster: ClusterProfile) -> dict:
     bin_ = policy.bin_for(nodes)
     train_h = policy.lane_hours(bin_) - policy.run_overhead_h
     if train_h <= 0:
-        raise UserError(f"cluster.queue_bins: a {nodes}-node job of {policy.walltime_min(bin_)} min leaves no time "
-                        "to train after the warning, the job's set-up and the run's restart")
-    return {"bin": {"max_nodes": bin_.max_nodes, "max_walltime_min": bin_.max_walltime_min},
-            "walltime_min": policy.walltime_min(bin_), "train_hours_per_job": train_h,
-            "jobs": max(1, math.ceil(wall_h / train_h - 1e-9))}
+        raise UserError(
+            f"cluster.queue_bins: a {nodes}-node job of {policy.walltime_min(bin_)} min leaves no time "
+            "to train after the warning, the job's set-up and the run's restart"
+        )
+    return {
+        "bin": {"max_nodes": bin_.max_nodes, "max_walltime_min": bin_.max_walltime_min},
+        "walltime_min": policy.walltime_min(bin_),
+        "train_hours_per_job": train_h,
+        "jobs": max(1, math.ceil(wall_h / train_h - 1e-9)),
+    }
 
 
 def sweep_cost(collected: Collected, plan: dict) -> dict:
@@ -221,13 +248,23 @@ def sweep_cost(collected: Collected, plan: dict) -> dict:
         spec = planned.get(r.name) or {}
         if spec.get("est_node_hours") and spec.get("D"):
             hours += spec["est_node_hours"] * min(1.0, (r.D or 0.0) / spec["D"])
-    return {"flops": flops, "est_node_hours": hours if any(p.get("est_node_hours") for p in planned.values()) else None,
-            "runs": len(collected.runs)}
+    return {
+        "flops": flops,
+        "est_node_hours": hours if any(p.get("est_node_hours") for p in planned.values()) else None,
+        "runs": len(collected.runs),
+    }
 
 
-def project(sweep_dir: Path, cluster: ClusterProfile, *, target_flops: Optional[float] = None,
-            node_hours: Optional[float] = None, nodes: int = 1, scaling_path: Optional[Path] = None,
-            write_gb_s: float = WRITE_GB_S) -> dict:
+def project(
+    sweep_dir: Path,
+    cluster: ClusterProfile,
+    *,
+    target_flops: Optional[float] = None,
+    node_hours: Optional[float] = None,
+    nodes: int = 1,
+    scaling_path: Optional[Path] = None,
+    write_gb_s: float = WRITE_GB_S,
+) -> dict:
     """The projection (module docstring) as projection.json's content."""
     if (target_flops is None) == (node_hours is None):
         raise UserError("give exactly one of --target-flops C or --node-hours H")
@@ -256,25 +293,53 @@ def project(sweep_dir: Path, cluster: ClusterProfile, *, target_flops: Optional[
     queue = jobs_for(wall_h, nodes, cluster)
     ckpt = checkpoint_bytes(target.N, cluster.precision)
     write_s = ckpt / (write_gb_s * 1e9 * nodes)
-    return {"schema": SCHEMA, "sweep": sweep_dir.name, "cluster": cluster.name, "nodes": nodes,
-            "C": C, "target": "flops" if target_flops is not None else "node_hours",
-            "N": target.N, "N_non_embedding": target.N_non_embedding, "N_opt": rec["N_opt"],
-            "N_opt_ci": rec["N_opt_ci"], "D_opt": rec["D_opt"], "D_opt_ci": rec["D_opt_ci"],
-            "model": target.model, "shape": target.shape, "global_batch_tokens": target.global_batch_tokens,
-            "D": D, "tokens_per_param": D / target.N, "flops_per_token": target.flops_per_token,
-            "flops": flops, "flops_6nd": 6.0 * target.N * D,
-            "loss": loss, "loss_lo": loss_lo, "loss_hi": loss_hi, "law": rec["source"],
-            "loss_is": "beyond the sweep's largest run" if C > max((r.C or 0.0) for r in collected.runs)
-            else "within the sweep's compute",
-            "frontier_slope": slope, "compute_for_loss_lo": c_lo, "compute_for_loss_hi": c_hi,
-            "speed_source": speed.source, "node_flops_per_s": speed.flops_per_s,
-            "node_flops_per_s_lo": speed.lo, "node_flops_per_s_hi": speed.hi,
-            "node_hours": hours, "node_hours_lo": hours_lo, "node_hours_hi": hours_hi,
-            "wall_hours": wall_h, **queue,
-            "checkpoint_bytes": ckpt, "checkpoint_write_s": write_s, "write_gb_s_per_node": write_gb_s,
-            "signal_before_s": cluster.signal_before,
-            "checkpoints_in_warning": math.floor(cluster.signal_before / write_s),
-            "sweep_cost": sweep_cost(collected, plan)}
+    return {
+        "schema": SCHEMA,
+        "sweep": sweep_dir.name,
+        "cluster": cluster.name,
+        "nodes": nodes,
+        "C": C,
+        "target": "flops" if target_flops is not None else "node_hours",
+        "N": target.N,
+        "N_non_embedding": target.N_non_embedding,
+        "N_opt": rec["N_opt"],
+        "N_opt_ci": rec["N_opt_ci"],
+        "D_opt": rec["D_opt"],
+        "D_opt_ci": rec["D_opt_ci"],
+        "model": target.model,
+        "shape": target.shape,
+        "global_batch_tokens": target.global_batch_tokens,
+        "D": D,
+        "tokens_per_param": D / target.N,
+        "flops_per_token": target.flops_per_token,
+        "flops": flops,
+        "flops_6nd": 6.0 * target.N * D,
+        "loss": loss,
+        "loss_lo": loss_lo,
+        "loss_hi": loss_hi,
+        "law": rec["source"],
+        "loss_is": "beyond the sweep's largest run"
+        if C > max((r.C or 0.0) for r in collected.runs)
+        else "within the sweep's compute",
+        "frontier_slope": slope,
+        "compute_for_loss_lo": c_lo,
+        "compute_for_loss_hi": c_hi,
+        "speed_source": speed.source,
+        "node_flops_per_s": speed.flops_per_s,
+        "node_flops_per_s_lo": speed.lo,
+        "node_flops_per_s_hi": speed.hi,
+        "node_hours": hours,
+        "node_hours_lo": hours_lo,
+        "node_hours_hi": hours_hi,
+        "wall_hours": wall_h,
+        **queue,
+        "checkpoint_bytes": ckpt,
+        "checkpoint_write_s": write_s,
+        "write_gb_s_per_node": write_gb_s,
+        "signal_before_s": cluster.signal_before,
+        "checkpoints_in_warning": math.floor(cluster.signal_before / write_s),
+        "sweep_cost": sweep_cost(collected, plan),
+    }
 
 
 # --------------------------------------------------------------------------------------- proposal
@@ -288,19 +353,25 @@ def proposal_text(p: dict, figures: list[tuple[str, str]]) -> str:
     """proposal.md: the projection in sentences, each number beside where it came from."""
     cost = p["sweep_cost"]
     spent = f"{sci(cost['flops'])} FLOPs over {cost['runs']} runs" + (
-        f", about {_hours(cost['est_node_hours'])} node-hours as planned" if cost["est_node_hours"] is not None else "")
+        f", about {_hours(cost['est_node_hours'])} node-hours as planned" if cost["est_node_hours"] is not None else ""
+    )
     lines = [
-        f"# Compute request: {p['sweep']} on {p['cluster']}", "",
-        "## Science case", "",
+        f"# Compute request: {p['sweep']} on {p['cluster']}",
+        "",
+        "## Science case",
+        "",
         f"A scaling-law sweep ({p['sweep']}: {spent}) was fitted with the {p['law']} law. At a training budget of "
         f"C = {sci(p['C'])} FLOPs it puts the compute-optimal model at N_opt = {si(p['N_opt'])} parameters "
         f"(95% bootstrap interval {si(p['N_opt_ci'][0])} to {si(p['N_opt_ci'][1])}) on D_opt = {si(p['D_opt'])} "
         f"tokens. We propose to train a {p['model']} of N = {p['N']:,} parameters (shape "
         f"{', '.join(f'{k}={v}' for k, v in p['shape'].items())}) on D = {p['D']:,} tokens "
-        f"({p['tokens_per_param']:.3g} tokens per parameter).", "",
+        f"({p['tokens_per_param']:.3g} tokens per parameter).",
+        "",
         f"**Projected loss: {p['loss']:.4g}** (95% interval {p['loss_lo']:.4g} to {p['loss_hi']:.4g}); "
-        f"this is a projection of the fitted law, {p['loss_is']}, not a measurement.", "",
-        "## Compute", "",
+        f"this is a projection of the fitted law, {p['loss_is']}, not a measurement.",
+        "",
+        "## Compute",
+        "",
         f"- Training FLOPs: {sci(p['flops'])} by the model's exact count ({sci(p['flops_per_token'])} FLOPs per "
         f"token x D); 6ND gives {sci(p['flops_6nd'])}.",
         f"- Speed: {sci(p['node_flops_per_s'])} FLOP/s per node ({p['speed_source']}).",
@@ -314,7 +385,8 @@ def proposal_text(p: dict, figures: list[tuple[str, str]]) -> str:
         f"{p['write_gb_s_per_node']:g} GB/s per node it takes {p['checkpoint_write_s']:.3g} s to write, "
         f"{p['checkpoints_in_warning']} such writes fit in the {p['signal_before_s']} s between the walltime "
         f"warning and the walltime.",
-        f"- Already spent on the ladder: {spent}.", "",
+        f"- Already spent on the ladder: {spent}.",
+        "",
     ]
     if figures:
         lines += ["## Figures", ""] + [f"![{title}]({path})" for title, path in figures] + [""]
@@ -328,24 +400,37 @@ def write_projection(sweep_dir: Path, projection: dict, scaling_path: Optional[P
     plots = sweep_dir / PLOTS_DIR
     if scaling_path is not None and (scaling_path.parent / PLOTS_DIR / "scaling.png").exists():
         shutil.copyfile(scaling_path.parent / PLOTS_DIR / "scaling.png", plots / "scaling.png")
-    figures = [(title, f"{PLOTS_DIR}/{name}.png") for name, title in (
-        ("scaling", "Throughput and parallel efficiency against nodes"), ("isoflop", "IsoFLOP curves"),
-        ("frontier", "Compute-optimal frontier with 95% bands")) if (plots / f"{name}.png").exists()]
+    figures = [
+        (title, f"{PLOTS_DIR}/{name}.png")
+        for name, title in (
+            ("scaling", "Throughput and parallel efficiency against nodes"),
+            ("isoflop", "IsoFLOP curves"),
+            ("frontier", "Compute-optimal frontier with 95% bands"),
+        )
+        if (plots / f"{name}.png").exists()
+    ]
     atomic_write_json(sweep_dir / PROJECTION_FILE, projection)
     atomic_write(sweep_dir / PROPOSAL_FILE, proposal_text(projection, figures))
     return sweep_dir / PROJECTION_FILE, sweep_dir / PROPOSAL_FILE
 
 
 def main(argv: list[str]) -> int:
-    parser = command_parser("ladder project", "project the target run and its node-hours from a sweep's fit",
-                            [("--json", "print projection.json")],
-                            overrides_help="sweep=<name> cluster=<profile> [cluster.<field>=...] [sweeps_root=<dir>]")
+    parser = command_parser(
+        "ladder project",
+        "project the target run and its node-hours from a sweep's fit",
+        [("--json", "print projection.json")],
+        overrides_help="sweep=<name> cluster=<profile> [cluster.<field>=...] [sweeps_root=<dir>]",
+    )
     parser.add_argument("--target-flops", type=float, help="the target run's training FLOPs C")
     parser.add_argument("--node-hours", type=float, help="the node-hours to spend (C = H x a node's speed)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes the target run spans (default 1)")
     parser.add_argument("--scaling", type=Path, help=f"a {SCALING_FILE} (default: the sweep's, when it has one)")
-    parser.add_argument("--write-gb-s", type=float, default=WRITE_GB_S,
-                        help=f"checkpoint write bandwidth per node, GB/s (default {WRITE_GB_S:g}, assumed)")
+    parser.add_argument(
+        "--write-gb-s",
+        type=float,
+        default=WRITE_GB_S,
+        help=f"checkpoint write bandwidth per node, GB/s (default {WRITE_GB_S:g}, assumed)",
+    )
     args = parser.parse(argv)
     values, cluster_overrides = {}, []
     for item in args.overrides:
@@ -355,15 +440,24 @@ def main(argv: list[str]) -> int:
         elif eq and key.lstrip("+").split(".")[0] == "cluster":
             cluster_overrides.append(item)
         else:
-            raise UserError(f"{item}: unknown argument; allowed: sweep=<name>, cluster=<profile>, "
-                            "cluster.<field>=<value>, sweeps_root=<dir>")
+            raise UserError(
+                f"{item}: unknown argument; allowed: sweep=<name>, cluster=<profile>, "
+                "cluster.<field>=<value>, sweeps_root=<dir>"
+            )
     sweep_dir = resolve_sweep_dir(values.get("sweep", ""), values.get("sweeps_root"))
     cluster = validate(ClusterProfile, compose(cluster_overrides)["cluster"], "cluster")
     if args.scaling is not None and not args.scaling.exists():
         raise UserError(f"--scaling: no such file {args.scaling}")
     scaling = args.scaling or sweep_dir / SCALING_FILE
-    projection = project(sweep_dir, cluster, target_flops=args.target_flops, node_hours=args.node_hours,
-                         nodes=args.nodes, scaling_path=scaling, write_gb_s=args.write_gb_s)
+    projection = project(
+        sweep_dir,
+        cluster,
+        target_flops=args.target_flops,
+        node_hours=args.node_hours,
+        nodes=args.nodes,
+        scaling_path=scaling,
+        write_gb_s=args.write_gb_s,
+    )
     paths = write_projection(sweep_dir, projection, scaling if scaling.exists() else None)
     if args.json:
         print(json.dumps(projection, indent=1))

@@ -9,6 +9,7 @@ The FLOP ledger sets each run's training FLOPs by the exact accounting (``flops`
 from the model's ``flops_per_token``) beside the 6·N·D rule of thumb: 6ND leaves out attention's
 T·d term and so undercounts small models with long contexts.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,15 +17,25 @@ import html
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from launcher.analysis.collect import Collected, collect_sweep, parse_sweep_args
-from launcher.analysis.fitting import (BUDGET_ARGUMENT, FIT_FILE, N_BOOT, fingerprint, fit_sweep_dir, reason,
-                                       summary_lines, trusted_recommendation, verdict_lines)
+from launcher.analysis.fitting import (
+    BUDGET_ARGUMENT,
+    FIT_FILE,
+    N_BOOT,
+    fingerprint,
+    fit_sweep_dir,
+    reason,
+    summary_lines,
+    trusted_recommendation,
+    verdict_lines,
+)
 from launcher.analysis.spent import Spent, plot_spent, sweep_spent, threshold_text
 from launcher.files import atomic_write
 from launcher.numbers import percent, sci, si
@@ -34,9 +45,11 @@ SUMMARY_FILE = "summary.txt"
 PLOTS_DIR = "plots"
 CURVE_PLOT_POINTS = 300  # points drawn per run: a smooth line ...
 CURVE_PLOT_TOTAL = 200_000  # ... but fewer per run in sweeps so large that drawing would take minutes
-APPROACH_STYLE = {"approach1": ("approach 1: curve envelope", "tab:green"),
-                  "approach2": ("approach 2: isoFLOP", "tab:blue"),
-                  "approach3": ("approach 3: parametric", "tab:red")}
+APPROACH_STYLE = {
+    "approach1": ("approach 1: curve envelope", "tab:green"),
+    "approach2": ("approach 2: isoFLOP", "tab:blue"),
+    "approach3": ("approach 3: parametric", "tab:red"),
+}
 
 
 # ------------------------------------------------------------------------------------------ ledger
@@ -63,8 +76,12 @@ class LedgerRow:
 
 def flop_ledger(collected: Collected) -> list[LedgerRow]:
     """One row per collected run: what it trained and what that cost (diverged and unfinished runs too)."""
-    return [LedgerRow(r.name, "diverged" if r.diverged else r.state, r.meta.N, r.D or 0.0, r.C or 0.0, r.loss,
-                      r.loss_source) for r in collected.runs]
+    return [
+        LedgerRow(
+            r.name, "diverged" if r.diverged else r.state, r.meta.N, r.D or 0.0, r.C or 0.0, r.loss, r.loss_source
+        )
+        for r in collected.runs
+    ]
 
 
 # ------------------------------------------------------------------------------------------- plots
@@ -105,15 +122,18 @@ def plot_loss_curves(ax, collected: Collected) -> None:
     _log_y_plain(ax)
     ax.set_xlabel("training FLOPs so far")
     ax.set_ylabel("loss: train (solid), validation (dotted)")
-    finite = np.concatenate([np.r_[collected.curves[r.name].train_loss, collected.curves[r.name].val_loss]
-                             for r in runs if not r.diverged] or [np.ones(1)])
+    finite = np.concatenate(
+        [np.r_[collected.curves[r.name].train_loss, collected.curves[r.name].val_loss] for r in runs if not r.diverged]
+        or [np.ones(1)]
+    )
     finite = finite[np.isfinite(finite)]
     if finite.size:
         ax.set_ylim(finite.min() * 0.97, min(finite.max(), np.percentile(finite, 99.5)) * 1.03)
     bar = ax.figure.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax)
     bar.set_label("N (parameters)")
-    ax.set_title("Training curves, coloured by model size" + ("; dashed: diverged" if any(r.diverged for r in runs)
-                                                              else ""))
+    ax.set_title(
+        "Training curves, coloured by model size" + ("; dashed: diverged" if any(r.diverged for r in runs) else "")
+    )
 
 
 def plot_isoflop(ax, collected: Collected, fit: dict) -> None:
@@ -138,8 +158,11 @@ def plot_isoflop(ax, collected: Collected, fit: dict) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("N (parameters)")
     ax.set_ylabel("final loss")
-    ax.set_title("IsoFLOP curves: fitted parabolas in ln N, stars at their minima"
-                 if "error" not in (fit.get("approach2") or {}) else "Final loss by model size (no isoFLOP fit)")
+    ax.set_title(
+        "IsoFLOP curves: fitted parabolas in ln N, stars at their minima"
+        if "error" not in (fit.get("approach2") or {})
+        else "Final loss by model size (no isoFLOP fit)"
+    )
     if labels:
         ax.legend(fontsize=8)
 
@@ -162,14 +185,24 @@ def plot_frontier(axes, collected: Collected, fit: dict) -> None:
                 ok = np.isfinite(lo) & np.isfinite(hi)
                 ax.fill_between(C[ok], lo[ok], hi[ok], color=colour, alpha=0.18, lw=0)
         if minima:
-            ax.plot([m["C"] for m in minima], [m[key] for m in minima], "o", color="k", ms=4,
-                    label="isoFLOP minima")
+            ax.plot([m["C"] for m in minima], [m[key] for m in minima], "o", color="k", ms=4, label="isoFLOP minima")
         if "error" not in rec and rec.get(key):
             ci = rec.get(f"{key}_ci") or [None, None]
             # a percentile interval need not contain the full-data estimate
             err = None if None in ci else [[max(0.0, rec[key] - ci[0])], [max(0.0, ci[1] - rec[key])]]
-            ax.errorbar([rec["C"]], [rec[key]], yerr=err, fmt="*", ms=14, color="gold", mec="k", ecolor="k",
-                        capsize=3, label=f"recommendation at C = {sci(rec['C'])}", zorder=5)
+            ax.errorbar(
+                [rec["C"]],
+                [rec[key]],
+                yerr=err,
+                fmt="*",
+                ms=14,
+                color="gold",
+                mec="k",
+                ecolor="k",
+                capsize=3,
+                label=f"recommendation at C = {sci(rec['C'])}",
+                zorder=5,
+            )
             ax.axvline(rec["C"], color="0.5", ls=":", lw=1)
         beyond = (fit.get("projection") or {}).get("beyond_C")
         if beyond and len(C) and C.max() > beyond:
@@ -201,8 +234,14 @@ def plot_predicted(ax, collected: Collected, fit: dict) -> None:
         ax.plot(observed, predicted, "o")
     held = (fit.get("holdout") or {}).get("runs") or []
     if held:
-        ax.plot([r["loss"] for r in held], [r["predicted_loss"] for r in held], "X", color="k", ms=8,
-                label="held out: predicted, not fitted")
+        ax.plot(
+            [r["loss"] for r in held],
+            [r["predicted_loss"] for r in held],
+            "X",
+            color="k",
+            ms=8,
+            label="held out: predicted, not fitted",
+        )
         ax.legend(fontsize=8)
         observed = np.r_[observed, [r["loss"] for r in held]]
         predicted = np.r_[predicted, [r["predicted_loss"] for r in held]]
@@ -224,17 +263,37 @@ def plot_metric(ax, key: str, part: dict) -> None:
     for kind, style, label in (("fitted", "o", "fitted runs"), ("prediction", "X", "held out: predicted, not fitted")):
         rows = [p for p in predictions if p.get("kind") == kind and p.get("observed") is not None]
         if rows:
-            ax.plot([p["loss"] for p in rows], [p["observed"] for p in rows], style, ms=6 if kind == "fitted" else 9,
-                    color="tab:blue" if kind == "fitted" else "k", label=label)
+            ax.plot(
+                [p["loss"] for p in rows],
+                [p["observed"] for p in rows],
+                style,
+                ms=6 if kind == "fitted" else 9,
+                color="tab:blue" if kind == "fitted" else "k",
+                label=label,
+            )
     losses = np.array([p["loss"] for p in predictions], float)
     grid = np.linspace(losses.min(), losses.max(), 200)
     ax.plot(grid, KINDS[law["link"]].value(law, grid), "-", color="tab:red", lw=1.5, label=f"{law['link']} link")
     for p in predictions:
         if p.get("kind") == "projection":
-            err = [[max(0.0, p["metric"] - p["lo"])], [max(0.0, p["hi"] - p["metric"])]] \
-                if p.get("lo") is not None and p.get("hi") is not None else None
-            ax.errorbar([p["loss"]], [p["metric"]], yerr=err, fmt="*", ms=14, color="gold", mec="k", ecolor="k",
-                        capsize=3, label="recommendation (projection)", zorder=5)
+            err = (
+                [[max(0.0, p["metric"] - p["lo"])], [max(0.0, p["hi"] - p["metric"])]]
+                if p.get("lo") is not None and p.get("hi") is not None
+                else None
+            )
+            ax.errorbar(
+                [p["loss"]],
+                [p["metric"]],
+                yerr=err,
+                fmt="*",
+                ms=14,
+                color="gold",
+                mec="k",
+                ecolor="k",
+                capsize=3,
+                label="recommendation (projection)",
+                zorder=5,
+            )
     ax.set_xlabel("loss (step 1: predicted from N, D by approach 3)")
     ax.set_ylabel(key)
     ax.set_title(f"{key} against loss (two steps; rmse {sci(law.get('rmse'))})")
@@ -272,21 +331,48 @@ def make_plots(sweep_dir: Path, collected: Collected, fit: dict, spent: list[Spe
     out_dir.mkdir(exist_ok=True)
     approach3 = fit.get("approach3") or {}
     plots = [
-        (Plot("loss_curves", "Loss curves"), lambda ax: plot_loss_curves(ax, collected), 1,
-         None if collected.curves else "no run has a curve"),
-        (Plot("isoflop", "IsoFLOP curves"), lambda ax: plot_isoflop(ax, collected, fit), 1,
-         None if collected.final_points else "no completed run"),
-        (Plot("frontier", "Compute-optimal frontier"), lambda axes: plot_frontier(axes, collected, fit), 2,
-         fit.get("error") or (None if (fit.get("frontier") or {}).get("C") else "the fit has no frontier")),
-        (Plot("predicted_vs_observed", "Predicted vs observed loss"),
-         lambda ax: plot_predicted(ax, collected, fit), 1,
-         fit.get("error") or approach3.get("error") or (None if approach3.get("runs") else "approach 3 was not fitted")),
-        (Plot("compute_spent", "Compute spent"), lambda ax: plot_spent(ax, spent, _target_flops(sweep_dir)), 1,
-         None if spent else "no run logged any step"),
+        (
+            Plot("loss_curves", "Loss curves"),
+            lambda ax: plot_loss_curves(ax, collected),
+            1,
+            None if collected.curves else "no run has a curve",
+        ),
+        (
+            Plot("isoflop", "IsoFLOP curves"),
+            lambda ax: plot_isoflop(ax, collected, fit),
+            1,
+            None if collected.final_points else "no completed run",
+        ),
+        (
+            Plot("frontier", "Compute-optimal frontier"),
+            lambda axes: plot_frontier(axes, collected, fit),
+            2,
+            fit.get("error") or (None if (fit.get("frontier") or {}).get("C") else "the fit has no frontier"),
+        ),
+        (
+            Plot("predicted_vs_observed", "Predicted vs observed loss"),
+            lambda ax: plot_predicted(ax, collected, fit),
+            1,
+            fit.get("error")
+            or approach3.get("error")
+            or (None if approach3.get("runs") else "approach 3 was not fitted"),
+        ),
+        (
+            Plot("compute_spent", "Compute spent"),
+            lambda ax: plot_spent(ax, spent, _target_flops(sweep_dir)),
+            1,
+            None if spent else "no run logged any step",
+        ),
     ]
     for key, part in (fit.get("metrics") or {}).items():
-        plots.append((Plot(f"metric_{key}", f"{key} against loss"), lambda ax, k=key, p=part: plot_metric(ax, k, p), 1,
-                      part.get("error")))
+        plots.append(
+            (
+                Plot(f"metric_{key}", f"{key} against loss"),
+                lambda ax, k=key, p=part: plot_metric(ax, k, p),
+                1,
+                part.get("error"),
+            )
+        )
     for plot, draw, ncols, missing in plots:
         stale = out_dir / f"{plot.name}.png"
         if missing:
@@ -323,23 +409,25 @@ figure{margin:6px 0}figure img{width:100%;border:1px solid #d0d7de;border-radius
 figcaption{color:#57606a;font-size:.88em}
 pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:10px;white-space:pre-wrap;font-size:.85em}
 .scroll{max-height:640px;overflow-y:auto;display:inline-block}
-"""
+"""  # noqa: E501 - one CSS rule a line: the page's bytes stay as they are
 
 WIDE_PLOTS = {"frontier"}
 CAPTIONS = {
     "loss_curves": "Train (solid) and validation (dotted) loss against training FLOPs for every run (log-log), "
-                   "coloured by parameter count; large dots mark the final loss the fits use.",
+    "coloured by parameter count; large dots mark the final loss the fits use.",
     "isoflop": "Final loss against model size within each FLOP budget, the parabola in ln N fitted to each "
-               "budget (approach 2) and its minimum.",
+    "budget (approach 2) and its minimum.",
     "frontier": "The fitted compute-optimal N_opt(C) and D_opt(C) of each approach, with bootstrap 95% bands, "
-                "the isoFLOP minima and the recommendation for the budget.",
+    "the isoFLOP minima and the recommendation for the budget.",
     "predicted_vs_observed": "Final loss of every run against the loss approach 3's fitted law predicts for it.",
     "compute_spent": "FLOPs the sweep computed (useful, recomputed by retries and resumes, evaluation, "
-                     "calibration; the projected target run where ladder project made one), with the 1e25 and "
-                     "1e26 FLOP reporting thresholds as lines.",
+    "calibration; the projected target run where ladder project made one), with the 1e25 and "
+    "1e26 FLOP reporting thresholds as lines.",
 }
-METRIC_CAPTION = ("A metric the runs log against their loss: the last logged value of each run, the link fitted "
-                  "from loss to the metric, and the recommendation's projected value (step 1 predicts its loss).")
+METRIC_CAPTION = (
+    "A metric the runs log against their loss: the last logged value of each run, the link fitted "
+    "from loss to the metric, and the recommendation's projected value (step 1 predicts its loss)."
+)
 
 
 def _e(text) -> str:
@@ -353,8 +441,10 @@ def _ci_text(ci, fmt=si) -> str:
 
 
 def _card(key: str, value: str, ci: str = "") -> str:
-    return f'<div class="card"><div class="k">{_e(key)}</div><div class="v">{_e(value)}</div>' \
-           f'<div class="ci">{_e(ci)}</div></div>'
+    return (
+        f'<div class="card"><div class="k">{_e(key)}</div><div class="v">{_e(value)}</div>'
+        f'<div class="ci">{_e(ci)}</div></div>'
+    )
 
 
 def _cell(fit: dict, approach: str, name: str) -> str:
@@ -374,19 +464,29 @@ def _fit_table(fit: dict) -> str:
     for approach, (title, _) in APPROACH_STYLE.items():
         part = fit.get(approach) or {}
         if "error" in part:
-            rows.append(f'<tr><td class="l">{_e(title)}</td><td class="l err" colspan="{len(names)}">'
-                        f'{_e(reason(part, title.split(":")[0]))}</td></tr>')
+            rows.append(
+                f'<tr><td class="l">{_e(title)}</td><td class="l err" colspan="{len(names)}">'
+                f"{_e(reason(part, title.split(':')[0]))}</td></tr>"
+            )
         else:
-            rows.append(f'<tr><td class="l">{_e(title)}</td>' + "".join(_cell(fit, approach, n) for n in names) + "</tr>")
+            rows.append(
+                f'<tr><td class="l">{_e(title)}</td>' + "".join(_cell(fit, approach, n) for n in names) + "</tr>"
+            )
     kaplan = fit.get("kaplan") or {}
     for key, exponent, scale in (("L_N", "alpha_N", "Nc"), ("L_D", "alpha_D", "Dc")):
         part = kaplan.get(key) or {}
-        text = _e(reason(part, f"kaplan L({key[-1]})")) if "error" in part else \
-            f"L = ({scale}/x)^{exponent}: {exponent} = {sci(part.get(exponent))}, {scale} = {sci(part.get(scale))}"
+        text = (
+            _e(reason(part, f"kaplan L({key[-1]})"))
+            if "error" in part
+            else f"L = ({scale}/x)^{exponent}: {exponent} = {sci(part.get(exponent))}, {scale} = {sci(part.get(scale))}"
+        )
         rows.append(f'<tr><td class="l">Kaplan {key}</td><td class="l" colspan="{len(names)}">{text}</td></tr>')
     bnsl = fit.get("bnsl") or {}
-    text = _e(reason(bnsl, "bnsl")) if "error" in bnsl else \
-        f"loss against C, {len(bnsl.get('breaks') or [])} break(s), rmse(log loss) = {sci(bnsl.get('rmse_log'))}"
+    text = (
+        _e(reason(bnsl, "bnsl"))
+        if "error" in bnsl
+        else f"loss against C, {len(bnsl.get('breaks') or [])} break(s), rmse(log loss) = {sci(bnsl.get('rmse_log'))}"
+    )
     rows.append(f'<tr><td class="l">BNSL</td><td class="l" colspan="{len(names)}">{text}</td></tr>')
     return f'<table><tr><th class="l">law</th>{head}</tr>{"".join(rows)}</table>'
 
@@ -400,16 +500,23 @@ def _extrapolation(fit: dict) -> str:
     for approach in ("approach2", "approach3"):
         part = ext.get(approach) or {}
         if "error" in part:
-            rows.append(f'<tr><td class="l">{approach}</td><td class="l" colspan="4">'
-                        f'{_e(reason(part, approach.replace("approach", "approach ")))}</td></tr>')
+            rows.append(
+                f'<tr><td class="l">{approach}</td><td class="l" colspan="4">'
+                f"{_e(reason(part, approach.replace('approach', 'approach ')))}</td></tr>"
+            )
         else:
-            rows.append(f'<tr><td class="l">{approach}</td><td>{si(part["N_opt"])}</td>'
-                        f'<td>{percent(part.get("rel_error_N_opt"))}</td><td>{sci(part.get("loss_opt"))}</td>'
-                        f'<td>{percent(part.get("rel_error_loss"), "+.2f")}</td></tr>')
-    return (f'<p>Fitted without the largest budget (C = {sci(ext.get("C"))}), then asked for its optimum: '
-            f'observed N_opt {si(seen.get("N_opt"))}, loss {sci(seen.get("loss_opt"))} (from the {_e(seen.get("from"))}).'
-            f'</p><table><tr><th class="l">law</th><th>predicted N_opt</th><th>error</th><th>predicted loss</th>'
-            f'<th>error</th></tr>{"".join(rows)}</table>')
+            rows.append(
+                f'<tr><td class="l">{approach}</td><td>{si(part["N_opt"])}</td>'
+                f"<td>{percent(part.get('rel_error_N_opt'))}</td><td>{sci(part.get('loss_opt'))}</td>"
+                f"<td>{percent(part.get('rel_error_loss'), '+.2f')}</td></tr>"
+            )
+    return (
+        f"<p>Fitted without the largest budget (C = {sci(ext.get('C'))}), then asked for its optimum: "
+        f"observed N_opt {si(seen.get('N_opt'))}, loss {sci(seen.get('loss_opt'))} "
+        f"(from the {_e(seen.get('from'))})."
+        f'</p><table><tr><th class="l">law</th><th>predicted N_opt</th><th>error</th><th>predicted loss</th>'
+        f"<th>error</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _holdout(fit: dict) -> str:
@@ -420,14 +527,21 @@ def _holdout(fit: dict) -> str:
     runs = held.get("runs") or []
     if not runs:
         return '<p class="meta">No run is held out (sweep.holdout in the sweep config selects runs to predict).</p>'
-    rows = [f'<tr><td class="l">{_e(r["name"])}</td><td>{si(r["N"])}</td><td>{si(r["D"])}</td><td>{sci(r["C"])}</td>'
-            f'<td>{r["loss"]:.4f}</td><td>{r["predicted_loss"]:.4f}</td><td>{_ci_text([r["lo"], r["hi"]], lambda v: f"{v:.4f}")}</td>'
-            f'<td>{percent(r["rel_error"], "+.2f")}</td><td>{"yes" if r["inside"] else "<b>no</b>"}</td></tr>' for r in runs]
-    return (f'<p>Predictions: {len(runs)} run(s) trained but left out of the fit, predicted by approach 3 from the '
-            f'others: median |error| {percent(held.get("median_abs_rel_error"), ".2f")}, worst '
-            f'{percent(held.get("worst_abs_rel_error"), ".2f")}, {held.get("n_inside")} of {len(runs)} inside the interval.</p>'
-            '<table><tr><th class="l">run</th><th>N</th><th>D</th><th>C</th><th>reached</th><th>predicted</th>'
-            f'<th>interval</th><th>error</th><th>inside</th></tr>{"".join(rows)}</table>')
+    rows = [
+        f'<tr><td class="l">{_e(r["name"])}</td><td>{si(r["N"])}</td><td>{si(r["D"])}</td><td>{sci(r["C"])}</td>'
+        f"<td>{r['loss']:.4f}</td><td>{r['predicted_loss']:.4f}</td>"
+        f"<td>{_ci_text([r['lo'], r['hi']], lambda v: f'{v:.4f}')}</td>"
+        f"<td>{percent(r['rel_error'], '+.2f')}</td><td>{'yes' if r['inside'] else '<b>no</b>'}</td></tr>"
+        for r in runs
+    ]
+    return (
+        f"<p>Predictions: {len(runs)} run(s) trained but left out of the fit, predicted by approach 3 from the "
+        f"others: median |error| {percent(held.get('median_abs_rel_error'), '.2f')}, worst "
+        f"{percent(held.get('worst_abs_rel_error'), '.2f')}, "
+        f"{held.get('n_inside')} of {len(runs)} inside the interval.</p>"
+        '<table><tr><th class="l">run</th><th>N</th><th>D</th><th>C</th><th>reached</th><th>predicted</th>'
+        f"<th>interval</th><th>error</th><th>inside</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _metrics(fit: dict) -> str:
@@ -439,17 +553,21 @@ def _metrics(fit: dict) -> str:
             continue
         law = part["metric_law"]
         params = ", ".join(f"{k} = {sci(v)}" for k, v in law.items() if isinstance(v, (int, float)))
-        rows = [f'<tr><td class="l">{_e(p["name"])}</td><td class="l">{_e(p["kind"])}</td><td>{p["loss"]:.4f}</td>'
-                f'<td>{sci(p.get("observed"), ".4g", "–")}</td><td>{p["metric"]:.4g}</td>'
-                f'<td>{_ci_text([p.get("lo"), p.get("hi")], lambda v: f"{v:.4g}")}</td>'
-                f'<td>{percent(p.get("rel_error"), "+.2f") if p.get("rel_error") is not None else "–"}</td></tr>'
-                for p in part.get("predictions") or []]
-        parts.append(f'<p><b>{_e(key)}</b> in two steps: (N, D) → loss by approach {_e(part.get("loss_approach"))}, '
-                     f'then loss → {_e(key)} by the {_e(law["link"])} link ({_e(params)}).'
-                     + (f' Not logged by: {_e(", ".join(part["not_logged"]))}.' if part.get("not_logged") else "")
-                     + '</p><div class="scroll"><table><tr><th class="l">run</th><th class="l">kind</th>'
-                     f'<th>loss (step 1)</th><th>reached</th><th>predicted</th><th>interval</th><th>error</th></tr>'
-                     f'{"".join(rows)}</table></div>')
+        rows = [
+            f'<tr><td class="l">{_e(p["name"])}</td><td class="l">{_e(p["kind"])}</td><td>{p["loss"]:.4f}</td>'
+            f"<td>{sci(p.get('observed'), '.4g', '–')}</td><td>{p['metric']:.4g}</td>"
+            f"<td>{_ci_text([p.get('lo'), p.get('hi')], lambda v: f'{v:.4g}')}</td>"
+            f"<td>{percent(p.get('rel_error'), '+.2f') if p.get('rel_error') is not None else '–'}</td></tr>"
+            for p in part.get("predictions") or []
+        ]
+        parts.append(
+            f"<p><b>{_e(key)}</b> in two steps: (N, D) → loss by approach {_e(part.get('loss_approach'))}, "
+            f"then loss → {_e(key)} by the {_e(law['link'])} link ({_e(params)})."
+            + (f" Not logged by: {_e(', '.join(part['not_logged']))}." if part.get("not_logged") else "")
+            + '</p><div class="scroll"><table><tr><th class="l">run</th><th class="l">kind</th>'
+            f"<th>loss (step 1)</th><th>reached</th><th>predicted</th><th>interval</th><th>error</th></tr>"
+            f"{''.join(rows)}</table></div>"
+        )
     return "".join(parts)
 
 
@@ -458,24 +576,32 @@ def _projection_note(fit: dict) -> str:
     rec, beyond = fit.get("recommendation") or {}, (fit.get("projection") or {}).get("beyond_C")
     if rec.get("kind") != "projection":
         return ""
-    return (f' <b>A projection:</b> C = {sci(rec["C"])} lies beyond every run (largest C = {sci(beyond)}), '
-            f'so no run checks it.')
+    return (
+        f" <b>A projection:</b> C = {sci(rec['C'])} lies beyond every run (largest C = {sci(beyond)}), "
+        f"so no run checks it."
+    )
 
 
 def _ledger(rows: list[LedgerRow]) -> str:
     total_c, total_6nd = sum(r.C for r in rows), sum(r.six_nd for r in rows)
     ratio = total_c / total_6nd if total_6nd else math.nan
-    body = [f'<tr class="total"><td class="l">sweep total</td><td class="l">{len(rows)} runs</td><td></td>'
-            f'<td>{si(sum(r.D for r in rows))}</td><td>{sci(total_c)}</td><td>{sci(total_6nd)}</td>'
-            f'<td>{sci(ratio, ".3f", "–")}</td><td></td><td></td></tr>']
+    body = [
+        f'<tr class="total"><td class="l">sweep total</td><td class="l">{len(rows)} runs</td><td></td>'
+        f"<td>{si(sum(r.D for r in rows))}</td><td>{sci(total_c)}</td><td>{sci(total_6nd)}</td>"
+        f"<td>{sci(ratio, '.3f', '–')}</td><td></td><td></td></tr>"
+    ]
     for r in rows:
         loss = "–" if r.loss is None else f"{r.loss:.4f}"
-        body.append(f'<tr><td class="l">{_e(r.name)}</td><td class="l">{_e(r.state)}</td><td>{si(r.N)}</td>'
-                    f'<td>{si(r.D)}</td><td>{sci(r.C)}</td><td>{sci(r.six_nd)}</td><td>{sci(r.ratio, ".3f", "–")}</td>'
-                    f'<td>{loss}</td><td class="l">{_e(r.loss_source or "")}</td></tr>')
-    return ('<div class="scroll"><table><tr><th class="l">run</th><th class="l">state</th><th>N</th>'
-            '<th>D trained</th><th>C exact (FLOPs)</th><th>6·N·D</th><th>C / 6ND</th><th>final loss</th>'
-            f'<th class="l">loss from</th></tr>{"".join(body)}</table></div>')
+        body.append(
+            f'<tr><td class="l">{_e(r.name)}</td><td class="l">{_e(r.state)}</td><td>{si(r.N)}</td>'
+            f"<td>{si(r.D)}</td><td>{sci(r.C)}</td><td>{sci(r.six_nd)}</td><td>{sci(r.ratio, '.3f', '–')}</td>"
+            f'<td>{loss}</td><td class="l">{_e(r.loss_source or "")}</td></tr>'
+        )
+    return (
+        '<div class="scroll"><table><tr><th class="l">run</th><th class="l">state</th><th>N</th>'
+        "<th>D trained</th><th>C exact (FLOPs)</th><th>6·N·D</th><th>C / 6ND</th><th>final loss</th>"
+        f'<th class="l">loss from</th></tr>{"".join(body)}</table></div>'
+    )
 
 
 def _image(path: Path) -> str:
@@ -496,74 +622,103 @@ def _spent(spent: list[Spent]) -> str:
     runs = [s for s in spent if s.kind == "run"]
     useful, total = sum(s.useful for s in runs), sum(s.total for s in spent)
     retried = [s for s in runs if s.attempts > 1]
-    return (f'<p>Useful training FLOPs (the curves the runs kept): {sci(useful)}; computed over all '
-            f'{sum(s.attempts for s in spent)} attempts: {sci(sum(s.training for s in runs))} '
-            f'({sci(sum(s.recomputed for s in runs))} recomputed by {len(retried)} runs with retries or resumes); '
-            f'evaluation {sci(sum(s.evaluation for s in spent))}; calibration '
-            f'{sci(sum(s.training for s in spent if s.kind == "calibration"))}; <b>total {sci(total)}</b>.</p>'
-            f'<p class="meta">{_e(threshold_text(total))}</p>')
+    return (
+        f"<p>Useful training FLOPs (the curves the runs kept): {sci(useful)}; computed over all "
+        f"{sum(s.attempts for s in spent)} attempts: {sci(sum(s.training for s in runs))} "
+        f"({sci(sum(s.recomputed for s in runs))} recomputed by {len(retried)} runs with retries or resumes); "
+        f"evaluation {sci(sum(s.evaluation for s in spent))}; calibration "
+        f"{sci(sum(s.training for s in spent if s.kind == 'calibration'))}; <b>total {sci(total)}</b>.</p>"
+        f'<p class="meta">{_e(threshold_text(total))}</p>'
+    )
 
 
-def render_html(sweep_dir: Path, collected: Collected, fit: dict, plots: list[Plot], summary: list[str],
-                spent: list[Spent] = ()) -> str:
+def render_html(
+    sweep_dir: Path, collected: Collected, fit: dict, plots: list[Plot], summary: list[str], spent: list[Spent] = ()
+) -> str:
     rec = trusted_recommendation(fit) or fit.get("recommendation") or {}
     inputs = fit.get("inputs") or {}
-    parts = [f"<h1>Scaling-law report: {_e(sweep_dir.name)}</h1>",
-             f'<p class="meta">{_e(sweep_dir.resolve())} · {time.strftime("%Y-%m-%d %H:%M:%S")} · '
-             f"{len(collected.runs)} runs collected, {len(collected.final_points)} completed runs fitted, "
-             f"{len(collected.skipped)} skipped</p>"]
+    parts = [
+        f"<h1>Scaling-law report: {_e(sweep_dir.name)}</h1>",
+        f'<p class="meta">{_e(sweep_dir.resolve())} · {time.strftime("%Y-%m-%d %H:%M:%S")} · '
+        f"{len(collected.runs)} runs collected, {len(collected.final_points)} completed runs fitted, "
+        f"{len(collected.skipped)} skipped</p>",
+    ]
     if "error" in fit:
         parts.append(f'<div class="error"><b>The fit failed:</b> {_e(fit["error"])}</div>')
     verdict = verdict_lines(fit)
     if verdict:
         agree = (fit.get("diagnostics") or {}).get("verdict") == "agree"
-        parts += ["<h2>Verdict</h2>", f'<div class="{"meta" if agree else "warn"}"><pre>{_e(chr(10).join(verdict))}'
-                                      f"</pre></div>"]
+        parts += [
+            "<h2>Verdict</h2>",
+            f'<div class="{"meta" if agree else "warn"}"><pre>{_e(chr(10).join(verdict))}</pre></div>',
+        ]
     parts.append("<h2>Recommendation</h2>")
     if "error" in rec or not rec:
         why = rec.get("error", fit.get("error", "no fit"))
         source = inputs.get("budget_source", "")
-        parts.append(f'<div class="error">No recommendation: {_e(why)}'
-                     f'{_e(f" ({source})") if source.startswith("no budget") else ""}</div>')
+        parts.append(
+            f'<div class="error">No recommendation: {_e(why)}'
+            f"{_e(f' ({source})') if source.startswith('no budget') else ''}</div>"
+        )
     else:
-        parts.append('<div class="cards">'
-                     + _card("compute budget C", f"{sci(rec['C'])} FLOPs", inputs.get("budget_source", ""))
-                     + _card("N_opt (parameters)", si(rec["N_opt"]), _ci_text(rec.get("N_opt_ci")))
-                     + _card("D_opt (tokens)", si(rec["D_opt"]), _ci_text(rec.get("D_opt_ci")))
-                     + _card("tokens per parameter", f"{rec['tokens_per_param']:.3g}")
-                     + _card("predicted loss", f"{rec['predicted_loss']:.4g}",
-                             _ci_text(rec.get("predicted_loss_ci"), lambda v: f"{v:.4g}"))
-                     + f"</div><p class=\"meta\">From {_e(rec.get('source'))}; intervals are bootstrap "
-                       f"percentiles over {(fit.get('bootstrap') or {}).get('n_boot', '?')} resamples of the runs."
-                       f"{_projection_note(fit)}</p>")
+        parts.append(
+            '<div class="cards">'
+            + _card("compute budget C", f"{sci(rec['C'])} FLOPs", inputs.get("budget_source", ""))
+            + _card("N_opt (parameters)", si(rec["N_opt"]), _ci_text(rec.get("N_opt_ci")))
+            + _card("D_opt (tokens)", si(rec["D_opt"]), _ci_text(rec.get("D_opt_ci")))
+            + _card("tokens per parameter", f"{rec['tokens_per_param']:.3g}")
+            + _card(
+                "predicted loss",
+                f"{rec['predicted_loss']:.4g}",
+                _ci_text(rec.get("predicted_loss_ci"), lambda v: f"{v:.4g}"),
+            )
+            + f'</div><p class="meta">From {_e(rec.get("source"))}; intervals are bootstrap '
+            f"percentiles over {(fit.get('bootstrap') or {}).get('n_boot', '?')} resamples of the runs."
+            f"{_projection_note(fit)}</p>"
+        )
     if "error" not in fit:
-        parts += ["<h2>Fitted laws</h2>", _fit_table(fit), "<h2>Extrapolation check</h2>", _extrapolation(fit),
-                  "<h2>Held-out runs</h2>", _holdout(fit)]
+        parts += [
+            "<h2>Fitted laws</h2>",
+            _fit_table(fit),
+            "<h2>Extrapolation check</h2>",
+            _extrapolation(fit),
+            "<h2>Held-out runs</h2>",
+            _holdout(fit),
+        ]
         if fit.get("metrics"):
             parts += ["<h2>Downstream metrics</h2>", _metrics(fit)]
     parts.append('<h2>Plots</h2><div class="plots">')
     for plot in plots:
         wide = ' class="wide"' if plot.name in WIDE_PLOTS else ""
         if plot.path is not None:
-            parts.append(f'<figure{wide}><img alt="{_e(plot.title)}" src="{_image(plot.path)}">'
-                         f"<figcaption>{_e(CAPTIONS.get(plot.name, METRIC_CAPTION))} ({_e(PLOTS_DIR)}/{_e(plot.path.name)})</figcaption>"
-                         f"</figure>")
+            parts.append(
+                f'<figure{wide}><img alt="{_e(plot.title)}" src="{_image(plot.path)}">'
+                f"<figcaption>{_e(CAPTIONS.get(plot.name, METRIC_CAPTION))} "
+                f"({_e(PLOTS_DIR)}/{_e(plot.path.name)})</figcaption>"
+                f"</figure>"
+            )
         else:
             parts.append(f'<div class="warn"><b>{_e(plot.title)}:</b> not drawn: {_e(plot.error)}</div>')
     parts.append("</div>")
-    parts += ["<h2>FLOP ledger</h2>",
-              '<p class="meta">C exact: the runs\' logged training FLOPs (the model\'s exact per-token count × '
-              'tokens). 6·N·D uses the total parameter count N; a ratio above 1 is work 6ND does not see '
-              '(attention scores grow with context length and matter most in small models).</p>',
-              _ledger(flop_ledger(collected)), "<h3>Compute spent</h3>", _spent(list(spent))]
+    parts += [
+        "<h2>FLOP ledger</h2>",
+        "<p class=\"meta\">C exact: the runs' logged training FLOPs (the model's exact per-token count × "
+        "tokens). 6·N·D uses the total parameter count N; a ratio above 1 is work 6ND does not see "
+        "(attention scores grow with context length and matter most in small models).</p>",
+        _ledger(flop_ledger(collected)),
+        "<h3>Compute spent</h3>",
+        _spent(list(spent)),
+    ]
     if collected.skipped or collected.warnings:
         parts.append("<h2>Collection notes</h2>")
         parts += [f'<div class="warn">skipped <b>{_e(n)}</b>: {_e(why)}</div>' for n, why in collected.skipped]
         if collected.warnings:
             parts.append("<ul>" + "".join(f"<li>{_e(w)}</li>" for w in collected.warnings) + "</ul>")
     parts += ["<h2>Summary (summary.txt)</h2>", f"<pre>{_e(chr(10).join(summary))}</pre>"]
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(sweep_dir.name)}: scaling-law '
-            f"report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(sweep_dir.name)}: scaling-law '
+        f"report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -577,8 +732,9 @@ def _current_fit(sweep_dir: Path, collected: Collected) -> dict:
         fit = json.loads((sweep_dir / FIT_FILE).read_text())
         inputs = fit["inputs"]
         logged = sum(len(collected.curves[r.name]) for r in collected.in_fit)
-        if inputs["fingerprint"] == fingerprint(collected.final_points, logged, inputs["budget_flops"],
-                                                inputs["n_boot"], inputs["seed"]):
+        if inputs["fingerprint"] == fingerprint(
+            collected.final_points, logged, inputs["budget_flops"], inputs["n_boot"], inputs["seed"]
+        ):
             return fit
         budget = inputs["budget_flops"] if inputs.get("budget_source") == BUDGET_ARGUMENT else None
         return fit_sweep_dir(sweep_dir, budget, n_boot=inputs["n_boot"], seed=inputs["seed"], collected=collected)
@@ -586,8 +742,9 @@ def _current_fit(sweep_dir: Path, collected: Collected) -> dict:
         return fit_sweep_dir(sweep_dir, n_boot=N_BOOT, collected=collected)
 
 
-def write_report(sweep_dir: str | os.PathLike, *, wandb_mode: Optional[str] = None,
-                 collected: Optional[Collected] = None) -> Path:
+def write_report(
+    sweep_dir: str | os.PathLike, *, wandb_mode: Optional[str] = None, collected: Optional[Collected] = None
+) -> Path:
     """plots/*.png, report.html, summary.txt and (unless W&B is disabled) the W&B summary run of a sweep.
 
     ``collected``: the sweep as just collected, to save collecting it again.
@@ -609,8 +766,11 @@ def write_report(sweep_dir: str | os.PathLike, *, wandb_mode: Optional[str] = No
 
 def main(argv: list[str]) -> int:
     def options(parser):
-        parser.add_argument("--wandb-mode", choices=("offline", "online", "disabled"),
-                            help="the W&B summary run's mode (default: the sweep's wandb.mode)")
+        parser.add_argument(
+            "--wandb-mode",
+            choices=("offline", "online", "disabled"),
+            help="the W&B summary run's mode (default: the sweep's wandb.mode)",
+        )
 
     args, sweep_dir = parse_sweep_args(argv, "ladder report", "write report.html, plots and summary.txt", options)
     path = write_report(sweep_dir, wandb_mode=args.wandb_mode)

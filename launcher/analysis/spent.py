@@ -12,6 +12,7 @@ micro-batches on every rank, once per logged ``val_loss``. Calibration runs (``<
 are counted like runs. Not counted: work that logs nothing (data preparation, start-up, checkpoint
 writes), fine-tuning and inference after the sweep.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,8 +103,14 @@ def spent_of(run_dir: Path, name: str, kind: str = "run") -> Optional[Spent]:
     per_step = last["flops"] / last["step"] if last["step"] else 0.0
     training = sum(t[-1]["flops"] - max(0, t[0]["step"] - gap) * per_step for t in tries)
     per_token = last["flops"] / last["tokens"] if last.get("tokens") else 0.0
-    return Spent(name, kind, len(tries), float(tries[-1][-1]["flops"]), float(training),
-                 _evaluation_flops(run_dir, records, per_token))
+    return Spent(
+        name,
+        kind,
+        len(tries),
+        float(tries[-1][-1]["flops"]),
+        float(training),
+        _evaluation_flops(run_dir, records, per_token),
+    )
 
 
 def sweep_spent(sweep_dir: Path, runs: list[tuple[str, Path]]) -> list[Spent]:
@@ -118,21 +125,27 @@ def sweep_spent(sweep_dir: Path, runs: list[tuple[str, Path]]) -> list[Spent]:
 def threshold_text(total: float) -> str:
     """The sweep's total against the reporting thresholds, and what the count leaves out."""
     shares = ", ".join(f"{total / t:.2g} of {t:.0e}" for t in THRESHOLDS)
-    return (f"Everything this sweep computed: {total:.3g} FLOPs ({shares} FLOPs, the EU AI Act's and the "
-            "US reporting thresholds). Thresholds count a model's training compute; this count covers the "
-            "sweep's runs with their retries, evaluations and calibration, but not fine-tuning, inference, "
-            "data preparation, the many candidate runs outside this sweep, nor the work of start-up and "
-            "checkpoint writes.")
+    return (
+        f"Everything this sweep computed: {total:.3g} FLOPs ({shares} FLOPs, the EU AI Act's and the "
+        "US reporting thresholds). Thresholds count a model's training compute; this count covers the "
+        "sweep's runs with their retries, evaluations and calibration, but not fine-tuning, inference, "
+        "data preparation, the many candidate runs outside this sweep, nor the work of start-up and "
+        "checkpoint writes."
+    )
 
 
 def plot_spent(ax, spent: list[Spent], extra: dict[str, float] | None = None) -> None:
     """Bars of useful, recomputed, evaluation and calibration FLOPs (and e.g. a projected target run)
     on a log scale with the 1e25 and 1e26 thresholds as lines."""
     runs = [s for s in spent if s.kind == "run"]
-    bars = {"useful training": sum(s.useful for s in runs), "recomputed (retries, resumes)":
-            sum(s.recomputed for s in runs), "evaluation": sum(s.evaluation for s in spent),
-            "calibration": sum(s.training for s in spent if s.kind == "calibration"),
-            "sweep total": sum(s.total for s in spent), **(extra or {})}
+    bars = {
+        "useful training": sum(s.useful for s in runs),
+        "recomputed (retries, resumes)": sum(s.recomputed for s in runs),
+        "evaluation": sum(s.evaluation for s in spent),
+        "calibration": sum(s.training for s in spent if s.kind == "calibration"),
+        "sweep total": sum(s.total for s in spent),
+        **(extra or {}),
+    }
     names = [k for k, v in bars.items() if v > 0]
     ax.barh(names, [bars[k] for k in names], color="tab:blue")
     for threshold, colour in zip(THRESHOLDS, ("tab:orange", "tab:red")):

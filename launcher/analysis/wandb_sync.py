@@ -10,6 +10,7 @@ Compute nodes are often offline, so ``ladder wandb-sync`` runs ``wandb sync`` ov
 run directories from a machine that can reach W&B. It needs an API key from the environment or a
 netrc file, checks only that one exists, and never writes it anywhere.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,11 +21,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 from urllib.parse import urlparse
 
 from launcher.analysis.collect import parse_sweep_args
 from launcher.errors import UserError
+
+if TYPE_CHECKING:
+    from launcher.config.run import WandbMode
 
 SUMMARY_JOB_TYPE = "summary"
 DEFAULT_HOST = "https://api.wandb.ai"
@@ -45,7 +49,7 @@ def sweep_wandb_config(sweep_dir: Path) -> dict:
     for override in (runs[0].get("base_overrides") or []) if runs else []:
         key, _, value = str(override).lstrip("+~").partition("=")
         if key.startswith("wandb.") and key != "wandb.tags":
-            config[key[len("wandb."):]] = None if value == "null" else value.strip("'\"")
+            config[key[len("wandb.") :]] = None if value == "null" else value.strip("'\"")
     return config
 
 
@@ -57,9 +61,11 @@ def fit_rows(fit: dict) -> list[list]:
     """[law, parameter, value, ci_lo, ci_hi] for every fitted parameter and the recommendation."""
     rows = []
     boot = fit.get("bootstrap") or {}
-    for approach, names in (("approach1", ("a", "b", "N_coef", "D_coef")),
-                            ("approach2", ("a", "b", "N_coef", "D_coef", "loss_coef", "loss_exponent")),
-                            ("approach3", ("E", "A", "B", "alpha", "beta", "a", "b"))):
+    for approach, names in (
+        ("approach1", ("a", "b", "N_coef", "D_coef")),
+        ("approach2", ("a", "b", "N_coef", "D_coef", "loss_coef", "loss_exponent")),
+        ("approach3", ("E", "A", "B", "alpha", "beta", "a", "b")),
+    ):
         part = fit.get(approach) or {}
         ci = (boot.get(approach) or {}).get("ci") or {}
         for name in names:
@@ -74,25 +80,64 @@ def fit_rows(fit: dict) -> list[list]:
     return rows
 
 
-PREDICTION_COLUMNS = ["run", "kind", "N", "D", "C", "observed_loss", "predicted_loss", "lo", "hi", "rel_error",
-                      "inside"]
+PREDICTION_COLUMNS = [
+    "run",
+    "kind",
+    "N",
+    "D",
+    "C",
+    "observed_loss",
+    "predicted_loss",
+    "lo",
+    "hi",
+    "rel_error",
+    "inside",
+]
 
 
 def prediction_rows(fit: dict) -> list[list]:
     """One row per held-out run (a prediction checked against the run), then the recommendation (a projection
     when its C lies beyond every run): the fit's claims, each labelled by what backs it."""
-    rows = [[r["name"], r["kind"], r["N"], r["D"], r["C"], r["loss"], r["predicted_loss"], r["lo"], r["hi"],
-             r["rel_error"], r["inside"]] for r in (fit.get("holdout") or {}).get("runs") or []]
+    rows = [
+        [
+            r["name"],
+            r["kind"],
+            r["N"],
+            r["D"],
+            r["C"],
+            r["loss"],
+            r["predicted_loss"],
+            r["lo"],
+            r["hi"],
+            r["rel_error"],
+            r["inside"],
+        ]
+        for r in (fit.get("holdout") or {}).get("runs") or []
+    ]
     rec = fit.get("recommendation") or {}
     if rec.get("kind"):
         lo, hi = rec.get("predicted_loss_ci") or (None, None)
-        rows.append(["recommendation", rec["kind"], rec["N_opt"], rec["D_opt"], rec["C"], None,
-                     rec["predicted_loss"], lo, hi, None, None])
+        rows.append(
+            [
+                "recommendation",
+                rec["kind"],
+                rec["N_opt"],
+                rec["D_opt"],
+                rec["C"],
+                None,
+                rec["predicted_loss"],
+                lo,
+                hi,
+                None,
+                None,
+            ]
+        )
     return rows
 
 
-def log_summary_run(sweep_dir: Path, fit: dict, ledger: list, plots: dict[str, Path],
-                    mode: Optional[str] = None) -> Optional[Path]:
+def log_summary_run(
+    sweep_dir: Path, fit: dict, ledger: list, plots: dict[str, Path], mode: Optional[str] = None
+) -> Optional[Path]:
     """The sweep's W&B summary run; returns its local run directory (None when W&B is disabled or failed).
 
     ``mode``: the argument, else $WANDB_MODE, else the sweep's wandb.mode. A W&B failure is a warning:
@@ -113,35 +158,61 @@ def log_summary_run(sweep_dir: Path, fit: dict, ledger: list, plots: dict[str, P
         import wandb
 
         rec = fit.get("recommendation") or {}
-        run = wandb.init(mode=mode, dir=str(sweep_dir), id=run_id, resume="allow",
-                         project=config.get("project") or "scaleladder", entity=config.get("entity"),
-                         group=sweep_dir.name, job_type=SUMMARY_JOB_TYPE, name=f"{sweep_dir.name}-summary",
-                         config={"sweep": sweep_dir.name, "inputs": fit.get("inputs"), "fit_error": fit.get("error"),
-                                 "recommendation": {k: v for k, v in rec.items() if k != "alternatives"}},
-                         settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
+        # $WANDB_MODE or the sweep's config: any string; W&B itself rejects an unknown mode
+        run = wandb.init(
+            mode=cast("WandbMode", mode),
+            dir=str(sweep_dir),
+            id=run_id,
+            resume="allow",
+            project=config.get("project") or "scaleladder",
+            entity=config.get("entity"),
+            group=sweep_dir.name,
+            job_type=SUMMARY_JOB_TYPE,
+            name=f"{sweep_dir.name}-summary",
+            config={
+                "sweep": sweep_dir.name,
+                "inputs": fit.get("inputs"),
+                "fit_error": fit.get("error"),
+                "recommendation": {k: v for k, v in rec.items() if k != "alternatives"},
+            },
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+        )
         try:
-            columns = ["law", "parameter", "value", "ci_lo", "ci_hi"]
-            payload = {"fit": wandb.Table(columns=columns, data=fit_rows(fit)),
-                       "flop_ledger": wandb.Table(
-                           columns=["run", "state", "N", "D", "C_exact", "six_N_D", "C_over_6ND", "final_loss"],
-                           data=[[r.name, r.state, r.N, r.D, r.C, r.six_nd, r.ratio, r.loss] for r in ledger]),
-                       "predictions": wandb.Table(columns=PREDICTION_COLUMNS, data=prediction_rows(fit))}
+            columns: list[str | int] = ["law", "parameter", "value", "ci_lo", "ci_hi"]
+            payload: dict[str, Any] = {
+                "fit": wandb.Table(columns=columns, data=fit_rows(fit)),
+                "flop_ledger": wandb.Table(
+                    columns=["run", "state", "N", "D", "C_exact", "six_N_D", "C_over_6ND", "final_loss"],
+                    data=[[r.name, r.state, r.N, r.D, r.C, r.six_nd, r.ratio, r.loss] for r in ledger],
+                ),
+                "predictions": wandb.Table(columns=PREDICTION_COLUMNS, data=prediction_rows(fit)),
+            }
             payload.update({f"plots/{name}": wandb.Image(str(path)) for name, path in plots.items()})
             run.log(payload)
             run.summary.update({f"{law}/{name}": value for law, name, value, *_ in fit_rows(fit)})
             held = fit.get("holdout") or {}
-            run.summary.update({"recommendation/kind": rec.get("kind"),
-                                **{f"holdout/{k}": held.get(k) for k in ("median_abs_rel_error", "worst_abs_rel_error",
-                                                                          "n_inside") if k in held},
-                                "holdout/n_runs": len(held.get("runs") or [])})
+            run.summary.update(
+                {
+                    "recommendation/kind": rec.get("kind"),
+                    **{
+                        f"holdout/{k}": held.get(k)
+                        for k in ("median_abs_rel_error", "worst_abs_rel_error", "n_inside")
+                        if k in held
+                    },
+                    "holdout/n_runs": len(held.get("runs") or []),
+                }
+            )
             run_dir = Path(run.dir).parent
         finally:
             run.finish()
             wandb.teardown()  # finish() returns before the offline file is flushed; the service's end flushes it
         return run_dir
     except Exception as exc:  # noqa: BLE001 - W&B must never cost the report
-        print(f"warning: W&B summary run not written: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
+        print(
+            f"warning: W&B summary run not written: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -176,8 +247,10 @@ def sync(sweep_dir: Path, dry_run: bool = False) -> int:
         return 0
     if api_key_source() is None:
         host = urlparse(os.environ.get("WANDB_BASE_URL") or DEFAULT_HOST).hostname
-        raise UserError(f"no W&B API key configured for {host}: set WANDB_API_KEY or run `wandb login` on this "
-                        f"login node, then run `ladder wandb-sync` again")
+        raise UserError(
+            f"no W&B API key configured for {host}: set WANDB_API_KEY or run `wandb login` on this "
+            f"login node, then run `ladder wandb-sync` again"
+        )
     if not dirs:
         raise UserError(f"{sweep_dir}: no offline W&B runs to sync (runs/*/wandb/offline-run-*, wandb/offline-run-*)")
     wandb_cli = Path(sys.executable).with_name("wandb")

@@ -16,6 +16,7 @@ What it keeps, it keeps in files, so it can be killed and started again at any t
   - ``<sweep>/watch/sync.log``: one JSON line per sync started and ended (folder, exit status, time).
 A failed sync is reported and tried again at the next interval.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,7 +65,7 @@ class RunView:
     slowest: Optional[str]  # a consistently slow node (launcher.run.stragglers), else None
 
     @classmethod
-    def read(cls, run_dir: Path, now: float) -> "RunView":
+    def read(cls, run_dir: Path, now: float) -> RunView:
         state = read_state_file(run_dir) or {}
         metrics = run_dir / METRICS_FILE
         records = read_metrics(metrics) if metrics.exists() else []
@@ -72,19 +73,33 @@ class RunView:
         step, total = state.get("step"), state.get("total_steps")
         speed = last.get("tokens_per_s")
         per_step = last["tokens"] / last["step"] if last.get("step") else None
-        eta = ((total - step) * per_step / speed if speed and per_step and total is not None and step is not None
-               and state.get("status") == "running" else None)
+        eta = (
+            (total - step) * per_step / speed
+            if speed and per_step and total is not None and step is not None and state.get("status") == "running"
+            else None
+        )
         mtimes = [p.stat().st_mtime for p in (run_dir / "state.json", metrics) if p.exists()]
-        return cls(run_dir.name, state.get("status") or "planned", step, total, state.get("tokens"),
-                   last.get("train_loss"), speed, eta, now - max(mtimes) if mtimes else None,
-                   consistent_straggler(records))
+        return cls(
+            run_dir.name,
+            state.get("status") or "planned",
+            step,
+            total,
+            state.get("tokens"),
+            last.get("train_loss"),
+            speed,
+            eta,
+            now - max(mtimes) if mtimes else None,
+            consistent_straggler(records),
+        )
 
 
 def duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return ""
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def table(name: str, views: list[RunView], syncs: dict[str, str]):
@@ -95,11 +110,18 @@ def table(name: str, views: list[RunView], syncs: dict[str, str]):
     for column in columns:
         out.add_column(column, justify="left" if column in ("run", "state", "slow node", "W&B") else "right")
     for v in views:
-        out.add_row(v.name, v.state, "" if v.step is None else f"{v.step}/{v.total_steps}",
-                    si(v.tokens) if v.tokens is not None else "", f"{v.loss:.4f}" if v.loss is not None else "",
-                    si(v.tokens_per_s) if v.tokens_per_s else "", duration(v.eta_s),
-                    f"{duration(v.last_write_s)} ago" if v.last_write_s is not None else "", v.slowest or "",
-                    syncs.get(v.name, ""))
+        out.add_row(
+            v.name,
+            v.state,
+            "" if v.step is None else f"{v.step}/{v.total_steps}",
+            si(v.tokens) if v.tokens is not None else "",
+            f"{v.loss:.4f}" if v.loss is not None else "",
+            si(v.tokens_per_s) if v.tokens_per_s else "",
+            duration(v.eta_s),
+            f"{duration(v.last_write_s)} ago" if v.last_write_s is not None else "",
+            v.slowest or "",
+            syncs.get(v.name, ""),
+        )
     return out
 
 
@@ -158,9 +180,15 @@ class Syncer:
         command = ["timeout", "-k", str(KILL_AFTER_S), str(self.timeout_s), self.wandb, "sync", str(folder)]
         log_path = self.state_dir / f"{folder.name}.out"
         with open(log_path, "a") as out:  # the lock's descriptor lives in the child: held while it runs
-            proc = subprocess.Popen(command, env={**os.environ, "WANDB_MODE": "online"}, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(lock.fileno(),),
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                command,
+                env={**os.environ, "WANDB_MODE": "online"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(lock.fileno(),),
+                start_new_session=True,
+            )
         lock.close()
         self.active[folder] = Sync(folder, run, proc, time.time(), finished)
         self.log(event="start", run=run, folder=str(folder), pid=proc.pid)
@@ -168,8 +196,14 @@ class Syncer:
 
     def _ended(self, sync: Sync) -> None:
         code = sync.proc.returncode
-        self.log(event="end", run=sync.run, folder=str(sync.folder), pid=sync.proc.pid, rc=code,
-                 seconds=round(time.time() - sync.started, 1))
+        self.log(
+            event="end",
+            run=sync.run,
+            folder=str(sync.folder),
+            pid=sync.proc.pid,
+            rc=code,
+            seconds=round(time.time() - sync.started, 1),
+        )
         if code == 0:
             if sync.finished_writer:
                 mark_synced(sync.folder, sync.started)
@@ -177,8 +211,12 @@ class Syncer:
             return
         why = "timed out" if code == 124 else f"exit {code}"
         self.status[sync.run] = f"sync failed ({why}), retrying"
-        print(f"ladder watch: wandb sync of {sync.folder} failed ({why}; see {self.state_dir / sync.folder.name}.out); "
-              "retrying at the next interval", file=sys.stderr, flush=True)
+        print(
+            f"ladder watch: wandb sync of {sync.folder} failed ({why}; see {self.state_dir / sync.folder.name}.out); "
+            "retrying at the next interval",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def wait(self) -> None:
         """Let the syncs in flight end (``--once``)."""
@@ -219,11 +257,16 @@ def main(argv: list[str]) -> int:
         parser.add_argument("--once", action="store_true", help="one table (and one round of syncs), then exit")
         parser.add_argument("--interval", type=float, default=60.0, help="seconds between rounds (default 60)")
         parser.add_argument("--no-sync", action="store_true", help="the table only; never run wandb sync")
-        parser.add_argument("--sync-timeout", type=float, default=600.0,
-                            help="seconds one wandb sync may take before it is stopped and retried (default 600)")
+        parser.add_argument(
+            "--sync-timeout",
+            type=float,
+            default=600.0,
+            help="seconds one wandb sync may take before it is stopped and retried (default 600)",
+        )
 
-    args, sweep_dir = parse_sweep_args(argv, "ladder watch", "follow a sweep's runs live and sync their W&B runs",
-                                       options)
+    args, sweep_dir = parse_sweep_args(
+        argv, "ladder watch", "follow a sweep's runs live and sync their W&B runs", options
+    )
     for flag, value in (("--interval", args.interval), ("--sync-timeout", args.sync_timeout)):
         if value <= 0:
             raise UserError(f"{flag}: must be > 0 seconds, got {value}")

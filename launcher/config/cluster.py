@@ -6,6 +6,7 @@ dataclass each with its own checks beside its fields; ``ClusterProfile`` combine
 so every field keeps its flat name (``cluster.max_retries=5``, ``cluster.cores_per_task`` in a template).
 The defaults written here are the only defaults: a profile's YAML lists only what it sets.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,8 +80,9 @@ class NodeShape(_Checks):
         super().__post_init__()
         _at_least_one(self, "devices_per_node", "cores_per_node", "cores_per_task")
         if self.cores_per_task > self.cores_per_node:
-            raise ValueError(f"cluster.cores_per_task: must be <= cores_per_node ({self.cores_per_node}), "
-                             f"got {self.cores_per_task}")
+            raise ValueError(
+                f"cluster.cores_per_task: must be <= cores_per_node ({self.cores_per_node}), got {self.cores_per_task}"
+            )
 
 
 @dataclasses.dataclass
@@ -97,7 +99,9 @@ class Launch(_Checks):
     import_mpi4py_first: bool = False  # mpi4py before torch in the runtime (Frontier: NIC mapping breaks otherwise)
     ladder_command: Optional[str] = None  # how a job step starts `ladder` (shell words); default: the Python
     # that rendered the script, so jobs run the environment that submitted them
-    step_launch_delay_s: Annotated[float, Range(ge=0)] = 0.0  # pause between starting two lanes (OLCF: give Slurm time per srun)
+    step_launch_delay_s: Annotated[float, Range(ge=0)] = (
+        0.0  # pause between starting two lanes (OLCF: give Slurm time per srun)
+    )
     dist_backend: Literal["gloo", "nccl"] = "gloo"
     network_interface: Optional[str] = None  # rendezvous interface (Frontier hsn0, Summit ib0)
     offline_compute: bool = False  # compute nodes have no route to the internet: runs keep W&B offline there,
@@ -133,7 +137,9 @@ class QueuePolicy(_Checks):
     max_concurrent_steps: int = 100
     max_retries: int = 3  # a run failing this many times in a row is no longer retried
     signal_before_min: Annotated[int, Range(ge=0)] = 5  # warning signal (USR2) this long before the walltime
-    signal_before_s: Optional[Annotated[int, Range(ge=0)]] = None  # the same in seconds, for warnings under a minute (short test jobs)
+    signal_before_s: Optional[Annotated[int, Range(ge=0)]] = (
+        None  # the same in seconds, for warnings under a minute (short test jobs)
+    )
     # packing runs into jobs (launcher/sweep/pack.py)
     submission: Literal["packed", "array"] = "packed"  # array: one run per array task
     array_throttle: Optional[int] = None  # array tasks at once (--array=0-n%k); default max_eligible_jobs
@@ -141,7 +147,9 @@ class QueuePolicy(_Checks):
     walltime_min: Optional[int] = None  # every job asks for exactly this walltime instead of the estimate
     walltime_safety: float = 1.25  # estimated hours x this where a walltime must suffice
     assumed_mfu: float = 0.3  # planning estimate until a calibration run measures it
-    run_overhead_min: Annotated[float, Range(ge=0)] = 2.0  # start-up, rendezvous, checkpoint load and save of one run in a job
+    run_overhead_min: Annotated[float, Range(ge=0)] = (
+        2.0  # start-up, rendezvous, checkpoint load and save of one run in a job
+    )
     job_overhead_min: Annotated[float, Range(ge=0)] = 1.0  # module loads and environment set-up of one job
     allocation_node_hours: Optional[Annotated[float, Range(ge=0)]] = None  # what is left of the allocation
 
@@ -156,9 +164,11 @@ class QueuePolicy(_Checks):
             raise ValueError(f"cluster.walltime_min: must be >= 1 minute, got {self.walltime_min}")
         if self.array_throttle is not None and self.array_throttle < 1:
             raise ValueError(f"cluster.array_throttle: must be >= 1, got {self.array_throttle}")
-        if self.signal_before >= 60 * min((b.max_walltime_min for b in self.queue_bins), default=10 ** 9):
-            raise ValueError(f"cluster.signal_before_min: the warning ({self.signal_before} s) must come "
-                             "within the shortest queue bin's walltime")
+        if self.signal_before >= 60 * min((b.max_walltime_min for b in self.queue_bins), default=10**9):
+            raise ValueError(
+                f"cluster.signal_before_min: the warning ({self.signal_before} s) must come "
+                "within the shortest queue bin's walltime"
+            )
 
     @property
     def signal_before(self) -> int:

@@ -4,6 +4,7 @@ Hydra composes the run from the groups (model, data, train, deepspeed, cluster, 
 group files come first (launcher/resources.py), so ``cluster/mysite.yaml`` may name a shipped profile in
 its ``defaults`` and set only what differs. The result is a plain dict for ``validate``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,9 @@ def compose(overrides: list[str], config_name: str = "config") -> dict:
 
     hydra_overrides, site, layers = _prepare(overrides)
     with _explained(layers), _hydra(layers):
-        composed = OmegaConf.to_container(hydra_compose(config_name=config_name, overrides=hydra_overrides),
-                                          resolve=True)
+        composed = OmegaConf.to_container(
+            hydra_compose(config_name=config_name, overrides=hydra_overrides), resolve=True
+        )
     assert isinstance(composed, dict)  # a config file is a mapping
     if isinstance(composed.get("cluster"), dict):  # the renderer searches the same layers for templates
         composed["cluster"]["site_dirs"] = [str(p) for p in site]
@@ -50,10 +52,12 @@ def defaults_chain(overrides: list[str], config_name: str = "config") -> list[tu
 
     hydra_overrides, _, layers = _prepare(overrides)
     with _explained(layers), _hydra(layers):
-        found = GlobalHydra.instance().config_loader().compute_defaults_list(config_name, hydra_overrides,
-                                                                              RunMode.RUN)
-    return [(d.config_path, d.parent) for d in found.defaults
-            if d.config_path and "/" in d.config_path and _is_group(d.config_path.split("/")[0], layers)]
+        found = GlobalHydra.instance().config_loader().compute_defaults_list(config_name, hydra_overrides, RunMode.RUN)
+    return [
+        (d.config_path, d.parent)
+        for d in found.defaults
+        if d.config_path and "/" in d.config_path and _is_group(d.config_path.split("/")[0], layers)
+    ]
 
 
 def _prepare(overrides: list[str]) -> tuple[list[str], list[Path], list[Path]]:

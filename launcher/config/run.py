@@ -3,6 +3,7 @@
 Hydra composes the run from the groups in ``hydra_configs/`` (launcher/config/compose.py); ``validate``
 turns the plain dict into these dataclasses, and the model and data sections into ``models/``'s schemas.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,9 @@ class TrainConfig:
     """Optimisation and bookkeeping of one run (tokens are samples for CLIP)."""
 
     tokens: Optional[Annotated[int, Range(ge=1)]] = None  # D; the LR schedule spans it (Chinchilla-style)
-    max_steps: Optional[Annotated[int, Range(ge=1)]] = None  # stop after K optimizer steps; the schedule still spans `tokens`
+    max_steps: Optional[Annotated[int, Range(ge=1)]] = (
+        None  # stop after K optimizer steps; the schedule still spans `tokens`
+    )
     global_batch_tokens: int = 4096  # reached with gradient accumulation over ranks x micro-batches
     micro_batch_size: int = 8  # samples per rank per micro-step
     lr: Annotated[float, Range(gt=0)] = 1e-3
@@ -52,8 +55,16 @@ class TrainConfig:
     max_rewinds: int = 3
 
     def __post_init__(self):
-        for name in ("global_batch_tokens", "micro_batch_size", "log_every", "val_every", "val_batches",
-                     "checkpoint_every", "spike_window", "spike_patience"):
+        for name in (
+            "global_batch_tokens",
+            "micro_batch_size",
+            "log_every",
+            "val_every",
+            "val_batches",
+            "checkpoint_every",
+            "spike_window",
+            "spike_patience",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
         if self.spike_threshold <= 0:
@@ -96,11 +107,14 @@ class DeepSpeedConfig:
             raise ValueError("deepspeed.nvme_path: required when offloading to nvme")
 
 
+WandbMode = Literal["offline", "online", "disabled"]
+
+
 @dataclasses.dataclass
 class WandbConfig:
     """W&B mirror of metrics.jsonl: offline on compute nodes, synced later from a login node."""
 
-    mode: Literal["offline", "online", "disabled"] = "offline"
+    mode: WandbMode = "offline"
     project: str = "scaleladder"
     entity: Optional[str] = None
     group: Optional[str] = None  # the sweep's name
@@ -122,9 +136,10 @@ class RendezvousConfig:
         if self.timeout_s <= 0:
             raise ValueError(f"rendezvous.timeout_s: must be > 0, got {self.timeout_s}")
         if not (1024 <= self.port_base and self.port_span >= 1 and self.port_base + self.port_span <= 65536):
-            raise ValueError(f"rendezvous.port_base: [{self.port_base}, {self.port_base + self.port_span}) must lie "
-                             f"within [1024, 65536) with port_span >= 1")
-
+            raise ValueError(
+                f"rendezvous.port_base: [{self.port_base}, {self.port_base + self.port_span}) must lie "
+                f"within [1024, 65536) with port_span >= 1"
+            )
 
 
 @dataclasses.dataclass

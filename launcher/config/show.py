@@ -6,6 +6,7 @@ shipped) each config group option was read from, including the profiles a profil
 extend. The YAML (or ``--json``) has two keys: ``cluster`` (every field of the validated profile) and
 ``sources`` (per group, its files in the order Hydra merges them: a later one overrides an earlier).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,9 +52,12 @@ def _layer_name(path: Path, layers: list[Path]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = command_parser("ladder show", "Print a cluster profile resolved, and the file each config group "
-                          "option came from.", [("--json", "print JSON instead of YAML")],
-                          overrides_help="Hydra overrides, e.g. cluster=frontier site_dir=/site").parse(argv)
+    args = command_parser(
+        "ladder show",
+        "Print a cluster profile resolved, and the file each config group option came from.",
+        [("--json", "print JSON instead of YAML")],
+        overrides_help="Hydra overrides, e.g. cluster=frontier site_dir=/site",
+    ).parse(argv)
     shown = show(args.overrides)
     if args.json:
         print(json.dumps(shown, indent=1))

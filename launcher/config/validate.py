@@ -4,6 +4,7 @@ We validate ourselves (rather than OmegaConf structured configs) because a user 
 the field and what is allowed, not a traceback, and because the model group holds one of several
 families whose schema lives in ``models/``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,13 +28,20 @@ class Range:
     lt: Optional[float] = None
 
     def check(self, value: Any, path: str) -> None:
-        if ((self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
-                or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt)):
+        if (
+            (self.ge is not None and not value >= self.ge)
+            or (self.gt is not None and not value > self.gt)
+            or (self.le is not None and not value <= self.le)
+            or (self.lt is not None and not value < self.lt)
+        ):
             raise UserError(f"{path}: must be {self.describe()}, got {value!r}")
 
     def describe(self) -> str:
-        parts = [f"{op} {bound}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-                 if bound is not None]
+        parts = [
+            f"{op} {bound}"
+            for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+            if bound is not None
+        ]
         return " and ".join(parts)
 
 
@@ -46,12 +54,14 @@ class PathComponent:
 
     def check(self, value: Any, path: str) -> None:
         if not isinstance(value, str) or not self.PATTERN.fullmatch(value):
-            raise UserError(f"{path}: {value!r} is not a safe folder name; allowed: letters, digits and ._- "
-                            "(not first: . or -), at most 200 characters")
+            raise UserError(
+                f"{path}: {value!r} is not a safe folder name; allowed: letters, digits and ._- "
+                "(not first: . or -), at most 200 characters"
+            )
 
 
 # the seeds torch.manual_seed and numpy's SeedSequence both take
-SEED_RANGE = Range(ge=0, le=2 ** 63 - 1)
+SEED_RANGE = Range(ge=0, le=2**63 - 1)
 
 
 def validate(cls: type, data: Any, path: str):

@@ -11,6 +11,7 @@ rank 0 after a barrier, so a run killed mid-save resumes from the previous tag. 
 DeepSpeed's files, because the RNG streams of ranks differ. Tags at ``keep_steps`` (a WSD trunk's branch
 points) are never pruned; another run can start from one (``train.init_from``) once it is complete.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,8 +98,9 @@ class Checkpointer:
 
         tag = tag_of(state.step)
         self.root.mkdir(parents=True, exist_ok=True)
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"scaleladder": dataclasses.asdict(state)},
-                               save_latest=False)
+        engine.save_checkpoint(
+            str(self.root), tag=tag, client_state={"scaleladder": dataclasses.asdict(state)}, save_latest=False
+        )
         own = self.root / tag / f"run_rank{self.rank:05d}.pt"
         tmp = own.with_name(own.name + ".tmp")
         torch.save({"state": dataclasses.asdict(state), "rng": rng_state()}, tmp)
@@ -118,8 +120,10 @@ class Checkpointer:
     def load_from(self, engine, tag_path: Path | str, samples_per_step: int) -> TrainState:
         """Start from another run's complete checkpoint (``train.init_from``), as if resuming it."""
         if not checkpoint_complete(tag_path):
-            raise UserError(f"train.init_from: {tag_path} is not a complete checkpoint (a folder "
-                            f"<run_dir>/checkpoints/step_XXXXXXXX at or before that run's 'latest')")
+            raise UserError(
+                f"train.init_from: {tag_path} is not a complete checkpoint (a folder "
+                f"<run_dir>/checkpoints/step_XXXXXXXX at or before that run's 'latest')"
+            )
         return self._restore(engine, Path(tag_path), samples_per_step)
 
     def _restore(self, engine, tag_path: Path, samples_per_step: int) -> TrainState:
@@ -132,9 +136,11 @@ class Checkpointer:
         own = torch.load(tag_path / f"run_rank{self.rank:05d}.pt", weights_only=False)
         state = TrainState(**own["state"])
         if state.samples_per_step != samples_per_step:
-            raise UserError(f"train.micro_batch_size: the checkpoint {tag} was written with "
-                            f"{state.samples_per_step} samples per step, this run has {samples_per_step}; "
-                            f"the data order would change")
+            raise UserError(
+                f"train.micro_batch_size: the checkpoint {tag} was written with "
+                f"{state.samples_per_step} samples per step, this run has {samples_per_step}; "
+                f"the data order would change"
+            )
         set_rng_state(own["rng"])
         return state
 

@@ -5,6 +5,7 @@ describing a 12B model takes a second and no memory. JSON keys: ``params_total``
 ``params_non_embedding``, ``flops_per_token`` (training FLOPs, forward and backward; per sample for
 families whose "token" is a sample, such as CLIP).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,11 @@ def describe(overrides: list[str]) -> dict[str, int]:
     model = load_run_config(overrides).model  # checked there
     entry, cfg = family(model["family"]), model_config(model)
     total, non_embedding = entry.param_counts(cfg)
-    return {"params_total": int(total), "params_non_embedding": int(non_embedding),
-            "flops_per_token": int(entry.flops_per_token(cfg))}
+    return {
+        "params_total": int(total),
+        "params_non_embedding": int(non_embedding),
+        "flops_per_token": int(entry.flops_per_token(cfg)),
+    }
 
 
 def main(argv: list[str]) -> int:

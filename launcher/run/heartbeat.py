@@ -13,6 +13,7 @@ first, the first beat of any rank: start-up is the rendezvous timeout's business
 timeout. The stuck ranks are those no longer alive, else (every rank waits on every other) those at the
 lowest step. The attempt is then recorded as hung in ``state.json`` (``record_hang``) and retried.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,8 +88,9 @@ class Heartbeat:
         self.step_times: deque[float] = deque(maxlen=WINDOW)
         self.last: Optional[tuple[int, float]] = None
         self.closed = threading.Event()
-        self.thread = threading.Thread(target=self._keep_alive, args=(alive_path(run_dir, rank),), daemon=True,
-                                       name="heartbeat")
+        self.thread = threading.Thread(
+            target=self._keep_alive, args=(alive_path(run_dir, rank),), daemon=True, name="heartbeat"
+        )
         self.thread.start()
 
     def _keep_alive(self, path: Path) -> None:
@@ -157,8 +159,10 @@ class HangWatch:
         if not culprits:
             lowest = min(beats[r].step if r in beats else -1 for r in range(self.world))
             culprits = [r for r in range(self.world) if (beats[r].step if r in beats else -1) == lowest]
-        return [Stuck(r, beats[r].host if r in beats else None, beats[r].step if r in beats else None, silent[r])
-                for r in culprits]
+        return [
+            Stuck(r, beats[r].host if r in beats else None, beats[r].step if r in beats else None, silent[r])
+            for r in culprits
+        ]
 
     def pids(self) -> list[int]:
         """The processes of the ranks that have beaten (on this machine for a local launch)."""
@@ -174,12 +178,22 @@ def record_hang(run_dir: Path, stuck: list[Stuck]) -> dict:
     except (OSError, ValueError):
         state = {}
     now = time.time()
-    hang = {"ranks": [s.rank for s in stuck], "hosts": sorted({s.host for s in stuck if s.host}),
-            "step": min((s.step for s in stuck if s.step is not None), default=None),
-            "silent_s": round(max(s.silent_s for s in stuck), 1), "at": now}
-    state.update(status=ending(ExitCode.HUNG).status, exit_code=int(ExitCode.HUNG), hung_ranks=hang["ranks"],
-                 hung_hosts=hang["hosts"], hangs=[*state.get("hangs", []), hang], updated_at=now, finished_at=now,
-                 message=f"rank(s) {', '.join(map(str, hang['ranks']))} sent no heartbeat for {hang['silent_s']} s")
+    hang = {
+        "ranks": [s.rank for s in stuck],
+        "hosts": sorted({s.host for s in stuck if s.host}),
+        "step": min((s.step for s in stuck if s.step is not None), default=None),
+        "silent_s": round(max(s.silent_s for s in stuck), 1),
+        "at": now,
+    }
+    state.update(
+        status=ending(ExitCode.HUNG).status,
+        exit_code=int(ExitCode.HUNG),
+        hung_ranks=hang["ranks"],
+        hung_hosts=hang["hosts"],
+        hangs=[*state.get("hangs", []), hang],
+        updated_at=now,
+        finished_at=now,
+        message=f"rank(s) {', '.join(map(str, hang['ranks']))} sent no heartbeat for {hang['silent_s']} s",
+    )
     atomic_write(path, json.dumps(state, indent=1) + "\n")
     return hang
-

@@ -10,6 +10,7 @@ With a ``HangWatch`` the supervisor also reads the ranks' heartbeats (``launcher
 silent for the hang timeout gets every rank killed, the attempt recorded as hung in ``state.json``, and,
 while ``retries`` are left, the ranks started again, resuming from the run's last checkpoint.
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,8 +55,13 @@ def open_mpi_mpirun() -> str | None:
     return mpirun if "Open MPI" in version else None
 
 
-def launch(nproc: int, command: Sequence[str], step_launcher: str = "local", watch: Optional[HangWatch] = None,
-           retries: int = 0) -> int:
+def launch(
+    nproc: int,
+    command: Sequence[str],
+    step_launcher: str = "local",
+    watch: Optional[HangWatch] = None,
+    retries: int = 0,
+) -> int:
     """Run ``command`` as ``nproc`` ranks on this machine; the exit code the ranks agreed on. An attempt
     that hangs (``watch``) is started again up to ``retries`` times; ExitCode.HUNG once none are left."""
     for attempt in range(retries + 1):
@@ -64,8 +70,11 @@ def launch(nproc: int, command: Sequence[str], step_launcher: str = "local", wat
         code = start_ranks(nproc, command, step_launcher, watch)
         if code != ExitCode.HUNG or attempt == retries:
             return code
-        print(f"ladder train: retrying the hung run from its last checkpoint ({attempt + 1} of {retries})",
-              file=sys.stderr, flush=True)
+        print(
+            f"ladder train: retrying the hung run from its last checkpoint ({attempt + 1} of {retries})",
+            file=sys.stderr,
+            flush=True,
+        )
     return code
 
 
@@ -80,24 +89,46 @@ def start_ranks(nproc: int, command: Sequence[str], step_launcher: str, watch: O
     if step_launcher == "mpirun" and mpirun is None:
         raise UserError("cluster.step_launcher: mpirun asks for Open MPI's mpirun and mpi4py, not found here")
     if mpirun:
-        command = [mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(nproc),
-                   "-x", "OMP_NUM_THREADS", *command]
+        command = [
+            mpirun,
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+            "-np",
+            str(nproc),
+            "-x",
+            "OMP_NUM_THREADS",
+            *command,
+        ]
         return supervise([subprocess.Popen(command, env=env)], {signal.SIGTERM: signal.SIGUSR2}, watch=watch)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     procs = []
     for rank in range(nproc):
-        rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-                        LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        rank_env = dict(
+            env,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(nproc),
+            LOCAL_WORLD_SIZE=str(nproc),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         procs.append(subprocess.Popen(list(command), env=rank_env))
     return supervise(procs, {}, watch=watch)
 
 
-def supervise(procs: list[subprocess.Popen], translate: dict[int, int], grace_s: float = GRACE_S,
-              watch: Optional[HangWatch] = None) -> int:
+def supervise(
+    procs: list[subprocess.Popen],
+    translate: dict[int, int],
+    grace_s: float = GRACE_S,
+    watch: Optional[HangWatch] = None,
+) -> int:
     """Forward signals, wait for every process; the first non-zero exit code wins (128+n for signal n).
     A hung rank (``watch``) ends the attempt: every rank is killed and the exit code is ExitCode.HUNG."""
+
     def forward(signum, _frame):
         for proc in procs:
             if proc.poll() is None:
@@ -142,5 +173,9 @@ def end_hung(procs: list[subprocess.Popen], watch: HangWatch, stuck: list[heartb
             proc.kill()
         proc.wait()
     hang = heartbeat.record_hang(watch.run_dir, stuck)
-    print(f"ladder train: hung: rank(s) {hang['ranks']} on {hang['hosts'] or 'unknown hosts'} sent no heartbeat "
-          f"for {hang['silent_s']} s (step {hang['step']}); ranks killed", file=sys.stderr, flush=True)
+    print(
+        f"ladder train: hung: rank(s) {hang['ranks']} on {hang['hosts'] or 'unknown hosts'} sent no heartbeat "
+        f"for {hang['silent_s']} s (step {hang['step']}); ranks killed",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -15,16 +15,21 @@ steps logged after that checkpoint by the interrupted attempt appear twice: ``la
 rule every reader applies (``read_metrics`` here, ``launcher.analysis.collect``'s vectorised reader): keep the records
 of the latest attempt (a step that goes back starts a new attempt and drops what it repeats).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from launcher.config.run import WandbMode
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -84,8 +89,12 @@ def wandb_mode(mode: str, offline_compute: bool) -> str:
     """The W&B mode a run uses: never online where the profile says compute nodes are offline
     (``cluster.offline_compute``): the call would hang or fail there; ``ladder watch`` syncs later."""
     if mode == "online" and offline_compute:
-        print("ladder train: wandb.mode online on a profile whose compute nodes are offline "
-              "(cluster.offline_compute): W&B stays offline; sync with `ladder watch`", file=sys.stderr, flush=True)
+        print(
+            "ladder train: wandb.mode online on a profile whose compute nodes are offline "
+            "(cluster.offline_compute): W&B stays offline; sync with `ladder watch`",
+            file=sys.stderr,
+            flush=True,
+        )
         return "offline"
     return mode
 
@@ -93,7 +102,7 @@ def wandb_mode(mode: str, offline_compute: bool) -> str:
 class WandbMirror:
     """Mirrors records to W&B (offline by default). Any W&B failure is reported once and the run goes on."""
 
-    def __init__(self, mode: str, run_dir: Path, run_id: str, config: dict[str, Any], **init_kwargs: Any):
+    def __init__(self, mode: WandbMode, run_dir: Path, run_id: str, config: dict[str, Any], **init_kwargs: Any):
         self.run = None
         self.warned = False
         if mode == "disabled":
@@ -101,16 +110,25 @@ class WandbMirror:
         try:
             import wandb
 
-            self.run = wandb.init(mode=mode, dir=str(run_dir), id=run_id, resume="allow", config=config,
-                                  settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
-                                  **init_kwargs)
+            self.run = wandb.init(
+                mode=mode,
+                dir=str(run_dir),
+                id=run_id,
+                resume="allow",
+                config=config,
+                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+                **init_kwargs,
+            )
         except Exception as exc:  # noqa: BLE001 - W&B must never stop a run
             self._warn(exc)
 
     def _warn(self, exc: BaseException) -> None:
         if not self.warned:
-            print(f"warning: W&B mirror disabled: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: W&B mirror disabled: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
             self.warned = True
         self.run = None
 
@@ -120,8 +138,10 @@ class WandbMirror:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.run.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
-                             step=record["step"])
+                self.run.log(
+                    {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
+                    step=record["step"],
+                )
         except Exception as exc:  # noqa: BLE001
             self._warn(exc)
 

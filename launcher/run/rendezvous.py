@@ -13,6 +13,7 @@ scheduler's first compute host. Ports are derived from the job and step ids, so 
 into one allocation do not collide. ``connect`` joins the ranks within ``rendezvous.timeout_s`` and
 proves the group with one all-reduce.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from typing import Optional
+from typing import Literal, Optional, overload
 
 from launcher.errors import UserError
 from launcher.policy import ExitCode
@@ -73,6 +74,10 @@ class _Ranks:
 # ---------------------------------------------------------------------------------------------- parsing
 
 
+@overload
+def _int(env: Mapping[str, str], name: str, required: Literal[True] = True) -> int: ...
+@overload
+def _int(env: Mapping[str, str], name: str, required: bool) -> Optional[int]: ...
 def _int(env: Mapping[str, str], name: str, required: bool = True) -> Optional[int]:
     value = env.get(name)
     if value is None or value == "":
@@ -186,17 +191,29 @@ def _scheduler_job(env: Mapping[str, str]) -> Optional[str]:
 def _read_openmpi(env: Mapping[str, str]) -> Optional[_Ranks]:
     if "OMPI_COMM_WORLD_RANK" not in env:
         return None
-    return _Ranks("openmpi", _int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE"),
-                  _int(env, "OMPI_COMM_WORLD_LOCAL_RANK"), _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE"),
-                  "OMPI_COMM_WORLD_RANK", job_step=_mpi_job_step(env))
+    return _Ranks(
+        "openmpi",
+        _int(env, "OMPI_COMM_WORLD_RANK"),
+        _int(env, "OMPI_COMM_WORLD_SIZE"),
+        _int(env, "OMPI_COMM_WORLD_LOCAL_RANK"),
+        _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE"),
+        "OMPI_COMM_WORLD_RANK",
+        job_step=_mpi_job_step(env),
+    )
 
 
 def _read_mpich(env: Mapping[str, str]) -> Optional[_Ranks]:
     if "PMI_RANK" not in env:
         return None
-    return _Ranks("mpich", _int(env, "PMI_RANK"), _int(env, "PMI_SIZE"),
-                  _int(env, "MPI_LOCALRANKID", required=False), _int(env, "MPI_LOCALNRANKS", required=False),
-                  "PMI_RANK", job_step=_mpi_job_step(env))
+    return _Ranks(
+        "mpich",
+        _int(env, "PMI_RANK"),
+        _int(env, "PMI_SIZE"),
+        _int(env, "MPI_LOCALRANKID", required=False),
+        _int(env, "MPI_LOCALNRANKS", required=False),
+        "PMI_RANK",
+        job_step=_mpi_job_step(env),
+    )
 
 
 def _read_pmix(env: Mapping[str, str]) -> Optional[_Ranks]:
@@ -219,8 +236,17 @@ def _read_slurm(env: Mapping[str, str]) -> Optional[_Ranks]:
     variable = next((n for n in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST") if env.get(n)), "")
     hosts = expand_hostlist(env[variable]) if variable else []
     job_step = (env["SLURM_JOB_ID"], env["SLURM_STEP_ID"]) if env.get("SLURM_JOB_ID") else None
-    return _Ranks("slurm", _int(env, "SLURM_PROCID"), world, _int(env, "SLURM_LOCALID"), local_world,
-                  "SLURM_PROCID", hosts[0] if hosts else None, variable, job_step)
+    return _Ranks(
+        "slurm",
+        _int(env, "SLURM_PROCID"),
+        world,
+        _int(env, "SLURM_LOCALID"),
+        local_world,
+        "SLURM_PROCID",
+        hosts[0] if hosts else None,
+        variable,
+        job_step,
+    )
 
 
 def _read_lsf(env: Mapping[str, str]) -> Optional[_Ranks]:
@@ -229,13 +255,27 @@ def _read_lsf(env: Mapping[str, str]) -> Optional[_Ranks]:
     host, variable = lsf_first_compute_host(env)
     job = _scheduler_job(env)
     job_step = (job, env.get("PMIX_NAMESPACE", "")) if job else None
-    return _Ranks("lsf", _int(env, "JSM_NAMESPACE_RANK"), _int(env, "JSM_NAMESPACE_SIZE"),
-                  _int(env, "JSM_NAMESPACE_LOCAL_RANK"), _int(env, "JSM_NAMESPACE_LOCAL_SIZE"),
-                  "JSM_NAMESPACE_RANK", host, variable, job_step)
+    return _Ranks(
+        "lsf",
+        _int(env, "JSM_NAMESPACE_RANK"),
+        _int(env, "JSM_NAMESPACE_SIZE"),
+        _int(env, "JSM_NAMESPACE_LOCAL_RANK"),
+        _int(env, "JSM_NAMESPACE_LOCAL_SIZE"),
+        "JSM_NAMESPACE_RANK",
+        host,
+        variable,
+        job_step,
+    )
 
 
 READERS: tuple[Callable[[Mapping[str, str]], Optional[_Ranks]], ...] = (
-    _read_torchrun, _read_openmpi, _read_mpich, _read_pmix, _read_slurm, _read_lsf)
+    _read_torchrun,
+    _read_openmpi,
+    _read_mpich,
+    _read_pmix,
+    _read_slurm,
+    _read_lsf,
+)
 
 
 def discover(env: Mapping[str, str] = os.environ, interface: Optional[str] = None) -> DistEnv:
@@ -255,8 +295,9 @@ def discover(env: Mapping[str, str] = os.environ, interface: Optional[str] = Non
         if other.rank == primary.rank and same_size:
             helpers.append(other)
         elif other.source in MPI_SOURCES:
-            raise UserError(f"inconsistent launcher variables: {primary.variable}={primary.rank} "
-                            f"but {other.variable}={other.rank}")
+            raise UserError(
+                f"inconsistent launcher variables: {primary.variable}={primary.rank} but {other.variable}={other.rank}"
+            )
         # else: a scheduler's variables inherited from an outer step (mpirun inside sbatch): not ours
     return _dist_env(primary, helpers, env, interface)
 
@@ -267,16 +308,22 @@ def _dist_env(primary: _Ranks, helpers: list[_Ranks], env: Mapping[str, str], in
 
     world, local_rank, local_world = pick("world_size"), pick("local_rank"), pick("local_world_size")
     if world is None:
-        raise UserError(f"{primary.variable} is set but no world size: expected SLURM_NTASKS or "
-                        f"JSM_NAMESPACE_SIZE from the launcher that set it")
+        raise UserError(
+            f"{primary.variable} is set but no world size: expected SLURM_NTASKS or "
+            f"JSM_NAMESPACE_SIZE from the launcher that set it"
+        )
     if not 0 <= primary.rank < world:
         raise UserError(f"{primary.variable}={primary.rank}: outside a world of {world}")
     if local_rank is None:
-        raise UserError(f"{primary.variable} is set but no local rank: expected MPI_LOCALRANKID, "
-                        f"SLURM_LOCALID or JSM_NAMESPACE_LOCAL_RANK")
+        raise UserError(
+            f"{primary.variable} is set but no local rank: expected MPI_LOCALRANKID, "
+            f"SLURM_LOCALID or JSM_NAMESPACE_LOCAL_RANK"
+        )
     if local_world is None:
-        raise UserError(f"{primary.variable} is set but no local world size: expected MPI_LOCALNRANKS, "
-                        f"SLURM_STEP_TASKS_PER_NODE or JSM_NAMESPACE_LOCAL_SIZE")
+        raise UserError(
+            f"{primary.variable} is set but no local world size: expected MPI_LOCALNRANKS, "
+            f"SLURM_STEP_TASKS_PER_NODE or JSM_NAMESPACE_LOCAL_SIZE"
+        )
     if not 0 <= local_rank < local_world:
         raise UserError(f"local rank {local_rank} outside a node of {local_world} ranks ({primary.source} variables)")
     job_step = pick("job_step")
@@ -286,11 +333,14 @@ def _dist_env(primary: _Ranks, helpers: list[_Ranks], env: Mapping[str, str], in
     elif primary.source not in MPI_SOURCES:
         addr, master_from = primary.master_host, primary.master_from
         if addr is None:
-            raise UserError(f"no master address for {primary.source} ranks: set MASTER_ADDR, or "
-                            + ("SLURM_JOB_NODELIST" if primary.source == "slurm" else "LSB_DJOB_RANKFILE"))
+            raise UserError(
+                f"no master address for {primary.source} ranks: set MASTER_ADDR, or "
+                + ("SLURM_JOB_NODELIST" if primary.source == "slurm" else "LSB_DJOB_RANKFILE")
+            )
     port = _int(env, "MASTER_PORT", required=False)
-    return DistEnv(primary.rank, local_rank, world, local_world, addr, port, primary.source, interface,
-                   master_from, job_step)
+    return DistEnv(
+        primary.rank, local_rank, world, local_world, addr, port, primary.source, interface, master_from, job_step
+    )
 
 
 # ------------------------------------------------------------------------------------- address and port
@@ -317,16 +367,18 @@ def interface_address(name: str) -> str:
     except OSError:
         pass
     try:
-        out = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", name], capture_output=True,
-                             text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show", "dev", name], capture_output=True, text=True, timeout=10
+        ).stdout
         match = re.search(r"inet (\d+\.\d+\.\d+\.\d+)", out)
         if match:
             return match.group(1)
     except (OSError, subprocess.SubprocessError):
         pass
     names = ", ".join(n for _, n in socket.if_nameindex())
-    raise UserError(f"rendezvous.interface: no IPv4 address on {name!r} on {socket.gethostname()}; "
-                    f"interfaces here: {names}")
+    raise UserError(
+        f"rendezvous.interface: no IPv4 address on {name!r} on {socket.gethostname()}; interfaces here: {names}"
+    )
 
 
 def _port_free(port: int) -> bool:
@@ -352,8 +404,9 @@ def pick_port(job_step: Optional[tuple[str, str]], base: int, span: int) -> int:
     raise UserError(f"rendezvous.port_base: no free port near {first} in [{base}, {base + span})")
 
 
-def resolve(env: Mapping[str, str] = os.environ, interface: Optional[str] = None,
-            port_base: int = 29500, port_span: int = 20000) -> DistEnv:
+def resolve(
+    env: Mapping[str, str] = os.environ, interface: Optional[str] = None, port_base: int = 29500, port_span: int = 20000
+) -> DistEnv:
     """``discover`` plus a master address and port for every rank (over mpi4py when MPI started us)."""
     dist = discover(env, interface)
     if dist.master_addr is None:
@@ -363,8 +416,10 @@ def resolve(env: Mapping[str, str] = os.environ, interface: Optional[str] = None
     if dist.source == "single":
         return dataclasses.replace(dist, master_port=pick_port(None, port_base, port_span))
     if dist.job_step is None:
-        raise UserError(f"MASTER_PORT: not set, and no job/step ids to derive it from "
-                        f"({'SLURM_JOB_ID' if dist.source == 'slurm' else 'LSB_JOBID'})")
+        raise UserError(
+            f"MASTER_PORT: not set, and no job/step ids to derive it from "
+            f"({'SLURM_JOB_ID' if dist.source == 'slurm' else 'LSB_JOBID'})"
+        )
     return dataclasses.replace(dist, master_port=derive_port(*dist.job_step, port_base, port_span))
 
 
@@ -373,13 +428,17 @@ def _broadcast_master(dist: DistEnv, port_base: int, port_span: int) -> DistEnv:
     try:
         from mpi4py import MPI
     except ImportError:
-        raise UserError(f"{dist.source} started these ranks but mpi4py is not installed: "
-                        f"pip install mpi4py, or set MASTER_ADDR and MASTER_PORT") from None
+        raise UserError(
+            f"{dist.source} started these ranks but mpi4py is not installed: "
+            f"pip install mpi4py, or set MASTER_ADDR and MASTER_PORT"
+        ) from None
     comm = MPI.COMM_WORLD
     if (comm.Get_rank(), comm.Get_size()) != (dist.rank, dist.world_size):
-        raise UserError(f"inconsistent ranks: the launcher variables say rank {dist.rank} of {dist.world_size}, "
-                        f"MPI says {comm.Get_rank()} of {comm.Get_size()}")
-    answer: tuple[str, str | int] | None = None
+        raise UserError(
+            f"inconsistent ranks: the launcher variables say rank {dist.rank} of {dist.world_size}, "
+            f"MPI says {comm.Get_rank()} of {comm.Get_size()}"
+        )
+    answer: tuple[str, str, int] | None = None
     if dist.rank == 0:
         try:
             if dist.interface:
@@ -400,9 +459,14 @@ def _broadcast_master(dist: DistEnv, port_base: int, port_span: int) -> DistEnv:
 
 def export_torch_env(dist: DistEnv) -> None:
     """torchrun's variables for everything downstream (DeepSpeed reads LOCAL_RANK, RANK ...)."""
-    os.environ.update(RANK=str(dist.rank), LOCAL_RANK=str(dist.local_rank), WORLD_SIZE=str(dist.world_size),
-                      LOCAL_WORLD_SIZE=str(dist.local_world_size), MASTER_ADDR=str(dist.master_addr),
-                      MASTER_PORT=str(dist.master_port))
+    os.environ.update(
+        RANK=str(dist.rank),
+        LOCAL_RANK=str(dist.local_rank),
+        WORLD_SIZE=str(dist.world_size),
+        LOCAL_WORLD_SIZE=str(dist.local_world_size),
+        MASTER_ADDR=str(dist.master_addr),
+        MASTER_PORT=str(dist.master_port),
+    )
     if dist.interface:  # collectives' own sockets, not only the rendezvous, use the chosen network
         os.environ.setdefault("GLOO_SOCKET_IFNAME", dist.interface)
         os.environ.setdefault("NCCL_SOCKET_IFNAME", dist.interface)
@@ -414,18 +478,21 @@ def _where(dist: DistEnv) -> str:
 
 def wait_reachable(dist: DistEnv, deadline: float, timeout_s: float) -> None:
     """A non-zero rank waits until rank 0 listens; a clear message when it never does."""
+    assert dist.master_port is not None  # resolve() has set rank 0's address
     last = "no answer"
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise UserError(f"rendezvous: cannot reach master {_where(dist)} within {timeout_s:g} s "
-                            f"(rendezvous.timeout_s): {last}")
+            raise UserError(
+                f"rendezvous: cannot reach master {_where(dist)} within {timeout_s:g} s (rendezvous.timeout_s): {last}"
+            )
         try:
             with socket.create_connection((dist.master_addr, dist.master_port), timeout=min(remaining, 2.0)):
                 return
         except socket.gaierror:
-            raise UserError(f"rendezvous: cannot resolve master host {dist.master_addr!r} "
-                            f"(from {dist.master_from})") from None
+            raise UserError(
+                f"rendezvous: cannot resolve master host {dist.master_addr!r} (from {dist.master_from})"
+            ) from None
         except OSError as exc:
             last = exc.strerror or str(exc)
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
@@ -440,36 +507,46 @@ def connect(dist: DistEnv, backend: str, timeout_s: float, log: Callable[[str], 
     import torch
     import torch.distributed as torch_dist
 
+    assert dist.master_addr is not None and dist.master_port is not None  # resolve() has set them
     export_torch_env(dist)
     start = time.monotonic()
     deadline = start + timeout_s
     if dist.rank != 0:
         wait_reachable(dist, deadline, timeout_s)
     try:
-        store = torch_dist.TCPStore(dist.master_addr, dist.master_port, dist.world_size, is_master=dist.rank == 0,
-                                    timeout=datetime.timedelta(seconds=max(deadline - time.monotonic(), 1.0)),
-                                    wait_for_workers=True)
+        store = torch_dist.TCPStore(
+            dist.master_addr,
+            dist.master_port,
+            dist.world_size,
+            is_master=dist.rank == 0,
+            timeout=datetime.timedelta(seconds=max(deadline - time.monotonic(), 1.0)),
+            wait_for_workers=True,
+        )
     except (RuntimeError, OSError) as exc:  # torch's DistNetworkError / DistStoreError are RuntimeErrors
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         who = "not all ranks arrived at" if dist.rank == 0 else "cannot join"
-        raise UserError(f"rendezvous: {who} master {_where(dist)} within {timeout_s:g} s "
-                        f"(rendezvous.timeout_s): {reason}") from None
+        raise UserError(
+            f"rendezvous: {who} master {_where(dist)} within {timeout_s:g} s (rendezvous.timeout_s): {reason}"
+        ) from None
     store.set_timeout(COLLECTIVE_TIMEOUT)
     # torch's functional collectives take ``group=group.WORLD`` as a default argument, bound at import:
     # imported after the group exists (torch._dynamo imports them lazily) they would keep it alive past
     # destroy_process_group, and with it its worker threads
-    import torch.distributed.nn  # noqa: F401
+    import torch.distributed.nn
 
-    torch_dist.init_process_group(backend, store=store, rank=dist.rank, world_size=dist.world_size,
-                                  timeout=COLLECTIVE_TIMEOUT)
+    torch_dist.init_process_group(
+        backend, store=store, rank=dist.rank, world_size=dist.world_size, timeout=COLLECTIVE_TIMEOUT
+    )
     probe = torch.ones(1)
     torch_dist.all_reduce(probe)
     if int(probe.item()) != dist.world_size:
         raise RuntimeError(f"rendezvous: pre-flight all-reduce gave {probe.item()}, expected {dist.world_size}")
     if dist.rank == 0:
-        log(f"rendezvous: interface={dist.interface or 'default'} address={dist.master_addr} "
+        log(
+            f"rendezvous: interface={dist.interface or 'default'} address={dist.master_addr} "
             f"port={dist.master_port} world_size={dist.world_size} source={dist.source} "
-            f"all-reduce ok in {time.monotonic() - start:.1f} s")
+            f"all-reduce ok in {time.monotonic() - start:.1f} s"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,11 +53,11 @@ Exit codes (``ExitCode``): 0 completed, 1 failed, 2 bad input (the CLI's UserErr
 (non-finite training loss on any rank), 4 hung (set by the supervisor of the ranks), 75 requeue (SIGTERM
 or SIGUSR2: checkpoint written, run again to continue; EX_TEMPFAIL).
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import functools
 import gc
 import hashlib
@@ -74,17 +74,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from launcher.run import rendezvous
-from launcher.run.checkpoint import Checkpointer, TrainState
-from launcher.files import atomic_write, make_dir
-from launcher.run import spikes, stragglers
-from launcher.run.heartbeat import HangWatch, Heartbeat
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
-from launcher.resources import ladder_argv
+from launcher.files import atomic_write, make_dir
 from launcher.identity import config_hash
 from launcher.locks import FolderLock
 from launcher.policy import ExitCode, ending
+from launcher.resources import ladder_argv
+from launcher.run import rendezvous, spikes, stragglers
+from launcher.run.checkpoint import Checkpointer, TrainState
+from launcher.run.heartbeat import HangWatch, Heartbeat
 from launcher.run.metrics import MetricsLog, WandbMirror, wandb_mode
 
 
@@ -99,8 +98,13 @@ def main(argv: list[str]) -> int:
             os.environ[LOCK_HELD_ENV] = str(Path(run_dir_of(run)).resolve())  # the ranks' own lock is ours
             watch = HangWatch(run_dir_of(run), run.nproc, run.cluster.hang_timeout_s)
             try:
-                return local_launch.launch(run.nproc, [*ladder_argv(), "train", *argv], run.cluster.step_launcher,
-                                           watch=watch, retries=run.cluster.max_retries)
+                return local_launch.launch(
+                    run.nproc,
+                    [*ladder_argv(), "train", *argv],
+                    run.cluster.step_launcher,
+                    watch=watch,
+                    retries=run.cluster.max_retries,
+                )
             finally:
                 os.environ.pop(LOCK_HELD_ENV, None)
         return Trainer(run, stop).run()
@@ -150,12 +154,14 @@ class BatchPlan:
     accum: int
 
     @classmethod
-    def make(cls, train: TrainConfig, world: int, tokens_per_sample: int) -> "BatchPlan":
+    def make(cls, train: TrainConfig, world: int, tokens_per_sample: int) -> BatchPlan:
         per_micro = world * train.micro_batch_size * tokens_per_sample
         if train.global_batch_tokens % per_micro:
-            raise UserError(f"train.global_batch_tokens: {train.global_batch_tokens} is not a multiple of "
-                            f"world {world} x micro_batch_size {train.micro_batch_size} x tokens_per_sample "
-                            f"{tokens_per_sample} = {per_micro}")
+            raise UserError(
+                f"train.global_batch_tokens: {train.global_batch_tokens} is not a multiple of "
+                f"world {world} x micro_batch_size {train.micro_batch_size} x tokens_per_sample "
+                f"{tokens_per_sample} = {per_micro}"
+            )
         return cls(world, train.micro_batch_size, tokens_per_sample, train.global_batch_tokens // per_micro)
 
     @property
@@ -196,16 +202,24 @@ class Schedule:
     decay_shape: str
 
     @classmethod
-    def make(cls, train: TrainConfig) -> "Schedule":
+    def make(cls, train: TrainConfig) -> Schedule:
         total = schedule_steps(train)
-        warmup = (round(train.warmup_fraction * total) if train.warmup_tokens is None
-                  else round(train.warmup_tokens / train.global_batch_tokens))
+        warmup = (
+            round(train.warmup_fraction * total)
+            if train.warmup_tokens is None
+            else round(train.warmup_tokens / train.global_batch_tokens)
+        )
         fork = wsd_decay_start(total, train.decay_fraction)
         if train.schedule == "wsd" and fork < warmup:
-            raise UserError(f"train.decay_fraction: {train.decay_fraction} starts the decay at step {fork}, "
-                            f"before the warm-up ends at step {warmup} of {total}")
-        start, end, shape = {"cosine": (warmup, total, "cosine"), "constant": (total, total, "linear"),
-                             "wsd": (fork - 1, total - 1, train.decay_shape)}[train.schedule]
+            raise UserError(
+                f"train.decay_fraction: {train.decay_fraction} starts the decay at step {fork}, "
+                f"before the warm-up ends at step {warmup} of {total}"
+            )
+        start, end, shape = {
+            "cosine": (warmup, total, "cosine"),
+            "constant": (total, total, "linear"),
+            "wsd": (fork - 1, total - 1, train.decay_shape),
+        }[train.schedule]
         return cls(train.lr, train.lr * train.min_lr_ratio, warmup, total, start, end, shape)
 
     def __call__(self, step: int) -> float:
@@ -224,7 +238,10 @@ def wsd_decay_start(total_steps: int, decay_fraction: float) -> int:
 
 
 def schedule_steps(train: TrainConfig) -> int:
-    tokens = train.tokens if train.tokens is not None else train.max_steps * train.global_batch_tokens
+    tokens = train.tokens
+    if tokens is None:
+        assert train.max_steps is not None  # TrainConfig requires tokens or max_steps
+        tokens = train.max_steps * train.global_batch_tokens
     return max(1, math.ceil(tokens / train.global_batch_tokens))
 
 
@@ -246,8 +263,13 @@ def deepspeed_config(run: RunConfig, plan: BatchPlan) -> dict[str, Any]:
                 zero[key]["nvme_path"] = ds.nvme_path
     fp16: dict[str, Any] = {"enabled": precision == "fp16"}
     if precision == "fp16":  # dynamic loss scaling: loss_scale 0
-        fp16.update(loss_scale=0, initial_scale_power=ds.initial_scale_power, loss_scale_window=ds.loss_scale_window,
-                    hysteresis=ds.hysteresis, min_loss_scale=ds.min_loss_scale)
+        fp16.update(
+            loss_scale=0,
+            initial_scale_power=ds.initial_scale_power,
+            loss_scale_window=ds.loss_scale_window,
+            hysteresis=ds.hysteresis,
+            min_loss_scale=ds.min_loss_scale,
+        )
     return {
         "train_batch_size": plan.samples_per_step,
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
@@ -265,8 +287,10 @@ def deepspeed_config(run: RunConfig, plan: BatchPlan) -> dict[str, Any]:
 def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only: not on biases, norms' gains or scalars such as CLIP's logit scale."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
 
 
 def make_optimizer(run: RunConfig, model):
@@ -295,8 +319,12 @@ def param_digest(engine, sharded: bool) -> str:
 
 def find_ranks(run: RunConfig) -> rendezvous.DistEnv:
     """This rank's place and its master, under the run's rendezvous settings."""
-    return rendezvous.resolve(os.environ, run.rendezvous.interface or run.cluster.network_interface,
-                              run.rendezvous.port_base, run.rendezvous.port_span)
+    return rendezvous.resolve(
+        os.environ,
+        run.rendezvous.interface or run.cluster.network_interface,
+        run.rendezvous.port_base,
+        run.rendezvous.port_span,
+    )
 
 
 def extensions_dir() -> str:
@@ -321,8 +349,9 @@ def build_engine(run: RunConfig, rank: int, world: int):
     model = family.build()
     torch.manual_seed(run.seed * 100_003 + rank + 1)  # distinct dropout streams per rank
     plan = BatchPlan.make(run.train, world, family.tokens_per_sample)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=make_optimizer(run, model),
-                                      config=deepspeed_config(run, plan))
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=make_optimizer(run, model), config=deepspeed_config(run, plan)
+    )
     return family, plan, engine
 
 
@@ -356,10 +385,24 @@ class RunStateFile:
         self.enabled = enabled
         now = time.time()
         self.state: dict[str, Any] = {
-            "status": "running", "step": 0, "tokens": 0, "flops": 0, "total_steps": None,
-            "checkpoint_step": None, "resumed_from": None, "world_size": None, "exit_code": None, "message": None,
-            "hostname": socket.gethostname(), "pid": os.getpid(), **job_step(os.environ), "started_at": now,
-            "updated_at": now, "finished_at": None, **(carried(self.path) if enabled else {})}
+            "status": "running",
+            "step": 0,
+            "tokens": 0,
+            "flops": 0,
+            "total_steps": None,
+            "checkpoint_step": None,
+            "resumed_from": None,
+            "world_size": None,
+            "exit_code": None,
+            "message": None,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            **job_step(os.environ),
+            "started_at": now,
+            "updated_at": now,
+            "finished_at": None,
+            **(carried(self.path) if enabled else {}),
+        }
 
     def update(self, **fields: Any) -> None:
         if not self.enabled:
@@ -368,8 +411,7 @@ class RunStateFile:
         atomic_write(self.path, json.dumps(self.state, indent=1) + "\n")
 
     def finish(self, code: ExitCode, message: Optional[str] = None, **fields: Any) -> int:
-        self.update(status=ending(code).status, exit_code=int(code), message=message, finished_at=time.time(),
-                    **fields)
+        self.update(status=ending(code).status, exit_code=int(code), message=message, finished_at=time.time(), **fields)
         return int(code)
 
 
@@ -388,8 +430,10 @@ def carried(path: Path) -> dict[str, list]:
 def job_step(environ: Mapping[str, str]) -> dict[str, Any]:
     """Which step of which job this start is, as the lane shell told it (null fields outside a job)."""
     attempt = environ.get("SCALELADDER_JOB_ATTEMPT", "")
-    return {"job_key": environ.get("SCALELADDER_JOB_KEY") or None,
-            "job_attempt": int(attempt) if attempt.isdigit() else None}
+    return {
+        "job_key": environ.get("SCALELADDER_JOB_KEY") or None,
+        "job_attempt": int(attempt) if attempt.isdigit() else None,
+    }
 
 
 # ------------------------------------------------------------------------------------------- trainer
@@ -466,7 +510,7 @@ class Trainer:
         make_dir(self.run_dir, "run_dir")
         self.state_file = RunStateFile(self.run_dir, enabled=self.rank == 0)
         self.state_file.update(world_size=self.world)
-        self.wandb = None
+        self.wandb: Optional[WandbMirror] = None
         try:
             import_before_joining()
             rendezvous.connect(dist_env, run.cluster.dist_backend, run.rendezvous.timeout_s)
@@ -511,14 +555,23 @@ class Trainer:
         run = self.cfg
         total, non_embedding = self.family.param_counts()
         tokens = self.schedule.total_steps * self.plan.tokens_per_step
-        config = dict(dataclasses.asdict(run), N=total, N_non_embedding=non_embedding, D=tokens,
-                      C=self.flops_per_token * tokens)
+        config = dict(
+            dataclasses.asdict(run), N=total, N_non_embedding=non_embedding, D=tokens, C=self.flops_per_token * tokens
+        )
         run_id = hashlib.sha1(str(self.run_dir.resolve()).encode()).hexdigest()[:16]
         mode = wandb_mode(run.wandb.mode, run.cluster.offline_compute)
-        self.wandb = WandbMirror(mode, self.run_dir, run_id, config, project=run.wandb.project,
-                                 entity=run.wandb.entity, group=run.wandb.group,
-                                 job_type=run.wandb.job_type or self.family.name, name=run.wandb.name,
-                                 tags=run.wandb.tags)
+        self.wandb = WandbMirror(
+            mode,
+            self.run_dir,
+            run_id,
+            config,
+            project=run.wandb.project,
+            entity=run.wandb.entity,
+            group=run.wandb.group,
+            job_type=run.wandb.job_type or self.family.name,
+            name=run.wandb.name,
+            tags=run.wandb.tags,
+        )
 
     def _write_config(self) -> None:
         import yaml
@@ -536,14 +589,18 @@ class Trainer:
             train_loss, lr, stop_asked = self._step(state)
             progress = {"step": state.step, "tokens": state.tokens, "flops": state.flops}
             if not math.isfinite(train_loss):
-                return self.state_file.finish(ExitCode.DIVERGED, f"non-finite training loss at step {state.step}",
-                                              **progress)
+                return self.state_file.finish(
+                    ExitCode.DIVERGED, f"non-finite training loss at step {state.step}", **progress
+                )
             spike, rewind = self.spikes.observe(state.step, train_loss)
             if rewind:
                 if state.rewinds >= self.cfg.train.max_rewinds:
                     return self.state_file.finish(
-                        ExitCode.DIVERGED, f"{len(self.spikes.streak)} loss spikes in a row at step {state.step} "
-                        f"after {state.rewinds} rewinds (train.max_rewinds)", **progress)
+                        ExitCode.DIVERGED,
+                        f"{len(self.spikes.streak)} loss spikes in a row at step {state.step} "
+                        f"after {state.rewinds} rewinds (train.max_rewinds)",
+                        **progress,
+                    )
                 state = self._rewind(state)
                 continue
             last = state.step == self.total_steps
@@ -563,8 +620,9 @@ class Trainer:
             self.heartbeat.beat(state.step)
         digests = [None] * self.world
         dist.all_gather_object(digests, param_digest(self.engine, self.cfg.deepspeed.stage == 3))
-        return self.state_file.finish(ExitCode.COMPLETED, step=state.step, tokens=state.tokens, flops=state.flops,
-                                      param_digests=digests)
+        return self.state_file.finish(
+            ExitCode.COMPLETED, step=state.step, tokens=state.tokens, flops=state.flops, param_digests=digests
+        )
 
     def _resume(self) -> TrainState:
         """The latest checkpoint's state (resume=true), else train.init_from's, else step 0; records the start
@@ -579,8 +637,14 @@ class Trainer:
             self._write_config()
             self._start_wandb()
         resumed_from = state.step or None
-        self.state_file.update(step=state.step, tokens=state.tokens, flops=state.flops, total_steps=self.total_steps,
-                               resumed_from=resumed_from, checkpoint_step=resumed_from)
+        self.state_file.update(
+            step=state.step,
+            tokens=state.tokens,
+            flops=state.flops,
+            total_steps=self.total_steps,
+            resumed_from=resumed_from,
+            checkpoint_step=resumed_from,
+        )
         self.heartbeat.beat(state.step)
         return state
 
@@ -593,16 +657,29 @@ class Trainer:
         rewound.data_offset, rewound.rewinds = state.data_offset + skipped, state.rewinds + 1
         rewound.data_index = self.plan.index(rewound.step + rewound.data_offset, 0, 0)
         first_data = rewound.step + state.data_offset
-        record = {"from_step": state.step, "to_step": rewound.step, "spikes": list(self.spikes.streak),
-                  "skipped_data_steps": [first_data, first_data + skipped], "data_offset": rewound.data_offset,
-                  "at": time.time()}
+        record = {
+            "from_step": state.step,
+            "to_step": rewound.step,
+            "spikes": list(self.spikes.streak),
+            "skipped_data_steps": [first_data, first_data + skipped],
+            "data_offset": rewound.data_offset,
+            "at": time.time(),
+        }
         if self.rank == 0:
-            print(f"ladder train: loss spikes at steps {record['spikes']}: rewound to step {rewound.step}, "
-                  f"skipping data steps [{first_data}, {first_data + skipped})", file=sys.stderr, flush=True)
+            print(
+                f"ladder train: loss spikes at steps {record['spikes']}: rewound to step {rewound.step}, "
+                f"skipping data steps [{first_data}, {first_data + skipped})",
+                file=sys.stderr,
+                flush=True,
+            )
         self.spikes.reset()
         self.logged_tokens, self.busy_s, self.forward_s = 0, 0.0, 0.0
-        self.state_file.update(step=rewound.step, tokens=rewound.tokens, flops=rewound.flops,
-                               rewinds=[*self.state_file.state.get("rewinds", []), record])
+        self.state_file.update(
+            step=rewound.step,
+            tokens=rewound.tokens,
+            flops=rewound.flops,
+            rewinds=[*self.state_file.state.get("rewinds", []), record],
+        )
         self.heartbeat.beat(rewound.step)
         return rewound
 
@@ -619,8 +696,9 @@ class Trainer:
         data_step = state.step + state.data_offset  # past the batches rewinds skipped
         for micro in range(self.plan.accum):
             index = self.plan.index(data_step, micro, self.rank)
-            batch = spikes.corrupted(self.family.batch("train", index, self.plan.micro_batch_size), data_step,
-                                     self.corrupt)
+            batch = spikes.corrupted(
+                self.family.batch("train", index, self.plan.micro_batch_size), data_step, self.corrupt
+            )
             batch = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.items()}
             forward_started = time.perf_counter()
             loss = self.family.loss(self.engine, batch)
@@ -649,8 +727,7 @@ class Trainer:
         dist.all_reduce(mean)
         return {k: v / self.world for k, v in zip(keys, mean.tolist())}
 
-    def _log(self, state: TrainState, train_loss: float, lr: float, evaluation: dict[str, float],
-             spike: bool) -> None:
+    def _log(self, state: TrainState, train_loss: float, lr: float, evaluation: dict[str, float], spike: bool) -> None:
         """Rank 0 appends the step's record; throughput counts training time since the last record only."""
         tokens_per_s = self.logged_tokens / self.busy_s
         slowest = stragglers.gather(self.forward_s, self.rank, self.world, self.run_dir)  # every rank, at the same step
@@ -658,11 +735,22 @@ class Trainer:
         if self.rank != 0:
             return
         peak = self.cfg.cluster.device_peak_flops
-        record = {"step": state.step, "tokens": state.tokens, "flops": state.flops, "train_loss": train_loss,
-                  **evaluation, "lr": lr, "tokens_per_s": tokens_per_s,
-                  "mfu": tokens_per_s * self.flops_per_token / (peak * self.world) if peak else None,
-                  **slowest, "spike": spike, "rewinds": state.rewinds, "data_offset": state.data_offset,
-                  "time": time.time()}
+        record = {
+            "step": state.step,
+            "tokens": state.tokens,
+            "flops": state.flops,
+            "train_loss": train_loss,
+            **evaluation,
+            "lr": lr,
+            "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * self.flops_per_token / (peak * self.world) if peak else None,
+            **slowest,
+            "spike": spike,
+            "rewinds": state.rewinds,
+            "data_offset": state.data_offset,
+            "time": time.time(),
+        }
         record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         self.metrics.append(record)
+        assert self.wandb is not None  # rank 0 started it (_resume)
         self.wandb.log(record)

@@ -9,6 +9,7 @@ data offset past every batch read since that checkpoint. Batches are addressed b
 remedy; a resumed run reads exactly what the rewound one would have. After ``train.max_rewinds``
 rewinds, the next streak ends the run as diverged.
 """
+
 from __future__ import annotations
 
 import dataclasses

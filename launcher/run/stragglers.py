@@ -6,6 +6,7 @@ fast ones wait for the slow one in the gradient all-reduce. One small all-reduce
 The slowest rank, its host and its time over the median rank's go into the record, so that a node that
 is consistently slow shows in the curve, ``ladder status`` and ``ladder watch``.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,12 @@ def gather(compute_s: float, rank: int, world: int, run_dir: Path) -> dict:
     slowest = int(times.argmax())
     median = statistics.median(times.tolist())
     beat = read_beats(run_dir).get(slowest)
-    return {"slowest_rank": slowest, "slowest_host": beat.host if beat else None,
-            "straggler_ratio": float(times[slowest]) / median if median > 0 else None}
+    return {
+        "slowest_rank": slowest,
+        "slowest_host": beat.host if beat else None,
+        "straggler_ratio": float(times[slowest]) / median if median > 0 else None,
+    }
+
 
 CONSISTENT_RECORDS = 10  # the last this many records decide ...
 CONSISTENT_SHARE = 0.8  # ... a host slowest in at least this share of them ...
@@ -48,7 +53,7 @@ CONSISTENT_RATIO = 1.2  # ... at least this much slower than the median rank is 
 
 
 def consistent_straggler(records: list[dict]) -> str | None:
-    """"host (rank r, x1.35)" when one host was the slowest, and clearly slow, in most of the last records."""
+    """ "host (rank r, x1.35)" when one host was the slowest, and clearly slow, in most of the last records."""
     recent = [r for r in records[-CONSISTENT_RECORDS:] if r.get("straggler_ratio") is not None]
     if len(recent) < CONSISTENT_RECORDS // 2:
         return None

@@ -2,6 +2,7 @@
 
 A new scheduler is one module with a ``launcher.schedulers.base.Scheduler`` subclass and one line here.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -21,8 +22,10 @@ def get_scheduler(profile: ClusterProfile) -> Scheduler:
     """The adapter for ``profile.scheduler``."""
     target = REGISTRY.get(profile.scheduler)
     if target is None:
-        raise UserError(f"cluster.scheduler: {profile.scheduler!r} has no batch-scheduler adapter; allowed: "
-                        f"{', '.join(sorted(REGISTRY))} (cluster=local runs sweeps with `ladder sweep`)")
+        raise UserError(
+            f"cluster.scheduler: {profile.scheduler!r} has no batch-scheduler adapter; allowed: "
+            f"{', '.join(sorted(REGISTRY))} (cluster=local runs sweeps with `ladder sweep`)"
+        )
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name, None)
     if cls is None:

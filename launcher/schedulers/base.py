@@ -9,6 +9,7 @@ Values reach a script only quoted: the template environment quotes every ``{{ ..
 (``shlex.quote``) unless it is already script text (``Shell``), and directive lines go through the
 subclass's ``directive`` filter. Templates never write a raw value.
 """
+
 from __future__ import annotations
 
 import abc
@@ -27,7 +28,7 @@ from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
 from launcher.policy import LANE_CODES
 from launcher.resources import shipped
-from launcher.sweep.pack import PackedJob, PackPolicy
+from launcher.sweep.pack import PackPolicy
 
 # Job states adapters report; "ended" means the scheduler no longer knows how a job ended (no accounting).
 JOB_STATES = ("queued", "running", "completed", "failed", "cancelled", "timed_out", "ended")
@@ -55,7 +56,7 @@ def quote_with_variables(value: Any) -> Shell:
     """
     text, out, pos = str(value), ['"'], 0
     for match in _VARIABLE.finditer(text):
-        out.append(_escape_double(text[pos:match.start()]))
+        out.append(_escape_double(text[pos : match.start()]))
         out.append(match.group(0))
         pos = match.end()
     out.append(_escape_double(text[pos:]))
@@ -104,10 +105,14 @@ class Dependency:
         """``afterok:123[:456]`` (Slurm's spelling, which the other adapters translate)."""
         kind, _, ids = text.partition(":")
         job_ids = tuple(i for i in ids.split(":") if i)
-        if kind not in DEPENDENCY_KINDS or not job_ids or not all(re.fullmatch(r"[0-9]+(_[0-9]+)?", i)
-                                                                     for i in job_ids):
-            raise UserError(f"--dependency: {text!r} is not KIND:JOBID[:JOBID...]; "
-                            f"KIND is one of {', '.join(DEPENDENCY_KINDS)}")
+        if (
+            kind not in DEPENDENCY_KINDS
+            or not job_ids
+            or not all(re.fullmatch(r"[0-9]+(_[0-9]+)?", i) for i in job_ids)
+        ):
+            raise UserError(
+                f"--dependency: {text!r} is not KIND:JOBID[:JOBID...]; KIND is one of {', '.join(DEPENDENCY_KINDS)}"
+            )
         return cls(kind, job_ids)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
@@ -132,9 +137,16 @@ class Step:
     log: str = ""  # the step's output file
 
     def to_json(self) -> dict:
-        return {"name": self.name, "config_hash": self.config_hash, "run_dir": self.run_dir,
-                "overrides": list(self.overrides), "nodes": self.nodes, "ranks": self.ranks, "hours": self.hours,
-                "tries": self.tries}
+        return {
+            "name": self.name,
+            "config_hash": self.config_hash,
+            "run_dir": self.run_dir,
+            "overrides": list(self.overrides),
+            "nodes": self.nodes,
+            "ranks": self.ranks,
+            "hours": self.hours,
+            "tries": self.tries,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +186,10 @@ class Scheduler(abc.ABC):
     def __init__(self, profile: ClusterProfile):
         if profile.step_launcher not in self.step_launchers:
             allowed = ", ".join(self.step_launchers)
-            raise UserError(f"cluster.step_launcher: {profile.step_launcher!r} cannot start job steps under "
-                            f"{self.name}; allowed: {allowed}")
+            raise UserError(
+                f"cluster.step_launcher: {profile.step_launcher!r} cannot start job steps under "
+                f"{self.name}; allowed: {allowed}"
+            )
         self.profile = profile
 
     # ------------------------------------------------------------------------------------------ render
@@ -189,15 +203,29 @@ class Scheduler(abc.ABC):
         """Templates by name through the layers; ``shipped/NAME`` is always the shipped one, so a site
         template may extend a shipped template of the same name."""
         dirs = self.template_dirs()
-        loader = jinja2.ChoiceLoader([
-            jinja2.PrefixLoader({"shipped": jinja2.FileSystemLoader(str(shipped(self.template_dir)))}),
-            jinja2.FileSystemLoader([str(d) for d in dirs])])
-        env = jinja2.Environment(loader=loader,
-                                 undefined=jinja2.StrictUndefined, finalize=_finalize, autoescape=False,
-                                 keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-        env.filters.update(q=quote, words=lambda values: Shell(" ".join(quote(v) for v in values)),
-                           shell_value=quote_with_variables, env_name=env_name, directive=self.directive,
-                           script=template_text)
+        loader = jinja2.ChoiceLoader(
+            [
+                jinja2.PrefixLoader({"shipped": jinja2.FileSystemLoader(str(shipped(self.template_dir)))}),
+                jinja2.FileSystemLoader([str(d) for d in dirs]),
+            ]
+        )
+        env = jinja2.Environment(
+            loader=loader,
+            undefined=jinja2.StrictUndefined,
+            finalize=_finalize,
+            autoescape=False,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        env.filters.update(
+            q=quote,
+            words=lambda values: Shell(" ".join(quote(v) for v in values)),
+            shell_value=quote_with_variables,
+            env_name=env_name,
+            directive=self.directive,
+            script=template_text,
+        )
         return env
 
     def render(self, job: BatchJob) -> str:
@@ -209,8 +237,13 @@ class Scheduler(abc.ABC):
             where = ", ".join(str(d) for d in self.template_dirs()[:-1])
             raise UserError(f"cluster.template: {name!r} not found in {where}") from None
         job = dataclasses.replace(job, steps=tuple(self.complete_step(job, s) for s in job.steps))
-        return template.render(job=job, cluster=self.profile, setup=[Shell(line) for line in self.profile.setup],
-                               policy=lane_policy(), **self.context(job))
+        return template.render(
+            job=job,
+            cluster=self.profile,
+            setup=[Shell(line) for line in self.profile.setup],
+            policy=lane_policy(),
+            **self.context(job),
+        )
 
     def complete_step(self, job: BatchJob, step: Step) -> Step:
         """The step with its command, environment and log file filled in."""
@@ -242,18 +275,24 @@ class Scheduler(abc.ABC):
         for job in jobs:
             home = policy.bin_for(job.nodes)
             if job.walltime_min > home.max_walltime_min:
-                raise UserError(f"cluster.walltime_min: job {job.name} asks for {job.walltime_min} min on {job.nodes} "
-                                f"nodes; the site allows at most {home.max_walltime_min} min for jobs of up to "
-                                f"{home.max_nodes} nodes (cluster.queue_bins)")
+                raise UserError(
+                    f"cluster.walltime_min: job {job.name} asks for {job.walltime_min} min on {job.nodes} "
+                    f"nodes; the site allows at most {home.max_walltime_min} min for jobs of up to "
+                    f"{home.max_nodes} nodes (cluster.queue_bins)"
+                )
             if not job.array and job.lanes > p.max_concurrent_steps:
-                raise UserError(f"cluster.max_concurrent_steps: job {job.name} would run {job.lanes} steps at once, "
-                                f"more than the {p.max_concurrent_steps} allowed")
+                raise UserError(
+                    f"cluster.max_concurrent_steps: job {job.name} would run {job.lanes} steps at once, "
+                    f"more than the {p.max_concurrent_steps} allowed"
+                )
         count = sum(len(job.steps) if job.array else 1 for job in jobs)
         if count + queued_now > p.max_queued_jobs:
             already = f" on top of the {queued_now} already queued" if queued_now else ""
-            raise UserError(f"cluster.max_queued_jobs: this submission makes {count} jobs{already}, more than the "
-                            f"{p.max_queued_jobs} a user may queue; pack the runs (cluster.submission=packed) "
-                            "or wait for jobs to end")
+            raise UserError(
+                f"cluster.max_queued_jobs: this submission makes {count} jobs{already}, more than the "
+                f"{p.max_queued_jobs} a user may queue; pack the runs (cluster.submission=packed) "
+                "or wait for jobs to end"
+            )
 
     # ------------------------------------------------------------------------------------- the commands
 
@@ -267,11 +306,19 @@ class Scheduler(abc.ABC):
 
     def run_command(self, argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
         try:
-            done = subprocess.run(list(argv), capture_output=True, text=True, env=self.command_env(),
-                                  timeout=self.timeout_s, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                list(argv),
+                capture_output=True,
+                text=True,
+                env=self.command_env(),
+                timeout=self.timeout_s,
+                stdin=subprocess.DEVNULL,
+            )
         except FileNotFoundError:
-            raise UserError(f"{argv[0]}: not found on PATH; cluster={self.profile.name} needs {self.name}'s "
-                            "commands (run from a login node)") from None
+            raise UserError(
+                f"{argv[0]}: not found on PATH; cluster={self.profile.name} needs {self.name}'s "
+                "commands (run from a login node)"
+            ) from None
         except subprocess.TimeoutExpired:
             raise UserError(f"{argv[0]}: no answer from {self.name} after {self.timeout_s:.0f} s") from None
         if check and done.returncode != 0:

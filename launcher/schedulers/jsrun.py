@@ -7,6 +7,7 @@ so the concurrent ``jsrun`` steps of a packed job never share a GPU, and binding
 its RS's cores (``-b packed:7``) keeps jsrun's default of one core per task from starving the
 data loader. The arithmetic lives here, as a tested function, rather than in a template.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,14 @@ class ResourceSets:
 
     def argv(self) -> list[str]:
         """The ``jsrun`` prefix of the step's command line, one argument per item."""
-        args = ["jsrun", f"-n{self.count}", f"-a{self.tasks_per_rs}", f"-c{self.cores_per_rs}",
-                f"-g{self.gpus_per_rs}", f"-r{self.rs_per_host}"]
+        args = [
+            "jsrun",
+            f"-n{self.count}",
+            f"-a{self.tasks_per_rs}",
+            f"-c{self.cores_per_rs}",
+            f"-g{self.gpus_per_rs}",
+            f"-r{self.rs_per_host}",
+        ]
         if self.bind:
             args.append(f"-b{self.bind}")
         if self.smpiargs:
@@ -61,18 +68,23 @@ def rs_per_node(profile: ClusterProfile, gpus_per_rank: int | None = None, cores
     if gpus > 0:
         per_node = profile.devices_per_node // gpus
         if per_node < 1:
-            raise UserError(f"cluster.gpus_per_task: {gpus} GPUs per rank is more than the node's "
-                            f"{profile.devices_per_node} (cluster.devices_per_node)")
+            raise UserError(
+                f"cluster.gpus_per_task: {gpus} GPUs per rank is more than the node's "
+                f"{profile.devices_per_node} (cluster.devices_per_node)"
+            )
     else:
         per_node = profile.cores_per_node // cores if cores > 0 else 0
     if per_node < 1 or per_node * cores > profile.cores_per_node:
-        raise UserError(f"cluster.cores_per_task: {max(per_node, 1)} resource sets of {cores} cores "
-                        f"do not fit in cluster.cores_per_node={profile.cores_per_node}")
+        raise UserError(
+            f"cluster.cores_per_task: {max(per_node, 1)} resource sets of {cores} cores "
+            f"do not fit in cluster.cores_per_node={profile.cores_per_node}"
+        )
     return per_node
 
 
-def resource_sets(profile: ClusterProfile, ranks: int, gpus_per_rank: int | None = None,
-                  cores_per_rank: int | None = None) -> ResourceSets:
+def resource_sets(
+    profile: ClusterProfile, ranks: int, gpus_per_rank: int | None = None, cores_per_rank: int | None = None
+) -> ResourceSets:
     """The resource sets for a run of ``ranks`` ranks, one rank per resource set.
 
     ``cpu_bind: packed`` in the profile binds each rank to all cores of its resource set (packed:<cores>).

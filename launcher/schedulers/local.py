@@ -5,6 +5,7 @@ SIGTERM: the run checkpoints and exits 75, exactly as under a scheduler's wallti
 also gets SIGTERM when the runner dies (PR_SET_PDEATHSIG), so a killed runner leaves no orphan
 training in a run directory that the next runner will resume.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -60,8 +61,14 @@ class LocalProcess:
         with open(log_path, "ab") as log:
             log.write(f"$ {' '.join(argv[1:])}  # OMP_NUM_THREADS={threads}, {time.ctime()}\n".encode())
             log.flush()
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     preexec_fn=_detach_and_follow_parent)
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_detach_and_follow_parent,
+            )
         return cls(popen, log_path)
 
     @property

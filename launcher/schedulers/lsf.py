@@ -8,6 +8,7 @@ Array elements: LSF counts them from 1 ("123[5]"); this adapter, the job scripts
 submitit executor name them as Slurm does, by task index from 0 ("123_4" is run 4 of the array), so the
 job database reads both schedulers alike; ``to_lsf`` and ``from_lsf`` are the only translation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,22 +22,33 @@ from typing import Any, Optional
 
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.schedulers.jsrun import resource_sets
 from launcher.schedulers.base import BatchJob, Dependency, Scheduler, Shell, Step
+from launcher.schedulers.jsrun import resource_sets
 from launcher.schedulers.slurm import _aggregate as aggregate  # scheduler-neutral; to move to base
 
 # bjobs STAT -> adapter job state. Suspended jobs keep their allocation (still running); PSUSP is a
 # pending job held by its owner or by the eligible-jobs limit; UNKWN means mbatchd lost the execution
 # host for a while, not that the job stopped; ZOMBI is a job killed while its host was unreachable.
 STATES = {
-    "PEND": "queued", "PSUSP": "queued", "WAIT": "queued", "PROV": "queued",
-    "RUN": "running", "USUSP": "running", "SSUSP": "running", "UNKWN": "running",
-    "DONE": "completed", "EXIT": "failed", "ZOMBI": "cancelled",
+    "PEND": "queued",
+    "PSUSP": "queued",
+    "WAIT": "queued",
+    "PROV": "queued",
+    "RUN": "running",
+    "USUSP": "running",
+    "SSUSP": "running",
+    "UNKWN": "running",
+    "DONE": "completed",
+    "EXIT": "failed",
+    "ZOMBI": "cancelled",
 }
 # EXIT refined by the exit reason (bjobs -o exit_reason): killed at the run limit, or by a person.
 EXIT_REASON_STATES = {
-    "TERM_RUNLIMIT": "timed_out", "TERM_OWNER": "cancelled", "TERM_ADMIN": "cancelled",
-    "TERM_FORCE_OWNER": "cancelled", "TERM_FORCE_ADMIN": "cancelled",
+    "TERM_RUNLIMIT": "timed_out",
+    "TERM_OWNER": "cancelled",
+    "TERM_ADMIN": "cancelled",
+    "TERM_FORCE_OWNER": "cancelled",
+    "TERM_FORCE_ADMIN": "cancelled",
 }
 BJOBS_FIELDS = "jobid jobindex stat exit_code exit_reason"
 # Slurm's dependency kinds (launcher.schedulers.base.Dependency) in LSF's -w conditions.
@@ -45,14 +57,26 @@ DEPENDENCY_CONDITIONS = {"after": "started", "afterok": "done", "afterany": "end
 _SUBMITTED = re.compile(r"Job <(?P<id>\d+)> is submitted to (?:default )?queue <(?P<queue>[^>]*)>")
 # bsub's refusals ("<what>: <LSF message>. Job not submitted.") -> the config field to fix.
 _SUBMIT_ERRORS = (
-    (re.compile(r"No such queue|Queue name must be specified|User cannot use the queue", re.I), "cluster.queue",
-     "unknown queue (bqueues lists them)"),
-    (re.compile(r"Queue has been closed|queue windows are closed", re.I), "cluster.queue",
-     "the queue is closed (bqueues -l shows why and until when)"),
-    (re.compile(r"job threshold|job limit|enough job slots", re.I), "cluster.max_queued_jobs",
-     "over the site's job limit: wait for jobs to finish, or lower cluster.max_queued_jobs"),
-    (re.compile(r"project|esub", re.I), "cluster.account",
-     "the project was refused (bsub -P; `showusage` lists yours)"),
+    (
+        re.compile(r"No such queue|Queue name must be specified|User cannot use the queue", re.I),
+        "cluster.queue",
+        "unknown queue (bqueues lists them)",
+    ),
+    (
+        re.compile(r"Queue has been closed|queue windows are closed", re.I),
+        "cluster.queue",
+        "the queue is closed (bqueues -l shows why and until when)",
+    ),
+    (
+        re.compile(r"job threshold|job limit|enough job slots", re.I),
+        "cluster.max_queued_jobs",
+        "over the site's job limit: wait for jobs to finish, or lower cluster.max_queued_jobs",
+    ),
+    (
+        re.compile(r"project|esub", re.I),
+        "cluster.account",
+        "the project was refused (bsub -P; `showusage` lists yours)",
+    ),
 )
 
 
@@ -131,9 +155,12 @@ def parse_bjobs_json(text: str) -> dict[str, LsfRecord]:
         if "ERROR" in rec or not rec.get("STAT"):  # e.g. "Job <999> is not found": finished long ago
             continue
         code = str(rec.get("EXIT_CODE", "")).strip()
-        record = LsfRecord(job_id=element_id(rec["JOBID"], rec.get("JOBINDEX")), stat=rec["STAT"],
-                           exit_code=int(code) if code.lstrip("-").isdigit() else None,
-                           exit_reason=rec.get("EXIT_REASON", ""))
+        record = LsfRecord(
+            job_id=element_id(rec["JOBID"], rec.get("JOBINDEX")),
+            stat=rec["STAT"],
+            exit_code=int(code) if code.lstrip("-").isdigit() else None,
+            exit_reason=rec.get("EXIT_REASON", ""),
+        )
         out[record.job_id] = record
     return out
 
@@ -158,8 +185,9 @@ def parse_bjobs_plain(text: str) -> dict[str, LsfRecord]:
             continue  # a continuation of EXEC_HOST, or "Job <999> is not found"
         cells = dict(zip(columns, line.split()))
         name_index = _NAME_INDEX.search(cells.get("JOB_NAME", ""))
-        record = LsfRecord(job_id=element_id(cells["JOBID"], name_index.group(1) if name_index else None),
-                           stat=cells["STAT"])
+        record = LsfRecord(
+            job_id=element_id(cells["JOBID"], name_index.group(1) if name_index else None), stat=cells["STAT"]
+        )
         out[record.job_id] = record
     return out
 
@@ -218,8 +246,9 @@ def dependency_condition(dependency: Dependency) -> str:
     return " && ".join(f"{condition}({to_lsf(j)})" for j in dependency.job_ids)
 
 
-def bsub_argv(profile: ClusterProfile, script_path: str | os.PathLike,
-              dependency: Optional[Dependency] = None) -> list[str]:
+def bsub_argv(
+    profile: ClusterProfile, script_path: str | os.PathLike, dependency: Optional[Dependency] = None
+) -> list[str]:
     """The bsub command line for a script: on its command line, or on stdin where LSF reads #BSUB lines
     only from there (``cluster.script_via_stdin``). LSB_NTRIES=1 unless set: a refused bsub otherwise
     retries without end ("Pending job threshold reached. Retrying in 60 seconds...")."""
@@ -242,8 +271,13 @@ class LsfScheduler(Scheduler):
 
     def template_env(self):
         env = super().template_env()
-        env.filters.update(walltime=walltime, warning_minutes=warning_minutes, directive_words=directive_words,
-                           lsf_pattern=lsf_pattern, dependency_condition=dependency_condition)
+        env.filters.update(
+            walltime=walltime,
+            warning_minutes=warning_minutes,
+            directive_words=directive_words,
+            lsf_pattern=lsf_pattern,
+            dependency_condition=dependency_condition,
+        )
         return env
 
     def directive(self, value: Any) -> Shell:
@@ -253,23 +287,27 @@ class LsfScheduler(Scheduler):
         """jsrun with one resource set per rank; mpirun over the job's hosts; nothing for local steps."""
         return self.launcher_argv(step.ranks, step.nodes)
 
-    def launcher_argv(self, ranks: int, nodes: int, gpus_per_rank: Optional[int] = None,
-                      cores_per_rank: Optional[int] = None) -> tuple[str, ...]:
+    def launcher_argv(
+        self, ranks: int, nodes: int, gpus_per_rank: Optional[int] = None, cores_per_rank: Optional[int] = None
+    ) -> tuple[str, ...]:
         """The step launcher's words for ``ranks`` ranks over ``nodes`` nodes (shape: the profile's, unless given)."""
         p = self.profile
         extra = [*p.step_args, *(p.multinode_step_args if nodes > 1 else [])]
         if p.step_launcher == "jsrun":
             rs = resource_sets(p, ranks, gpus_per_rank, cores_per_rank)
             if rs.nodes > nodes:
-                raise UserError(f"sweep.ranks_per_run: {ranks} ranks of {rs.gpus_per_rs} GPU(s) and {rs.cores_per_rs} "
-                                f"cores need {rs.nodes} nodes of {p.name} ({rs.rs_per_host} per node), not the "
-                                f"{nodes} of a run (sweep.nodes)")
+                raise UserError(
+                    f"sweep.ranks_per_run: {ranks} ranks of {rs.gpus_per_rs} GPU(s) and {rs.cores_per_rs} "
+                    f"cores need {rs.nodes} nodes of {p.name} ({rs.rs_per_host} per node), not the "
+                    f"{nodes} of a run (sweep.nodes)"
+                )
             return (*rs.argv(), *extra)
         if p.step_launcher == "mpirun":  # LSF-integrated Open MPI places ranks on the job's hosts
             return ("mpirun", "-np", str(ranks), "--map-by", f"ppr:{math.ceil(ranks / nodes)}:node", *extra)
         if ranks > 1:
-            raise UserError(f"cluster.step_launcher: 'local' starts one process per step, not {ranks} ranks; "
-                            "use jsrun or mpirun")
+            raise UserError(
+                f"cluster.step_launcher: 'local' starts one process per step, not {ranks} ranks; use jsrun or mpirun"
+            )
         return tuple(extra)
 
     # ------------------------------------------------------------------------------------ the commands
@@ -277,8 +315,9 @@ class LsfScheduler(Scheduler):
     def submit(self, script_path: str | os.PathLike, dependency: Optional[Dependency] = None) -> str:
         done = self.run_command(bsub_argv(self.profile, script_path, dependency), check=False)
         if done.returncode == 127:  # from env: bsub itself is missing
-            raise UserError(f"bsub: not found on PATH; cluster={self.profile.name} needs LSF's commands "
-                            "(run from a login node)")
+            raise UserError(
+                f"bsub: not found on PATH; cluster={self.profile.name} needs LSF's commands (run from a login node)"
+            )
         return parse_bsub(done.stdout, done.stderr)
 
     def status(self, job_ids: Iterable[str]) -> dict[str, str]:
@@ -333,8 +372,11 @@ class LsfScheduler(Scheduler):
             return {}
         done = self.run_command([command, *options, *ids], check=False)
         said = parse_signal_output(done.stdout + "\n" + done.stderr)
-        failed = {j: m for j, m in said.items()
-                  if not m.startswith("is being") and not re.search(r"already finished|No matching job", m)}
+        failed = {
+            j: m
+            for j, m in said.items()
+            if not m.startswith("is being") and not re.search(r"already finished|No matching job", m)
+        }
         if failed:
             raise UserError(f"{command}: " + "; ".join(f"job {j}: {m}" for j, m in failed.items()))
         return said

@@ -4,6 +4,7 @@ Each run is one ``srun --exact`` step, so the steps of a packed job share its no
 (the dev cluster) there is no sacct: squeue keeps finished jobs for MinJobAge, and after that a job is
 "ended" and its runs' own records tell how they ended.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,30 @@ from launcher.schedulers.base import BatchJob, Dependency, Scheduler, Shell, Ste
 
 # Slurm job state (squeue %T, sacct State) -> adapter job state
 STATES = {
-    "PENDING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued", "REQUEUE_FED": "queued",
-    "RESV_DEL_HOLD": "queued", "SUSPENDED": "running", "CONFIGURING": "running", "RUNNING": "running",
-    "COMPLETING": "running", "RESIZING": "running", "SIGNALING": "running", "STAGE_OUT": "running",
-    "STOPPED": "running", "COMPLETED": "completed", "FAILED": "failed", "NODE_FAIL": "failed",
-    "BOOT_FAIL": "failed", "OUT_OF_MEMORY": "failed", "SPECIAL_EXIT": "failed", "CANCELLED": "cancelled",
-    "REVOKED": "cancelled", "TIMEOUT": "timed_out", "DEADLINE": "timed_out", "PREEMPTED": "timed_out",
+    "PENDING": "queued",
+    "REQUEUED": "queued",
+    "REQUEUE_HOLD": "queued",
+    "REQUEUE_FED": "queued",
+    "RESV_DEL_HOLD": "queued",
+    "SUSPENDED": "running",
+    "CONFIGURING": "running",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "RESIZING": "running",
+    "SIGNALING": "running",
+    "STAGE_OUT": "running",
+    "STOPPED": "running",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "NODE_FAIL": "failed",
+    "BOOT_FAIL": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "SPECIAL_EXIT": "failed",
+    "CANCELLED": "cancelled",
+    "REVOKED": "cancelled",
+    "TIMEOUT": "timed_out",
+    "DEADLINE": "timed_out",
+    "PREEMPTED": "timed_out",
 }
 # sbatch's refusals -> the profile field to fix
 _SUBMIT_ERRORS = (
@@ -63,8 +82,14 @@ class SlurmScheduler(Scheduler):
 
     def step_argv(self, job: BatchJob, step: Step, log: str) -> tuple[str, ...]:
         p = self.profile
-        argv = ["srun", "--exact", "--kill-on-bad-exit=1", f"--nodes={step.nodes}", f"--ntasks={step.ranks}",
-                f"--cpus-per-task={p.cores_per_task}"]
+        argv = [
+            "srun",
+            "--exact",
+            "--kill-on-bad-exit=1",
+            f"--nodes={step.nodes}",
+            f"--ntasks={step.ranks}",
+            f"--cpus-per-task={p.cores_per_task}",
+        ]
         if p.gpus_per_task:
             argv.append(f"--gpus-per-task={p.gpus_per_task}")
         if p.gpu_bind:
@@ -114,8 +139,9 @@ class SlurmScheduler(Scheduler):
 
     def _squeue(self) -> dict[str, str]:
         """This user's jobs that the controller still holds (finished ones for MinJobAge), by id."""
-        done = self.run_command(["squeue", "--me", "--noheader", "--states=all", "--array",
-                                 "--format=%i|%T"], check=False)
+        done = self.run_command(
+            ["squeue", "--me", "--noheader", "--states=all", "--array", "--format=%i|%T"], check=False
+        )
         if done.returncode != 0:
             raise UserError(f"squeue failed: {' '.join(done.stderr.split()) or done.returncode}")
         records = {}
@@ -127,8 +153,17 @@ class SlurmScheduler(Scheduler):
 
     def _sacct(self, job_ids: set[str]) -> dict[str, str]:
         """Finished jobs from accounting; nothing when the site (or the dev cluster) has none."""
-        done = self.run_command(["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,State",
-                                 f"--jobs={','.join(sorted(job_ids))}"], check=False)
+        done = self.run_command(
+            [
+                "sacct",
+                "--noheader",
+                "--parsable2",
+                "--allocations",
+                "--format=JobID,State",
+                f"--jobs={','.join(sorted(job_ids))}",
+            ],
+            check=False,
+        )
         if done.returncode != 0:
             return {}
         records = {}
@@ -142,8 +177,11 @@ class SlurmScheduler(Scheduler):
         ids = sorted({str(j) for j in job_ids})
         if ids:
             done = self.run_command(["scancel", *ids], check=False)
-            errors = [line for line in done.stderr.splitlines()
-                      if line.strip() and not re.search(r"already completed|Invalid job id", line)]
+            errors = [
+                line
+                for line in done.stderr.splitlines()
+                if line.strip() and not re.search(r"already completed|Invalid job id", line)
+            ]
             if errors:
                 raise UserError(f"scancel failed: {' '.join(errors)}")
 

@@ -10,6 +10,7 @@ Traps this module takes care of: once Slurm is installed, ``AutoExecutor`` picks
 runs, so the cluster is always named; submitit's commands need SLURM_CONF, taken from the profile;
 job ids restart when a dev cluster restarts, so each call should get a fresh folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,10 +25,9 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.resources import ladder_argv
 from launcher.policy import ExitCode, ending
+from launcher.resources import ladder_argv
 from launcher.sweep.jobdb import JobDB
-
 
 
 class TrainRun(Checkpointable):
@@ -42,8 +42,10 @@ class TrainRun(Checkpointable):
         self._child = subprocess.Popen(argv, env={**os.environ, **self.env})
         code = self._child.wait()
         if not ending(code).finished:
-            raise RuntimeError(f"ladder train exited {code}" + (" (checkpointed: submit it again to continue)"
-                                                                  if code == ExitCode.REQUEUE else ""))
+            raise RuntimeError(
+                f"ladder train exited {code}"
+                + (" (checkpointed: submit it again to continue)" if code == ExitCode.REQUEUE else "")
+            )
         return code
 
     def checkpoint(self, overrides: Sequence[str]) -> DelayedSubmission:
@@ -61,8 +63,9 @@ class TrainRun(Checkpointable):
         return {"env": self.env, "_child": None}
 
 
-def executor(folder: str | os.PathLike, profile: ClusterProfile,
-             cluster: Literal["slurm", "local"] = "slurm") -> submitit.Executor:
+def executor(
+    folder: str | os.PathLike, profile: ClusterProfile, cluster: Literal["slurm", "local"] = "slurm"
+) -> submitit.Executor:
     """submitit's executor for ``cluster``, named explicitly; SLURM_CONF exported when the profile names one."""
     if cluster == "slurm":
         conf = profile.scheduler_conf_path()
@@ -73,9 +76,16 @@ def executor(folder: str | os.PathLike, profile: ClusterProfile,
     return submitit.AutoExecutor(folder=str(folder), cluster=cluster)
 
 
-def submit_runs(runs: Sequence[tuple[str, Sequence[str]]], folder: str | os.PathLike, profile: ClusterProfile,
-                cluster: Literal["slurm", "local"] = "slurm", nodes: int = 1, ranks: int = 1,
-                timeout_min: int = 60, name: str = "scaleladder") -> list[submitit.Job]:
+def submit_runs(
+    runs: Sequence[tuple[str, Sequence[str]]],
+    folder: str | os.PathLike,
+    profile: ClusterProfile,
+    cluster: Literal["slurm", "local"] = "slurm",
+    nodes: int = 1,
+    ranks: int = 1,
+    timeout_min: int = 60,
+    name: str = "scaleladder",
+) -> list[submitit.Job]:
     """Submit runs ``(name, overrides)`` of one shape as one job array (``map_array``), one run per task.
 
     On Slurm every rank is a task (``nodes`` x ``ranks / nodes``); locally a run starts its own ranks
@@ -86,13 +96,22 @@ def submit_runs(runs: Sequence[tuple[str, Sequence[str]]], folder: str | os.Path
         if ranks % nodes:
             raise UserError(f"sweep.ranks_per_run: {ranks} ranks do not split evenly over {nodes} nodes")
         setup = [f"module load {m}" for m in profile.modules] + list(profile.setup)
-        ex.update_parameters(name=name, timeout_min=timeout_min, nodes=nodes, tasks_per_node=ranks // nodes,
-                             cpus_per_task=profile.cores_per_task,
-                             slurm_array_parallelism=profile.array_throttle or profile.max_eligible_jobs,
-                             slurm_signal_delay_s=profile.signal_before, slurm_setup=setup,
-                             **{f"slurm_{k}": v for k, v in (("partition", profile.partition),
-                                                             ("account", profile.account), ("qos", profile.qos)) if v},
-                             **({"slurm_gpus_per_task": profile.gpus_per_task} if profile.gpus_per_task else {}))
+        ex.update_parameters(
+            name=name,
+            timeout_min=timeout_min,
+            nodes=nodes,
+            tasks_per_node=ranks // nodes,
+            cpus_per_task=profile.cores_per_task,
+            slurm_array_parallelism=profile.array_throttle or profile.max_eligible_jobs,
+            slurm_signal_delay_s=profile.signal_before,
+            slurm_setup=setup,
+            **{
+                f"slurm_{k}": v
+                for k, v in (("partition", profile.partition), ("account", profile.account), ("qos", profile.qos))
+                if v
+            },
+            **({"slurm_gpus_per_task": profile.gpus_per_task} if profile.gpus_per_task else {}),
+        )
         overrides = [list(o) for _, o in runs]
     else:
         ex.update_parameters(name=name, timeout_min=timeout_min, tasks_per_node=1)

@@ -13,6 +13,7 @@ LSF sends USR2 ``signal_delay_min`` minutes before the walltime (``bsub -wa USR2
 checkpoints a ``Checkpointable`` and puts itself back in the queue with ``brequeue``, keeping its id, as
 submitit does with ``scontrol requeue`` on Slurm.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,10 +68,16 @@ class LsfInfoWatcher(core.InfoWatcher):
         except UserError as exc:
             logger.get_logger().warning(f"Call #{self.num_calls} - bjobs failed ({exc}), status may be inaccurate.")
         else:
-            self._info_dict.update({
-                from_lsf(r.job_id): {"State": r.stat, "ExitCode": "" if r.exit_code is None else str(r.exit_code),
-                                        "ExitReason": r.exit_reason}
-                for r in records.values()})
+            self._info_dict.update(
+                {
+                    from_lsf(r.job_id): {
+                        "State": r.stat,
+                        "ExitCode": "" if r.exit_code is None else str(r.exit_code),
+                        "ExitReason": r.exit_reason,
+                    }
+                    for r in records.values()
+                }
+            )
         self._last_status_check = time.time()
         for job_id in self._registered - self._finished:
             if self.is_done(job_id, mode="cache"):
@@ -141,7 +148,7 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
         return self.global_rank // self._local_size
 
     @property
-    def hostnames(self) -> tp.List[str]:
+    def hostnames(self) -> list[str]:
         """Compute hosts in rank order, from LSB_DJOB_RANKFILE without its first line (the launch node)."""
         rankfile = os.environ.get("LSB_DJOB_RANKFILE")
         if not rankfile or not Path(rankfile).exists():
@@ -155,6 +162,7 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
         super()._handle_signals(paths, submission)
         sig = self._usr_sig()
         act = signal.getsignal(sig)
+        assert callable(act)  # submitit's handler, installed just above
 
         def once(signum, frame):
             signal.signal(signum, signal.SIG_IGN)
@@ -170,11 +178,11 @@ class LsfJobEnvironment(job_environment.JobEnvironment):
 class _SubmititJob(LsfScheduler):
     """The LSF adapter writing a submitit job: the site's template with one command instead of runs."""
 
-    def __init__(self, profile: ClusterProfile, extra: tp.Dict[str, tp.Any]):
+    def __init__(self, profile: ClusterProfile, extra: dict[str, tp.Any]):
         super().__init__(profile)
         self.extra = extra
 
-    def context(self, job: BatchJob) -> tp.Dict[str, tp.Any]:
+    def context(self, job: BatchJob) -> dict[str, tp.Any]:
         return self.extra
 
 
@@ -191,7 +199,7 @@ class LsfParameters:
     project: tp.Optional[str] = None  # bsub -P (default: the profile's account)
     queue: tp.Optional[str] = None  # bsub -q
     alloc_flags: tp.Optional[str] = None  # bsub -alloc_flags (Summit)
-    setup: tp.List[str] = dataclasses.field(default_factory=list)  # shell lines before the task starts
+    setup: list[str] = dataclasses.field(default_factory=list)  # shell lines before the task starts
     signal_delay_min: tp.Optional[int] = None  # bsub -wt (default: the profile's signal_before_min)
     array_parallelism: int = 256  # bsub -J "name[1-n]%k"
     stderr_to_stdout: bool = False
@@ -209,8 +217,14 @@ class LsfExecutor(core.PicklingExecutor):
 
     job_class = LsfJob
 
-    def __init__(self, folder: tp.Union[str, Path], profile: tp.Union[str, ClusterProfile] = "lsf",
-                 max_num_timeout: int = 3, max_pickle_size_gb: float = 1.0, python: tp.Optional[str] = None) -> None:
+    def __init__(
+        self,
+        folder: tp.Union[str, Path],
+        profile: tp.Union[str, ClusterProfile] = "lsf",
+        max_num_timeout: int = 3,
+        max_pickle_size_gb: float = 1.0,
+        python: tp.Optional[str] = None,
+    ) -> None:
         super().__init__(folder, max_num_timeout=max_num_timeout, max_pickle_size_gb=max_pickle_size_gb)
         if self.affinity() < 0:
             raise RuntimeError('Could not detect "bsub", are you indeed on an LSF cluster?')
@@ -222,18 +236,27 @@ class LsfExecutor(core.PicklingExecutor):
 
     @classmethod
     def _equivalence_dict(cls) -> core.EquivalenceDict:
-        return {"name": "job_name", "timeout_min": "time", "mem_gb": "mem_gb", "nodes": "nodes",
-                "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node", "tasks_per_node": "tasks_per_node"}
+        return {
+            "name": "job_name",
+            "timeout_min": "time",
+            "mem_gb": "mem_gb",
+            "nodes": "nodes",
+            "cpus_per_task": "cpus_per_task",
+            "gpus_per_node": "gpus_per_node",
+            "tasks_per_node": "tasks_per_node",
+        }
 
     @classmethod
-    def _valid_parameters(cls) -> tp.Set[str]:
+    def _valid_parameters(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(LsfParameters)}
 
     def _internal_update_parameters(self, **kwargs: tp.Any) -> None:
         invalid = sorted(set(kwargs) - self._valid_parameters())
         if invalid:
-            raise ValueError(f"Unavailable parameter(s) for LSF: {invalid}; valid: {sorted(self._valid_parameters())}"
-                             + (" (LSF jobs here get whole nodes: no memory request)" if "mem_gb" in invalid else ""))
+            raise ValueError(
+                f"Unavailable parameter(s) for LSF: {invalid}; valid: {sorted(self._valid_parameters())}"
+                + (" (LSF jobs here get whole nodes: no memory request)" if "mem_gb" in invalid else "")
+            )
         before = dict(self.parameters)
         super()._internal_update_parameters(**kwargs)
         try:
@@ -254,12 +277,13 @@ class LsfExecutor(core.PicklingExecutor):
     def _submitit_command_str(self) -> str:
         return shlex.join([*self.python, "-u", "-m", "submitit.core._submit", str(self.folder)])
 
-    def _launcher(self) -> tp.Tuple[str, ...]:
+    def _launcher(self) -> tuple[str, ...]:
         """The profile's step launcher for nodes x tasks_per_node tasks of the chosen shape."""
         p, profile = self.parameters, self.profile
         gpus = profile.gpus_per_task if p["gpus_per_node"] is None else p["gpus_per_node"] // p["tasks_per_node"]
-        cores = p["cpus_per_task"] or (profile.cores_per_node * gpus // profile.devices_per_node if gpus
-                                       else profile.cores_per_task)
+        cores = p["cpus_per_task"] or (
+            profile.cores_per_node * gpus // profile.devices_per_node if gpus else profile.cores_per_task
+        )
         try:
             return LsfScheduler(profile).launcher_argv(p["nodes"] * p["tasks_per_node"], p["nodes"], gpus, cores)
         except UserError as exc:
@@ -273,29 +297,48 @@ class LsfExecutor(core.PicklingExecutor):
             return str(path).replace("%t", "0")
 
         profile = dataclasses.replace(
-            self.profile, account=p["project"] or self.profile.account, queue=p["queue"] or self.profile.queue,
-            alloc_flags=p["alloc_flags"] or self.profile.alloc_flags, setup=[*self.profile.setup, *p["setup"]],
-            env={**self.profile.env, "SUBMITIT_EXECUTOR": "lsf"})
+            self.profile,
+            account=p["project"] or self.profile.account,
+            queue=p["queue"] or self.profile.queue,
+            alloc_flags=p["alloc_flags"] or self.profile.alloc_flags,
+            setup=[*self.profile.setup, *p["setup"]],
+            env={**self.profile.env, "SUBMITIT_EXECUTOR": "lsf"},
+        )
         signal_min = p["signal_delay_min"] or self.profile.signal_before_min
         stdout, stderr = log(paths.stdout), log(paths.stdout if p["stderr_to_stdout"] else paths.stderr)
         env = [f"{k}={v}" for k, v in sorted(profile.multinode_env.items())] if p["nodes"] > 1 else []
-        context: tp.Dict[str, tp.Any] = dict(command=[*(["env", *env] if env else []), *self._launcher(),
-                                                      *shlex.split(command)], array_size=map_count or 0)
+        context: dict[str, tp.Any] = dict(
+            command=[*(["env", *env] if env else []), *self._launcher(), *shlex.split(command)],
+            array_size=map_count or 0,
+        )
         if map_count:  # bsub -o keeps LSF's report of every element; each element opens its own task's logs
             output = str(utils.JobPaths.get_first_id_independent_folder(self.folder) / "%j_lsf.out")
             context["logs"] = {"stdout": key_path(stdout), "stderr": key_path(stderr)}
         else:
             output, context["error"] = stdout, stderr
-        job = BatchJob(name=p["job_name"], sweep="submitit", sweep_dir=str(self.folder), workdir=os.getcwd(), steps=(),
-                       lanes=1, nodes=p["nodes"], walltime_min=p["time"], signal_s=60 * signal_min, ladder=(),
-                       manifest="", output=output, steps_log="", array=bool(map_count),
-                       array_throttle=min(map_count or 1, p["array_parallelism"]))
+        job = BatchJob(
+            name=p["job_name"],
+            sweep="submitit",
+            sweep_dir=str(self.folder),
+            workdir=os.getcwd(),
+            steps=(),
+            lanes=1,
+            nodes=p["nodes"],
+            walltime_min=p["time"],
+            signal_s=60 * signal_min,
+            ladder=(),
+            manifest="",
+            output=output,
+            steps_log="",
+            array=bool(map_count),
+            array_throttle=min(map_count or 1, p["array_parallelism"]),
+        )
         return _SubmititJob(profile, context).render(job)
 
     def _make_submission_file_text(self, command: str, uid: str) -> str:
         return self._render(command, self.parameters.get("map_count"))
 
-    def _make_submission_command(self, submission_file_path: Path) -> tp.List[str]:
+    def _make_submission_command(self, submission_file_path: Path) -> list[str]:
         return bsub_argv(self.profile, submission_file_path)
 
     @staticmethod
@@ -303,7 +346,8 @@ class LsfExecutor(core.PicklingExecutor):
         return parse_bsub(string.decode() if isinstance(string, bytes) else string)
 
     def _internal_process_submissions(
-            self, delayed_submissions: tp.List[utils.DelayedSubmission]) -> tp.List[core.Job[tp.Any]]:
+        self, delayed_submissions: list[utils.DelayedSubmission]
+    ) -> list[core.Job[tp.Any]]:
         if len(delayed_submissions) == 1:
             return super()._internal_process_submissions(delayed_submissions)
         # a job array: task i (from 0; LSF's element i + 1) runs the i-th pickle, saved under the id "<job>_<i>"
@@ -320,8 +364,9 @@ class LsfExecutor(core.PicklingExecutor):
         self._throttle()
         first = array._submit_command(self._submitit_command_str)
         tasks = list(range(first.num_tasks))
-        jobs: tp.List[core.Job[tp.Any]] = [
-            LsfJob(folder=self.folder, job_id=f"{first.job_id}_{i}", tasks=tasks) for i in range(len(pickle_paths))]
+        jobs: list[core.Job[tp.Any]] = [
+            LsfJob(folder=self.folder, job_id=f"{first.job_id}_{i}", tasks=tasks) for i in range(len(pickle_paths))
+        ]
         for job, pickle_path in zip(jobs, pickle_paths):
             job.paths.move_temporary_file(pickle_path, "submitted_pickle")
         return jobs

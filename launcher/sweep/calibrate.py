@@ -4,6 +4,7 @@ The planner (``launcher.sweep.plan``) starts nothing; when the cluster profile g
 the commands that need node-hours (``ladder plan``, ``ladder sweep``, ``ladder submit``, ``ladder render``)
 plan through ``calibrated_plan``, which hands the planner ``measure_throughput``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,28 +45,48 @@ def measure_throughput(setup: SweepSetup, specs: list[RunSpec], echo: Callable[[
     keys = {h: f"{h}-{cluster.name}-{cluster.cores_per_run}c-{sweep.calibration_steps}s" for h in probes}
     todo = [spec for h, spec in probes.items() if keys[h] not in cache]
     for start in range(0, len(todo), slots):
-        batch = todo[start:start + slots]
+        batch = todo[start : start + slots]
         echo(f"calibrating: {', '.join(s.name for s in batch)} ({sweep.calibration_steps} steps each)")
         procs = []
         for spec in batch:
             run_dir = setup.sweep_dir / "calibration" / spec.name
-            overrides = merge_overrides(spec.overrides(setup.sweep_dir), [
-                f"run_dir={run_dir}", f"train.max_steps={sweep.calibration_steps}", "resume=false",
-                "wandb.mode=disabled", f"train.val_every={10 ** 9}", f"train.checkpoint_every={10 ** 9}"])
+            overrides = merge_overrides(
+                spec.overrides(setup.sweep_dir),
+                [
+                    f"run_dir={run_dir}",
+                    f"train.max_steps={sweep.calibration_steps}",
+                    "resume=false",
+                    "wandb.mode=disabled",
+                    f"train.val_every={10**9}",
+                    f"train.checkpoint_every={10**9}",
+                ],
+            )
             log = setup.sweep_dir / "calibration" / f"{spec.name}.log"
-            procs.append((spec, run_dir, log, time.monotonic(),
-                          LocalProcess.start(overrides, log, cluster.cores_per_run, spec.ranks_per_run)))
+            procs.append(
+                (
+                    spec,
+                    run_dir,
+                    log,
+                    time.monotonic(),
+                    LocalProcess.start(overrides, log, cluster.cores_per_run, spec.ranks_per_run),
+                )
+            )
         for spec, run_dir, log, began, proc in procs:
             code = proc.wait()
             wall = time.monotonic() - began
             if code != 0:
-                raise UserError(f"calibration run {spec.name} failed (exit {code}); see {log}, "
-                                f"or plan with --no-calibrate")
+                raise UserError(
+                    f"calibration run {spec.name} failed (exit {code}); see {log}, or plan with --no-calibrate"
+                )
             cache[keys[spec.config_hash]] = {"N": spec.N, **_calibration_result(spec, run_dir, wall)}
         atomic_write_json(cache_path, cache)
     measured = [cache[keys[h]] for h in probes]
-    return Throughput("measured", tuple((m["N"], m["flops_per_s"]) for m in measured), runs_per_node=float(slots),
-                      overhead_s=max(m["overhead_s"] for m in measured))
+    return Throughput(
+        "measured",
+        tuple((m["N"], m["flops_per_s"]) for m in measured),
+        runs_per_node=float(slots),
+        overhead_s=max(m["overhead_s"] for m in measured),
+    )
 
 
 def _calibration_result(spec: RunSpec, run_dir: Path, wall_s: float) -> dict:
@@ -74,9 +95,15 @@ def _calibration_result(spec: RunSpec, run_dir: Path, wall_s: float) -> dict:
     records = read_metrics(path) if path.exists() else []
     steady = [r for r in records if r.get("step", 0) > 1 and r.get("tokens_per_s")]
     if not steady:
-        raise UserError(f"calibration run {spec.name}: metrics.jsonl has no steady steps to measure; "
-                        f"raise sweep.calibration_steps")
+        raise UserError(
+            f"calibration run {spec.name}: metrics.jsonl has no steady steps to measure; raise sweep.calibration_steps"
+        )
     tokens_per_s = statistics.median(r["tokens_per_s"] for r in steady)
     train_s = spec.global_batch_tokens * len(records) / tokens_per_s
-    return {"tokens_per_s": tokens_per_s, "flops_per_s": tokens_per_s * spec.flops_per_token,
-            "overhead_s": max(0.0, wall_s - train_s), "wall_s": wall_s, "steps": len(records)}
+    return {
+        "tokens_per_s": tokens_per_s,
+        "flops_per_s": tokens_per_s * spec.flops_per_token,
+        "overhead_s": max(0.0, wall_s - train_s),
+        "wall_s": wall_s,
+        "steps": len(records),
+    }

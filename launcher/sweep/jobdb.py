@@ -6,6 +6,7 @@ transaction: a read-check-write such as a state transition or an attempt counter
 WAL needs shared memory, so the writers must be on one host; jobs on compute nodes report through their
 ``<run_dir>/state.json`` instead, which ``fold_run_states`` folds in from the login node.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -146,9 +147,11 @@ class JobDB:
             self._conn.close()
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
-            raise UserError(f"{self.path}: not a usable job database ({exc}); move it aside: the runs' own "
-                            "state.json and metrics.jsonl are untouched, and collect, fit and report read them "
-                            "without it") from None
+            raise UserError(
+                f"{self.path}: not a usable job database ({exc}); move it aside: the runs' own "
+                "state.json and metrics.jsonl are untouched, and collect, fit and report read them "
+                "without it"
+            ) from None
 
     def _open(self, busy_timeout_s: float) -> None:
         """Settings, an integrity check (a truncated or overwritten file is caught here, not mid-command),
@@ -200,7 +203,9 @@ class JobDB:
             conn.execute(
                 "INSERT INTO sweeps (name, cluster, config, created, updated) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET cluster = excluded.cluster, config = excluded.config, "
-                "updated = excluded.updated", (name, cluster, json.dumps(config, sort_keys=True), now, now))
+                "updated = excluded.updated",
+                (name, cluster, json.dumps(config, sort_keys=True), now, now),
+            )
 
     def sweep_config(self, name: str) -> Optional[dict]:
         row = self._conn.execute("SELECT config FROM sweeps WHERE name = ?", (name,)).fetchone()
@@ -214,31 +219,57 @@ class JobDB:
         tried (its run_dir holds another config's checkpoints); an untried one is replaced.
         """
         now = time.time()
-        rows = [(s.config_hash, sweep, s.name, s.family, s.N, s.N_non_embedding, s.D, float(s.C),
-                 None if s.budget is None else float(s.budget), s.steps, str(s.run_dir(sweep_dir)),
-                 json.dumps(s.overrides(sweep_dir)), s.est_node_hours, now, now, s.role, s.parent, s.fork_step)
-                for s in specs]
+        rows = [
+            (
+                s.config_hash,
+                sweep,
+                s.name,
+                s.family,
+                s.N,
+                s.N_non_embedding,
+                s.D,
+                float(s.C),
+                None if s.budget is None else float(s.budget),
+                s.steps,
+                str(s.run_dir(sweep_dir)),
+                json.dumps(s.overrides(sweep_dir)),
+                s.est_node_hours,
+                now,
+                now,
+                s.role,
+                s.parent,
+                s.fork_step,
+            )
+            for s in specs
+        ]
         with self._write() as conn:
             stale = []
             for row in rows:
-                old = conn.execute("SELECT config_hash, attempts FROM runs WHERE sweep = ? AND name = ?",
-                                   (sweep, row[2])).fetchone()
+                old = conn.execute(
+                    "SELECT config_hash, attempts FROM runs WHERE sweep = ? AND name = ?", (sweep, row[2])
+                ).fetchone()
                 if old is None or old[0] == row[0]:
                     continue
                 if old[1]:
-                    raise UserError(f"sweep {sweep}: run {row[2]} was already tried with another config "
-                                    f"(hash {old[0]}); use a new sweep name (sweep.name=...) for the changed sweep")
+                    raise UserError(
+                        f"sweep {sweep}: run {row[2]} was already tried with another config "
+                        f"(hash {old[0]}); use a new sweep name (sweep.name=...) for the changed sweep"
+                    )
                 stale.append((old[0],))
             conn.executemany("DELETE FROM runs WHERE config_hash = ?", stale)
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO runs (config_hash, sweep, name, family, N, N_non_embedding, D, C, budget, "
                 "steps, run_dir, overrides, est_node_hours, created, updated, role, parent, fork_step) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             added = conn.total_changes - before
             if added:
-                conn.execute("INSERT INTO events (time, sweep, kind, detail) VALUES (?, ?, 'planned', ?)",
-                             (now, sweep, f"{added} runs added"))
+                conn.execute(
+                    "INSERT INTO events (time, sweep, kind, detail) VALUES (?, ?, 'planned', ?)",
+                    (now, sweep, f"{added} runs added"),
+                )
         return added
 
     def runs(self, sweep: Optional[str] = None, states: Optional[Iterable[str]] = None) -> list[RunRecord]:
@@ -262,8 +293,9 @@ class JobDB:
 
     # ----------------------------------------------------------------------------------- transitions
 
-    def transition(self, key: str, state: str, *, detail: Optional[str] = None,
-                   exit_code: Optional[int] = None) -> RunRecord:
+    def transition(
+        self, key: str, state: str, *, detail: Optional[str] = None, exit_code: Optional[int] = None
+    ) -> RunRecord:
         """Move a run to ``state`` if its current state allows it (same state: nothing changes).
 
         An open attempt ends with it when the new state is not an active one.
@@ -276,28 +308,30 @@ class JobDB:
         """The run was handed to scheduler job ``job_id``: a new attempt, state queued."""
         return self._new_attempt(key, "queued", scheduler, job_id, array_index)
 
-    def start(self, key: str, scheduler: str = "local", job_id: Optional[str] = None,
-              array_index: Optional[int] = None) -> Attempt:
+    def start(
+        self, key: str, scheduler: str = "local", job_id: Optional[str] = None, array_index: Optional[int] = None
+    ) -> Attempt:
         """The run started: its queued attempt starts, or (local runs) a new attempt starts running."""
         with self._write() as conn:
             row = self._row(conn, key)
             attempt = self._open_attempt(conn, row["config_hash"]) if row["state"] == "queued" else None
             if attempt is not None:
                 self._transition(conn, row, "running")
-                conn.execute("UPDATE attempts SET started = ?, state = 'running' WHERE id = ?",
-                             (time.time(), attempt["id"]))
+                conn.execute(
+                    "UPDATE attempts SET started = ?, state = 'running' WHERE id = ?", (time.time(), attempt["id"])
+                )
                 return _attempt(conn.execute("SELECT * FROM attempts WHERE id = ?", (attempt["id"],)).fetchone())
         return self._new_attempt(key, "running", scheduler, job_id, array_index)
 
-    def finish(self, key: str, state: str, exit_code: Optional[int] = None,
-               detail: Optional[str] = None) -> RunRecord:
+    def finish(self, key: str, state: str, exit_code: Optional[int] = None, detail: Optional[str] = None) -> RunRecord:
         """The run's attempt ended in ``state`` (completed, failed, diverged, timed_out, cancelled)."""
         if state in ACTIVE or state == "planned":
             raise ValueError(f"finish: {state!r} is not an end state")
         return self.transition(key, state, exit_code=exit_code, detail=detail)
 
-    def _new_attempt(self, key: str, state: str, scheduler: str, job_id: Optional[str],
-                     array_index: Optional[int]) -> Attempt:
+    def _new_attempt(
+        self, key: str, state: str, scheduler: str, job_id: Optional[str], array_index: Optional[int]
+    ) -> Attempt:
         with self._write() as conn:
             now = time.time()  # taken under the lock: attempts of one run never overlap in time
             row = self._row(conn, key)
@@ -307,12 +341,30 @@ class JobDB:
             cursor = conn.execute(
                 "INSERT INTO attempts (run, number, scheduler, job_id, array_index, submitted, started, state) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (row["config_hash"], number, scheduler, job_id, array_index, now,
-                 now if state == "running" else None, state))
+                (
+                    row["config_hash"],
+                    number,
+                    scheduler,
+                    job_id,
+                    array_index,
+                    now,
+                    now if state == "running" else None,
+                    state,
+                ),
+            )
             return _attempt(conn.execute("SELECT * FROM attempts WHERE id = ?", (cursor.lastrowid,)).fetchone())
 
-    def _transition(self, conn: sqlite3.Connection, row: sqlite3.Row, state: str, *, detail: Optional[str] = None,
-                    exit_code: Optional[int] = None, job_id: Optional[str] = None, new_attempt: bool = False) -> None:
+    def _transition(
+        self,
+        conn: sqlite3.Connection,
+        row: sqlite3.Row,
+        state: str,
+        *,
+        detail: Optional[str] = None,
+        exit_code: Optional[int] = None,
+        job_id: Optional[str] = None,
+        new_attempt: bool = False,
+    ) -> None:
         old = row["state"]
         if state not in STATES:
             raise ValueError(f"unknown run state {state!r}; allowed: {', '.join(STATES)}")
@@ -329,26 +381,33 @@ class JobDB:
         conn.execute(
             "UPDATE runs SET state = ?, exit_code = ?, consecutive_failures = ?, updated = ?, "
             "job_id = COALESCE(?, job_id) WHERE config_hash = ?",
-            (state, exit_code if state not in ACTIVE else None, failures, now, job_id, row["config_hash"]))
+            (state, exit_code if state not in ACTIVE else None, failures, now, job_id, row["config_hash"]),
+        )
         if state not in ACTIVE:
-            conn.execute("UPDATE attempts SET state = ?, ended = ?, exit_code = ? WHERE run = ? AND ended IS NULL",
-                         (state, now, exit_code, row["config_hash"]))
-        conn.execute("INSERT INTO events (time, sweep, run, kind, from_state, to_state, detail) "
-                     "VALUES (?, ?, ?, 'transition', ?, ?, ?)",
-                     (now, row["sweep"], row["config_hash"], old, state, detail))
+            conn.execute(
+                "UPDATE attempts SET state = ?, ended = ?, exit_code = ? WHERE run = ? AND ended IS NULL",
+                (state, now, exit_code, row["config_hash"]),
+            )
+        conn.execute(
+            "INSERT INTO events (time, sweep, run, kind, from_state, to_state, detail) "
+            "VALUES (?, ?, ?, 'transition', ?, ?, ?)",
+            (now, row["sweep"], row["config_hash"], old, state, detail),
+        )
 
     @staticmethod
     def _open_attempt(conn: sqlite3.Connection, run_hash: str) -> sqlite3.Row:
-        return conn.execute("SELECT * FROM attempts WHERE run = ? AND ended IS NULL ORDER BY id DESC LIMIT 1",
-                            (run_hash,)).fetchone()
+        return conn.execute(
+            "SELECT * FROM attempts WHERE run = ? AND ended IS NULL ORDER BY id DESC LIMIT 1", (run_hash,)
+        ).fetchone()
 
     def attempts(self, key: Optional[str] = None) -> list[Attempt]:
         """Attempts of one run (hash or name), or of every run, oldest first."""
         if key is None:
             rows = self._conn.execute("SELECT * FROM attempts ORDER BY id")
         else:
-            rows = self._conn.execute("SELECT * FROM attempts WHERE run = ? ORDER BY id",
-                                      (self._row(self._conn, key)["config_hash"],))
+            rows = self._conn.execute(
+                "SELECT * FROM attempts WHERE run = ? ORDER BY id", (self._row(self._conn, key)["config_hash"],)
+            )
         return [_attempt(r) for r in rows]
 
     def open_attempt(self, key: str) -> Optional[Attempt]:
@@ -357,8 +416,16 @@ class JobDB:
 
     # ------------------------------------------------------------------------------------------ jobs
 
-    def add_job(self, sweep: str, scheduler: str, job_id: str, kind: str, runs: Iterable[str],
-                depends_on: Optional[str] = None, script: Optional[str] = None) -> None:
+    def add_job(
+        self,
+        sweep: str,
+        scheduler: str,
+        job_id: str,
+        kind: str,
+        runs: Iterable[str],
+        depends_on: Optional[str] = None,
+        script: Optional[str] = None,
+    ) -> None:
         """Record a submitted scheduler job and the runs (config hashes) it holds."""
         now = time.time()
         with self._write() as conn:
@@ -366,18 +433,25 @@ class JobDB:
                 "INSERT INTO jobs (scheduler, job_id, sweep, kind, runs, depends_on, state, script, submitted, "
                 "updated) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT (scheduler, job_id) DO UPDATE "
                 "SET runs = excluded.runs, depends_on = excluded.depends_on, updated = excluded.updated",
-                (scheduler, str(job_id), sweep, kind, json.dumps(list(runs)), depends_on, script, now, now))
-            conn.execute("INSERT INTO events (time, sweep, kind, detail) VALUES (?, ?, 'job', ?)",
-                         (now, sweep, f"{scheduler} job {job_id} ({kind}) submitted"))
+                (scheduler, str(job_id), sweep, kind, json.dumps(list(runs)), depends_on, script, now, now),
+            )
+            conn.execute(
+                "INSERT INTO events (time, sweep, kind, detail) VALUES (?, ?, 'job', ?)",
+                (now, sweep, f"{scheduler} job {job_id} ({kind}) submitted"),
+            )
 
     def set_job_state(self, scheduler: str, job_id: str, state: str) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE jobs SET state = ?, updated = ? WHERE scheduler = ? AND job_id = ?",
-                         (state, time.time(), scheduler, str(job_id)))
+            conn.execute(
+                "UPDATE jobs SET state = ?, updated = ? WHERE scheduler = ? AND job_id = ?",
+                (state, time.time(), scheduler, str(job_id)),
+            )
 
     def jobs(self, sweep: Optional[str] = None, states: Optional[Iterable[str]] = None) -> list[Job]:
-        return [Job(**{**dict(r), "runs": json.loads(r["runs"] or "[]")})
-                for r in self._select("jobs", sweep, states, "submitted")]
+        return [
+            Job(**{**dict(r), "runs": json.loads(r["runs"] or "[]")})
+            for r in self._select("jobs", sweep, states, "submitted")
+        ]
 
     def _select(self, table: str, sweep: Optional[str], states: Optional[Iterable[str]], order: str):
         """Rows of ``table`` (a name from this module, never from a user), optionally of one sweep and states."""
@@ -396,8 +470,9 @@ class JobDB:
         if key is None:
             rows = self._conn.execute("SELECT * FROM events ORDER BY id")
         else:
-            rows = self._conn.execute("SELECT * FROM events WHERE run = ? ORDER BY id",
-                                      (self._row(self._conn, key)["config_hash"],))
+            rows = self._conn.execute(
+                "SELECT * FROM events WHERE run = ? ORDER BY id", (self._row(self._conn, key)["config_hash"],)
+            )
         return [dict(r) for r in rows]
 
 
@@ -423,8 +498,11 @@ def attempt_step(attempts: Sequence[Attempt], attempt: Attempt) -> tuple[str, in
     """An attempt as the job's lane shell names its step: the job key (``123``, ``123_4`` for array
     task 4) and which start of the run in that job it is (the step log's attempt, 1 for the first)."""
     key = attempt.job_id if attempt.array_index is None else f"{attempt.job_id}_{attempt.array_index}"
-    earlier = [a for a in attempts if a.id <= attempt.id and a.job_id == attempt.job_id
-               and a.array_index == attempt.array_index]
+    earlier = [
+        a
+        for a in attempts
+        if a.id <= attempt.id and a.job_id == attempt.job_id and a.array_index == attempt.array_index
+    ]
     return str(key), len(earlier)
 
 

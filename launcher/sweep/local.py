@@ -7,6 +7,7 @@ checkpoints when the command is started again, and a failed run is retried until
 ``cluster.max_retries`` times in a row. Several runs train at once within the CPU budget
 (``max_parallel_runs`` × ``cores_per_run`` cores), each with OMP_NUM_THREADS = cores_per_run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,11 +19,11 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import UserError
-from launcher.run.metrics import METRICS_FILE
 from launcher.policy import ACTIVE, FINAL, RETRIED, exit_code_state
+from launcher.run.metrics import METRICS_FILE
+from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
 from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
 from launcher.sweep.plan import Plan, RunSpec, print_plan, write_plan
-from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
 
 POLL_S = 0.5
 STOP_GRACE_S = 300.0  # how long an interrupted run may take to write its checkpoint before it is killed
@@ -54,8 +55,10 @@ class LocalSweepRunner:
         cluster = plan.cluster
         self.slots = parallel_slots(cluster.max_parallel_runs, cluster.cores_per_run)
         if self.slots < cluster.max_parallel_runs:
-            console.log(f"{self.slots} runs at once, not cluster.max_parallel_runs={cluster.max_parallel_runs}: "
-                        f"only {usable_cores()} cores for {cluster.cores_per_run} per run")
+            console.log(
+                f"{self.slots} runs at once, not cluster.max_parallel_runs={cluster.max_parallel_runs}: "
+                f"only {usable_cores()} cores for {cluster.cores_per_run} per run"
+            )
         self.specs = {spec.config_hash: spec for spec in plan.runs}
         self.active: dict[str, LocalProcess] = {}
         self.stop_signal: Optional[int] = None
@@ -65,10 +68,14 @@ class LocalSweepRunner:
         """Runs to start: never started, interrupted, cancelled, or failed fewer than max_retries times in a row;
         a WSD branch only once its trunk's checkpoint at the fork is complete (until then it waits, planned)."""
         retries = self.plan.cluster.max_retries
-        runs = [r for r in self.db.runs(self.plan.sweep.name, states=("planned", "timed_out", "cancelled", *RETRIED))
-                if r.config_hash in self.specs and r.config_hash not in self.active
-                and (r.state not in RETRIED or r.consecutive_failures < retries)
-                and self.specs[r.config_hash].ready(self.plan.sweep_dir)]
+        runs = [
+            r
+            for r in self.db.runs(self.plan.sweep.name, states=("planned", "timed_out", "cancelled", *RETRIED))
+            if r.config_hash in self.specs
+            and r.config_hash not in self.active
+            and (r.state not in RETRIED or r.consecutive_failures < retries)
+            and self.specs[r.config_hash].ready(self.plan.sweep_dir)
+        ]
         return sorted(runs, key=lambda r: -self.specs[r.config_hash].trained_C)  # longest first: slots end together
 
     def run(self) -> bool:
@@ -86,7 +93,7 @@ class LocalSweepRunner:
                     if self.stop_signal is not None:
                         self._stop_children()
                     else:
-                        for run in self.pending()[:self.slots - len(self.active)]:
+                        for run in self.pending()[: self.slots - len(self.active)]:
                             self._start(run, progress, bars)
                     self._show(progress, overall, bars)
                     if not self.active:
@@ -103,8 +110,9 @@ class LocalSweepRunner:
     def _start(self, run: RunRecord, progress, bars: dict[str, int]) -> None:
         spec: RunSpec = self.specs[run.config_hash]
         log = self.plan.sweep_dir / "jobs" / f"{spec.name}.log"
-        proc = LocalProcess.start(spec.overrides(self.plan.sweep_dir), log, self.plan.cluster.cores_per_run,
-                                  spec.ranks_per_run)
+        proc = LocalProcess.start(
+            spec.overrides(self.plan.sweep_dir), log, self.plan.cluster.cores_per_run, spec.ranks_per_run
+        )
         self.db.start(run.config_hash, "local", f"local:{proc.pid}")
         self.active[run.config_hash] = proc
         how = "resumes" if run.state == "timed_out" else "retries" if run.state in RETRIED else "starts"
@@ -130,6 +138,7 @@ class LocalSweepRunner:
             self.console.log(f"{run.name}: {state}{note}")
 
     def _stop_children(self) -> None:
+        assert self.stop_signal is not None  # called once a signal has arrived
         if self.stop_sent_at is None:
             self.stop_sent_at = time.monotonic()
             name = signal.Signals(self.stop_signal).name
@@ -146,8 +155,11 @@ class LocalSweepRunner:
         for digest, task in bars.items():
             record = last_record(Path(runs[digest].run_dir) / METRICS_FILE)
             if record and isinstance(record.get("train_loss"), float):
-                progress.update(task, completed=record.get("step", 0),
-                                description=f"{runs[digest].name} loss {record['train_loss']:.3f}")
+                progress.update(
+                    task,
+                    completed=record.get("step", 0),
+                    description=f"{runs[digest].name} loss {record['train_loss']:.3f}",
+                )
 
 
 def last_record(path: Path, tail_bytes: int = 4096) -> Optional[dict]:
@@ -189,8 +201,10 @@ def run_local_sweep(plan: Plan, console, over_budget_ok: bool = False) -> SweepE
     calibrating): one local runner per sweep, since a second would train the same runs in the same folders.
     """
     if plan.cluster.scheduler != "local":
-        raise UserError(f"cluster.scheduler: `ladder sweep` trains on this machine (scheduler local), the profile "
-                        f"{plan.cluster.name} uses {plan.cluster.scheduler}; use `ladder submit` there")
+        raise UserError(
+            f"cluster.scheduler: `ladder sweep` trains on this machine (scheduler local), the profile "
+            f"{plan.cluster.name} uses {plan.cluster.scheduler}; use `ladder submit` there"
+        )
     print_plan(plan, console)
     plan.check_budget(over_budget_ok)
     started = time.monotonic()

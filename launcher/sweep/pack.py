@@ -13,6 +13,7 @@ cutting a run costs one restart, not its progress.
 
 Nothing here knows a scheduler: jobs are lanes, nodes and minutes; the adapters turn them into scripts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,20 +60,32 @@ class PackPolicy:
     def from_profile(cls, profile: ClusterProfile) -> PackPolicy:
         bins = tuple(sorted(profile.queue_bins, key=lambda b: b.max_nodes))
         if not bins:
-            raise UserError(f"cluster.queue_bins: profile {profile.name} has none; give at least one "
-                            "{max_nodes, max_walltime_min}")
-        return cls(devices_per_node=profile.devices_per_node, bins=bins, max_lanes=profile.max_concurrent_steps,
-                   max_jobs=profile.max_eligible_jobs, run_overhead_h=profile.run_overhead_min / 60.0,
-                   job_overhead_h=profile.job_overhead_min / 60.0, signal_h=profile.signal_before / 3600.0,
-                   safety=profile.walltime_safety, fixed_walltime_min=profile.walltime_min, goal=profile.pack_goal)
+            raise UserError(
+                f"cluster.queue_bins: profile {profile.name} has none; give at least one "
+                "{max_nodes, max_walltime_min}"
+            )
+        return cls(
+            devices_per_node=profile.devices_per_node,
+            bins=bins,
+            max_lanes=profile.max_concurrent_steps,
+            max_jobs=profile.max_eligible_jobs,
+            run_overhead_h=profile.run_overhead_min / 60.0,
+            job_overhead_h=profile.job_overhead_min / 60.0,
+            signal_h=profile.signal_before / 3600.0,
+            safety=profile.walltime_safety,
+            fixed_walltime_min=profile.walltime_min,
+            goal=profile.pack_goal,
+        )
 
     def bin_for(self, nodes: int) -> QueueBin:
         """The queue bin a job of ``nodes`` nodes falls in (bins sorted by max_nodes)."""
         for b in self.bins:
             if nodes <= b.max_nodes:
                 return b
-        raise UserError(f"a job of {nodes} nodes is larger than the largest queue bin "
-                        f"({self.bins[-1].max_nodes} nodes, cluster.queue_bins)")
+        raise UserError(
+            f"a job of {nodes} nodes is larger than the largest queue bin "
+            f"({self.bins[-1].max_nodes} nodes, cluster.queue_bins)"
+        )
 
     def min_nodes(self, b: QueueBin) -> int:
         """The smallest job in bin ``b``: one more node than the bin below it."""
@@ -101,9 +114,11 @@ class Geometry:
             raise UserError(f"a run needs >= 1 node and >= 1 rank, got {nodes} nodes and {ranks} ranks")
         if nodes == 1:
             if ranks > devices_per_node:
-                raise UserError(f"a run of {ranks} ranks on 1 node needs more than the "
-                                f"{devices_per_node} devices of a node (cluster.devices_per_node); "
-                                "give the sweep more nodes per run")
+                raise UserError(
+                    f"a run of {ranks} ranks on 1 node needs more than the "
+                    f"{devices_per_node} devices of a node (cluster.devices_per_node); "
+                    "give the sweep more nodes per run"
+                )
             return cls(lanes_per_node=devices_per_node // ranks, nodes_per_lane=1)
         if ranks < nodes:
             raise UserError(f"a run over {nodes} nodes needs at least one rank per node, got {ranks} ranks")
@@ -164,8 +179,9 @@ def pack(items: Iterable[PackItem], policy: PackPolicy) -> list[PackedJob]:
         by_shape.setdefault(item.shape, []).append(item)
     jobs: list[PackedJob] = []
     for shape, group in by_shape.items():
-        jobs += _pack_shape(sorted(group, key=lambda i: (-i.hours, i.name)), Geometry.of(shape, policy.devices_per_node),
-                            policy)
+        jobs += _pack_shape(
+            sorted(group, key=lambda i: (-i.hours, i.name)), Geometry.of(shape, policy.devices_per_node), policy
+        )
     return jobs
 
 
@@ -206,11 +222,15 @@ def _choose_bin(items: Sequence[PackItem], geo: Geometry, policy: PackPolicy) ->
         if fixed is not None:
             nodes = geo.nodes(min(policy.max_lanes, geo.max_lanes(policy.bins[-1].max_nodes), len(items)))
             reach = policy.bin_for(nodes)
-            raise UserError(f"cluster.walltime_min: {fixed} min is more than the {reach.max_walltime_min} min the "
-                            f"site allows jobs of up to {reach.max_nodes} nodes, and these runs fill at most "
-                            f"{nodes} nodes (cluster.queue_bins)")
-        raise UserError("cluster.queue_bins: no bin leaves time to train after the walltime warning and the job's "
-                        "set-up (cluster.signal_before_min, cluster.job_overhead_min)")
+            raise UserError(
+                f"cluster.walltime_min: {fixed} min is more than the {reach.max_walltime_min} min the "
+                f"site allows jobs of up to {reach.max_nodes} nodes, and these runs fill at most "
+                f"{nodes} nodes (cluster.queue_bins)"
+            )
+        raise UserError(
+            "cluster.queue_bins: no bin leaves time to train after the walltime warning and the job's "
+            "set-up (cluster.signal_before_min, cluster.job_overhead_min)"
+        )
     return best[1], best[2]
 
 

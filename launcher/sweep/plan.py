@@ -6,6 +6,7 @@ global batches, and every FLOP number comes from the family's own ``flops_per_to
 is exact rather than 6·N·D. Planning starts nothing: a speed the profile does not give is measured
 by ``launcher.sweep.calibrate``, which callers hand in as ``build_plan``'s ``measure``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, cast
 
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose, config_layers, group_options
@@ -68,7 +69,9 @@ class SweepConfig:
     nodes: int = 1
     ranks_per_run: int = 1
     overrides: list[str] = dataclasses.field(default_factory=list)  # Hydra overrides of every run
-    budget_flops: Optional[Annotated[float, Range(gt=0)]] = None  # recommend N_opt, D_opt at this C; null: what the allocation buys
+    budget_flops: Optional[Annotated[float, Range(gt=0)]] = (
+        None  # recommend N_opt, D_opt at this C; null: what the allocation buys
+    )
     allow_over_budget: bool = False
     calibration_steps: int = 8
     holdout: list[dict[str, float]] = dataclasses.field(default_factory=list)  # runs predicted, not fitted
@@ -90,8 +93,10 @@ class SweepConfig:
                 raise ValueError(f"sweep.{name}: every value must be > 0, got {getattr(self, name)}")
         sizes = [name for name in ("params", "shapes", "params_per_budget") if getattr(self, name)]
         if len(sizes) != 1:
-            raise ValueError(f"sweep: give the model sizes in exactly one of params, shapes, params_per_budget "
-                             f"(got {', '.join(sizes) or 'none'})")
+            raise ValueError(
+                f"sweep: give the model sizes in exactly one of params, shapes, params_per_budget "
+                f"(got {', '.join(sizes) or 'none'})"
+            )
         if self.params_per_budget and self.kind != "isoflop":
             raise ValueError("sweep.params_per_budget: only for kind isoflop")
         need = {"grid": ["tokens"], "isoflop": ["budgets"], "clip": ["samples"], "ladder": []}[self.kind]
@@ -99,15 +104,19 @@ class SweepConfig:
             if not getattr(self, name):
                 raise ValueError(f"sweep.{name}: required for kind {self.kind}")
         if self.params_per_budget and len(self.params_per_budget) != len(self.budgets):
-            raise ValueError(f"sweep.params_per_budget: needs one list per budget ({len(self.budgets)}), "
-                             f"got {len(self.params_per_budget)}")
+            raise ValueError(
+                f"sweep.params_per_budget: needs one list per budget ({len(self.budgets)}), "
+                f"got {len(self.params_per_budget)}"
+            )
         if self.kind == "ladder" and (len(self.tokens) == 1) == (self.tokens_per_param is not None):
             raise ValueError("sweep: kind ladder needs exactly one of tokens (one value) or tokens_per_param")
         for i, selector in enumerate(self.holdout):
             keys = set(selector) if isinstance(selector, dict) else set()
             if not keys or not keys <= set(HOLDOUT_KEYS):
-                raise ValueError(f"sweep.holdout[{i}]: must be a mapping of one or more of {', '.join(HOLDOUT_KEYS)}, "
-                                 f"got {selector!r}")
+                raise ValueError(
+                    f"sweep.holdout[{i}]: must be a mapping of one or more of {', '.join(HOLDOUT_KEYS)}, "
+                    f"got {selector!r}"
+                )
             for key, value in selector.items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                     raise ValueError(f"sweep.holdout[{i}].{key}: must be a number >= 0, got {value!r}")
@@ -118,8 +127,10 @@ HOLDOUT_KEYS = ("params", "shape", "budget", "tokens", "samples")
 
 def held_out(selectors: list[dict[str, float]], planned: dict[str, Optional[float]]) -> list[int]:
     """The indices of the ``holdout`` selectors that match a run planned from these values (see SweepConfig)."""
+
     def same(a: Optional[float], b: float) -> bool:
         return a is not None and math.isclose(float(a), float(b), rel_tol=1e-9)
+
     return [i for i, sel in enumerate(selectors) if all(same(planned.get(k), v) for k, v in sel.items())]
 
 
@@ -178,16 +189,26 @@ class RunSpec:
     def overrides(self, sweep_dir: str | os.PathLike) -> list[str]:
         """The overrides of ``ladder train`` for this run."""
         start = self.start_checkpoint(sweep_dir)
-        return [*self.base_overrides, *(f"model.{k}={_override_value(v)}" for k, v in self.shape.items()),
-                f"train.tokens={self.D}", "train.max_steps=null",
-                f"train.global_batch_tokens={self.global_batch_tokens}", *self.schedule_overrides,
-                *([f"train.init_from={start}"] if start else []),
-                f"run_dir={os.path.join(sweep_dir, 'runs', self.name)}", f"wandb.group={self.sweep}",
-                f"wandb.job_type={self.family}", f"wandb.name={self.name}"]
+        return [
+            *self.base_overrides,
+            *(f"model.{k}={_override_value(v)}" for k, v in self.shape.items()),
+            f"train.tokens={self.D}",
+            "train.max_steps=null",
+            f"train.global_batch_tokens={self.global_batch_tokens}",
+            *self.schedule_overrides,
+            *([f"train.init_from={start}"] if start else []),
+            f"run_dir={os.path.join(sweep_dir, 'runs', self.name)}",
+            f"wandb.group={self.sweep}",
+            f"wandb.job_type={self.family}",
+            f"wandb.name={self.name}",
+        ]
 
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "base_overrides": list(self.base_overrides),
-                "schedule_overrides": list(self.schedule_overrides)}
+        return {
+            **dataclasses.asdict(self),
+            "base_overrides": list(self.base_overrides),
+            "schedule_overrides": list(self.schedule_overrides),
+        }
 
 
 def _override_value(value: Any) -> str:
@@ -211,8 +232,11 @@ def merge_overrides(*groups: Iterable[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------- plan
 
 
-SPEED_SOURCES = {None: "unknown: no device_peak_flops and no calibration", "peak": "peak x assumed MFU",
-                 "measured": "measured by calibration"}  # Throughput.source, in words
+SPEED_SOURCES = {
+    None: "unknown: no device_peak_flops and no calibration",
+    "peak": "peak x assumed MFU",
+    "measured": "measured by calibration",
+}  # Throughput.source, in words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,8 +288,9 @@ class Budget:
     source: str
 
 
-def recommendation_budget(sweep: SweepConfig, cluster: ClusterProfile, throughput: Optional[Throughput],
-                          runs: list[RunSpec]) -> Budget:
+def recommendation_budget(
+    sweep: SweepConfig, cluster: ClusterProfile, throughput: Optional[Throughput], runs: list[RunSpec]
+) -> Budget:
     """The sweep's own budget; else what the allocation left buys at the plan's speed; else 10 x the largest run."""
     if sweep.budget_flops is not None:
         return Budget(sweep.budget_flops, "sweep.budget_flops")
@@ -273,8 +298,11 @@ def recommendation_budget(sweep: SweepConfig, cluster: ClusterProfile, throughpu
     hours = cluster.allocation_node_hours
     if throughput is not None and hours:
         per_node = throughput.node_flops_per_s(largest.N)
-        return Budget(hours * 3600.0 * per_node, f"cluster.allocation_node_hours {hours:g} x 3600 s x "
-                                                 f"{sci(per_node)} FLOP/s per node, {SPEED_SOURCES[throughput.source]}")
+        return Budget(
+            hours * 3600.0 * per_node,
+            f"cluster.allocation_node_hours {hours:g} x 3600 s x "
+            f"{sci(per_node)} FLOP/s per node, {SPEED_SOURCES[throughput.source]}",
+        )
     why = "no allocation_node_hours" if not hours else f"speed {SPEED_SOURCES[None]}"
     return Budget(10.0 * largest.C, f"10 x the largest run's C ({why})")
 
@@ -294,7 +322,7 @@ class Plan:
     def total_node_hours(self) -> Optional[float]:
         if self.throughput is None:
             return None
-        return sum(r.est_node_hours for r in self.runs)
+        return sum(cast(float, r.est_node_hours) for r in self.runs)  # every run has hours when throughput is known
 
     @property
     def cosine_equivalent_node_hours(self) -> Optional[float]:
@@ -310,23 +338,31 @@ class Plan:
 
     def to_json(self) -> dict:
         budget = self.budget
-        return {"sweep": dataclasses.asdict(self.sweep), "cluster": dataclasses.asdict(self.cluster),
-                "sweep_dir": str(self.sweep_dir), "runs": [r.to_json() for r in self.runs],
-                "dropped": self.dropped,
-                "throughput": None if self.throughput is None else dataclasses.asdict(self.throughput),
-                "total_node_hours": self.total_node_hours, "node_hours_total": self.total_node_hours,
-                "node_hours_cosine_equivalent": self.cosine_equivalent_node_hours,
-                "allocation_node_hours": self.cluster.allocation_node_hours,
-                "budget_flops": budget.flops, "budget_source": budget.source}
+        return {
+            "sweep": dataclasses.asdict(self.sweep),
+            "cluster": dataclasses.asdict(self.cluster),
+            "sweep_dir": str(self.sweep_dir),
+            "runs": [r.to_json() for r in self.runs],
+            "dropped": self.dropped,
+            "throughput": None if self.throughput is None else dataclasses.asdict(self.throughput),
+            "total_node_hours": self.total_node_hours,
+            "node_hours_total": self.total_node_hours,
+            "node_hours_cosine_equivalent": self.cosine_equivalent_node_hours,
+            "allocation_node_hours": self.cluster.allocation_node_hours,
+            "budget_flops": budget.flops,
+            "budget_source": budget.source,
+        }
 
     def check_budget(self, over_budget_ok: bool = False) -> None:
         """Refuse a plan that needs more node-hours than the allocation has left."""
         total, left = self.total_node_hours, self.cluster.allocation_node_hours
         if total is None or left is None or total <= left or over_budget_ok or self.sweep.allow_over_budget:
             return
-        raise UserError(f"sweep {self.sweep.name}: the plan needs {total:.4g} node-hours, more than the "
-                        f"{left:.4g} left in the allocation (cluster.allocation_node_hours); shrink the sweep "
-                        f"or pass --over-budget-ok (sweep.allow_over_budget=true)")
+        raise UserError(
+            f"sweep {self.sweep.name}: the plan needs {total:.4g} node-hours, more than the "
+            f"{left:.4g} left in the allocation (cluster.allocation_node_hours); shrink the sweep "
+            f"or pass --over-budget-ok (sweep.allow_over_budget=true)"
+        )
 
 
 @dataclasses.dataclass
@@ -364,8 +400,9 @@ def load_sweep(overrides: list[str]) -> SweepSetup:
     """Compose ``overrides`` (``sweep=<name>``, ``cluster=<site>``, run overrides) into a validated sweep."""
     sweep, cluster, sweep_dir = compose_sweep(overrides)
     user = [o for o in overrides if override_key(o).split(".")[0] not in ("sweep", "sweeps_root", "proposal")]
-    base = merge_overrides([f"model={sweep.model}"], [f"data={sweep.data}"] if sweep.data else [], sweep.overrides,
-                           user)
+    base = merge_overrides(
+        [f"model={sweep.model}"], [f"data={sweep.data}"] if sweep.data else [], sweep.overrides, user
+    )
     run = load_run_config(base)
     return SweepSetup(sweep, cluster, run, base, sweep_dir)
 
@@ -402,8 +439,11 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
                 cfg = model_config({"family": family, **base_model, **shape})
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-            counted[key] = ({"family": family, **dataclasses.asdict(cfg)}, *entry.param_counts(cfg),
-                            entry.flops_per_token(cfg))
+            counted[key] = (
+                {"family": family, **dataclasses.asdict(cfg)},
+                *entry.param_counts(cfg),
+                entry.flops_per_token(cfg),
+            )
         return counted[key]
 
     sizes = list(sweep.shapes or sweep.params)
@@ -417,7 +457,7 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
     points: list[tuple[dict, Optional[float], Optional[float], dict]] = []
     if sweep.kind == "isoflop":
         for i, budget in enumerate(sweep.budgets):
-            for size in (sweep.params_per_budget[i] if sweep.params_per_budget else sizes):
+            for size in sweep.params_per_budget[i] if sweep.params_per_budget else sizes:
                 points.append((shape_for(size), None, budget, planned(size, budget=budget)))
     else:
         values = {"grid": sweep.tokens, "clip": sweep.samples, "ladder": sweep.tokens[:1] or [None]}[sweep.kind]
@@ -426,6 +466,7 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
 
     train = dataclasses.asdict(run.train)
     deepspeed = dataclasses.asdict(run.deepspeed)
+    seen: dict[str, str]
     specs, dropped, seen = [], [], {}
     matched: set[int] = set()
     for shape, target_d, budget, planned_from in points:
@@ -433,6 +474,7 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
         if budget is not None:
             target_d = budget / fpt
         elif target_d is None:
+            assert sweep.tokens_per_param is not None  # a ladder without tokens has it (SweepConfig)
             target_d = sweep.tokens_per_param * (n_total if sweep.count == "total" else n_ne)
         steps = max(1, round(target_d / batch))
         D = steps * batch
@@ -440,32 +482,59 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
         if steps < sweep.min_steps:
             dropped.append(f"{label}: {steps} steps < sweep.min_steps={sweep.min_steps}")
             continue
-        digest = run_hash(model, run.data, {**train, "tokens": D, "max_steps": None, "global_batch_tokens": batch},
-                          deepspeed, run.seed)
+        digest = run_hash(
+            model,
+            run.data,
+            {**train, "tokens": D, "max_steps": None, "global_batch_tokens": batch},
+            deepspeed,
+            run.seed,
+        )
         if digest in seen:
             dropped.append(f"{label}: same run as {seen[digest]}")
             continue
-        name = (f"c{budget_tag(budget)}-" if budget else "") + f"n{si(n_total, giga='G')}-" \
-            + ("s" if sweep.kind == "clip" else "d") + si(D, giga="G")
+        name = (
+            (f"c{budget_tag(budget)}-" if budget else "")
+            + f"n{si(n_total, giga='G')}-"
+            + ("s" if sweep.kind == "clip" else "d")
+            + si(D, giga="G")
+        )
         seen[digest] = name
         selectors = held_out(sweep.holdout, planned_from)
         matched.update(selectors)
-        specs.append(RunSpec(name=name, sweep=sweep.name, family=family, model=sweep.model, shape=shape,
-                             N=n_total, N_non_embedding=n_ne, D=D, C=fpt * D, flops_per_token=fpt, budget=budget,
-                             steps=steps, global_batch_tokens=batch, nodes=sweep.nodes,
-                             ranks_per_run=sweep.ranks_per_run, base_overrides=tuple(setup.base_overrides),
-                             config_hash=digest, holdout=bool(selectors)))
+        specs.append(
+            RunSpec(
+                name=name,
+                sweep=sweep.name,
+                family=family,
+                model=sweep.model,
+                shape=shape,
+                N=n_total,
+                N_non_embedding=n_ne,
+                D=D,
+                C=fpt * D,
+                flops_per_token=fpt,
+                budget=budget,
+                steps=steps,
+                global_batch_tokens=batch,
+                nodes=sweep.nodes,
+                ranks_per_run=sweep.ranks_per_run,
+                base_overrides=tuple(setup.base_overrides),
+                config_hash=digest,
+                holdout=bool(selectors),
+            )
+        )
     names = Counter(s.name for s in specs)
-    specs = [dataclasses.replace(s, name=f"{s.name}-{s.config_hash[:6]}") if names[s.name] > 1 else s
-             for s in specs]
+    specs = [dataclasses.replace(s, name=f"{s.name}-{s.config_hash[:6]}") if names[s.name] > 1 else s for s in specs]
     if sweep.schedule == "wsd":
         specs = wsd_design(specs, run, dropped)
     if not specs:
         raise UserError(f"sweep {sweep.name}: every planned run was left out ({'; '.join(dropped)})")
     for i, selector in enumerate(sweep.holdout):
         if i not in matched:
-            raise UserError(f"sweep.holdout[{i}]: {selector} matches no planned run; select by "
-                            f"{', '.join(HOLDOUT_KEYS)} as the sweep config writes them")
+            raise UserError(
+                f"sweep.holdout[{i}]: {selector} matches no planned run; select by "
+                f"{', '.join(HOLDOUT_KEYS)} as the sweep config writes them"
+            )
     if all(s.holdout for s in specs):
         raise UserError(f"sweep.holdout: holds out all {len(specs)} runs; at least one must stay in the fit")
     return specs, dropped
@@ -488,34 +557,51 @@ def wsd_design(points: list[RunSpec], run: RunConfig, dropped: list[str]) -> lis
     out: list[RunSpec] = []
     for column in columns.values():
         column.sort(key=lambda s: s.D)
-        warmup = train.warmup_tokens if train.warmup_tokens is not None \
-            else round(train.warmup_fraction * column[0].D)
+        warmup = train.warmup_tokens if train.warmup_tokens is not None else round(train.warmup_fraction * column[0].D)
         shared = (f"train.warmup_tokens={warmup}",)
         forks = {s.name: wsd_decay_start(s.steps, train.decay_fraction) for s in column}
         kept = []
         for s in column:
             if forks[s.name] * s.global_batch_tokens < warmup or forks[s.name] < 1:
-                dropped.append(f"{s.name}: its cooldown would start at step {forks[s.name]}, before the "
-                               f"{warmup}-token warm-up ends or at step 0")
+                dropped.append(
+                    f"{s.name}: its cooldown would start at step {forks[s.name]}, before the "
+                    f"{warmup}-token warm-up ends or at step 0"
+                )
             else:
                 kept.append(s)
         if not kept:
             continue
         first, steps = kept[0], max(forks[s.name] for s in kept)
-        trunk_overrides = (*shared, "train.schedule=constant",
-                           f"train.checkpoint_steps=[{','.join(str(forks[s.name]) for s in kept)}]")
+        trunk_overrides = (
+            *shared,
+            "train.schedule=constant",
+            f"train.checkpoint_steps=[{','.join(str(forks[s.name]) for s in kept)}]",
+        )
         trunk_hash = content_hash({"wsd_trunk_of": first.config_hash, "steps": steps, "train": trunk_overrides})
-        trunk = dataclasses.replace(first, name=f"n{si(first.N, giga='G')}-trunk", D=steps * first.global_batch_tokens,
-                                    C=steps * first.global_batch_tokens * first.flops_per_token, budget=None,
-                                    steps=steps, config_hash=trunk_hash, role="trunk",
-                                    schedule_overrides=trunk_overrides)
+        trunk = dataclasses.replace(
+            first,
+            name=f"n{si(first.N, giga='G')}-trunk",
+            D=steps * first.global_batch_tokens,
+            C=steps * first.global_batch_tokens * first.flops_per_token,
+            budget=None,
+            steps=steps,
+            config_hash=trunk_hash,
+            role="trunk",
+            schedule_overrides=trunk_overrides,
+        )
         out.append(trunk)
         for s in kept:
             branch_overrides = (*shared, "train.schedule=wsd")
-            out.append(dataclasses.replace(s, config_hash=content_hash({"point": s.config_hash, "trunk": trunk_hash,
-                                                                                "train": branch_overrides}),
-                                           role="branch", parent=trunk.name, fork_step=forks[s.name],
-                                           schedule_overrides=branch_overrides))
+            out.append(
+                dataclasses.replace(
+                    s,
+                    config_hash=content_hash({"point": s.config_hash, "trunk": trunk_hash, "train": branch_overrides}),
+                    role="branch",
+                    parent=trunk.name,
+                    fork_step=forks[s.name],
+                    schedule_overrides=branch_overrides,
+                )
+            )
     return out
 
 
@@ -543,8 +629,11 @@ def peak_throughput(cluster: ClusterProfile, sweep: SweepConfig) -> Optional[Thr
     if cluster.device_peak_flops is None:
         return None
     ranks = sweep.ranks_per_run
-    return Throughput("peak", ((1, ranks * cluster.device_peak_flops * cluster.assumed_mfu),),
-                      runs_per_node=cluster.devices_per_node / ranks)
+    return Throughput(
+        "peak",
+        ((1, ranks * cluster.device_peak_flops * cluster.assumed_mfu),),
+        runs_per_node=cluster.devices_per_node / ranks,
+    )
 
 
 def write_plan(plan: Plan) -> Path:
@@ -573,8 +662,9 @@ def read_plan(sweep_dir: Path) -> dict:
     for i, run in enumerate(runs):
         missing = [k for k in PLAN_RUN_KEYS if k not in run] if isinstance(run, dict) else list(PLAN_RUN_KEYS)
         if missing:
-            raise UserError(f"{path}: runs[{i}]: expected an object with {', '.join(PLAN_RUN_KEYS)}; "
-                            f"missing {', '.join(missing)}")
+            raise UserError(
+                f"{path}: runs[{i}]: expected an object with {', '.join(PLAN_RUN_KEYS)}; missing {', '.join(missing)}"
+            )
         for key in ("N", "N_non_embedding", "D", "C"):
             if isinstance(run[key], bool) or not isinstance(run[key], (int, float)) or not run[key] > 0:
                 raise UserError(f"{path}: runs[{i}].{key}: expected a number > 0, got {run[key]!r}")
@@ -604,8 +694,17 @@ def print_plan(plan: Plan, console=None) -> None:
     for column in ("name", "N", "N_ne", "D", "C", "6ND", "steps", "nodes", "est. node-h"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for r in plan.runs:
-        table.add_row(r.name + (" (holdout)" if r.holdout else ""), si(r.N, giga="G"), si(r.N_non_embedding, giga="G"), si(r.D, giga="G"), sci(r.C),
-                      sci(6 * r.N * r.D), str(r.steps), str(r.nodes), sci(r.est_node_hours))
+        table.add_row(
+            r.name + (" (holdout)" if r.holdout else ""),
+            si(r.N, giga="G"),
+            si(r.N_non_embedding, giga="G"),
+            si(r.D, giga="G"),
+            sci(r.C),
+            sci(6 * r.N * r.D),
+            str(r.steps),
+            str(r.nodes),
+            sci(r.est_node_hours),
+        )
     console.print(table)
     for reason in plan.dropped:
         console.print(f"left out: {reason}")
@@ -621,7 +720,9 @@ def print_plan(plan: Plan, console=None) -> None:
         left_text = "no allocation limit" if left is None else f"{left:.4g} node-hours left in the allocation"
         console.print(f"total {total:.4g} node-hours{wall}; {left_text}")
     if plan.sweep.schedule == "wsd" and total is not None:
-        console.print(f"WSD design: {total:.4g} node-hours for what full cosine runs of the same points would "
-                      f"spend in {plan.cosine_equivalent_node_hours:.4g} (each branch counts only its cooldown)")
+        console.print(
+            f"WSD design: {total:.4g} node-hours for what full cosine runs of the same points would "
+            f"spend in {plan.cosine_equivalent_node_hours:.4g} (each branch counts only its cooldown)"
+        )
     budget = plan.budget
     console.print(f"recommendation budget: C = {budget.flops:.3e} FLOPs ({budget.source})")

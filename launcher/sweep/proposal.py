@@ -5,6 +5,7 @@ cost. ``ladder sweep sweep=NAME proposal=FILE`` (and ``ladder submit``) plan the
 added (``extend_sweep``): the runs already there keep their config hashes, so the job database repeats
 none of them and records only the new ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,14 +52,19 @@ def read_proposal(path: str | Path) -> Proposal:
 def extend_sweep(sweep, proposal: Proposal):
     """The sweep config with the proposal's points added, per budget (an isoflop sweep only)."""
     if sweep.kind != "isoflop" or sweep.schedule != "cosine" or sweep.shapes:
-        raise UserError(f"proposal: only cosine isoflop sweeps sized by params take proposals; sweep {sweep.name} "
-                        f"is {sweep.kind} ({sweep.schedule}{', shapes' if sweep.shapes else ''})")
-    per_budget = {b: list(sweep.params_per_budget[i] if sweep.params_per_budget else sweep.params)
-                  for i, b in enumerate(sweep.budgets)}
+        raise UserError(
+            f"proposal: only cosine isoflop sweeps sized by params take proposals; sweep {sweep.name} "
+            f"is {sweep.kind} ({sweep.schedule}{', shapes' if sweep.shapes else ''})"
+        )
+    per_budget = {
+        b: list(sweep.params_per_budget[i] if sweep.params_per_budget else sweep.params)
+        for i, b in enumerate(sweep.budgets)
+    }
     for run in proposal.runs:
         sizes = per_budget.setdefault(next((b for b in per_budget if abs(b / run.budget - 1) < 1e-6), run.budget), [])
         if not any(abs(p / run.params - 1) < 1e-6 for p in sizes):
             sizes.append(run.params)
     budgets = sorted(per_budget)
-    return dataclasses.replace(sweep, params=[], budgets=budgets, params_per_budget=[sorted(per_budget[b])
-                                                                                      for b in budgets])
+    return dataclasses.replace(
+        sweep, params=[], budgets=budgets, params_per_budget=[sorted(per_budget[b]) for b in budgets]
+    )

@@ -14,6 +14,7 @@ search over simulated refits:
 
 Runs come in that order (edges first: a biased vertex is worse than a wide interval), K of them.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ from launcher.sweep.proposal import PROPOSAL_FILE, Proposal, ProposedRun
 
 DEFAULT_RUNS = 6
 BEYOND_FACTOR = 4.0  # the new budget: at most this many times the largest
-RULE = ("edges first: a budget whose minimum lies outside its sizes gets sizes 2x and 4x beyond that edge; "
-        "then a budget beyond the largest with sizes 1/2, 1, 2 x its predicted N_opt")
+RULE = (
+    "edges first: a budget whose minimum lies outside its sizes gets sizes 2x and 4x beyond that edge; "
+    "then a budget beyond the largest with sizes 1/2, 1, 2 x its predicted N_opt"
+)
 
 
 def edge_runs(budgets: list[dict], sizes: dict[float, list[float]]) -> list[ProposedRun]:
@@ -41,14 +44,28 @@ def edge_runs(budgets: list[dict], sizes: dict[float, list[float]]) -> list[Prop
         ran = sizes.get(C) or [b["N_min"], b["N_max"]]
         lo, hi = min(ran), max(ran)
         if b["position"] == "below":
-            runs += [ProposedRun(lo / f, C, f"budget {sci(C)}: its minimum (N ≈ {sci(b['N_opt'])}) lies below the "
-                                           f"smallest size {sci(lo)}") for f in (2, 4)]
+            runs += [
+                ProposedRun(
+                    lo / f,
+                    C,
+                    f"budget {sci(C)}: its minimum (N ≈ {sci(b['N_opt'])}) lies below the smallest size {sci(lo)}",
+                )
+                for f in (2, 4)
+            ]
         elif b["position"] == "above":
-            runs += [ProposedRun(hi * f, C, f"budget {sci(C)}: its minimum (N ≈ {sci(b['N_opt'])}) lies above the "
-                                           f"largest size {sci(hi)}") for f in (2, 4)]
+            runs += [
+                ProposedRun(
+                    hi * f,
+                    C,
+                    f"budget {sci(C)}: its minimum (N ≈ {sci(b['N_opt'])}) lies above the largest size {sci(hi)}",
+                )
+                for f in (2, 4)
+            ]
         elif b["position"] == "none":
-            runs += [ProposedRun(lo / 2, C, f"budget {sci(C)}: no minimum; below its sizes"),
-                     ProposedRun(hi * 2, C, f"budget {sci(C)}: no minimum; above its sizes")]
+            runs += [
+                ProposedRun(lo / 2, C, f"budget {sci(C)}: no minimum; below its sizes"),
+                ProposedRun(hi * 2, C, f"budget {sci(C)}: no minimum; above its sizes"),
+            ]
     return runs
 
 
@@ -58,24 +75,36 @@ def beyond_runs(fit: dict, largest: float, target: Optional[float]) -> list[Prop
     if "error" not in iso and iso.get("N_coef"):
         N, how = iso["N_coef"] * C ** iso["a"], "approach 2's law"
     else:
-        best = min(fit["approach3"]["runs"], key=lambda r: (abs(r["C"] / largest - 1) > 0.05, r["loss"])) \
-            if "runs" in (fit.get("approach3") or {}) else None
+        best = (
+            min(fit["approach3"]["runs"], key=lambda r: (abs(r["C"] / largest - 1) > 0.05, r["loss"]))
+            if "runs" in (fit.get("approach3") or {})
+            else None
+        )
         if best is None:
-            raise UserError("ladder propose: the fit has neither approach 2 nor approach 3; run more of the sweep first")
+            raise UserError(
+                "ladder propose: the fit has neither approach 2 nor approach 3; run more of the sweep first"
+            )
         N, how = best["N"] * math.sqrt(C / largest), "the largest budget's best run scaled by sqrt(C ratio)"
-    return [ProposedRun(N * f, C, f"a budget beyond the largest ({sci(largest)}): {f:g} x N_opt ≈ {sci(N)} "
-                                  f"predicted by {how}") for f in (1, 0.5, 2)]
+    return [
+        ProposedRun(
+            N * f, C, f"a budget beyond the largest ({sci(largest)}): {f:g} x N_opt ≈ {sci(N)} predicted by {how}"
+        )
+        for f in (1, 0.5, 2)
+    ]
 
 
 def propose(sweep_dir: Path, sweep_name: str, target: Optional[float], k: int) -> Proposal:
     try:
         fit = json.loads((sweep_dir / "fit.json").read_text())
     except OSError:
-        raise UserError(f"ladder propose: {sweep_dir / 'fit.json'} is missing; run `ladder fit sweep={sweep_name}` "
-                        f"first") from None
+        raise UserError(
+            f"ladder propose: {sweep_dir / 'fit.json'} is missing; run `ladder fit sweep={sweep_name}` first"
+        ) from None
     if "diagnostics" not in fit:
-        raise UserError(f"ladder propose: {sweep_dir / 'fit.json'} has no diagnostics ({fit.get('error', 'an old fit')})"
-                        f"; fit the sweep again")
+        raise UserError(
+            f"ladder propose: {sweep_dir / 'fit.json'} has no diagnostics ({fit.get('error', 'an old fit')})"
+            f"; fit the sweep again"
+        )
     plan = read_plan(sweep_dir)
     sizes: dict[float, list[float]] = {}
     for r in plan.get("runs", []):

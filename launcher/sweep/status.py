@@ -4,6 +4,7 @@ The runs' own ``state.json`` files are folded in first, so the answer is current
 scheduler (``sacct`` is often missing or slow); ``reconcile`` is the one place that brings the
 database up to date before reading it.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from launcher.arguments import command_parser
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
 from launcher.numbers import sci
-from launcher.schedulers import REGISTRY, get_scheduler
 from launcher.run.metrics import METRICS_FILE, read_metrics
 from launcher.run.stragglers import consistent_straggler
+from launcher.schedulers import REGISTRY, get_scheduler
 from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
 from launcher.sweep.plan import compose_sweep, make_console
 from launcher.sweep.submit import batch_profile, sync
@@ -37,11 +38,25 @@ def reconcile(db: JobDB, sweep: str, profile: ClusterProfile) -> list[tuple[str,
 def run_status(run: RunRecord) -> dict:
     """One run as ``ladder status --json`` shows it: the database's record plus its live progress."""
     reported = read_state_file(run.run_dir) or {}
-    return {"name": run.name, "state": run.state, "N": run.N, "N_non_embedding": run.N_non_embedding, "D": run.D,
-            "C": run.C, "budget": run.budget, "job_id": run.job_id, "attempts": run.attempts,
-            "consecutive_failures": run.consecutive_failures, "exit_code": run.exit_code,
-            "step": reported.get("step"), "total_steps": reported.get("total_steps", run.steps),
-            "message": reported.get("message"), "slow_node": slow_node(run.run_dir), "config_hash": run.config_hash, "run_dir": run.run_dir}
+    return {
+        "name": run.name,
+        "state": run.state,
+        "N": run.N,
+        "N_non_embedding": run.N_non_embedding,
+        "D": run.D,
+        "C": run.C,
+        "budget": run.budget,
+        "job_id": run.job_id,
+        "attempts": run.attempts,
+        "consecutive_failures": run.consecutive_failures,
+        "exit_code": run.exit_code,
+        "step": reported.get("step"),
+        "total_steps": reported.get("total_steps", run.steps),
+        "message": reported.get("message"),
+        "slow_node": slow_node(run.run_dir),
+        "config_hash": run.config_hash,
+        "run_dir": run.run_dir,
+    }
 
 
 def slow_node(run_dir: str) -> Optional[str]:
@@ -51,14 +66,19 @@ def slow_node(run_dir: str) -> Optional[str]:
 
 
 def main(argv: list[str]) -> int:
-    args = command_parser("ladder status", "A sweep's runs and states, with the runs' own reports folded in.",
-                          [("--json", "print the runs as JSON")]).parse(argv)
+    args = command_parser(
+        "ladder status",
+        "A sweep's runs and states, with the runs' own reports folded in.",
+        [("--json", "print the runs as JSON")],
+    ).parse(argv)
     sweep, profile, sweep_dir = compose_sweep(args.overrides)
     name = sweep.name
     db_path = sweep_dir / "jobdb.sqlite"
     if not db_path.exists():
-        raise UserError(f"sweep={name}: no job database at {db_path}; run `ladder sweep` or `ladder submit` first "
-                        f"(or give sweeps_root=<dir>)")
+        raise UserError(
+            f"sweep={name}: no job database at {db_path}; run `ladder sweep` or `ladder submit` first "
+            f"(or give sweeps_root=<dir>)"
+        )
     with JobDB(db_path) as db:
         changes = reconcile(db, name, profile)
         runs = [run_status(r) for r in db.runs(name)]
@@ -79,12 +99,20 @@ def print_status(name: str, runs: list[dict], counts: dict[str, int], changes: l
     table = Table(title=f"sweep {name}")
     for column in ("name", "state", "N", "D", "C", "step", "attempts", "job"):
         table.add_column(column, justify="left" if column in ("name", "state", "job") else "right")
-    colours = {"completed": "green", "running": "cyan", "failed": "red", "hung": "red", "diverged": "magenta", "timed_out": "yellow"}
+    colours = {
+        "completed": "green",
+        "running": "cyan",
+        "failed": "red",
+        "hung": "red",
+        "diverged": "magenta",
+        "timed_out": "yellow",
+    }
     for r in runs:
         state = f"[{colours[r['state']]}]{r['state']}[/]" if r["state"] in colours else r["state"]
         step = "" if r["step"] is None else f"{r['step']}/{r['total_steps']}"
-        table.add_row(r["name"], state, f"{r['N']:,}", f"{r['D']:,}", sci(r["C"]), step, str(r["attempts"]),
-                      r["job_id"] or "")
+        table.add_row(
+            r["name"], state, f"{r['N']:,}", f"{r['D']:,}", sci(r["C"]), step, str(r["attempts"]), r["job_id"] or ""
+        )
     console.print(table)
     for r in runs:
         if r["slow_node"]:

@@ -21,6 +21,7 @@ device_peak_flops, warmup_steps, steps, and ``points``: one per (nodes, mode) wi
 relative to the smallest node count's (weak), or speed-up over the node ratio (strong). Beside it
 ``plots/scaling.png``: tokens/s and parallel efficiency against nodes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from launcher.arguments import command_parser
 from launcher.config.run import RunConfig, load_run_config
@@ -47,8 +47,13 @@ from launcher.sweep.submit import submit_plan, sync
 SCALING_FILE = "scaling.json"
 SCHEMA = "scaleladder.scaling/1"
 MODES = ("weak", "strong")
-STUDY_OVERRIDES = ("train.log_every=1", "train.val_every=1000000", "train.val_batches=1",
-                   "train.checkpoint_every=1000000", "wandb.mode=disabled")  # time steps, not evaluations
+STUDY_OVERRIDES = (
+    "train.log_every=1",
+    "train.val_every=1000000",
+    "train.val_batches=1",
+    "train.checkpoint_every=1000000",
+    "wandb.mode=disabled",
+)  # time steps, not evaluations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,20 +103,46 @@ def plan_study(study: Study, sweeps_root: str) -> tuple[Plan, RunConfig]:
             total_steps = study.warmup + study.steps
             D = total_steps * batch
             train = {**dataclasses.asdict(run.train), "tokens": D, "max_steps": None, "global_batch_tokens": batch}
-            digest = content_hash([run_hash(run.model, run.data, train, dataclasses.asdict(run.deepspeed), run.seed),
-                                   nodes, ranks])  # the same config at another world size is another point
+            digest = content_hash(
+                [run_hash(run.model, run.data, train, dataclasses.asdict(run.deepspeed), run.seed), nodes, ranks]
+            )  # the same config at another world size is another point
             hours = None
             if cluster.device_peak_flops is not None:
-                hours = (cluster.run_overhead_min / 60 + fpt * D / (ranks * cluster.device_peak_flops
-                                                                   * cluster.assumed_mfu) / 3600) * nodes
-            specs.append(RunSpec(name=run_name(mode, nodes, smallest), sweep=study.name, family=run.model["family"],
-                                 model=study.model, shape={}, N=N, N_non_embedding=N_ne, D=D, C=fpt * D,
-                                 flops_per_token=fpt, budget=None, steps=total_steps, global_batch_tokens=batch,
-                                 nodes=nodes, ranks_per_run=ranks, base_overrides=tuple(base), config_hash=digest,
-                                 est_node_hours=hours))
-    sweep = SweepConfig(name=study.name, kind="ladder", model=study.model, params=[float(N)],
-                        tokens=[float(specs[0].D)], budget_flops=float(max(s.C for s in specs)),
-                        calibration_steps=1)
+                hours = (
+                    cluster.run_overhead_min / 60
+                    + fpt * D / (ranks * cluster.device_peak_flops * cluster.assumed_mfu) / 3600
+                ) * nodes
+            specs.append(
+                RunSpec(
+                    name=run_name(mode, nodes, smallest),
+                    sweep=study.name,
+                    family=run.model["family"],
+                    model=study.model,
+                    shape={},
+                    N=N,
+                    N_non_embedding=N_ne,
+                    D=D,
+                    C=fpt * D,
+                    flops_per_token=fpt,
+                    budget=None,
+                    steps=total_steps,
+                    global_batch_tokens=batch,
+                    nodes=nodes,
+                    ranks_per_run=ranks,
+                    base_overrides=tuple(base),
+                    config_hash=digest,
+                    est_node_hours=hours,
+                )
+            )
+    sweep = SweepConfig(
+        name=study.name,
+        kind="ladder",
+        model=study.model,
+        params=[float(N)],
+        tokens=[float(specs[0].D)],
+        budget_flops=float(max(s.C for s in specs)),
+        calibration_steps=1,
+    )
     return Plan(sweep, cluster, Path(sweeps_root) / study.name, specs, []), run
 
 
@@ -132,13 +163,16 @@ def run_study(plan: Plan, timeout_s: float, echo=lambda line: print(line, file=s
         while True:
             sync(db, plan.sweep.name, plan.sweep_dir, scheduler)
             runs = db.runs(plan.sweep.name)
-            if not any(r.state in ACTIVE for r in runs) and \
-                    all(j.state in FINISHED_JOB_STATES for j in db.jobs(plan.sweep.name)):
+            if not any(r.state in ACTIVE for r in runs) and all(
+                j.state in FINISHED_JOB_STATES for j in db.jobs(plan.sweep.name)
+            ):
                 return
             if time.monotonic() > deadline:
-                raise UserError(f"--timeout: the study's runs did not end within {timeout_s:g} s "
-                                f"({', '.join(f'{r.name} {r.state}' for r in runs)}); `ladder scaling-study` again "
-                                "collects them once they end")
+                raise UserError(
+                    f"--timeout: the study's runs did not end within {timeout_s:g} s "
+                    f"({', '.join(f'{r.name} {r.state}' for r in runs)}); `ladder scaling-study` again "
+                    "collects them once they end"
+                )
             time.sleep(2.0)
 
 
@@ -148,19 +182,32 @@ def measure(plan: Plan, warmup: int) -> list[dict]:
     specs = {spec.name: spec for spec in plan.runs}
     smallest = min(spec.nodes for spec in plan.runs)
     points = []
-    for mode, spec in ((m, specs[run_name(m, n, smallest)]) for m in MODES for n in sorted({s.nodes for s in plan.runs})):
+    for mode, spec in (
+        (m, specs[run_name(m, n, smallest)]) for m in MODES for n in sorted({s.nodes for s in plan.runs})
+    ):
         path = spec.run_dir(plan.sweep_dir) / METRICS_FILE
         records = read_metrics(path) if path.exists() else []
         steady = [r["tokens_per_s"] for r in records if r["step"] > warmup and r.get("tokens_per_s")]
         if not steady or records[-1]["step"] < spec.steps:
-            raise UserError(f"run {spec.name}: no steady steps measured ({path}); see its log under "
-                            f"{plan.sweep_dir / 'jobs'}")
+            raise UserError(
+                f"run {spec.name}: no steady steps measured ({path}); see its log under {plan.sweep_dir / 'jobs'}"
+            )
         tps = statistics.median(steady)
-        points.append({"nodes": spec.nodes, "mode": mode, "run": spec.name, "ranks": spec.ranks_per_run,
-                       "global_batch_tokens": spec.global_batch_tokens, "tokens_per_s": tps,
-                       "tokens_per_s_lo": min(steady), "tokens_per_s_hi": max(steady), "n_steps": len(steady),
-                       "step_time_s": spec.global_batch_tokens / tps,
-                       "mfu": tps * spec.flops_per_token / (spec.ranks_per_run * peak) if peak else None})
+        points.append(
+            {
+                "nodes": spec.nodes,
+                "mode": mode,
+                "run": spec.name,
+                "ranks": spec.ranks_per_run,
+                "global_batch_tokens": spec.global_batch_tokens,
+                "tokens_per_s": tps,
+                "tokens_per_s_lo": min(steady),
+                "tokens_per_s_hi": max(steady),
+                "n_steps": len(steady),
+                "step_time_s": spec.global_batch_tokens / tps,
+                "mfu": tps * spec.flops_per_token / (spec.ranks_per_run * peak) if peak else None,
+            }
+        )
     for mode in MODES:
         mine = sorted((p for p in points if p["mode"] == mode), key=lambda p: p["nodes"])
         base = mine[0]
@@ -182,7 +229,10 @@ def plot_scaling(path: Path, points: list[dict], title: str) -> None:
             mine = sorted((p for p in points if p["mode"] == mode), key=lambda p: p["nodes"])
             nodes = [p["nodes"] for p in mine]
             tps = [p["tokens_per_s"] for p in mine]
-            err = [[t - p["tokens_per_s_lo"] for t, p in zip(tps, mine)], [p["tokens_per_s_hi"] - t for t, p in zip(tps, mine)]]
+            err = [
+                [t - p["tokens_per_s_lo"] for t, p in zip(tps, mine)],
+                [p["tokens_per_s_hi"] - t for t, p in zip(tps, mine)],
+            ]
             speed.errorbar(nodes, tps, yerr=err, fmt="o-", color=colour, capsize=3, label=f"{mode} scaling")
             speed.plot(nodes, [tps[0] * n / nodes[0] for n in nodes], ":", color=colour, label=f"{mode}: ideal")
             eff.plot(nodes, [100 * p["efficiency"] for p in mine], "o-", color=colour, label=f"{mode} scaling")
@@ -206,22 +256,35 @@ def plot_scaling(path: Path, points: list[dict], title: str) -> None:
 
 def write_scaling(plan: Plan, run: RunConfig, study: Study, points: list[dict]) -> Path:
     path = plan.sweep_dir / SCALING_FILE
-    atomic_write_json(path, {"schema": SCHEMA, "model": study.model, "cluster": plan.cluster.name,
-                             "flops_per_token": plan.runs[0].flops_per_token, "params": plan.runs[0].N,
-                             "device_peak_flops": plan.cluster.device_peak_flops,
-                             "devices_per_node": plan.cluster.devices_per_node, "precision": run.train.precision,
-                             "warmup_steps": study.warmup, "steps": study.steps, "points": points})
-    plot_scaling(plan.sweep_dir / "plots" / "scaling.png", points,
-                 f"{study.model} on {plan.cluster.name}: throughput")
+    atomic_write_json(
+        path,
+        {
+            "schema": SCHEMA,
+            "model": study.model,
+            "cluster": plan.cluster.name,
+            "flops_per_token": plan.runs[0].flops_per_token,
+            "params": plan.runs[0].N,
+            "device_peak_flops": plan.cluster.device_peak_flops,
+            "devices_per_node": plan.cluster.devices_per_node,
+            "precision": run.train.precision,
+            "warmup_steps": study.warmup,
+            "steps": study.steps,
+            "points": points,
+        },
+    )
+    plot_scaling(plan.sweep_dir / "plots" / "scaling.png", points, f"{study.model} on {plan.cluster.name}: throughput")
     return path
 
 
 def main(argv: list[str]) -> int:
-    parser = command_parser("ladder scaling-study", "Time one model's training from one node to many "
-                            "(weak and strong scaling) and write scaling.json and its plot.",
-                            [("--json", "print scaling.json")],
-                            overrides_help="model=<option> cluster=<profile> nodes=1,2,4 [name=<study>] "
-                                           "[sweeps_root=<dir>] [run overrides]")
+    parser = command_parser(
+        "ladder scaling-study",
+        "Time one model's training from one node to many "
+        "(weak and strong scaling) and write scaling.json and its plot.",
+        [("--json", "print scaling.json")],
+        overrides_help="model=<option> cluster=<profile> nodes=1,2,4 [name=<study>] "
+        "[sweeps_root=<dir>] [run overrides]",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the warm-up (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing (default 2)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for a batch study's runs")
@@ -239,7 +302,9 @@ def main(argv: list[str]) -> int:
     try:
         nodes = tuple(int(n) for n in own["nodes"].strip("[]").split(","))
     except ValueError:
-        raise UserError(f"nodes: a comma-separated list of node counts, e.g. nodes=1,2,4; got {own['nodes']!r}") from None
+        raise UserError(
+            f"nodes: a comma-separated list of node counts, e.g. nodes=1,2,4; got {own['nodes']!r}"
+        ) from None
     cluster = next((o.split("=", 1)[1] for o in rest if override_key(o) == "cluster"), "local")
     name = own["name"] or f"scaling-{cluster}-{own['model'].replace('/', '_')}"
     study = Study(name, own["model"], nodes, args.steps, args.warmup, tuple(rest))
@@ -252,7 +317,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps(data, indent=1))
     else:
         for p in data["points"]:
-            print(f"{p['mode']:>6} {p['nodes']:>4} nodes: {p['tokens_per_s']:.4g} tokens/s "
-                  f"[{p['tokens_per_s_lo']:.4g}, {p['tokens_per_s_hi']:.4g}], efficiency {100 * p['efficiency']:.1f}%")
+            print(
+                f"{p['mode']:>6} {p['nodes']:>4} nodes: {p['tokens_per_s']:.4g} tokens/s "
+                f"[{p['tokens_per_s_lo']:.4g}, {p['tokens_per_s_hi']:.4g}], efficiency {100 * p['efficiency']:.1f}%"
+            )
         print(f"-> {path}")
     return 0

@@ -12,6 +12,7 @@ A job's files in ``<sweep_dir>/jobs/``: ``<name>.sbatch`` (or the scheduler's su
 (manifest: runs, profile, job id), ``<name>.steps`` (one line per step end: job, run, attempt, exit
 code, time), the script's output and ``logs/<run>.log`` (each run's steps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,15 +32,32 @@ from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
 from launcher.errors import UserError
-from launcher.resources import ladder_argv
 from launcher.files import atomic_write, atomic_write_json
-from launcher.policy import ACTIVE, FINAL, RETRIED, STATUS_STATES, ExitCode, ended_without_failure, ending, exit_code_state
-from launcher.sweep.jobdb import (Attempt, JobDB, TransitionError, attempt_step, fold_run_states, read_state_file,
-                                  reported_start, reports_on)
-from launcher.sweep.pack import PackItem, pack, pack_array
+from launcher.policy import (
+    ACTIVE,
+    FINAL,
+    RETRIED,
+    STATUS_STATES,
+    ExitCode,
+    ended_without_failure,
+    ending,
+    exit_code_state,
+)
+from launcher.resources import ladder_argv
 from launcher.schedulers import REGISTRY, get_scheduler
 from launcher.schedulers.base import FINISHED_JOB_STATES, BatchJob, Dependency, Scheduler, Step
 from launcher.sweep.calibrate import calibrated_plan
+from launcher.sweep.jobdb import (
+    Attempt,
+    JobDB,
+    TransitionError,
+    attempt_step,
+    fold_run_states,
+    read_state_file,
+    reported_start,
+    reports_on,
+)
+from launcher.sweep.pack import PackItem, pack, pack_array
 from launcher.sweep.plan import Plan, RunSpec, compose_sweep, write_plan
 
 JOBS = "jobs"
@@ -87,16 +105,17 @@ def job_names(ctx: JobContext) -> Iterator[str]:
     if ctx.parent is not None:
         base, _, generation = ctx.parent.rpartition(".") if re.search(r"\.\d+$", ctx.parent) else (ctx.parent, "", "0")
         stem = f"{base}.{int(generation) + 1}"
-        names = (stem if i == 0 else f"{stem}-{i}" for i in range(10 ** 6))
+        names = (stem if i == 0 else f"{stem}-{i}" for i in range(10**6))
     else:
         numbers = [int(m.group(1)) for n in taken if (m := re.fullmatch(rf"{re.escape(ctx.sweep)}-(\d+)", n))]
         start = max(numbers, default=0) + 1
-        names = (f"{ctx.sweep}-{i:03d}" for i in range(start, start + 10 ** 6))
+        names = (f"{ctx.sweep}-{i:03d}" for i in range(start, start + 10**6))
     return (n for n in names if n not in taken)
 
 
-def build_jobs(scheduler: Scheduler, steps: Sequence[Step], ctx: JobContext,
-               max_jobs: Optional[int] = None) -> list[BatchJob]:
+def build_jobs(
+    scheduler: Scheduler, steps: Sequence[Step], ctx: JobContext, max_jobs: Optional[int] = None
+) -> list[BatchJob]:
     """Pack ``steps`` (runs) into jobs (or job arrays) as the profile asks, named and ready to render."""
     p = ctx.profile
     policy = scheduler.policy()
@@ -111,25 +130,53 @@ def build_jobs(scheduler: Scheduler, steps: Sequence[Step], ctx: JobContext,
         name = next(names)
         array = p.submission == "array"
         output = ctx.jobs_dir / (f"{name}-%A_%a.out" if array else f"{name}-%j.out")
-        jobs.append(BatchJob(
-            name=name, sweep=ctx.sweep, sweep_dir=str(ctx.sweep_dir), workdir=str(ctx.workdir),
-            steps=tuple(dataclasses.replace(by_name[item.name], index=i) for i, item in enumerate(packed_job.items)),
-            lanes=packed_job.lanes, nodes=packed_job.nodes, walltime_min=packed_job.walltime_min,
-            signal_s=p.signal_before, ladder=ladder_words(p), manifest=str(ctx.jobs_dir / f"{name}.json"),
-            output=str(output), steps_log=str(ctx.jobs_dir / f"{name}.steps"), array=array,
-            array_throttle=p.array_throttle or p.max_eligible_jobs, dependency=ctx.dependency,
-            continuation_of=ctx.continuation_of))
+        jobs.append(
+            BatchJob(
+                name=name,
+                sweep=ctx.sweep,
+                sweep_dir=str(ctx.sweep_dir),
+                workdir=str(ctx.workdir),
+                steps=tuple(
+                    dataclasses.replace(by_name[item.name], index=i) for i, item in enumerate(packed_job.items)
+                ),
+                lanes=packed_job.lanes,
+                nodes=packed_job.nodes,
+                walltime_min=packed_job.walltime_min,
+                signal_s=p.signal_before,
+                ladder=ladder_words(p),
+                manifest=str(ctx.jobs_dir / f"{name}.json"),
+                output=str(output),
+                steps_log=str(ctx.jobs_dir / f"{name}.steps"),
+                array=array,
+                array_throttle=p.array_throttle or p.max_eligible_jobs,
+                dependency=ctx.dependency,
+                continuation_of=ctx.continuation_of,
+            )
+        )
     return jobs
 
 
-def step_for(spec: RunSpec, run_dir: str, overrides: Sequence[str], profile: ClusterProfile, tries: int) -> Step:
+def step_for(
+    spec: RunSpec, run_dir: str | os.PathLike, overrides: Sequence[str], profile: ClusterProfile, tries: int
+) -> Step:
     """A planned run as a step of a job, with the plan's estimate of its whole training time."""
     if spec.est_node_hours is None:
-        raise UserError(f"run {spec.name}: no time estimate to pack it by; set cluster.device_peak_flops "
-                        "or let the planner calibrate (drop --no-calibrate)")
+        raise UserError(
+            f"run {spec.name}: no time estimate to pack it by; set cluster.device_peak_flops "
+            "or let the planner calibrate (drop --no-calibrate)"
+        )
     hours = spec.est_node_hours * profile.devices_per_node / spec.ranks_per_run  # node-hours back to wall hours
-    return Step(index=0, name=spec.name, config_hash=spec.config_hash, run_dir=str(run_dir),
-                overrides=tuple(overrides), nodes=spec.nodes, ranks=spec.ranks_per_run, hours=hours, tries=tries)
+    return Step(
+        index=0,
+        name=spec.name,
+        config_hash=spec.config_hash,
+        run_dir=str(run_dir),
+        overrides=tuple(overrides),
+        nodes=spec.nodes,
+        ranks=spec.ranks_per_run,
+        hours=hours,
+        tries=tries,
+    )
 
 
 def _left(run_dir: str) -> float:
@@ -152,12 +199,26 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def manifest_of(job: BatchJob, profile: ClusterProfile, scheduler: Scheduler, script: Path) -> dict:
-    return {"name": job.name, "sweep": job.sweep, "sweep_dir": job.sweep_dir, "workdir": job.workdir,
-            "scheduler": scheduler.name, "profile": dataclasses.asdict(profile), "job_id": None,
-            "array": job.array, "dependency": str(job.dependency) if job.dependency else None,
-            "continuation_of": job.continuation_of, "script": str(script), "steps_log": job.steps_log,
-            "nodes": job.nodes, "lanes": job.lanes, "walltime_min": job.walltime_min, "written": time.time(),
-            "submitted": None, "runs": [s.to_json() for s in job.steps]}
+    return {
+        "name": job.name,
+        "sweep": job.sweep,
+        "sweep_dir": job.sweep_dir,
+        "workdir": job.workdir,
+        "scheduler": scheduler.name,
+        "profile": dataclasses.asdict(profile),
+        "job_id": None,
+        "array": job.array,
+        "dependency": str(job.dependency) if job.dependency else None,
+        "continuation_of": job.continuation_of,
+        "script": str(script),
+        "steps_log": job.steps_log,
+        "nodes": job.nodes,
+        "lanes": job.lanes,
+        "walltime_min": job.walltime_min,
+        "written": time.time(),
+        "submitted": None,
+        "runs": [s.to_json() for s in job.steps],
+    }
 
 
 def write_script(scheduler: Scheduler, job: BatchJob, out_dir: Path) -> Path:
@@ -200,8 +261,9 @@ def manifests(sweep_dir: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------- submit
 
 
-def submit_sweep(overrides: list[str], dependency: Optional[Dependency] = None, over_budget_ok: bool = False,
-                 calibrate: bool = True) -> list[tuple[BatchJob, str]]:
+def submit_sweep(
+    overrides: list[str], dependency: Optional[Dependency] = None, over_budget_ok: bool = False, calibrate: bool = True
+) -> list[tuple[BatchJob, str]]:
     """Plan, record, pack, render and submit a sweep's runs that still need training."""
     get_scheduler(validate(ClusterProfile, compose(overrides)["cluster"], "cluster"))  # before any calibration
     plan = calibrated_plan(overrides, calibrate, echo=_echo)
@@ -231,11 +293,16 @@ def submit_plan(plan: Plan, dependency: Optional[Dependency] = None) -> list[tup
             if failures >= profile.max_retries:
                 _echo(f"run {record.name}: failed {failures} times in a row; not retried (cluster.max_retries)")
                 continue
-            steps.append(step_for(specs[record.config_hash], record.run_dir, record.overrides, profile,
-                                  profile.max_retries - failures))
+            steps.append(
+                step_for(
+                    specs[record.config_hash], record.run_dir, record.overrides, profile, profile.max_retries - failures
+                )
+            )
         if waiting:
-            _echo(f"sweep {name}: {len(waiting)} WSD branches wait for their trunk's checkpoint "
-                  f"({', '.join(waiting[:3])}{', ...' if len(waiting) > 3 else ''}); submit again once the trunks ran")
+            _echo(
+                f"sweep {name}: {len(waiting)} WSD branches wait for their trunk's checkpoint "
+                f"({', '.join(waiting[:3])}{', ...' if len(waiting) > 3 else ''}); submit again once the trunks ran"
+            )
         if not steps:
             _echo(f"sweep {name}: no run needs submitting")
             return []
@@ -252,9 +319,15 @@ def submit_plan(plan: Plan, dependency: Optional[Dependency] = None) -> list[tup
 
 
 def _record_job(db: JobDB, scheduler: Scheduler, job: BatchJob, job_id: str, kind: str) -> None:
-    db.add_job(job.sweep, scheduler.name, job_id, kind, [s.config_hash for s in job.steps],
-               depends_on=str(job.dependency) if job.dependency else None,
-               script=str(Path(job.sweep_dir) / JOBS / f"{job.name}{scheduler.script_suffix}"))
+    db.add_job(
+        job.sweep,
+        scheduler.name,
+        job_id,
+        kind,
+        [s.config_hash for s in job.steps],
+        depends_on=str(job.dependency) if job.dependency else None,
+        script=str(Path(job.sweep_dir) / JOBS / f"{job.name}{scheduler.script_suffix}"),
+    )
     for i, step in enumerate(job.steps):
         db.queue(step.config_hash, scheduler.name, job_id, array_index=i if job.array else None)
 
@@ -282,15 +355,32 @@ def continue_job(job_key: str, manifest_path: Path) -> list[tuple[BatchJob, str]
             continue
         tries = _tries_left(run, [code for _, code in ended.get(run["name"], [])], profile)
         if tries:
-            steps.append(Step(index=0, name=run["name"], config_hash=run["config_hash"], run_dir=run["run_dir"],
-                              overrides=tuple(run["overrides"]), nodes=run["nodes"], ranks=run["ranks"],
-                              hours=run["hours"], tries=tries))
+            steps.append(
+                Step(
+                    index=0,
+                    name=run["name"],
+                    config_hash=run["config_hash"],
+                    run_dir=run["run_dir"],
+                    overrides=tuple(run["overrides"]),
+                    nodes=run["nodes"],
+                    ranks=run["ranks"],
+                    hours=run["hours"],
+                    tries=tries,
+                )
+            )
     if not steps:
         _echo(f"job {job_key}: every run finished or is out of tries; no continuation")
         return []
     scheduler = get_scheduler(profile)
-    ctx = JobContext(manifest["sweep"], sweep_dir, Path(manifest["workdir"]), profile,
-                     Dependency("afterany", (job_key,)), continuation_of=job_key, parent=manifest["name"])
+    ctx = JobContext(
+        manifest["sweep"],
+        sweep_dir,
+        Path(manifest["workdir"]),
+        profile,
+        Dependency("afterany", (job_key,)),
+        continuation_of=job_key,
+        parent=manifest["name"],
+    )
     jobs = build_jobs(scheduler, steps, ctx, max_jobs=1)
     scheduler.validate(jobs)
     return [(job, submit_job(scheduler, job)) for job in jobs]
@@ -359,8 +449,15 @@ def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[t
             if any(r.state in ACTIVE for r in runs):
                 continue  # its parent job has not been folded yet
             kind = "continuation" if manifest.get("continuation_of") else "array" if manifest["array"] else "packed"
-            db.add_job(sweep, scheduler.name, job_id, kind, [r.config_hash for r in runs],
-                       depends_on=manifest.get("dependency"), script=manifest.get("script"))
+            db.add_job(
+                sweep,
+                scheduler.name,
+                job_id,
+                kind,
+                [r.config_hash for r in runs],
+                depends_on=manifest.get("dependency"),
+                script=manifest.get("script"),
+            )
             for i, run in enumerate(runs):
                 db.queue(run.config_hash, scheduler.name, job_id, array_index=i if manifest["array"] else None)
             unknown.remove(job_id)
@@ -369,8 +466,9 @@ def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[t
     return changes + fold_run_states(db, sweep)
 
 
-def _fold_job_end(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str],
-                  manifest: Optional[dict], job_state: str) -> list[tuple[str, str, str]]:
+def _fold_job_end(
+    db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str], manifest: Optional[dict], job_state: str
+) -> list[tuple[str, str, str]]:
     """The runs of an ended job take the outcomes its step log recorded, one attempt per step.
 
     Attempts already ended from the run's state.json are kept; a step retried in place that the
@@ -388,8 +486,11 @@ def _fold_job_end(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequ
         codes = [code for _, code in ended.get(key, {}).get(record.name, [])]
         try:
             if not codes and mine[-1].ended is None:
-                db.finish(run_hash, _unlogged_end(record.run_dir, tries, mine[-1], job_state),
-                          detail=f"job {job_id} {job_state}")
+                db.finish(
+                    run_hash,
+                    _unlogged_end(record.run_dir, tries, mine[-1], job_state),
+                    detail=f"job {job_id} {job_state}",
+                )
             for k, code in enumerate(codes):
                 if k >= len(mine):
                     db.start(run_hash, scheduler.name, job_id, array_index)
@@ -415,8 +516,9 @@ def _unlogged_end(run_dir: str, tries: Sequence[Attempt], attempt: Attempt, job_
     return "cancelled" if job_state == "cancelled" else "timed_out"
 
 
-def _fold_retries(db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str],
-                  manifest: Optional[dict]) -> list[tuple[str, str, str]]:
+def _fold_retries(
+    db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str], manifest: Optional[dict]
+) -> list[tuple[str, str, str]]:
     """A run whose failed step its running job started again is running again (a new attempt)."""
     changes = []
     for i, run_hash in enumerate(run_hashes):
@@ -481,8 +583,10 @@ def render_sweep(overrides: list[str], out_dir: Path, calibrate: bool = True) ->
     plan = calibrated_plan(overrides, calibrate, echo=_echo)
     profile, sweep_dir = plan.cluster, plan.sweep_dir.resolve()
     scheduler = get_scheduler(profile)
-    steps = [step_for(spec, spec.run_dir(sweep_dir), spec.overrides(sweep_dir), profile, profile.max_retries)
-             for spec in plan.runs]
+    steps = [
+        step_for(spec, spec.run_dir(sweep_dir), spec.overrides(sweep_dir), profile, profile.max_retries)
+        for spec in plan.runs
+    ]
     jobs = build_jobs(scheduler, steps, JobContext(plan.sweep.name, sweep_dir, Path.cwd(), profile))
     scheduler.validate(jobs)
     written = []
@@ -497,9 +601,15 @@ def render_sweep(overrides: list[str], out_dir: Path, calibrate: bool = True) ->
 
 
 def main(argv: list[str]) -> int:
-    parser = command_parser("ladder submit", "Record a sweep in the job database, pack its runs into jobs and submit them.")
-    parser.add_argument("--dependency", type=Dependency.parse, default=None,
-                        help="start the jobs after others: afterok:ID[:ID], afterany:ID, ...")
+    parser = command_parser(
+        "ladder submit", "Record a sweep in the job database, pack its runs into jobs and submit them."
+    )
+    parser.add_argument(
+        "--dependency",
+        type=Dependency.parse,
+        default=None,
+        help="start the jobs after others: afterok:ID[:ID], afterany:ID, ...",
+    )
     parser.add_argument("--over-budget-ok", action="store_true", help="accept a plan over the allocation")
     parser.add_argument("--no-calibrate", action="store_true", help="never run a calibration run")
     parser.add_argument("--continue-from", metavar="JOBID", help=argparse.SUPPRESS)  # from a job's own script
@@ -526,8 +636,11 @@ def cancel_main(argv: list[str]) -> int:
 
 
 def render_main(argv: list[str]) -> int:
-    args = command_parser("ladder render", "Write the job scripts a submission would use, without submitting (out=DIR).",
-                          [("--no-calibrate", "never run a calibration run")]).parse(argv)
+    args = command_parser(
+        "ladder render",
+        "Write the job scripts a submission would use, without submitting (out=DIR).",
+        [("--no-calibrate", "never run a calibration run")],
+    ).parse(argv)
     outs = [o for o in args.overrides if o.startswith("out=")]
     if len(outs) != 1:
         raise UserError("out: give exactly one out=DIR, the folder the scripts are written to")

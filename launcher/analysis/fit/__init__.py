@@ -93,17 +93,18 @@ budgets of 3+ distinct sizes, the extrapolation check with fewer than 3 budgets,
 without a budget).
 Intervals are bootstrap percentiles over runs resampled within their budget.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from launcher.errors import UserError
 from launcher.analysis.fit.bootstrap import LEVEL
 from launcher.analysis.fit.laws import Options
 from launcher.analysis.fit.points import as_points, as_targets
 from launcher.analysis.fit.predict import entries, predict
 from launcher.analysis.fit.registry import LAWS
 from launcher.analysis.fit.sweep import fit_sweep, jsonable
+from launcher.errors import UserError
 
 APPROACHES = tuple(LAWS)
 PREDICTING = tuple(name for name, law in LAWS.items() if law.predicts)
@@ -126,17 +127,29 @@ def fit_points(points, approach: str, *, huber_reduce: str = "sum", weights=None
     return jsonable({"approach": law.name, "n_points": len(pts), **law.result(law.fit(pts, opts))})
 
 
-def predict_points(points, targets: list[dict], approach: str, *, n_boot: int = 100, seed: int = 0,
-                   huber_reduce: str = "sum", weights=None, value_key: str = "loss",
-                   carry: list[dict] | None = None, **options: Any) -> dict:
+def predict_points(
+    points,
+    targets: list[dict],
+    approach: str,
+    *,
+    n_boot: int = 100,
+    seed: int = 0,
+    huber_reduce: str = "sum",
+    weights=None,
+    value_key: str = "loss",
+    carry: list[dict] | None = None,
+    **options: Any,
+) -> dict:
     """Fit ``points``, then predict at every target row with a bootstrap interval (module docstring).
 
     ``carry``: the columns each prediction carries (default: the target row without ``value_key``).
     """
     law = _law(approach)
     if not law.predicts:
-        raise UserError(f"--predict: approach {law.name} predicts compute-optimal N_opt and D_opt, not a value "
-                        f"at given (N, D); approaches that predict: {', '.join(PREDICTING)}")
+        raise UserError(
+            f"--predict: approach {law.name} predicts compute-optimal N_opt and D_opt, not a value "
+            f"at given (N, D); approaches that predict: {', '.join(PREDICTING)}"
+        )
     pts = as_points(points, weights)
     where = as_targets(targets)
     opts = Options(huber_reduce=huber_reduce, **options)
@@ -145,7 +158,18 @@ def predict_points(points, targets: list[dict], approach: str, *, n_boot: int = 
     observed = [row.get(value_key) for row in targets]
     carried = carry if carry is not None else [{k: v for k, v in row.items() if k != value_key} for row in targets]
     resampled = "rows within budgets" if any(b is not None for b in pts.budget) else "rows"
-    return jsonable({"approach": law.name, "n_points": len(pts), **law.result(fit),
-                     "bootstrap": {"n_boot": n_boot, "n_ok": prediction.n_ok, "level": LEVEL, "seed": seed,
-                                   "resampled": resampled},
-                     "predictions": entries(prediction, value_key, carried, observed)})
+    return jsonable(
+        {
+            "approach": law.name,
+            "n_points": len(pts),
+            **law.result(fit),
+            "bootstrap": {
+                "n_boot": n_boot,
+                "n_ok": prediction.n_ok,
+                "level": LEVEL,
+                "seed": seed,
+                "resampled": resampled,
+            },
+            "predictions": entries(prediction, value_key, carried, observed),
+        }
+    )

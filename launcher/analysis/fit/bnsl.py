@@ -7,6 +7,7 @@ starts; the best fit wins. Past break i the
 log-log slope of y − a changes by −c_i.
 Starts come from a grid over (a, d_i, f) on which the rest is linear (see ``_starts``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -81,8 +82,10 @@ def _starts(lnx: np.ndarray, lny: np.ndarray, sw: np.ndarray, n_breaks: int) -> 
             columns = [np.ones_like(lnx), -lnx] + [-f * np.logaddexp(0.0, (lnx - lnd) / f) for lnd in lnds]
             X = np.stack(columns, axis=1)
             coef, *_ = np.linalg.lstsq(X * sw[:, None], target * sw, rcond=None)
-            p = np.array([np.log(max(a, 1e-6 * ymin)), *coef[:2]]
-                         + [v for c, lnd in zip(coef[2:], lnds) for v in (c, lnd, np.log(f))])
+            p = np.array(
+                [np.log(max(a, 1e-6 * ymin)), *coef[:2]]
+                + [v for c, lnd in zip(coef[2:], lnds) for v in (c, lnd, np.log(f))]
+            )
             scored.append((float(np.sum((sw * (_log_y(p, lnx) - lny)) ** 2)), p))
     scored.sort(key=lambda item: item[0])
     return [p for _, p in scored[:N_STARTS]]
@@ -98,8 +101,9 @@ def fit_bnsl(x, y, *, n_breaks: int = 1, weights=None) -> BnslFit:
     if n_breaks < 1:
         raise UserError(f"bnsl: n_breaks must be 1 or more, got {n_breaks}")
     if np.unique(lnx).size <= n_params:
-        raise UserError(f"bnsl: {n_breaks} break(s) need more than {n_params} distinct x values, "
-                        f"got {np.unique(lnx).size}")
+        raise UserError(
+            f"bnsl: {n_breaks} break(s) need more than {n_params} distinct x values, got {np.unique(lnx).size}"
+        )
 
     def residual(p):
         return sw * (_log_y(p, lnx) - lny)
@@ -119,7 +123,9 @@ def fit_bnsl(x, y, *, n_breaks: int = 1, weights=None) -> BnslFit:
     if best is None:
         raise UserError("bnsl: the fit failed from every start")
     p = best.x
-    breaks = sorted(({"c": float(c), "d": float(np.exp(lnd)), "f": float(np.exp(lnf))}
-                     for c, lnd, lnf in p[3:].reshape(-1, 3)), key=lambda br: br["d"])
+    breaks = sorted(
+        ({"c": float(c), "d": float(np.exp(lnd)), "f": float(np.exp(lnf))} for c, lnd, lnf in p[3:].reshape(-1, 3)),
+        key=lambda br: br["d"],
+    )
     rmse = float(np.sqrt(np.sum(best.fun**2) / np.sum(sw**2)))
     return BnslFit(float(np.exp(p[0])), float(np.exp(p[1])), float(p[2]), breaks, rmse)

@@ -3,6 +3,7 @@
 Runs are resampled with replacement within their isoFLOP budget (so every replicate keeps
 every budget), and percentile intervals are taken over the replicates that could be fitted.
 """
+
 from __future__ import annotations
 
 import warnings

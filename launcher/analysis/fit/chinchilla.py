@@ -9,6 +9,7 @@ keeping the best (the grid of Hoffmann et al.; 5·5·5·6·6 = 4500). All starts
 gradient; the stopping test is relative to the objective so that sum and mean agree. ``vpnls``
 offers a two-dimensional search over (α, β) instead of the 4500 starts.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -16,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit import multistart
 from launcher.analysis.fit.multistart import fit_from_starts
 from launcher.analysis.fit.points import Points
+from launcher.errors import UserError
 
 HUBER_DELTA = 1e-3
 REDUCTIONS = ("sum", "mean")
@@ -29,8 +30,13 @@ BLOCK_ELEMENTS = 1 << 15  # [rows, points] block evaluated at once: small enough
 
 def chinchilla_grid() -> np.ndarray:
     """The 4500 starts of Hoffmann et al. (2022), rows of (a, b, e, α, β)."""
-    axes = dict(a=np.arange(0, 30, 5), b=np.arange(0, 30, 5), e=np.arange(-1, 1.5, 0.5),
-                alpha=np.arange(0, 2.5, 0.5), beta=np.arange(0, 2.5, 0.5))
+    axes = dict(
+        a=np.arange(0, 30, 5),
+        b=np.arange(0, 30, 5),
+        e=np.arange(-1, 1.5, 0.5),
+        alpha=np.arange(0, 2.5, 0.5),
+        beta=np.arange(0, 2.5, 0.5),
+    )
     return np.array(list(itertools.product(*(axes[p] for p in PARAMS))), dtype=float)
 
 
@@ -75,12 +81,13 @@ class HuberObjective:
         return out
 
     def __call__(self, theta: np.ndarray, rows: np.ndarray | None = None):
-        """Objective [k] and gradient [k, 5] at internal parameter rows ``theta`` [k, 5], a cache-sized block at a time."""
+        """Objective [k] and gradient [k, 5] at internal parameter rows ``theta`` [k, 5], a cache-sized block at a
+        time."""
         rows = np.arange(len(theta)) if rows is None else rows
         block = max(1, BLOCK_ELEMENTS // len(self.logL))
         if len(theta) <= block:
             return self._evaluate(theta, rows)
-        parts = [self._evaluate(theta[i:i + block], rows[i:i + block]) for i in range(0, len(theta), block)]
+        parts = [self._evaluate(theta[i : i + block], rows[i : i + block]) for i in range(0, len(theta), block)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _buffers(self, k: int):
@@ -105,8 +112,10 @@ class HuberObjective:
         span1 = np.stack([-alpha * lo_n, -alpha * hi_n])
         span2 = np.stack([-beta * lo_d, -beta * hi_d])
         m = np.maximum.reduce([a + span1.max(axis=0), b + span2.max(axis=0), e])
-        for out, slope, intercept, span, design in ((e1, alpha, a, span1, self._design_n),
-                                                     (e2, beta, b, span2, self._design_d)):
+        for out, slope, intercept, span, design in (
+            (e1, alpha, a, span1, self._design_n),
+            (e2, beta, b, span2, self._design_d),
+        ):
             np.matmul(np.stack([intercept - m, -slope], axis=1), design, out=out)  # (a − m) − α log N
             deep = np.flatnonzero(intercept - m + span.min(axis=0) < -700.0)
             if deep.size:  # exp underflowing to 0 takes numpy's slow path: stop at e^-700
@@ -158,7 +167,7 @@ class ChinchillaFit:
     n_starts: int
     n_converged: int
     # distinct optima found, best first, rows of natural θ: warm starts for bootstrap refits
-    candidates: np.ndarray = field(default=None, repr=False, compare=False)
+    candidates: np.ndarray = field(default_factory=lambda: np.empty((0, 5)), repr=False, compare=False)
     method: str = "grid"  # how the starts were found: the Chinchilla grid or ``vpnls``
 
     @classmethod
@@ -178,10 +187,23 @@ class ChinchillaFit:
         return compute_optimal(self.theta, C, k)
 
     def as_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in ("E", "A", "B", "alpha", "beta", "objective", "huber_delta",
-                                             "huber_reduce", "n_starts", "n_converged")}
+        out = {
+            k: getattr(self, k)
+            for k in (
+                "E",
+                "A",
+                "B",
+                "alpha",
+                "beta",
+                "objective",
+                "huber_delta",
+                "huber_reduce",
+                "n_starts",
+                "n_converged",
+            )
+        }
         out["G"] = float(_G(self.theta)[0])
-        out["a"] = self.beta / (self.alpha + self.beta)   # N_opt ∝ C^a
+        out["a"] = self.beta / (self.alpha + self.beta)  # N_opt ∝ C^a
         out["b"] = self.alpha / (self.alpha + self.beta)  # D_opt ∝ C^b
         return out
 
@@ -217,27 +239,37 @@ def predicted_loss(theta: np.ndarray, N, D) -> np.ndarray:
     return np.exp(e) + np.exp(a) / N**alpha + np.exp(b) / D**beta
 
 
-def fit_chinchilla(points: Points, *, huber_reduce: str = "sum", delta: float = HUBER_DELTA,
-                   starts: np.ndarray | None = None) -> ChinchillaFit:
+def fit_chinchilla(
+    points: Points, *, huber_reduce: str = "sum", delta: float = HUBER_DELTA, starts: np.ndarray | None = None
+) -> ChinchillaFit:
     """Best of the L-BFGS runs from every start (the Chinchilla grid by default; ``multistart``)."""
     check_points(points, "approach 3")
     objective = HuberObjective(points.N, points.D, points.loss, points.weight, delta=delta, reduce=huber_reduce)
     best = fit_from_starts(objective, chinchilla_grid() if starts is None else starts, "approach 3")
-    return ChinchillaFit.from_theta(best.theta, best.objective, huber_delta=delta, huber_reduce=huber_reduce,
-                                    n_starts=best.n_starts, n_converged=best.n_converged, candidates=best.candidates)
+    return ChinchillaFit.from_theta(
+        best.theta,
+        best.objective,
+        huber_delta=delta,
+        huber_reduce=huber_reduce,
+        n_starts=best.n_starts,
+        n_converged=best.n_converged,
+        candidates=best.candidates,
+    )
 
 
 def check_points(points: Points, what: str) -> None:
     """Five weighted points with 2+ distinct N and D: fewer leave a five-parameter law undetermined."""
     used = points.weight > 0
     if np.unique(points.N[used]).size < 2 or np.unique(points.D[used]).size < 2 or used.sum() < 5:
-        raise UserError(f"{what}: needs at least 5 weighted points with 2+ distinct N and D, got "
-                        f"{int(used.sum())} points")
+        raise UserError(
+            f"{what}: needs at least 5 weighted points with 2+ distinct N and D, got {int(used.sum())} points"
+        )
 
 
-def refit_weighted(points: Points, weights: np.ndarray, starts: np.ndarray, *, huber_reduce: str = "sum",
-                   delta: float = HUBER_DELTA) -> tuple[np.ndarray, np.ndarray]:
+def refit_weighted(
+    points: Points, weights: np.ndarray, starts: np.ndarray, *, huber_reduce: str = "sum", delta: float = HUBER_DELTA
+) -> tuple[np.ndarray, np.ndarray]:
     """Refit under each row of ``weights`` [R, P] from the same few ``starts`` (``multistart.refit_weighted``)."""
     return multistart.refit_weighted(
-        lambda w: HuberObjective(points.N, points.D, points.loss, w, delta=delta, reduce=huber_reduce),
-        weights, starts)
+        lambda w: HuberObjective(points.N, points.D, points.loss, w, delta=delta, reduce=huber_reduce), weights, starts
+    )

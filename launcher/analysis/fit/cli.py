@@ -6,6 +6,7 @@ with a bootstrap interval. ``--metric-col`` fits any column instead of the loss 
 ``--approach two_stage``, the metric read off the loss). Every approach and flag is in
 ``ladder fit --points FILE --help``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,20 +17,21 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.arguments import CommandParser
-from launcher.errors import UserError
 from launcher.analysis.fit import APPROACHES, LAWS, PREDICTING, fit_points, predict_points
 from launcher.analysis.fit.chinchilla import REDUCTIONS
 from launcher.analysis.fit.datacon import BASE_KEYS
 from launcher.analysis.fit.laws import DEFAULT_METHOD, METHODS
 from launcher.analysis.fit.twostage import LINKS
+from launcher.arguments import CommandParser
+from launcher.errors import UserError
 
 
 def approaches_help() -> str:
     """Every approach with its one-line summary: the epilog of this help, and for the sweep parser to show."""
     width = max(len(name) for name in APPROACHES)
-    lines = [f"  {name:<{width}}  {law.summary}" + ("" if law.predicts else " (no --predict)")
-             for name, law in LAWS.items()]
+    lines = [
+        f"  {name:<{width}}  {law.summary}" + ("" if law.predicts else " (no --predict)") for name, law in LAWS.items()
+    ]
     return "approaches:\n" + "\n".join(lines)
 
 
@@ -45,34 +47,63 @@ def points_help() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = CommandParser(prog="ladder fit", description="Fit a scaling law to the points of a CSV file, and predict.",
-                epilog=approaches_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(
+        prog="ladder fit",
+        description="Fit a scaling law to the points of a CSV file, and predict.",
+        epilog=approaches_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--points", required=True, help="CSV file with one point per row (the training set)")
     p.add_argument("--approach", required=True, choices=APPROACHES, help="the law to fit (see below)")
     p.add_argument("--n-col", required=True, help="column of parameter counts N")
     p.add_argument("--d-col", required=True, help="column of training tokens D")
     p.add_argument("--c-col", help="column of training FLOPs C (default 6·N·D)")
     p.add_argument("--loss-col", help="column of losses (needed unless --metric-col is fitted on its own)")
-    p.add_argument("--metric-col", help="fit this column instead of the loss; with two_stage, the metric "
-                                        "read off the loss")
+    p.add_argument(
+        "--metric-col", help="fit this column instead of the loss; with two_stage, the metric read off the loss"
+    )
     p.add_argument("--unique-col", help="datacon: column of unique tokens U (D > U repeats data)")
     p.add_argument("--weight-col", help="column of weights 1/σ²")
     p.add_argument("--budget-col", help="column naming each point's isoFLOP budget (approach 2; bootstrap strata)")
-    p.add_argument("--huber-reduce", default="sum", choices=REDUCTIONS,
-                   help="3, overtrain, datacon: sum or mean of Huber terms (same optimum)")
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
-                   help="approach 3: variable projection over (α, β) (default), or the 4500-start Chinchilla grid")
-    p.add_argument("--base", help="datacon: fixed base law 'E=..,A=..,B=..,alpha=..,beta=..' "
-                                  "(default: fitted with α = β to runs with D <= U)")
-    p.add_argument("--loss-approach", default="3", choices=[a for a in PREDICTING if a != "two_stage"],
-                   help="two_stage: the law for (N, D) -> loss")
-    p.add_argument("--link", default="sigmoid", choices=LINKS,
-                   help="two_stage: loss -> metric, a/(1+exp(-k(L-L0)))+b or eps - k·exp(-γL)")
-    p.add_argument("--metric-range", default="auto",
-                   help="two_stage: bounds 'LO,HI' of the metric, 'none', or 'auto' ([0, 1] when every "
-                        "value lies there)")
-    p.add_argument("--predict", metavar="TARGETS", help="CSV file of rows to predict (same column names; "
-                                                        "other columns are carried through)")
+    p.add_argument(
+        "--huber-reduce",
+        default="sum",
+        choices=REDUCTIONS,
+        help="3, overtrain, datacon: sum or mean of Huber terms (same optimum)",
+    )
+    p.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        choices=METHODS,
+        help="approach 3: variable projection over (α, β) (default), or the 4500-start Chinchilla grid",
+    )
+    p.add_argument(
+        "--base",
+        help="datacon: fixed base law 'E=..,A=..,B=..,alpha=..,beta=..' "
+        "(default: fitted with α = β to runs with D <= U)",
+    )
+    p.add_argument(
+        "--loss-approach",
+        default="3",
+        choices=[a for a in PREDICTING if a != "two_stage"],
+        help="two_stage: the law for (N, D) -> loss",
+    )
+    p.add_argument(
+        "--link",
+        default="sigmoid",
+        choices=LINKS,
+        help="two_stage: loss -> metric, a/(1+exp(-k(L-L0)))+b or eps - k·exp(-γL)",
+    )
+    p.add_argument(
+        "--metric-range",
+        default="auto",
+        help="two_stage: bounds 'LO,HI' of the metric, 'none', or 'auto' ([0, 1] when every value lies there)",
+    )
+    p.add_argument(
+        "--predict",
+        metavar="TARGETS",
+        help="CSV file of rows to predict (same column names; other columns are carried through)",
+    )
     p.add_argument("--n-boot", type=int, default=100, help="--predict: bootstrap refits for the interval (0: none)")
     p.add_argument("--seed", type=int, default=0, help="--predict: seed of the bootstrap resampling")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -116,17 +147,20 @@ def _text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        before = data[:exc.start]
-        line, field = before.count(b"\n") + 1, before[before.rfind(b"\n") + 1:].count(b",") + 1
-        raise UserError(f"{path} line {line}, field {field}: byte {data[exc.start]:#04x} is not "
-                        "UTF-8 text; allowed: a UTF-8 CSV file (re-save it as UTF-8)") from None
+        before = data[: exc.start]
+        line, field = before.count(b"\n") + 1, before[before.rfind(b"\n") + 1 :].count(b",") + 1
+        raise UserError(
+            f"{path} line {line}, field {field}: byte {data[exc.start]:#04x} is not "
+            "UTF-8 text; allowed: a UTF-8 CSV file (re-save it as UTF-8)"
+        ) from None
 
 
 def _require(table: Table, columns: dict[str, str | None]) -> None:
     for flag, column in columns.items():
         if column is not None and column not in table.header:
-            raise UserError(f"{flag}: no column '{column}' in {table.path}; available: "
-                            f"{', '.join(table.header) or 'none'}")
+            raise UserError(
+                f"{flag}: no column '{column}' in {table.path}; available: {', '.join(table.header) or 'none'}"
+            )
 
 
 def _number(text: str, column: str, line: int, path: Path, positive: bool = True) -> float:
@@ -149,8 +183,10 @@ def _columns(args: argparse.Namespace) -> tuple[dict[str, str], str]:
     if not two_stage and not (args.loss_col or args.metric_col):
         raise UserError("--loss-col: required (or --metric-col to fit another column)")
     if not two_stage and args.loss_col and args.metric_col:
-        raise UserError("--metric-col: fits that column instead of --loss-col; give one of them "
-                        "(both only with --approach two_stage)")
+        raise UserError(
+            "--metric-col: fits that column instead of --loss-col; give one of them "
+            "(both only with --approach two_stage)"
+        )
     if args.approach == "datacon" and not args.unique_col:
         raise UserError("--approach datacon: needs --unique-col (unique tokens per run)")
     columns = {"N": args.n_col, "D": args.d_col, "C": args.c_col, "U": args.unique_col}
@@ -165,14 +201,23 @@ def read_points(args: argparse.Namespace) -> tuple[list[dict], list[float] | Non
     """Points (N, D, loss, C?, U?, metric?, budget?) and weights from the columns named on the command line."""
     table = read_table(args.points, "--points")
     columns, _ = _columns(args)
-    flags = {"--n-col": args.n_col, "--d-col": args.d_col, "--loss-col": args.loss_col,
-             "--metric-col": args.metric_col, "--c-col": args.c_col, "--unique-col": args.unique_col,
-             "--weight-col": args.weight_col, "--budget-col": args.budget_col}
+    flags = {
+        "--n-col": args.n_col,
+        "--d-col": args.d_col,
+        "--loss-col": args.loss_col,
+        "--metric-col": args.metric_col,
+        "--c-col": args.c_col,
+        "--unique-col": args.unique_col,
+        "--weight-col": args.weight_col,
+        "--budget-col": args.budget_col,
+    }
     _require(table, flags)
+    weights: list[float] | None
     points, weights = [], [] if args.weight_col else None
     for line, row in table.rows:
-        point = {key: _number(row[col], col, line, table.path, positive=key != "metric")
-                 for key, col in columns.items()}
+        point = {
+            key: _number(row[col], col, line, table.path, positive=key != "metric") for key, col in columns.items()
+        }
         if args.budget_col:
             point["budget"] = row[args.budget_col]
         points.append(point)
@@ -180,8 +225,10 @@ def read_points(args: argparse.Namespace) -> tuple[list[dict], list[float] | Non
             weights.append(_number(row[args.weight_col], args.weight_col, line, table.path, positive=False))
     value_key = "metric" if "metric" in columns and "loss" not in columns else "loss"
     if len(points) > 1 and len({p[value_key] for p in points}) == 1:
-        raise UserError(f"{table.path}: column '{columns[value_key]}' holds one value ({points[0][value_key]:g}) "
-                        "in every row; a scaling law needs values that vary")
+        raise UserError(
+            f"{table.path}: column '{columns[value_key]}' holds one value ({points[0][value_key]:g}) "
+            "in every row; a scaling law needs values that vary"
+        )
     return points, weights
 
 
@@ -190,14 +237,18 @@ def read_targets(args: argparse.Namespace, value_key: str) -> tuple[list[dict], 
     table = read_table(args.predict, "--predict")
     columns, _ = _columns(args)
     inputs = {k: v for k, v in columns.items() if k in ("N", "D", "C", "U")}
-    _require(table, {"--n-col": args.n_col, "--d-col": args.d_col, "--c-col": args.c_col,
-                     "--unique-col": args.unique_col})
+    _require(
+        table, {"--n-col": args.n_col, "--d-col": args.d_col, "--c-col": args.c_col, "--unique-col": args.unique_col}
+    )
     fitted = columns["metric" if value_key == "metric" and "metric" in columns else "loss"]
     targets, carried = [], []
     for line, row in table.rows:
         target = {key: _number(row[col], col, line, table.path) for key, col in inputs.items()}
-        given = {col: _number(row[col], col, line, table.path, positive=False)
-                 for col in columns.values() if col in row and row[col].strip()}  # the fitted ones, where given
+        given = {
+            col: _number(row[col], col, line, table.path, positive=False)
+            for col in columns.values()
+            if col in row and row[col].strip()
+        }  # the fitted ones, where given
         if fitted in given:
             target[value_key] = given[fitted]
         targets.append(target)
@@ -247,8 +298,10 @@ def _table(result: dict) -> str:
     if result.get("budgets"):
         lines.append(f"{'budget':>14} {'C':>11} {'points':>6} {'N_opt':>11} {'D_opt':>11} {'loss_opt':>9}")
         for b in result["budgets"]:
-            lines.append(f"{str(b['budget']):>14} {b['C']:>11.4g} {b['n_points']:>6} {b['N_opt']:>11.4g} "
-                         f"{b['D_opt']:>11.4g} {b['loss_opt']:>9.4f}")
+            lines.append(
+                f"{str(b['budget']):>14} {b['C']:>11.4g} {b['n_points']:>6} {b['N_opt']:>11.4g} "
+                f"{b['D_opt']:>11.4g} {b['loss_opt']:>9.4f}"
+            )
     for skipped in result.get("skipped_budgets", []):
         lines.append(f"skipped budget {skipped['budget']}: {skipped['error']}")
     if result.get("predictions"):
@@ -275,12 +328,27 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--n-boot: must be >= 0 (0: no bootstrap), got {args.n_boot}")
     _, value_key = _columns(args)
     points, weights = read_points(args)
-    options = dict(huber_reduce=args.huber_reduce, weights=weights, method=args.method, base=_base(args.base),
-                   loss_approach=args.loss_approach, link=args.link, metric_range=_metric_range(args.metric_range))
+    options = dict(
+        huber_reduce=args.huber_reduce,
+        weights=weights,
+        method=args.method,
+        base=_base(args.base),
+        loss_approach=args.loss_approach,
+        link=args.link,
+        metric_range=_metric_range(args.metric_range),
+    )
     if args.predict:
         targets, carried = read_targets(args, value_key)
-        result = predict_points(points, targets, args.approach, n_boot=args.n_boot, seed=args.seed,
-                                value_key=value_key, carry=carried, **options)
+        result = predict_points(
+            points,
+            targets,
+            args.approach,
+            n_boot=args.n_boot,
+            seed=args.seed,
+            value_key=value_key,
+            carry=carried,
+            **options,
+        )
     else:
         result = fit_points(points, args.approach, **options)
     if args.metric_col:

@@ -31,6 +31,7 @@ near (95, 1.7) with 0.0158047. From their nine starts, eight end at the publishe
 and, under ``optima``, every distinct end point with its objective, so that a weakly determined
 R* is visible as such.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -38,12 +39,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit import multistart
 from launcher.analysis.fit.chinchilla import HUBER_DELTA, REDUCTIONS, ChinchillaFit
 from launcher.analysis.fit.laws import LawFamily, Options
 from launcher.analysis.fit.overtrain import WARM_STARTS, fit_overtrain
 from launcher.analysis.fit.points import Points, Targets
+from launcher.errors import UserError
 
 BASE_KEYS = ("E", "A", "B", "alpha", "beta")
 START_VALUES = (20.0 / 3.0, 40.0 / 3.0, 20.0)
@@ -142,11 +143,21 @@ class DataconFit:
     def as_dict(self) -> dict:
         R_D, R_N = self.star
         distinct = multistart.best_distinct(self.candidates, self.candidate_objectives, len(self.candidates))
-        return {"R_D_star": float(R_D), "R_N_star": float(R_N), **{k: getattr(self.base, k) for k in BASE_KEYS},
-                "base": self.base_source, "objective": self.objective, "huber_delta": HUBER_DELTA,
-                "huber_reduce": self.huber_reduce, "n_starts": self.n_starts, "n_converged": self.n_converged,
-                "optima": [{"R_D_star": float(rd), "R_N_star": float(rn), "objective": float(f)}
-                           for (rd, rn), f in zip(self.candidates[distinct], self.candidate_objectives[distinct])]}
+        return {
+            "R_D_star": float(R_D),
+            "R_N_star": float(R_N),
+            **{k: getattr(self.base, k) for k in BASE_KEYS},
+            "base": self.base_source,
+            "objective": self.objective,
+            "huber_delta": HUBER_DELTA,
+            "huber_reduce": self.huber_reduce,
+            "n_starts": self.n_starts,
+            "n_converged": self.n_converged,
+            "optima": [
+                {"R_D_star": float(rd), "R_N_star": float(rn), "objective": float(f)}
+                for (rd, rn), f in zip(self.candidates[distinct], self.candidate_objectives[distinct])
+            ],
+        }
 
 
 def base_law(points: Points, options: Options, warm: DataconFit | None) -> tuple[ChinchillaFit, str]:
@@ -159,15 +170,17 @@ def base_law(points: Points, options: Options, warm: DataconFit | None) -> tuple
         if not all(np.isfinite(v) and v > 0 for v in values.values()):
             raise UserError(f"--base: E, A, B, alpha, beta must be positive numbers, got {values}")
         theta = [np.log(values["A"]), np.log(values["B"]), np.log(values["E"]), values["alpha"], values["beta"]]
-        return ChinchillaFit.from_theta(theta, np.nan, huber_delta=HUBER_DELTA, huber_reduce=options.huber_reduce,
-                                        n_starts=0, n_converged=0), "given"
+        return ChinchillaFit.from_theta(
+            theta, np.nan, huber_delta=HUBER_DELTA, huber_reduce=options.huber_reduce, n_starts=0, n_converged=0
+        ), "given"
     single = points.D <= points.U
     starts = None if warm is None else warm.base.candidates[:WARM_STARTS, :4]
     try:
         fit = fit_overtrain(points.take(single), huber_reduce=options.huber_reduce, starts=starts)
     except UserError as exc:
-        raise UserError(f"datacon: the base law is fitted to runs with D <= U (single epoch) unless --base "
-                        f"gives it: {exc}") from None
+        raise UserError(
+            f"datacon: the base law is fitted to runs with D <= U (single epoch) unless --base gives it: {exc}"
+        ) from None
     return fit, f"fitted with alpha = beta to {int((points.weight[single] > 0).sum())} runs with D <= U"
 
 
@@ -181,11 +194,19 @@ def fit_datacon(points: Points, options: Options, warm: DataconFit | None = None
         if not np.any(repeats[used] > 0):
             raise UserError(f"datacon: {what} is undetermined: no run has {why}")
     objective = DataconObjective(points, base, points.weight, options.huber_reduce)
-    starts = (list(itertools.product(START_VALUES, START_VALUES)) if warm is None
-              else warm.candidates[:WARM_STARTS])
+    starts = list(itertools.product(START_VALUES, START_VALUES)) if warm is None else warm.candidates[:WARM_STARTS]
     best = multistart.fit_from_starts(objective, starts, "datacon")
-    return DataconFit(base, source, best.theta, best.objective, options.huber_reduce, best.n_starts,
-                      best.n_converged, best.candidates, best.candidate_objectives)
+    return DataconFit(
+        base,
+        source,
+        best.theta,
+        best.objective,
+        options.huber_reduce,
+        best.n_starts,
+        best.n_converged,
+        best.candidates,
+        best.candidate_objectives,
+    )
 
 
 class Datacon(LawFamily):

@@ -17,6 +17,7 @@ own caveat), a budget without a minimum, approach-3 parameters at a bound (E ~ 0
 not identified at these sizes; alpha or beta near 0 or far above 1: a term is not identified), an
 ill-conditioned approach-3 fit, and an exponent without a bootstrap interval.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,18 +58,29 @@ def budget_positions(finals: Points, iso: dict) -> list[dict]:
         position = "inside" if lo <= N <= hi else "below" if N < lo else "above"
         out.append({"budget": m["budget"], "C": m["C"], "N_opt": N, "N_min": lo, "N_max": hi, "position": position})
     for skipped in iso.get("skipped_budgets", []):
-        out.append({"budget": skipped["budget"], "C": None, "N_opt": None, "N_min": None, "N_max": None,
-                    "position": "none", "error": skipped["error"]})
+        out.append(
+            {
+                "budget": skipped["budget"],
+                "C": None,
+                "N_opt": None,
+                "N_min": None,
+                "N_max": None,
+                "position": "none",
+                "error": skipped["error"],
+            }
+        )
     return out
 
 
 def condition_number(fit: ChinchillaFit, finals: Points) -> float:
     """How much the data's noise is amplified into θ: cond of the column-normalised Jacobian of ln L̂."""
     N, D = finals.N, finals.D
-    terms = np.stack([fit.A * N ** -fit.alpha, fit.B * D ** -fit.beta, np.full_like(N, fit.E)], axis=1)
+    terms = np.stack([fit.A * N**-fit.alpha, fit.B * D**-fit.beta, np.full_like(N, fit.E)], axis=1)
     pred = terms.sum(axis=1)
-    J = np.stack([terms[:, 0], terms[:, 1], terms[:, 2], -np.log(N) * terms[:, 0], -np.log(D) * terms[:, 1]],
-                 axis=1) / pred[:, None]
+    J = (
+        np.stack([terms[:, 0], terms[:, 1], terms[:, 2], -np.log(N) * terms[:, 0], -np.log(D) * terms[:, 1]], axis=1)
+        / pred[:, None]
+    )
     J = J[finals.weight > 0]
     norms = np.linalg.norm(J, axis=0)
     if np.any(norms == 0) or not np.all(np.isfinite(J)):
@@ -81,22 +93,28 @@ def approach3_checks(fit: ChinchillaFit, finals: Points) -> dict:
     at_bound = []
     floor = float(finals.loss.min())
     if fit.E < E_FLOOR * floor:
-        at_bound.append(f"E = {sci(fit.E)} is at its bound 0: the irreducible loss is not identified at these "
-                        f"sizes (larger models would show where the loss levels off)")
+        at_bound.append(
+            f"E = {sci(fit.E)} is at its bound 0: the irreducible loss is not identified at these "
+            f"sizes (larger models would show where the loss levels off)"
+        )
     for name in ("alpha", "beta"):
         value = getattr(fit, name)
         if not EXPONENT_RANGE[0] <= value <= EXPONENT_RANGE[1]:
-            at_bound.append(f"{name} = {sci(value)} is outside [{EXPONENT_RANGE[0]}, {EXPONENT_RANGE[1]}]: the "
-                            f"{'N' if name == 'alpha' else 'D'} term is not identified")
-    return {"at_bound": at_bound, "condition_number": condition_number(fit, finals),
-            "E_over_min_loss": fit.E / floor}
+            at_bound.append(
+                f"{name} = {sci(value)} is outside [{EXPONENT_RANGE[0]}, {EXPONENT_RANGE[1]}]: the "
+                f"{'N' if name == 'alpha' else 'D'} term is not identified"
+            )
+    return {"at_bound": at_bound, "condition_number": condition_number(fit, finals), "E_over_min_loss": fit.E / floor}
 
 
 def residuals(fit: ChinchillaFit, finals: Points) -> dict:
     rel = finals.loss / fit.loss(finals.N, finals.D) - 1.0
     keep = finals.weight > 0
-    return {"rms_rel": float(np.sqrt(np.mean(rel[keep] ** 2))), "max_abs_rel": float(np.abs(rel[keep]).max()),
-            "runs": [{"name": finals.name[i], "residual_rel": float(rel[i])} for i in np.flatnonzero(keep)]}
+    return {
+        "rms_rel": float(np.sqrt(np.mean(rel[keep] ** 2))),
+        "max_abs_rel": float(np.abs(rel[keep]).max()),
+        "runs": [{"name": finals.name[i], "residual_rel": float(rel[i])} for i in np.flatnonzero(keep)],
+    }
 
 
 def _overlap(intervals: dict[str, list[float]]) -> bool:
@@ -108,17 +126,23 @@ def next_runs(positions: list[dict], at_bound: list[str], disjoint: bool, larges
     advice = []
     for b in positions:
         if b["position"] == "below":
-            advice.append(f"budget {b['budget']}: its minimum (N ≈ {sci(b['N_opt'])}) lies below the smallest size "
-                          f"run ({sci(b['N_min'])}); add sizes down to about {sci(b['N_opt'] / 2)}")
+            advice.append(
+                f"budget {b['budget']}: its minimum (N ≈ {sci(b['N_opt'])}) lies below the smallest size "
+                f"run ({sci(b['N_min'])}); add sizes down to about {sci(b['N_opt'] / 2)}"
+            )
         elif b["position"] == "above":
-            advice.append(f"budget {b['budget']}: its minimum (N ≈ {sci(b['N_opt'])}) lies above the largest size "
-                          f"run ({sci(b['N_max'])}); add sizes up to about {sci(b['N_opt'] * 2)}")
+            advice.append(
+                f"budget {b['budget']}: its minimum (N ≈ {sci(b['N_opt'])}) lies above the largest size "
+                f"run ({sci(b['N_max'])}); add sizes up to about {sci(b['N_opt'] * 2)}"
+            )
         elif b["position"] == "none":
             advice.append(f"budget {b['budget']}: no minimum ({b['error']}); widen its range of sizes")
     if at_bound or disjoint or not advice:
         why = "so that E is identified" if at_bound else "to shrink the exponent's interval"
-        advice.append(f"add a budget beyond the largest: C ≈ {sci(NEXT_BUDGET_FACTOR * largest_C)} FLOPs with 3-5 "
-                      f"sizes around its predicted N_opt, {why}")
+        advice.append(
+            f"add a budget beyond the largest: C ≈ {sci(NEXT_BUDGET_FACTOR * largest_C)} FLOPs with 3-5 "
+            f"sizes around its predicted N_opt, {why}"
+        )
     return advice
 
 
@@ -136,8 +160,11 @@ def diagnose(out: dict, chin: Optional[ChinchillaFit], finals: Points) -> dict:
     positions = budget_positions(finals, out["approach2"]) if "approach2" in approaches else []
     for b in positions:
         if b["position"] != "inside":
-            where = {"below": "below the smallest size run", "above": "above the largest size run",
-                     "none": "nowhere (no minimum)"}[b["position"]]
+            where = {
+                "below": "below the smallest size run",
+                "above": "above the largest size run",
+                "none": "nowhere (no minimum)",
+            }[b["position"]]
             approaches["approach2"]["flags"].append(f"budget {b['budget']}: the parabola's minimum lies {where}")
     checks = approach3_checks(chin, finals) if chin is not None and "approach3" in approaches else None
     if checks is not None:
@@ -145,24 +172,33 @@ def diagnose(out: dict, chin: Optional[ChinchillaFit], finals: Points) -> dict:
         if checks["condition_number"] > CONDITION_LIMIT:
             approaches["approach3"]["flags"].append(
                 f"the fit is ill-conditioned (condition number {sci(checks['condition_number'])} > "
-                f"{sci(CONDITION_LIMIT)}): its parameters trade off against each other")
+                f"{sci(CONDITION_LIMIT)}): its parameters trade off against each other"
+            )
     for approach, info in approaches.items():
         reasons += [f"{approach.replace('approach', 'approach ')}: {flag}" for flag in info["flags"]]
     intervals = {k: v["a_ci"] for k, v in approaches.items() if v["a_ci"] is not None}
     disjoint = len(intervals) >= 2 and not _overlap(intervals)
     if disjoint:
-        reasons.append("the approaches' intervals of a do not overlap: " + "; ".join(
-            f"{k.replace('approach', 'approach ')} a = {sci(approaches[k]['a'])} [{sci(lo)}, {sci(hi)}]"
-            for k, (lo, hi) in intervals.items()))
+        reasons.append(
+            "the approaches' intervals of a do not overlap: "
+            + "; ".join(
+                f"{k.replace('approach', 'approach ')} a = {sci(approaches[k]['a'])} [{sci(lo)}, {sci(hi)}]"
+                for k, (lo, hi) in intervals.items()
+            )
+        )
     if len(approaches) < 2:
         reasons.append(f"only {len(approaches)} approach fitted: nothing to compare")
     if reasons:  # the first approach with a recommendation and no flag of its own, if any
         trusted = next((k for k in TRUST_ORDER if k in approaches and not approaches[k]["flags"]), None)
     else:
         trusted = (out.get("recommendation") or {}).get("source")
-    return {"approaches": approaches, "budgets": positions,
-            "approach3": checks,
-            "residuals": {"approach3": residuals(chin, finals)} if checks is not None else {},
-            "verdict": "agree" if not reasons else "disagree", "reasons": reasons,
-            "trusted": trusted,
-            "next_runs": next_runs(positions, checks["at_bound"] if checks else [], disjoint, float(finals.C.max()))}
+    return {
+        "approaches": approaches,
+        "budgets": positions,
+        "approach3": checks,
+        "residuals": {"approach3": residuals(chin, finals)} if checks is not None else {},
+        "verdict": "agree" if not reasons else "disagree",
+        "reasons": reasons,
+        "trusted": trusted,
+        "next_runs": next_runs(positions, checks["at_bound"] if checks else [], disjoint, float(finals.C.max())),
+    }

@@ -12,15 +12,16 @@ skipped with its reason, never taken as its own optimum (that would fit a power 
 happened to run, with a spuriously tight bootstrap interval). Unless the caller says which, a point
 set is optima when every budget holds exactly one point; a sweep's runs are always runs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.points import Budget, Points, budgets
 from launcher.analysis.fit.powerlaw import PowerLaw, fit_power_law
+from launcher.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,17 @@ class IsoflopMinimum:
     interior: bool = True  # the vertex lies within the budget's sampled range of N
 
     def as_dict(self) -> dict:
-        return {"budget": self.label, "C": self.C, "n_points": self.n_points, "N_opt": self.N_opt,
-                "D_opt": self.D_opt, "loss_opt": self.loss_opt, "interior": self.interior,
-                "parabola_lnN": None if self.parabola_N is None else self.parabola_N.as_list(),
-                "parabola_lnD": None if self.parabola_D is None else self.parabola_D.as_list()}
+        return {
+            "budget": self.label,
+            "C": self.C,
+            "n_points": self.n_points,
+            "N_opt": self.N_opt,
+            "D_opt": self.D_opt,
+            "loss_opt": self.loss_opt,
+            "interior": self.interior,
+            "parabola_lnN": None if self.parabola_N is None else self.parabola_N.as_list(),
+            "parabola_lnD": None if self.parabola_D is None else self.parabola_D.as_list(),
+        }
 
 
 def budget_minimum(points: Points, budget: Budget, given: bool = False) -> IsoflopMinimum:
@@ -78,16 +86,16 @@ def budget_minimum(points: Points, budget: Budget, given: bool = False) -> Isofl
         return IsoflopMinimum(budget.label, budget.C, 1, points.N[i], points.D[i], points.loss[i], float(w[0]))
     lnN, lnD, loss = np.log(points.N[idx]), np.log(points.D[idx]), points.loss[idx]
     if np.unique(lnN).size < 3:
-        raise UserError(f"budget {budget.label}: a parabola needs runs of 3+ distinct sizes, got "
-                        f"{np.unique(lnN).size}")
+        raise UserError(f"budget {budget.label}: a parabola needs runs of 3+ distinct sizes, got {np.unique(lnN).size}")
     pn, pd = fit_parabola(lnN, loss, w), fit_parabola(lnD, loss, w)
     if pn.c2 <= 0 or pd.c2 <= 0:
         raise UserError(f"budget {budget.label}: loss is not convex in log N (no minimum inside the sweep)")
     N_opt, loss_opt = pn.vertex
     D_opt, _ = pd.vertex
     interior = bool(lnN.min() <= np.log(N_opt) <= lnN.max())
-    return IsoflopMinimum(budget.label, budget.C, int(idx.size), N_opt, D_opt, loss_opt, float(w.sum()),
-                          pn, pd, interior)
+    return IsoflopMinimum(
+        budget.label, budget.C, int(idx.size), N_opt, D_opt, loss_opt, float(w.sum()), pn, pd, interior
+    )
 
 
 @dataclass(frozen=True)
@@ -110,10 +118,18 @@ class IsoflopFit:
         return self.N_law(C), self.D_law(C), self.loss_law(C)
 
     def as_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "N_coef": self.N_law.coef, "D_coef": self.D_law.coef,
-                "r2_N": self.N_law.r2, "r2_D": self.D_law.r2,
-                "loss_coef": self.loss_law.coef, "loss_exponent": self.loss_law.exponent,
-                "budgets": [m.as_dict() for m in self.minima], "skipped_budgets": self.skipped}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "N_coef": self.N_law.coef,
+            "D_coef": self.D_law.coef,
+            "r2_N": self.N_law.r2,
+            "r2_D": self.D_law.r2,
+            "loss_coef": self.loss_law.coef,
+            "loss_exponent": self.loss_law.exponent,
+            "budgets": [m.as_dict() for m in self.minima],
+            "skipped_budgets": self.skipped,
+        }
 
 
 def isoflop_minima(points: Points, optima: bool | None = None) -> tuple[list[IsoflopMinimum], list[dict]]:
@@ -136,12 +152,15 @@ def isoflop_minima(points: Points, optima: bool | None = None) -> tuple[list[Iso
 def fit_optima(minima: list[IsoflopMinimum], skipped: list[dict] | None = None) -> IsoflopFit:
     if len(minima) < 2:
         reasons = "; ".join(s["error"] for s in skipped or [])
-        raise UserError(f"approach 2: needs optima at 2+ isoFLOP budgets, got {len(minima)}"
-                        + (f" ({reasons})" if reasons else ""))
+        raise UserError(
+            f"approach 2: needs optima at 2+ isoFLOP budgets, got {len(minima)}" + (f" ({reasons})" if reasons else "")
+        )
     C = np.array([m.C for m in minima])
     w = np.array([m.weight for m in minima])
-    laws = [fit_power_law(C, [getattr(m, key) for m in minima], w, what=f"approach 2 {key}")
-            for key in ("N_opt", "D_opt", "loss_opt")]
+    laws = [
+        fit_power_law(C, [getattr(m, key) for m in minima], w, what=f"approach 2 {key}")
+        for key in ("N_opt", "D_opt", "loss_opt")
+    ]
     return IsoflopFit(minima, list(skipped or []), *laws)
 
 

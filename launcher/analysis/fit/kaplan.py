@@ -6,6 +6,7 @@ and (D, loss): the points that are limited by N (resp. D) rather than by the oth
 L(N, D) = [(Nc/N)^(αN/αD) + Dc/D]^αD is fitted to all points by least squares on log L.
 Kaplan et al. count non-embedding parameters; pass those as N where available.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from launcher.errors import UserError
 from launcher.analysis.fit.points import Points, pareto_front
 from launcher.analysis.fit.powerlaw import fit_power_law
+from launcher.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,9 @@ class KaplanFit:
 
     def loss(self, N, D):
         N, D = np.asarray(N, float), np.asarray(D, float)
-        return np.exp(_log_loss(np.array([np.log(self.Nc), np.log(self.Dc), self.alpha_N, self.alpha_D]),
-                                np.log(N), np.log(D)))
+        return np.exp(
+            _log_loss(np.array([np.log(self.Nc), np.log(self.Dc), self.alpha_N, self.alpha_D]), np.log(N), np.log(D))
+        )
 
 
 def _log_loss(p: np.ndarray, lnN: np.ndarray, lnD: np.ndarray) -> np.ndarray:
@@ -44,11 +46,15 @@ def fit_single(x: np.ndarray, loss: np.ndarray, w: np.ndarray, what: str) -> dic
         raise UserError(f"kaplan L({what}): needs 2+ points where more {what} gave lower loss, got {front.size}")
     law = fit_power_law(x[front], loss[front], w[front], what=f"kaplan L({what})")
     alpha = -law.exponent
-    return {f"{what}c": float(law.coef ** (1.0 / alpha)) if alpha > 0 else None, f"alpha_{what}": alpha,
-            "r2": law.r2, "n_points": int(front.size)}
+    return {
+        f"{what}c": float(law.coef ** (1.0 / alpha)) if alpha > 0 else None,
+        f"alpha_{what}": alpha,
+        "r2": law.r2,
+        "n_points": int(front.size),
+    }
 
 
-def fit_joint(points: Points, starts: list[dict]) -> KaplanFit:
+def fit_joint(points: Points, starts: list[np.ndarray]) -> KaplanFit:
     """Least squares on log L from the single-variable fits and a few spreads of the exponents."""
     use = points.weight > 0
     lnN, lnD, lnL = np.log(points.N[use]), np.log(points.D[use]), np.log(points.loss[use])
@@ -87,16 +93,30 @@ def fit_kaplan(points: Points) -> dict:
     for alpha_n in (0.05, 0.1, 0.3):
         for alpha_d in (0.05, 0.1, 0.3):
             # place Nc, Dc so that each term alone would explain the largest loss
-            starts.append(np.array([np.log(points.N.min()) + lnL.max() / alpha_n,
-                                    np.log(points.D.min()) + lnL.max() / alpha_d, alpha_n, alpha_d]))
+            starts.append(
+                np.array(
+                    [
+                        np.log(points.N.min()) + lnL.max() / alpha_n,
+                        np.log(points.D.min()) + lnL.max() / alpha_d,
+                        alpha_n,
+                        alpha_d,
+                    ]
+                )
+            )
     single = [out[k] for k in ("L_N", "L_D")]
     if all("error" not in s and s.get(f"{k}c") for s, k in zip(single, "ND")):
-        starts.insert(0, np.array([np.log(single[0]["Nc"]), np.log(single[1]["Dc"]),
-                                   single[0]["alpha_N"], single[1]["alpha_D"]]))
+        starts.insert(
+            0, np.array([np.log(single[0]["Nc"]), np.log(single[1]["Dc"]), single[0]["alpha_N"], single[1]["alpha_D"]])
+        )
     try:
         joint = fit_joint(points, starts)
-        out["L_ND"] = {"Nc": joint.Nc, "Dc": joint.Dc, "alpha_N": joint.alpha_N, "alpha_D": joint.alpha_D,
-                       "rmse_log": joint.rmse_log}
+        out["L_ND"] = {
+            "Nc": joint.Nc,
+            "Dc": joint.Dc,
+            "alpha_N": joint.alpha_N,
+            "alpha_D": joint.alpha_D,
+            "rmse_log": joint.rmse_log,
+        }
     except UserError as exc:
         out["L_ND"] = {"error": str(exc)}
     return out

@@ -8,6 +8,7 @@ predicts again; the default refits one replicate at a time, families with a batc
 override it. The Huber-on-log-loss families share their objective and multi-start search
 (``multistart``); the others keep their own procedures behind the same interface.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.points import Points, Targets
+from launcher.errors import UserError
 
 METHODS = ("grid", "vpnls")
 DEFAULT_METHOD = "vpnls"  # equal or lower objective than the grid on every data set the tests use
@@ -27,19 +28,19 @@ DEFAULT_METHOD = "vpnls"  # equal or lower objective than the grid on every data
 class Options:
     """Everything a family may be told besides the points; each family reads its own."""
 
-    huber_reduce: str = "sum"               # Huber families: sum or mean of the terms (same optimum)
-    method: str = DEFAULT_METHOD            # approach 3: variable projection, or the 4500-start grid
-    base: dict | None = None                # datacon: fixed E, A, B, alpha, beta of the base law
-    loss_approach: str = "3"                # two_stage: the law for (N, D) -> loss
-    link: str = "sigmoid"                   # two_stage: loss -> metric
+    huber_reduce: str = "sum"  # Huber families: sum or mean of the terms (same optimum)
+    method: str = DEFAULT_METHOD  # approach 3: variable projection, or the 4500-start grid
+    base: dict | None = None  # datacon: fixed E, A, B, alpha, beta of the base law
+    loss_approach: str = "3"  # two_stage: the law for (N, D) -> loss
+    link: str = "sigmoid"  # two_stage: loss -> metric
     metric_range: tuple[float, float] | str | None = "auto"  # two_stage: bounds; "auto": [0, 1] if all in it
 
 
 class LawFamily(ABC):
     name: str
-    summary: str                   # one line for ``ladder fit --help``
-    parameters: tuple[str, ...]    # the fitted parameters, as the result names them
-    predicts: bool = True          # whether it predicts a value at given (N, D); 1 and 2 predict optima
+    summary: str  # one line for ``ladder fit --help``
+    parameters: tuple[str, ...]  # the fitted parameters, as the result names them
+    predicts: bool = True  # whether it predicts a value at given (N, D); 1 and 2 predict optima
 
     @abstractmethod
     def fit(self, points: Points, options: Options, warm: Any = None) -> Any:
@@ -56,8 +57,9 @@ class LawFamily(ABC):
         """The intermediate loss a metric is read off (two_stage); None for a law of the value itself."""
         return None
 
-    def replicates(self, fit: Any, points: Points, options: Options, counts: np.ndarray,
-                   targets: Targets) -> np.ndarray:
+    def replicates(
+        self, fit: Any, points: Points, options: Options, counts: np.ndarray, targets: Targets
+    ) -> np.ndarray:
         """[R, targets] predictions of refits under each row of ``counts``; NaN where a refit fails."""
         out = np.full((len(counts), len(targets)), np.nan)
         for r, c in enumerate(counts):

@@ -6,6 +6,7 @@ decision is invariant to scaling the objective (the first step has unit length i
 space, the stopping test is relative to the objective), so a sum and a mean of the same losses
 follow the same path and stop at the same optimum.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,9 +20,9 @@ BatchedObjective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
 
 @dataclass(frozen=True)
 class BatchResult:
-    x: np.ndarray          # [starts, n] final parameters
-    fun: np.ndarray        # [starts] final objective
-    n_iter: np.ndarray     # [starts] iterations taken
+    x: np.ndarray  # [starts, n] final parameters
+    fun: np.ndarray  # [starts] final objective
+    n_iter: np.ndarray  # [starts] iterations taken
     converged: np.ndarray  # [starts] stopped by a tolerance (not by max_iter)
 
 
@@ -74,9 +75,17 @@ class _History:
         return -q
 
 
-def minimize_lbfgs_batched(fun: BatchedObjective, x0: np.ndarray, *, rtol: float = 1e-10,
-                           max_iter: int = 2000, memory: int = 10, c1: float = 1e-4,
-                           max_backtracks: int = 40, patience: int = 3) -> BatchResult:
+def minimize_lbfgs_batched(
+    fun: BatchedObjective,
+    x0: np.ndarray,
+    *,
+    rtol: float = 1e-10,
+    max_iter: int = 2000,
+    memory: int = 10,
+    c1: float = 1e-4,
+    max_backtracks: int = 40,
+    patience: int = 3,
+) -> BatchResult:
     """Minimise ``fun`` from every row of ``x0``.
 
     A start stops when its objective has decreased by at most ``rtol``·|f| for ``patience``

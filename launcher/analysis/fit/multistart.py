@@ -7,20 +7,21 @@ are rows of one batch. ``fit_from_starts`` screens every start at a loose tolera
 the best distinct end points at a tight one; ``refit_weighted`` refits under many weightings at once
 from a few warm starts.
 """
+
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.lbfgs import BatchResult, minimize_lbfgs_batched
+from launcher.errors import UserError
 
 # Screening tolerance for every start, then a tight one for the N_POLISH best distinct end points.
-SCREEN = dict(rtol=1e-6, patience=1, max_iter=500)
-POLISH = dict(rtol=1e-10, patience=3, max_iter=2000)
+SCREEN: dict[str, Any] = dict(rtol=1e-6, patience=1, max_iter=500)
+POLISH: dict[str, Any] = dict(rtol=1e-10, patience=3, max_iter=2000)
 N_POLISH = 8
 
 
@@ -32,10 +33,10 @@ class Objective(Protocol):
 
 @dataclass(frozen=True)
 class MultiStart:
-    theta: np.ndarray       # best parameters, natural coordinates
+    theta: np.ndarray  # best parameters, natural coordinates
     objective: float
     n_starts: int
-    n_converged: int        # starts whose screening run stopped by a tolerance
+    n_converged: int  # starts whose screening run stopped by a tolerance
     candidates: np.ndarray  # distinct optima, best first (natural): warm starts for refits
     candidate_objectives: np.ndarray  # their objectives
 
@@ -56,7 +57,9 @@ def finite_fun(result: BatchResult) -> np.ndarray:
     return np.where(ok, result.fun, np.inf)
 
 
-def fit_from_starts(objective: Objective, starts: np.ndarray, what: str, polish: dict = POLISH) -> MultiStart:
+def fit_from_starts(
+    objective: Objective, starts: np.ndarray | Sequence[Sequence[float]], what: str, polish: dict[str, Any] = POLISH
+) -> MultiStart:
     """Every start to a relative tolerance of 1e-6 (about where scipy's default stops on these
     objectives); the best distinct end points then continue to ``polish`` (1e-10), so the optimum is
     tight without paying the tight tolerance on thousands of starts that end on plateaus."""
@@ -65,17 +68,24 @@ def fit_from_starts(objective: Objective, starts: np.ndarray, what: str, polish:
     keep = best_distinct(screen.x, finite_fun(screen), N_POLISH)
     if keep.size == 0:
         raise UserError(f"{what}: the fit diverged from every start")
-    polish = minimize_lbfgs_batched(objective, screen.x[keep], **polish)
-    polish_fun = finite_fun(polish)
+    polished = minimize_lbfgs_batched(objective, screen.x[keep], **polish)
+    polish_fun = finite_fun(polished)
     order = np.argsort(polish_fun)
     order = order[np.isfinite(polish_fun[order])]
     best = order[0]
-    return MultiStart(objective.to_natural(polish.x[best])[0], float(polish_fun[best]), len(starts),
-                      int(screen.converged.sum()), objective.to_natural(polish.x[order]), polish_fun[order])
+    return MultiStart(
+        objective.to_natural(polished.x[best])[0],
+        float(polish_fun[best]),
+        len(starts),
+        int(screen.converged.sum()),
+        objective.to_natural(polished.x[order]),
+        polish_fun[order],
+    )
 
 
-def refit_weighted(make_objective: Callable[[np.ndarray], Objective], weights: np.ndarray,
-                   starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def refit_weighted(
+    make_objective: Callable[[np.ndarray], Objective], weights: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Refit under each row of ``weights`` [R, P] (e.g. bootstrap counts) from the same few ``starts``.
 
     ``make_objective(weights [R·K, P])`` builds the batched objective; all R·K runs go through one

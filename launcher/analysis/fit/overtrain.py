@@ -20,6 +20,7 @@ least squares on L because it is what approach 3 does here, so the two laws diff
 tied exponent, and because a robust loss keeps one diverged run from moving the fit. The law is
 evaluated in (N, D); a, b and η are reported for the paper's (C, M) form under C = 6·N·D.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,8 +28,7 @@ import itertools
 import numpy as np
 
 from launcher.analysis.fit import multistart
-from launcher.analysis.fit.chinchilla import (HUBER_DELTA, ChinchillaFit, HuberObjective, check_points,
-                                              predicted_loss)
+from launcher.analysis.fit.chinchilla import HUBER_DELTA, ChinchillaFit, HuberObjective, check_points, predicted_loss
 from launcher.analysis.fit.laws import LawFamily, Options
 from launcher.analysis.fit.points import Points, Targets
 
@@ -76,17 +76,31 @@ def fit_overtrain(points: Points, *, huber_reduce: str = "sum", starts: np.ndarr
     check_points(points, "overtrain")
     objective = TiedObjective(points, points.weight, huber_reduce)
     best = multistart.fit_from_starts(objective, tied_grid() if starts is None else starts, "overtrain")
-    return ChinchillaFit.from_theta(untie(best.theta)[0], best.objective, huber_delta=HUBER_DELTA,
-                                    huber_reduce=huber_reduce, n_starts=best.n_starts, n_converged=best.n_converged,
-                                    candidates=untie(best.candidates))
+    return ChinchillaFit.from_theta(
+        untie(best.theta)[0],
+        best.objective,
+        huber_delta=HUBER_DELTA,
+        huber_reduce=huber_reduce,
+        n_starts=best.n_starts,
+        n_converged=best.n_converged,
+        candidates=untie(best.candidates),
+    )
 
 
 def gadre_form(fit: ChinchillaFit) -> dict:
     """The fit in the paper's parameters (C = 6·N·D, M = D/N) beside the Chinchilla ones."""
     eta = fit.alpha / 2.0
-    return {"E": fit.E, "a": fit.A * 6.0**eta, "b": fit.B * 6.0**eta, "eta": eta,
-            "A": fit.A, "B": fit.B, "alpha": fit.alpha, "beta": fit.beta,
-            **{k: getattr(fit, k) for k in ("objective", "huber_delta", "huber_reduce", "n_starts", "n_converged")}}
+    return {
+        "E": fit.E,
+        "a": fit.A * 6.0**eta,
+        "b": fit.B * 6.0**eta,
+        "eta": eta,
+        "A": fit.A,
+        "B": fit.B,
+        "alpha": fit.alpha,
+        "beta": fit.beta,
+        **{k: getattr(fit, k) for k in ("objective", "huber_delta", "huber_reduce", "n_starts", "n_converged")},
+    }
 
 
 class Overtrain(LawFamily):
@@ -104,8 +118,10 @@ class Overtrain(LawFamily):
     def predict(self, fit: ChinchillaFit, targets: Targets) -> np.ndarray:
         return fit.loss(targets.N, targets.D)
 
-    def replicates(self, fit: ChinchillaFit, points: Points, options: Options, counts: np.ndarray,
-                   targets: Targets) -> np.ndarray:
-        theta, _ = multistart.refit_weighted(lambda w: TiedObjective(points, w, options.huber_reduce),
-                                             counts, fit.candidates[:WARM_STARTS, :4])
+    def replicates(
+        self, fit: ChinchillaFit, points: Points, options: Options, counts: np.ndarray, targets: Targets
+    ) -> np.ndarray:
+        theta, _ = multistart.refit_weighted(
+            lambda w: TiedObjective(points, w, options.huber_reduce), counts, fit.candidates[:WARM_STARTS, :4]
+        )
         return predicted_loss(untie(theta), targets.N, targets.D)

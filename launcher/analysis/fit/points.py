@@ -5,12 +5,14 @@ same fit with integer resampling counts as weights (no copying of rows). Two opt
 the laws that need more than (N, D, loss): ``U`` (unique tokens, the data-constrained law) and
 ``metric`` (a downstream metric, the two-stage law; any finite value, unlike the positive loss).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +43,8 @@ class Points:
 
     def take(self, index) -> Points:
         columns = (getattr(self, f) for f in self.__dataclass_fields__)
-        return Points(*(None if c is None else c[index] for c in columns))
+        taken: list[Any] = [None if c is None else c[index] for c in columns]
+        return Points(*taken)
 
     def with_weight(self, weight: np.ndarray) -> Points:
         return dataclasses.replace(self, weight=np.asarray(weight, float))
@@ -93,7 +96,7 @@ def _number(row: Mapping, key: str, i: int, positive: bool = True, what: str = "
     return number
 
 
-def _optional(rows: list[Mapping], key: str, positive: bool, what: str = "point") -> np.ndarray | None:
+def _optional(rows: Sequence[Mapping], key: str, positive: bool, what: str = "point") -> np.ndarray | None:
     """The column ``key`` where any row has it; then every row must."""
     if not any(r.get(key) is not None for r in rows):
         return None
@@ -115,22 +118,31 @@ def as_points(points, weights=None) -> Points:
             raise UserError(f"point {i}: expected a mapping with keys N, D, loss, got {type(row).__name__}")
         missing = [k for k in REQUIRED if k not in row]
         if missing:
-            raise UserError(f"point {i}: missing {', '.join(missing)}; each point needs N, D, loss "
-                            f"(C, budget, name optional)")
+            raise UserError(
+                f"point {i}: missing {', '.join(missing)}; each point needs N, D, loss (C, budget, name optional)"
+            )
     N = np.array([_number(r, "N", i) for i, r in enumerate(rows)])
     D = np.array([_number(r, "D", i) for i, r in enumerate(rows)])
     loss = np.array([_number(r, "loss", i) for i, r in enumerate(rows)])
-    C = np.array([_number(r, "C", i) if r.get("C") is not None else 6.0 * N[i] * D[i]
-                  for i, r in enumerate(rows)])
+    C = np.array([_number(r, "C", i) if r.get("C") is not None else 6.0 * N[i] * D[i] for i, r in enumerate(rows)])
     budget = np.empty(len(rows), dtype=object)
     budget[:] = [_label(r.get("budget")) for r in rows]
     name = np.empty(len(rows), dtype=object)
     name[:] = [r.get("name") for r in rows]
-    return Points(N, D, C, loss, _weights(weights, len(rows)), budget, name,
-                  _optional(rows, "U", positive=True), _optional(rows, "metric", positive=False))
+    return Points(
+        N,
+        D,
+        C,
+        loss,
+        _weights(weights, len(rows)),
+        budget,
+        name,
+        _optional(rows, "U", positive=True),
+        _optional(rows, "metric", positive=False),
+    )
 
 
-def as_targets(rows: list[Mapping]) -> Targets:
+def as_targets(rows: Sequence[Mapping]) -> Targets:
     """Validate target rows (N, D; optional C, default 6·N·D, and U)."""
     if not rows:
         raise UserError("targets: no target rows given")
@@ -140,8 +152,9 @@ def as_targets(rows: list[Mapping]) -> Targets:
             raise UserError(f"target {i}: missing {', '.join(missing)}; each target needs N, D (C, U optional)")
     N = np.array([_number(r, "N", i, what="target") for i, r in enumerate(rows)])
     D = np.array([_number(r, "D", i, what="target") for i, r in enumerate(rows)])
-    C = np.array([_number(r, "C", i, what="target") if r.get("C") is not None else 6.0 * N[i] * D[i]
-                  for i, r in enumerate(rows)])
+    C = np.array(
+        [_number(r, "C", i, what="target") if r.get("C") is not None else 6.0 * N[i] * D[i] for i, r in enumerate(rows)]
+    )
     return Targets(N, D, C, _optional(rows, "U", positive=True, what="target"))
 
 

@@ -1,4 +1,5 @@
 """y = coef · x^exponent by (weighted) least squares in log-log space: the last step of approaches 1 and 2."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ def fit_power_law(x, y, weights=None, *, what: str = "power law") -> PowerLaw:
     w = np.ones_like(lx) if weights is None else np.asarray(weights, float)
     use = w > 0
     if np.unique(lx[use]).size < 2:
-        raise UserError(f"{what}: needs at least 2 distinct x values with positive weight, got {np.unique(lx[use]).size}")
+        raise UserError(
+            f"{what}: needs at least 2 distinct x values with positive weight, got {np.unique(lx[use]).size}"
+        )
     sw = np.sqrt(w[use])
     X = np.stack([np.ones(use.sum()), lx[use]], axis=1)
     (intercept, slope), *_ = np.linalg.lstsq(X * sw[:, None], ly[use] * sw, rcond=None)

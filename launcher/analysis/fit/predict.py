@@ -7,16 +7,17 @@ interval is the percentile interval (``bootstrap.LEVEL``) over the replicates th
 fitted. A target row that carries the fitted value itself is checked against it: ``observed``,
 ``rel_error`` (predicted / observed − 1) and ``inside`` (whether it fell in the interval).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.bootstrap import percentile_interval, resample_counts
 from launcher.analysis.fit.laws import LawFamily, Options
 from launcher.analysis.fit.points import Points, Targets
+from launcher.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class Prediction:
     value: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
-    n_ok: int                 # replicates that could be fitted
-    loss: np.ndarray | None   # two_stage: the step-1 loss the metric was read off
+    n_ok: int  # replicates that could be fitted
+    loss: np.ndarray | None  # two_stage: the step-1 loss the metric was read off
 
 
 def strata(points: Points) -> list[np.ndarray]:
@@ -38,8 +39,9 @@ def strata(points: Points) -> list[np.ndarray]:
     return [np.array(v) for v in groups.values()]
 
 
-def predict(law: LawFamily, fit, points: Points, options: Options, targets: Targets, n_boot: int,
-            seed: int) -> Prediction:
+def predict(
+    law: LawFamily, fit, points: Points, options: Options, targets: Targets, n_boot: int, seed: int
+) -> Prediction:
     """The fitted law at ``targets`` and its bootstrap interval (NaN bounds with ``n_boot`` = 0)."""
     if n_boot < 0:
         raise UserError(f"--n-boot: must be 0 or more, got {n_boot}")
@@ -65,7 +67,10 @@ def entries(prediction: Prediction, key: str, carried: list[dict], observed: lis
         seen = observed[i]
         if seen is not None:
             lo, hi = prediction.lo[i], prediction.hi[i]
-            entry.update(observed=seen, rel_error=prediction.value[i] / seen - 1.0 if seen else None,
-                         inside=bool(lo <= seen <= hi) if np.isfinite(lo) and np.isfinite(hi) else None)
+            entry.update(
+                observed=seen,
+                rel_error=prediction.value[i] / seen - 1.0 if seen else None,
+                inside=bool(lo <= seen <= hi) if np.isfinite(lo) and np.isfinite(hi) else None,
+            )
         out.append(entry)
     return out

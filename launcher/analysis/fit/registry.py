@@ -1,11 +1,11 @@
 """Every law family by the name ``--approach`` takes: thin adapters over the procedures that have their
 own modules (approaches 1, 2, 3, Kaplan, BNSL) and the families that are their own modules
 (overtrain, datacon, two_stage)."""
+
 from __future__ import annotations
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.bnsl import BnslFit, fit_bnsl
 from launcher.analysis.fit.chinchilla import ChinchillaFit, fit_chinchilla, predicted_loss, refit_weighted
 from launcher.analysis.fit.datacon import Datacon
@@ -17,6 +17,7 @@ from launcher.analysis.fit.overtrain import WARM_STARTS, Overtrain
 from launcher.analysis.fit.points import Points, Targets
 from launcher.analysis.fit.twostage import TwoStage
 from launcher.analysis.fit.vpnls import fit_approach3
+from launcher.errors import UserError
 
 
 class Envelope(LawFamily):
@@ -61,8 +62,9 @@ class Chinchilla(LawFamily):
     def predict(self, fit: ChinchillaFit, targets: Targets) -> np.ndarray:
         return fit.loss(targets.N, targets.D)
 
-    def replicates(self, fit: ChinchillaFit, points: Points, options: Options, counts: np.ndarray,
-                   targets: Targets) -> np.ndarray:
+    def replicates(
+        self, fit: ChinchillaFit, points: Points, options: Options, counts: np.ndarray, targets: Targets
+    ) -> np.ndarray:
         theta, _ = refit_weighted(points, counts, fit.candidates[:WARM_STARTS], huber_reduce=options.huber_reduce)
         return predicted_loss(theta, targets.N, targets.D)
 
@@ -83,7 +85,8 @@ class Kaplan(LawFamily):
         if "error" in joint:
             raise UserError(joint["error"])
         return KaplanFit(joint["Nc"], joint["Dc"], joint["alpha_N"], joint["alpha_D"], joint["rmse_log"]).loss(
-            targets.N, targets.D)
+            targets.N, targets.D
+        )
 
 
 class Bnsl(LawFamily):
@@ -102,8 +105,9 @@ class Bnsl(LawFamily):
 
 
 def _registry() -> dict[str, LawFamily]:
-    laws: dict[str, LawFamily] = {f.name: f for f in (Envelope(), Isoflop(), Chinchilla(), Kaplan(), Bnsl(),
-                                                      Overtrain(), Datacon())}
+    laws: dict[str, LawFamily] = {
+        f.name: f for f in (Envelope(), Isoflop(), Chinchilla(), Kaplan(), Bnsl(), Overtrain(), Datacon())
+    }
     laws["two_stage"] = TwoStage(laws)
     return laws
 

@@ -3,6 +3,7 @@ compute-optimal recommendation, an extrapolation check and what the report draws
 
 The schema is documented in ``launcher.analysis.fit`` (the package docstring).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.bnsl import fit_bnsl
 from launcher.analysis.fit.bootstrap import LEVEL, percentile_interval, resample_counts
 from launcher.analysis.fit.chinchilla import ChinchillaFit, compute_optimal, predicted_loss, refit_weighted
@@ -22,6 +22,7 @@ from launcher.analysis.fit.kaplan import fit_kaplan
 from launcher.analysis.fit.laws import DEFAULT_METHOD, METHODS
 from launcher.analysis.fit.points import Points, as_points, budgets
 from launcher.analysis.fit.vpnls import fit_approach3
+from launcher.errors import UserError
 
 SCHEMA = "scaleladder.fit/1"
 GRID_POINTS = 25
@@ -76,8 +77,16 @@ def _non_embedding(final_points: list[dict], finals: Points) -> Points:
 class SweepFitter:
     """Fits one sweep's runs; each method adds one part of fit.json."""
 
-    def __init__(self, final_points: list[dict], curve_points: list[dict], budget_flops: float | None,
-                 n_boot: int, seed: int, method: str = DEFAULT_METHOD, holdout: list[dict] | None = None):
+    def __init__(
+        self,
+        final_points: list[dict],
+        curve_points: list[dict],
+        budget_flops: float | None,
+        n_boot: int,
+        seed: int,
+        method: str = DEFAULT_METHOD,
+        holdout: list[dict] | None = None,
+    ):
         self.held = as_points(holdout) if holdout else None  # runs predicted, not fitted (sweep.holdout)
         self.method = method  # approach 3's; its bootstrap refits start from this fit's distinct optima
         self.final_points = list(final_points)
@@ -95,26 +104,34 @@ class SweepFitter:
         self.grid = np.unique(np.r_[grid, [budget_flops] if budget_flops else []])
 
     def run(self) -> dict:
-        envelope, env_err = _attempt(fit_envelope, self.curves) if self.curves is not None else (
-            None, {"error": "approach 1: no curve points"})
+        envelope, env_err = (
+            _attempt(fit_envelope, self.curves)
+            if self.curves is not None
+            else (None, {"error": "approach 1: no curve points"})
+        )
         iso, iso_err = _attempt(fit_isoflop, self.finals, optima=False)
         chin, chin_err = _attempt(fit_approach3, self.finals, self.method)
-        out = {"schema": SCHEMA, "n_runs": len(self.finals),
-               "n_curve_points": 0 if self.curves is None else len(self.curves),
-               "flops_per_param_token": self.k,
-               "approach1": envelope.as_dict() if envelope else env_err,
-               "approach2": iso.as_dict() if iso else iso_err,
-               "approach3": self.approach3(chin) if chin else chin_err,
-               "kaplan": fit_kaplan(_non_embedding(self.final_points, self.finals)),
-               "bnsl": self.bnsl()}
+        out = {
+            "schema": SCHEMA,
+            "n_runs": len(self.finals),
+            "n_curve_points": 0 if self.curves is None else len(self.curves),
+            "flops_per_param_token": self.k,
+            "approach1": envelope.as_dict() if envelope else env_err,
+            "approach2": iso.as_dict() if iso else iso_err,
+            "approach3": self.approach3(chin) if chin else chin_err,
+            "kaplan": fit_kaplan(_non_embedding(self.final_points, self.finals)),
+            "bnsl": self.bnsl(),
+        }
         boot = self.bootstrap(envelope, iso, chin)
         out["bootstrap"] = boot["summary"]
         out["frontier"] = self.frontier(envelope, iso, chin, boot)
         out["recommendation"] = self.recommendation(iso, chin, boot)
         out["extrapolation"] = self.extrapolation()
         out["holdout"] = self.holdout(chin, boot)
-        out["projection"] = {"beyond_C": self.beyond_C,
-                             "frontier": [bool(c > self.beyond_C) for c in out["frontier"]["C"]]}
+        out["projection"] = {
+            "beyond_C": self.beyond_C,
+            "frontier": [bool(c > self.beyond_C) for c in out["frontier"]["C"]],
+        }
         out["diagnostics"] = diagnose(out, chin, self.finals)
         return jsonable(out)
 
@@ -127,19 +144,47 @@ class SweepFitter:
         h = self.held
         pred = chin.loss(h.N, h.D)
         lo, hi = percentile_interval(predicted_loss(boot["approach3"], h.N, h.D))
-        runs = [{"name": h.name[i], "N": h.N[i], "D": h.D[i], "C": h.C[i], "budget": h.budget[i], "loss": h.loss[i],
-                 "predicted_loss": pred[i], "lo": lo[i], "hi": hi[i], "rel_error": pred[i] / h.loss[i] - 1.0,
-                 "inside": bool(lo[i] <= h.loss[i] <= hi[i]), "kind": "prediction"} for i in range(len(h))]
+        runs = [
+            {
+                "name": h.name[i],
+                "N": h.N[i],
+                "D": h.D[i],
+                "C": h.C[i],
+                "budget": h.budget[i],
+                "loss": h.loss[i],
+                "predicted_loss": pred[i],
+                "lo": lo[i],
+                "hi": hi[i],
+                "rel_error": pred[i] / h.loss[i] - 1.0,
+                "inside": bool(lo[i] <= h.loss[i] <= hi[i]),
+                "kind": "prediction",
+            }
+            for i in range(len(h))
+        ]
         errors = np.abs(pred / h.loss - 1.0)
-        return {"approach": "approach3", "runs": runs, "median_abs_rel_error": float(np.median(errors)),
-                "worst_abs_rel_error": float(errors.max()), "n_inside": sum(r["inside"] for r in runs)}
-
+        return {
+            "approach": "approach3",
+            "runs": runs,
+            "median_abs_rel_error": float(np.median(errors)),
+            "worst_abs_rel_error": float(errors.max()),
+            "n_inside": sum(r["inside"] for r in runs),
+        }
 
     def approach3(self, fit: ChinchillaFit) -> dict:
         p = self.finals
         pred = fit.loss(p.N, p.D)
-        runs = [{"name": p.name[i], "N": p.N[i], "D": p.D[i], "C": p.C[i], "budget": p.budget[i],
-                 "loss": p.loss[i], "predicted_loss": pred[i]} for i in range(len(p))]
+        runs = [
+            {
+                "name": p.name[i],
+                "N": p.N[i],
+                "D": p.D[i],
+                "C": p.C[i],
+                "budget": p.budget[i],
+                "loss": p.loss[i],
+                "predicted_loss": pred[i],
+            }
+            for i in range(len(p))
+        ]
         return {**fit.as_dict(), "method": fit.method, "runs": runs}
 
     def bnsl(self) -> dict:
@@ -165,13 +210,15 @@ class SweepFitter:
             theta, _ = refit_weighted(self.finals, counts, chin.candidates[:WARM_STARTS])
             result["approach3"] = theta
             a, b, e, alpha, beta = theta.T
-            derived = np.stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta,
-                                beta / (alpha + beta), alpha / (alpha + beta)], axis=1)
-            summary["approach3"] = {**self._summarise(derived, ("E", "A", "B", "alpha", "beta", "a", "b")),
-                                    "warm_started_from": f"{len(chin.candidates[:WARM_STARTS])} optima of the "
-                                                         f"{chin.method} fit"}
+            derived = np.stack(
+                [np.exp(e), np.exp(a), np.exp(b), alpha, beta, beta / (alpha + beta), alpha / (alpha + beta)], axis=1
+            )
+            summary["approach3"] = {
+                **self._summarise(derived, ("E", "A", "B", "alpha", "beta", "a", "b")),
+                "warm_started_from": f"{len(chin.candidates[:WARM_STARTS])} optima of the {chin.method} fit",
+            }
         curve_weights = self._curve_weights(counts) if envelope is not None else None
-        if curve_weights is not None:
+        if curve_weights is not None and self.curves is not None:  # weights come from curves
             laws = np.full((self.n_boot, 4), np.nan)
             for r, w in enumerate(curve_weights):
                 fit, _ = _attempt(fit_envelope, self.curves.with_weight(w))
@@ -189,6 +236,7 @@ class SweepFitter:
 
     def _curve_weights(self, counts: np.ndarray) -> np.ndarray | None:
         """Each curve point weighted by its run's resampling count; None when a curve has no known run."""
+        assert self.curves is not None  # asked only when approach 1 was fitted, from curves
         index = {name: i for i, name in enumerate(self.finals.name) if name is not None}
         runs = [index.get(name) for name in self.curves.name]
         if any(r is None for r in runs):
@@ -201,8 +249,11 @@ class SweepFitter:
         if chin is not None:
             N, D = chin.compute_optimal(C, self.k)
             Nb, Db = compute_optimal(boot["approach3"], C, self.k)
-            out["approach3"] = {**_band("N_opt", N, Nb), **_band("D_opt", D, Db),
-                                **_band("loss", chin.loss(N, D), predicted_loss(boot["approach3"], Nb, Db))}
+            out["approach3"] = {
+                **_band("N_opt", N, Nb),
+                **_band("D_opt", D, Db),
+                **_band("loss", chin.loss(N, D), predicted_loss(boot["approach3"], Nb, Db)),
+            }
         if iso is not None:
             laws = boot["approach2"]
             Nb = laws[:, 2, None] * C ** laws[:, 0, None]
@@ -214,8 +265,10 @@ class SweepFitter:
             N, D = envelope.N_law(C), envelope.D_law(C)
             if "approach1" in boot:
                 laws = boot["approach1"]
-                out["approach1"] = {**_band("N_opt", N, laws[:, 2, None] * C ** laws[:, 0, None]),
-                                    **_band("D_opt", D, laws[:, 3, None] * C ** laws[:, 1, None])}
+                out["approach1"] = {
+                    **_band("N_opt", N, laws[:, 2, None] * C ** laws[:, 0, None]),
+                    **_band("D_opt", D, laws[:, 3, None] * C ** laws[:, 1, None]),
+                }
             else:
                 out["approach1"] = {"N_opt": N, "D_opt": D}
         return out
@@ -233,20 +286,31 @@ class SweepFitter:
         if iso is not None:
             laws = boot["approach2"]
             N, D, L = iso.optimum(C)
-            options["approach2"] = self._option(C, N, D, L, laws[:, 2] * C ** laws[:, 0], laws[:, 3] * C ** laws[:, 1],
-                                                laws[:, 4] * C ** laws[:, 5])
+            options["approach2"] = self._option(
+                C, N, D, L, laws[:, 2] * C ** laws[:, 0], laws[:, 3] * C ** laws[:, 1], laws[:, 4] * C ** laws[:, 5]
+            )
         if not options:
             return {"error": "neither approach 2 nor approach 3 could be fitted"}
         source = "approach3" if "approach3" in options else "approach2"
-        return {**options[source], "source": source,
-                "kind": "projection" if C > self.beyond_C else "within the runs",
-                "alternatives": {k: v for k, v in options.items() if k != source}}
+        return {
+            **options[source],
+            "source": source,
+            "kind": "projection" if C > self.beyond_C else "within the runs",
+            "alternatives": {k: v for k, v in options.items() if k != source},
+        }
 
     @staticmethod
     def _option(C, N, D, loss, Nb, Db, Lb) -> dict:
-        return {"C": C, "N_opt": float(N), "D_opt": float(D), "tokens_per_param": float(D / N),
-                "N_opt_ci": list(percentile_interval(Nb)), "D_opt_ci": list(percentile_interval(Db)),
-                "predicted_loss": float(loss), "predicted_loss_ci": list(percentile_interval(Lb))}
+        return {
+            "C": C,
+            "N_opt": float(N),
+            "D_opt": float(D),
+            "tokens_per_param": float(D / N),
+            "N_opt_ci": list(percentile_interval(Nb)),
+            "D_opt_ci": list(percentile_interval(Db)),
+            "predicted_loss": float(loss),
+            "predicted_loss_ci": list(percentile_interval(Lb)),
+        }
 
     def extrapolation(self) -> dict:
         """Fit without the largest budget, predict its optimum, compare with what it measured."""
@@ -280,14 +344,23 @@ class SweepFitter:
 
     @staticmethod
     def _prediction(N, loss, seen) -> dict:
-        return {"N_opt": float(N), "loss_opt": float(loss),
-                "rel_error_N_opt": float(N / seen["N_opt"] - 1.0),
-                "rel_error_loss": float(loss / seen["loss_opt"] - 1.0)}
+        return {
+            "N_opt": float(N),
+            "loss_opt": float(loss),
+            "rel_error_N_opt": float(N / seen["N_opt"] - 1.0),
+            "rel_error_loss": float(loss / seen["loss_opt"] - 1.0),
+        }
 
 
-def fit_sweep(final_points: list[dict], curve_points: list[dict], budget_flops: float | None,
-              n_boot: int = 100, seed: int = 0, method: str = DEFAULT_METHOD,
-              holdout: list[dict] | None = None) -> dict:
+def fit_sweep(
+    final_points: list[dict],
+    curve_points: list[dict],
+    budget_flops: float | None,
+    n_boot: int = 100,
+    seed: int = 0,
+    method: str = DEFAULT_METHOD,
+    holdout: list[dict] | None = None,
+) -> dict:
     """The content of fit.json for one sweep (schema in ``launcher.analysis.fit``)."""
     if n_boot < 1:
         raise UserError(f"n_boot: must be 1 or more, got {n_boot}")

@@ -18,6 +18,7 @@ grid over those, each with its linear least squares.
 A prediction is the link at the step-1 loss; its bootstrap interval refits both steps on the same
 resampled runs, so it carries the uncertainty of both.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from launcher.errors import UserError
 from launcher.analysis.fit.laws import LawFamily, Options
 from launcher.analysis.fit.points import Points, Targets
+from launcher.errors import UserError
 
 SLOPES = (1.0, 3.0, 10.0, 30.0)  # |k|·range(L) and |γ|·range(L) of the start grid
 CENTRES = np.linspace(-0.5, 1.5, 9)  # L0 = min(L) + c·range(L)
@@ -138,7 +139,7 @@ class Exponential:
         return out
 
 
-KINDS = {"sigmoid": Sigmoid(), "exp": Exponential()}
+KINDS: dict[str, Sigmoid | Exponential] = {"sigmoid": Sigmoid(), "exp": Exponential()}
 LINKS = tuple(KINDS)
 
 
@@ -162,12 +163,15 @@ class Link:
         return KINDS[self.kind].value(self.params, np.asarray(loss, float))
 
     def as_dict(self) -> dict:
-        return {"link": self.kind, **self.params, "bounds": None if self.bounds is None else list(self.bounds),
-                "rmse": self.rmse}
+        return {
+            "link": self.kind,
+            **self.params,
+            "bounds": None if self.bounds is None else list(self.bounds),
+            "rmse": self.rmse,
+        }
 
 
-def fit_link(loss, metric, weight, kind: str, bounds: tuple[float, float] | None,
-             warm: Link | None = None) -> Link:
+def fit_link(loss, metric, weight, kind: str, bounds: tuple[float, float] | None, warm: Link | None = None) -> Link:
     """Least squares of the metric on the link of the loss, from the grid's best starts (or ``warm``)."""
     if kind not in KINDS:
         raise UserError(f"--link: must be one of {', '.join(LINKS)}, got {kind!r}")
@@ -175,8 +179,10 @@ def fit_link(loss, metric, weight, kind: str, bounds: tuple[float, float] | None
     loss, metric, weight = (np.asarray(v, float) for v in (loss, metric, weight))
     use = weight > 0
     if np.unique(loss[use]).size <= len(form.names):
-        raise UserError(f"two_stage: the {kind} link needs more than {len(form.names)} distinct losses, "
-                        f"got {np.unique(loss[use]).size}")
+        raise UserError(
+            f"two_stage: the {kind} link needs more than {len(form.names)} distinct losses, "
+            f"got {np.unique(loss[use]).size}"
+        )
     loss, metric, sw = loss[use], metric[use], np.sqrt(weight[use])
     lo, hi = form.box(bounds)
     if warm is None:
@@ -185,8 +191,13 @@ def fit_link(loss, metric, weight, kind: str, bounds: tuple[float, float] | None
         starts = [form.vector(warm.params, bounds)]
     best = None
     for x0 in starts:
-        r = least_squares(lambda x: sw * (form.value(form.params(x, bounds), loss) - metric), np.clip(x0, lo, hi),
-                          jac=lambda x: sw[:, None] * form.jac(x, loss, bounds), bounds=(lo, hi), method="trf")
+        r = least_squares(
+            lambda x: sw * (form.value(form.params(x, bounds), loss) - metric),
+            np.clip(x0, lo, hi),
+            jac=lambda x: sw[:, None] * form.jac(x, loss, bounds),
+            bounds=(lo, hi),
+            method="trf",
+        )
         if np.all(np.isfinite(r.fun)) and (best is None or r.cost < best.cost):
             best = r
     if best is None:
@@ -235,13 +246,17 @@ class TwoStage(LawFamily):
             raise UserError("two_stage: needs each point's metric (--metric-col) besides its loss")
         law = self.loss_law(options)
         bounds = metric_bounds(points.metric, options.metric_range) if warm is None else warm.link.bounds
-        link = fit_link(points.loss, points.metric, points.weight, options.link, bounds,
-                        warm=None if warm is None else warm.link)
+        link = fit_link(
+            points.loss, points.metric, points.weight, options.link, bounds, warm=None if warm is None else warm.link
+        )
         return TwoStageFit(law, law.fit(points, options, warm=None if warm is None else warm.loss_fit), link)
 
     def result(self, fit: TwoStageFit) -> dict:
-        return {"loss_approach": fit.loss_law.name, "loss_law": fit.loss_law.result(fit.loss_fit),
-                "metric_law": fit.link.as_dict()}
+        return {
+            "loss_approach": fit.loss_law.name,
+            "loss_law": fit.loss_law.result(fit.loss_fit),
+            "metric_law": fit.link.as_dict(),
+        }
 
     def stage_loss(self, fit: TwoStageFit, targets: Targets) -> np.ndarray:
         return fit.loss_law.predict(fit.loss_fit, targets)
@@ -249,8 +264,9 @@ class TwoStage(LawFamily):
     def predict(self, fit: TwoStageFit, targets: Targets) -> np.ndarray:
         return fit.link(self.stage_loss(fit, targets))
 
-    def replicates(self, fit: TwoStageFit, points: Points, options: Options, counts: np.ndarray,
-                   targets: Targets) -> np.ndarray:
+    def replicates(
+        self, fit: TwoStageFit, points: Points, options: Options, counts: np.ndarray, targets: Targets
+    ) -> np.ndarray:
         """Both steps refitted on each resample: the step-1 replicates' losses through that resample's link."""
         losses = fit.loss_law.replicates(fit.loss_fit, points, options, counts, targets)
         out = np.full_like(losses, np.nan)

@@ -17,17 +17,18 @@ lies in a flat valley where 1e-10 stops a few 1e-9 short. So the result is a sta
 exactly approach 3's objective, sum or mean of the Huber terms alike (the IRLS weights and the
 polish are invariant to that scale).
 """
+
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
 
-from launcher.errors import UserError
 from launcher.analysis.fit.chinchilla import HUBER_DELTA, ChinchillaFit, HuberObjective, check_points, fit_chinchilla
 from launcher.analysis.fit.laws import DEFAULT_METHOD, METHODS
 from launcher.analysis.fit.multistart import N_POLISH, fit_from_starts
 from launcher.analysis.fit.points import Points
+from launcher.errors import UserError
 
 EXPONENTS = np.geomspace(0.02, 3.0, 28)  # α and β axes: 784 cells
 IRLS_STEPS = 40
@@ -116,8 +117,11 @@ def vpnls_starts(points: Points, delta: float = HUBER_DELTA, k: int = N_POLISH) 
     alphas, betas = (g.ravel() for g in np.meshgrid(EXPONENTS, EXPONENTS, indexing="ij"))
     coef, f = profile(points, alphas, betas, delta)
     floor = FLOOR * float(np.median(points.loss))
-    logs = np.log(np.maximum(coef, floor * np.stack([np.ones_like(alphas), points.N.min() ** alphas,
-                                                      points.D.min() ** betas], axis=1)))
+    logs = np.log(
+        np.maximum(
+            coef, floor * np.stack([np.ones_like(alphas), points.N.min() ** alphas, points.D.min() ** betas], axis=1)
+        )
+    )
     theta = np.stack([logs[:, 1], logs[:, 2], logs[:, 0], alphas, betas], axis=1)
     order = [i for i in np.argsort(f) if np.isfinite(f[i])]
     chosen: list[int] = []
@@ -135,9 +139,16 @@ def fit_vpnls(points: Points, *, huber_reduce: str = "sum", delta: float = HUBER
     starts, cells = vpnls_starts(points, delta)
     objective = HuberObjective(points.N, points.D, points.loss, points.weight, delta=delta, reduce=huber_reduce)
     best = fit_from_starts(objective, starts, "approach 3 (vpnls)", polish=TIGHT)
-    return ChinchillaFit.from_theta(best.theta, best.objective, huber_delta=delta, huber_reduce=huber_reduce,
-                                    n_starts=cells, n_converged=best.n_converged, candidates=best.candidates,
-                                    method="vpnls")
+    return ChinchillaFit.from_theta(
+        best.theta,
+        best.objective,
+        huber_delta=delta,
+        huber_reduce=huber_reduce,
+        n_starts=cells,
+        n_converged=best.n_converged,
+        candidates=best.candidates,
+        method="vpnls",
+    )
 
 
 def fit_approach3(points: Points, method: str = DEFAULT_METHOD, *, huber_reduce: str = "sum") -> ChinchillaFit:
