@@ -1,5 +1,6 @@
-"""The code stays lint-, format- and type-clean: ``ruff check``, ``ruff format --check`` and ``mypy`` with pyproject.toml's settings, so that
-the test command runs both (they come with the ``test`` extra, next to this interpreter)."""
+"""The code stays lint-, format- and type-clean: ``ruff check``, ``ruff format --check`` and ``mypy``
+with pyproject.toml's settings, so that the test command runs them (the ``test`` extra installs them
+next to this interpreter)."""
 
 from __future__ import annotations
 

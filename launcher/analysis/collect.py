@@ -695,7 +695,7 @@ def collect_sweep(
                 out.write(parsed.csv)
                 runs.append(_summarise(meta, parsed, warnings))
                 parsed_curves[meta.name] = parsed.curve
-        if tmp:
+        if tmp and csv_path is not None:
             os.replace(tmp, csv_path)
     finally:
         if pool:

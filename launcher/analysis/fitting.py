@@ -90,11 +90,12 @@ def fit_metric(
 
     dirs = {r.name: r.meta.run_dir for r in collected.runs}
     logged = {p["name"]: final_metric(dirs[p["name"]] / METRICS_FILE, key) for p in final_points}
+    values = {name: found[0] for name, found in logged.items() if found is not None}
     points = [
         {k: p[k] for k in ("name", "N", "D", "C", "loss", "budget")}
-        | {"metric": logged[p["name"]][0], "holdout": p.get("holdout", False)}
+        | {"metric": values[p["name"]], "holdout": p.get("holdout", False)}
         for p in final_points
-        if logged[p["name"]] is not None
+        if p["name"] in values
     ]
     fitted = [p for p in points if not p["holdout"]]
     missing = [p["name"] for p in final_points if logged[p["name"]] is None]

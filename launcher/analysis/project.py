@@ -274,7 +274,11 @@ def project(
     if nodes < 1:
         raise UserError(f"--nodes: must be >= 1, got {nodes}")
     speed = node_speed(cluster, nodes, scaling_path)
-    C = target_flops if target_flops is not None else node_hours * 3600.0 * speed.flops_per_s
+    if target_flops is not None:
+        C = target_flops
+    else:
+        assert node_hours is not None  # exactly one of the two, checked above
+        C = node_hours * 3600.0 * speed.flops_per_s
     plan = read_plan(sweep_dir)
     collected = collect_sweep(sweep_dir)
     fit = law_at(sweep_dir, C, collected)

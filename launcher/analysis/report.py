@@ -13,11 +13,12 @@ T·d term and so undercounts small models with long contexts.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -325,7 +326,7 @@ def _render(path: Path, draw: Callable, ncols: int = 1, size=(7.5, 5.0)) -> None
         plt.close(fig)
 
 
-def make_plots(sweep_dir: Path, collected: Collected, fit: dict, spent: list[Spent] = ()) -> list[Plot]:
+def make_plots(sweep_dir: Path, collected: Collected, fit: dict, spent: Sequence[Spent] = ()) -> list[Plot]:
     """Every plot the data supports, as plots/<name>.png; the others carry the reason they are missing."""
     out_dir = sweep_dir / PLOTS_DIR
     out_dir.mkdir(exist_ok=True)
@@ -368,7 +369,7 @@ def make_plots(sweep_dir: Path, collected: Collected, fit: dict, spent: list[Spe
         plots.append(
             (
                 Plot(f"metric_{key}", f"{key} against loss"),
-                lambda ax, k=key, p=part: plot_metric(ax, k, p),
+                functools.partial(plot_metric, key=key, part=part),
                 1,
                 part.get("error"),
             )
@@ -633,7 +634,7 @@ def _spent(spent: list[Spent]) -> str:
 
 
 def render_html(
-    sweep_dir: Path, collected: Collected, fit: dict, plots: list[Plot], summary: list[str], spent: list[Spent] = ()
+    sweep_dir: Path, collected: Collected, fit: dict, plots: list[Plot], summary: list[str], spent: Sequence[Spent] = ()
 ) -> str:
     rec = trusted_recommendation(fit) or fit.get("recommendation") or {}
     inputs = fit.get("inputs") or {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -51,7 +52,7 @@ class Spent:
 
 def read_records(path: Path) -> list[dict]:
     """Every record of every attempt in file order; torn lines (a kill mid-write) skipped."""
-    records = []
+    records: list[dict] = []
     try:
         lines = path.read_text().splitlines()
     except OSError:
@@ -134,7 +135,7 @@ def threshold_text(total: float) -> str:
     )
 
 
-def plot_spent(ax, spent: list[Spent], extra: dict[str, float] | None = None) -> None:
+def plot_spent(ax, spent: Sequence[Spent], extra: dict[str, float] | None = None) -> None:
     """Bars of useful, recomputed, evaluation and calibration FLOPs (and e.g. a projected target run)
     on a log scale with the 1e25 and 1e26 thresholds as lines."""
     runs = [s for s in spent if s.kind == "run"]

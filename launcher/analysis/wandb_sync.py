@@ -80,7 +80,7 @@ def fit_rows(fit: dict) -> list[list]:
     return rows
 
 
-PREDICTION_COLUMNS = [
+PREDICTION_COLUMNS: list[str | int] = [
     "run",
     "kind",
     "N",

@@ -177,6 +177,7 @@ class Syncer:
             self.status[run] = "syncing (another watcher)"
             return
         finished = writer_ended(folder)
+        assert self.wandb is not None  # no sync is started without the wandb command (__init__)
         command = ["timeout", "-k", str(KILL_AFTER_S), str(self.timeout_s), self.wandb, "sync", str(folder)]
         log_path = self.state_dir / f"{folder.name}.out"
         with open(log_path, "a") as out:  # the lock's descriptor lives in the child: held while it runs

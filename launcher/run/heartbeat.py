@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from launcher.files import atomic_write, atomic_write_json
 from launcher.policy import ExitCode, ending
@@ -178,7 +178,7 @@ def record_hang(run_dir: Path, stuck: list[Stuck]) -> dict:
     except (OSError, ValueError):
         state = {}
     now = time.time()
-    hang = {
+    hang: dict[str, Any] = {
         "ranks": [s.rank for s in stuck],
         "hosts": sorted({s.host for s in stuck if s.host}),
         "step": min((s.step for s in stuck if s.step is not None), default=None),

@@ -85,7 +85,7 @@ def read_metrics_counted(path: Path) -> tuple[list[dict[str, Any]], int]:
     return [records[i] for i in latest_attempt([r["step"] for r in records]).tolist()], bad
 
 
-def wandb_mode(mode: str, offline_compute: bool) -> str:
+def wandb_mode(mode: WandbMode, offline_compute: bool) -> WandbMode:
     """The W&B mode a run uses: never online where the profile says compute nodes are offline
     (``cluster.offline_compute``): the call would hang or fail there; ``ladder watch`` syncs later."""
     if mode == "online" and offline_compute:

@@ -177,7 +177,9 @@ class RunSpec:
         """The trunk checkpoint a branch starts from (it waits until that is complete); None for others."""
         from launcher.run.checkpoint import tag_dir
 
-        return None if self.parent is None else tag_dir(Path(sweep_dir) / "runs" / self.parent, self.fork_step)
+        if self.parent is None or self.fork_step is None:
+            return None
+        return tag_dir(Path(sweep_dir) / "runs" / self.parent, self.fork_step)
 
     def ready(self, sweep_dir: str | os.PathLike) -> bool:
         """Whether the run can start: a branch waits (planned) until its trunk's fork checkpoint is complete."""
@@ -252,7 +254,7 @@ class Throughput:
     runs_per_node: float
     overhead_s: float = 0.0  # start-up, data loading and final checkpoint of one run
 
-    def flops_per_s(self, N: int) -> float:
+    def flops_per_s(self, N: float) -> float:
         points = sorted(self.points)
         if len(points) == 1 or N <= points[0][0]:
             return points[0][1]
@@ -456,11 +458,16 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
     # (shape, D target, budget, the values it is planned from)
     points: list[tuple[dict, Optional[float], Optional[float], dict]] = []
     if sweep.kind == "isoflop":
-        for i, budget in enumerate(sweep.budgets):
+        for i, flops in enumerate(sweep.budgets):
             for size in sweep.params_per_budget[i] if sweep.params_per_budget else sizes:
-                points.append((shape_for(size), None, budget, planned(size, budget=budget)))
+                points.append((shape_for(size), None, flops, planned(size, budget=flops)))
     else:
-        values = {"grid": sweep.tokens, "clip": sweep.samples, "ladder": sweep.tokens[:1] or [None]}[sweep.kind]
+        options: dict[str, list[Optional[float]]] = {
+            "grid": list(sweep.tokens),
+            "clip": list(sweep.samples),
+            "ladder": [*sweep.tokens[:1]] or [None],
+        }
+        values = options[sweep.kind]
         key = "samples" if sweep.kind == "clip" else "tokens"
         points = [(shape_for(size), d, None, planned(size, **{key: d})) for size in sizes for d in values]
 

@@ -21,7 +21,7 @@ ill-conditioned approach-3 fit, and an exponent without a bootstrap interval.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -148,7 +148,8 @@ def next_runs(positions: list[dict], at_bound: list[str], disjoint: bool, larges
 
 def diagnose(out: dict, chin: Optional[ChinchillaFit], finals: Points) -> dict:
     """fit.json's ``diagnostics`` (see the module docstring) from the parts already in ``out``."""
-    approaches, reasons = {}, []
+    approaches: dict[str, dict[str, Any]] = {}
+    reasons: list[str] = []
     for approach in ("approach1", "approach2", "approach3"):
         part = out.get(approach) or {}
         if "error" in part:
@@ -196,7 +197,7 @@ def diagnose(out: dict, chin: Optional[ChinchillaFit], finals: Points) -> dict:
         "approaches": approaches,
         "budgets": positions,
         "approach3": checks,
-        "residuals": {"approach3": residuals(chin, finals)} if checks is not None else {},
+        "residuals": {"approach3": residuals(chin, finals)} if chin is not None and checks is not None else {},
         "verdict": "agree" if not reasons else "disagree",
         "reasons": reasons,
         "trusted": trusted,
