@@ -30,6 +30,20 @@ from launcher.resources import ladder_argv
 from launcher.sweep.jobdb import JobDB
 
 
+def job_step_env() -> dict[str, str]:
+    """Name this step as the job database names its attempt (``launcher.sweep.jobdb.attempt_step``), the
+    way the lane shells do for their steps: the run writes both into state.json (``runtime.job_step``), and
+    ``ladder status`` matches that report to the attempt by them. A requeued job is a later start of the
+    same job (Slurm counts them in SLURM_RESTART_COUNT)."""
+    try:
+        key = submitit.JobEnvironment().job_id
+    except RuntimeError:  # not inside a submitit job (a direct call)
+        return {}
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    attempt = 1 + (int(restarts) if restarts.isdigit() else 0)
+    return {"SCALELADDER_JOB_KEY": key, "SCALELADDER_JOB_ATTEMPT": str(attempt)}
+
+
 class TrainRun(Checkpointable):
     """``ladder train <overrides>`` as a submitit callable; returns the run's exit code (0 or 3)."""
 
@@ -39,7 +53,7 @@ class TrainRun(Checkpointable):
 
     def __call__(self, overrides: Sequence[str]) -> int:
         argv = [*ladder_argv(), "train", *overrides]
-        self._child = subprocess.Popen(argv, env={**os.environ, **self.env})
+        self._child = subprocess.Popen(argv, env={**os.environ, **job_step_env(), **self.env})
         code = self._child.wait()
         if not ending(code).finished:
             raise RuntimeError(
