@@ -63,6 +63,11 @@ def ended_without_failure(code: int) -> bool:
     return ending(code).finished or code == ExitCode.REQUEUE
 
 
+# which start of which job step wrote a run's state.json: the lane shells (launcher/schedulers/lane.sh.j2)
+# and the submitit callable set these for ``ladder train``; ``ladder status`` matches reports to attempts by them
+JOB_KEY_ENV = "SCALELADDER_JOB_KEY"
+JOB_ATTEMPT_ENV = "SCALELADDER_JOB_ATTEMPT"
+
 # the job database's run states; timed_out means checkpointed and ready to continue
 STATES = ("planned", "queued", "running", "completed", "failed", "hung", "diverged", "timed_out", "cancelled")
 ACTIVE = frozenset({"queued", "running"})  # states with an open attempt

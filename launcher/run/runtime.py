@@ -79,7 +79,7 @@ from launcher.errors import UserError
 from launcher.files import atomic_write, make_dir
 from launcher.identity import config_hash
 from launcher.locks import FolderLock
-from launcher.policy import ExitCode, ending
+from launcher.policy import JOB_ATTEMPT_ENV, JOB_KEY_ENV, ExitCode, ending
 from launcher.resources import ladder_argv
 from launcher.run import rendezvous, spikes, stragglers
 from launcher.run.checkpoint import Checkpointer, TrainState
@@ -429,9 +429,9 @@ def carried(path: Path) -> dict[str, list]:
 
 def job_step(environ: Mapping[str, str]) -> dict[str, Any]:
     """Which step of which job this start is, as the lane shell told it (null fields outside a job)."""
-    attempt = environ.get("SCALELADDER_JOB_ATTEMPT", "")
+    attempt = environ.get(JOB_ATTEMPT_ENV, "")
     return {
-        "job_key": environ.get("SCALELADDER_JOB_KEY") or None,
+        "job_key": environ.get(JOB_KEY_ENV) or None,
         "job_attempt": int(attempt) if attempt.isdigit() else None,
     }
 

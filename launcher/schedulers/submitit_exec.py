@@ -25,7 +25,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.policy import ExitCode, ending
+from launcher.policy import JOB_ATTEMPT_ENV, JOB_KEY_ENV, ExitCode, ending
 from launcher.resources import ladder_argv
 from launcher.sweep.jobdb import JobDB
 
@@ -41,7 +41,7 @@ def job_step_env() -> dict[str, str]:
         return {}
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
     attempt = 1 + (int(restarts) if restarts.isdigit() else 0)
-    return {"SCALELADDER_JOB_KEY": key, "SCALELADDER_JOB_ATTEMPT": str(attempt)}
+    return {JOB_KEY_ENV: key, JOB_ATTEMPT_ENV: str(attempt)}
 
 
 class TrainRun(Checkpointable):
