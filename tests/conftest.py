@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEV_CLUSTER = REPO / "slurm" / "dev-cluster"
 # the dev_slurm profile's scheduler_conf names this folder; absolute, so tests may run from any folder
 os.environ.setdefault("DEV_SLURM_DIR", str(REPO / ".dev-slurm"))
+# tests that start ranks with Open MPI's mpirun
+needs_mpi = pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun")
 
 
 def tree_progress(*roots: Path) -> frozenset:

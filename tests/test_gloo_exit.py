@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import needs_mpi
+
 # Threads torch.distributed starts: gloo's workers and its TCP transport loop, the TCPStore's server
 # (rank 0). None may outlive the shutdown path.
 DIST_THREAD_PREFIXES = ("pt_gloo", "gloo", "pt_tcpstore", "pt_nccl", "c10d")
 COMMON = ["model=gpt_neox/tiny", "wandb.mode=disabled"]
-needs_mpi = pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun")
 
 
 def thread_names() -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_mpi
 from launcher.errors import UserError
 from launcher.run.rendezvous import (
     MPI_SOURCES,
@@ -335,7 +335,6 @@ def test_unresolvable_master_is_named(restore_environ, tmp_path):
 
 # ----------------------------------------------------------------------- real ranks under Open MPI
 
-needs_mpi = pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun")
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]
 RENDEZVOUS = [sys.executable, "-m", "launcher.run.rendezvous", "--timeout", "60"]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_mpi
 from launcher.config.run import load_run_config
 from launcher.policy import ExitCode
 from launcher.run.metrics import read_metrics
@@ -38,7 +39,6 @@ COMMON = (
     "wandb.mode=disabled",
 )
 KEYS = {"step", "tokens", "flops", "train_loss", "lr", "tokens_per_s", "mfu", "time"}
-needs_mpi = pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs Open MPI's mpirun")
 
 
 def ladder_train(
