@@ -538,6 +538,7 @@ class Trainer:
 
         run = self.cfg
         self.family, self.plan, self.engine = build_engine(run, self.rank, self.world)
+        self.comm_device = rendezvous.collective_device()
         self.schedule = Schedule.make(run.train)
         self.total_steps = run_steps(run.train)
         self.flops_per_token = self.family.flops_per_token()
@@ -692,7 +693,7 @@ class Trainer:
         for group in self.engine.optimizer.param_groups:
             group["lr"] = self.schedule(state.step)
         lr = self.engine.get_lr()[0]  # what the optimizer will use, as DeepSpeed reports it
-        loss_sum = torch.zeros(())
+        loss_sum = torch.zeros((), device=self.comm_device)
         data_step = state.step + state.data_offset  # past the batches rewinds skipped
         for micro in range(self.plan.accum):
             index = self.plan.index(data_step, micro, self.rank)
@@ -706,8 +707,9 @@ class Trainer:
             self.forward_s += time.perf_counter() - forward_started  # the LM's forward waits on no other rank
             self.engine.backward(loss)
             self.engine.step()
-            loss_sum += loss.detach().float().cpu()
-        shared = torch.stack([loss_sum / self.plan.accum, torch.tensor(float(self.stop.signum != 0))])
+            loss_sum += loss.detach().float().to(self.comm_device)
+        stop = torch.tensor(float(self.stop.signum != 0), device=self.comm_device)
+        shared = torch.stack([loss_sum / self.plan.accum, stop])
         dist.all_reduce(shared)  # the mean loss and whether any rank was asked to stop, in one call
         state.step += 1
         state.tokens += self.plan.tokens_per_step
@@ -723,7 +725,7 @@ class Trainer:
 
         values = self.family.evaluate(self.engine, self.cfg.train.val_batches, self.plan.micro_batch_size)
         keys = sorted(values)
-        mean = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        mean = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.comm_device)
         dist.all_reduce(mean)
         return {k: v / self.world for k, v in zip(keys, mean.tolist())}
 
