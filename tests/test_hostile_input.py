@@ -357,3 +357,54 @@ def test_hostile_files_in_a_finished_sweep(case, finished_sweep, tmp_path, capsy
     if expected == 0:
         fit = json.loads((sweep_dir / "fit.json").read_text())
         assert fit["n_runs"] == 12  # every run still fitted: one bad line or file loses no run
+
+
+# ------------------------------------------------------------------------------------- job manifests
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"[]", "expected a mapping of fields"),
+        (b"\xff", "not JSON"),
+        (b'{"name": "j"}', ": sweep: required field is missing"),
+        (b"{}", ": name: required field is missing"),
+    ],
+)
+def test_a_continuation_refuses_a_manifest_that_is_not_one(content, says, workdir, capsys):
+    path = workdir / "job.json"
+    path.write_bytes(content)
+    code = cli.main(["submit", "--continue-from", "123", "--manifest", str(path)])
+    line = assert_one_line_refusal(code, capsys.readouterr(), "submit")
+    assert f"{path}" in line and says in line
+
+
+def test_a_manifest_run_of_the_wrong_shape_names_its_field(tmp_path):
+    from launcher.errors import UserError
+    from launcher.sweep.submit import JobManifest, read_manifest
+
+    good = {
+        "name": "j",
+        "sweep": "s",
+        "sweep_dir": "d",
+        "workdir": "w",
+        "scheduler": "slurm",
+        "profile": {},
+        "array": False,
+        "script": "x.sbatch",
+        "steps_log": "x.steps",
+        "nodes": 1,
+        "lanes": 1,
+        "walltime_min": 10,
+        "written": 1.0,
+        "job_id": 77,
+        "runs": [{"name": "r", "config_hash": "h", "run_dir": "d/r", "overrides": [], "nodes": 1, "ranks": 1}],
+    }
+    path = tmp_path / "j.json"
+    path.write_text(json.dumps(good))
+    with pytest.raises(UserError, match=r"j\.json: runs\[0\]\.hours: required field is missing"):
+        read_manifest(path)
+    good["runs"][0].update(hours=0.5, tries=2)
+    path.write_text(json.dumps(good))
+    manifest = read_manifest(path)
+    assert isinstance(manifest, JobManifest) and manifest.job_id == "77" and manifest.runs[0].tries == 2

@@ -37,9 +37,10 @@ import numpy as np
 from launcher.arguments import CommandParser, command_parser
 from launcher.errors import UserError
 from launcher.files import atomic_path
-from launcher.policy import FINAL, STATUS_STATES
+from launcher.policy import FINAL
 from launcher.run.metrics import METRICS_FILE, latest_attempt
-from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.run.state import read_state
+from launcher.sweep.jobdb import JobDB
 from launcher.sweep.plan import read_plan
 
 CURVES_FILE = "curves.parquet"
@@ -95,8 +96,8 @@ class RunMeta:
 
 def _effective_state(recorded: Optional[str], run_dir: Path) -> str:
     """The database's state, unless the run's own state.json reports an end not folded in yet."""
-    state = read_state_file(run_dir)
-    reported = STATUS_STATES.get(state.get("status")) if state else None
+    state = read_state(run_dir, warn=True)
+    reported = state.state if state else None
     if reported in FINAL and recorded not in FINAL:
         return reported
     return recorded or reported or "unknown"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.run.metrics import METRICS_FILE
+from launcher.run.state import RunState, read_state
 
 CALIBRATION_DIR = "calibration"
 FORWARD_SHARE = 1.0 / 3.0  # a forward pass of a training step's FLOPs (backward is twice the forward)
@@ -83,7 +84,7 @@ def _evaluation_flops(run_dir: Path, records: list[dict], flops_per_token: float
 
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        world = json.loads((run_dir / "state.json").read_text()).get("world_size") or 1
+        world = (read_state(run_dir, warn=True) or RunState()).world_size or 1
         train = config["train"]
         tokens = train["val_batches"] * train["micro_batch_size"] * config["model"].get("seq_len", 1)  # CLIP: 1
     except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):

@@ -85,6 +85,7 @@ from launcher.run import rendezvous, spikes, stragglers
 from launcher.run.checkpoint import Checkpointer, TrainState
 from launcher.run.heartbeat import HangWatch, Heartbeat
 from launcher.run.metrics import MetricsLog, WandbMirror, wandb_mode
+from launcher.run.state import read_state, state_path
 
 
 def main(argv: list[str]) -> int:
@@ -381,7 +382,7 @@ class RunStateFile:
     """``state.json``: rank 0's account of the run for the job database (schema in the module docstring)."""
 
     def __init__(self, run_dir: Path, enabled: bool):
-        self.path = Path(run_dir) / "state.json"
+        self.path = state_path(run_dir)
         self.enabled = enabled
         now = time.time()
         self.state: dict[str, Any] = {
@@ -401,7 +402,7 @@ class RunStateFile:
             "started_at": now,
             "updated_at": now,
             "finished_at": None,
-            **(carried(self.path) if enabled else {}),
+            **(carried(run_dir) if enabled else {}),
         }
 
     def update(self, **fields: Any) -> None:
@@ -418,13 +419,10 @@ class RunStateFile:
 CARRIED = ("hangs", "rewinds")  # histories a new attempt's state.json keeps from the one before
 
 
-def carried(path: Path) -> dict[str, list]:
+def carried(run_dir: Path) -> dict[str, list]:
     """The earlier attempts' hangs and rewinds, from the state.json this attempt replaces."""
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
-        previous = {}
-    return {key: list(previous.get(key) or []) if isinstance(previous, dict) else [] for key in CARRIED}
+    previous = read_state(run_dir, warn=True)
+    return {key: list(getattr(previous, key)) if previous else [] for key in CARRIED}
 
 
 def job_step(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -212,6 +212,14 @@ class RunSpec:
             "schedule_overrides": list(self.schedule_overrides),
         }
 
+    @classmethod
+    def from_json(cls, entry: Any, where: str) -> RunSpec:
+        """A run as ``to_json`` wrote it into plan.json; a wrong shape is refused naming ``where`` and the field."""
+        spec = validate(cls, entry, where)
+        return dataclasses.replace(
+            spec, base_overrides=tuple(spec.base_overrides), schedule_overrides=tuple(spec.schedule_overrides)
+        )
+
 
 def _override_value(value: Any) -> str:
     return "null" if value is None else json.dumps(value) if isinstance(value, str) else str(value)
