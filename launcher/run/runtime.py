@@ -74,11 +74,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from launcher.arguments import command_parser
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
-from launcher.files import atomic_write, make_dir
-from launcher.identity import config_hash
-from launcher.locks import FolderLock
+from launcher.files import aside_path, atomic_write, make_dir
+from launcher.identity import config_hash, identity_changes
+from launcher.locks import LOCK_FILE, FolderLock
 from launcher.policy import JOB_ATTEMPT_ENV, JOB_KEY_ENV, ExitCode, ending
 from launcher.resources import ladder_argv
 from launcher.run import rendezvous, spikes, stragglers
@@ -87,11 +88,16 @@ from launcher.run.heartbeat import HangWatch, Heartbeat
 from launcher.run.metrics import MetricsLog, WandbMirror, wandb_mode
 from launcher.run.state import read_state, state_path
 
+FORCE_NEW = ("--force-new", "start the run over in a run_dir that holds another config (the old run is moved aside)")
+
 
 def main(argv: list[str]) -> int:
     stop = StopRequest()  # first: a signal during the slow imports is still honoured
-    run = load_run_config(list(argv))
+    args = command_parser("ladder train", "Train one run (nproc=N starts N local ranks).", [FORCE_NEW]).parse(argv)
+    argv = args.overrides  # the ranks and retries below resume what this process claimed: no --force-new
+    run = load_run_config(argv)
     with run_dir_lock(run):
+        claim_run_dir(run, args.force_new)
         if run.nproc > 1 and rendezvous.discover(os.environ).world_size == 1:
             from launcher.run import local_launch
 
@@ -112,6 +118,55 @@ def main(argv: list[str]) -> int:
 
 
 LOCK_HELD_ENV = "SCALELADDER_RUN_DIR_LOCKED"  # set for the local ranks of a `ladder train nproc=N`
+CONFIG_FILE = "config.yaml"
+SHOWN_CHANGES = 6  # differing fields a refusal names before "and N more"
+
+
+def claim_run_dir(run: RunConfig, force_new: bool) -> None:
+    """A run_dir holds one run: the same resolved config resumes there; another one is refused in one line
+    naming the fields that differ (``identity_changes``: what decides the result; folders, names, W&B and
+    the cluster may change), unless ``--force-new``, which moves the old run's files into
+    ``<run_dir>.replaced-<unix time>/`` (nothing is deleted) and starts over. Only the process holding the
+    run_dir's lock moves anything; the other ranks of a multi-rank start only check."""
+    import yaml
+
+    run_dir = run_dir_of(run)
+    path = run_dir / CONFIG_FILE
+    try:
+        old = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        old = f"unreadable ({type(exc).__name__})"
+    changes = identity_changes(old, dataclasses.asdict(run)) if isinstance(old, dict) else [("config.yaml", old, "")]
+    if not changes:
+        return
+    if force_new:
+        if rendezvous.discover(os.environ).rank == 0:
+            set_run_aside(run_dir)
+        return
+    shown = ", ".join(f"{name} {_shown(a)} -> {_shown(b)}" for name, a, b in changes[:SHOWN_CHANGES])
+    more = f" and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
+    raise UserError(
+        f"run_dir: {str(run_dir)!r} holds a run of another config ({shown}{more}); pass --force-new to start "
+        "over there (the old run is moved aside) or give a new run_dir="
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def set_run_aside(run_dir: Path) -> Path:
+    """Move every file of the run (its lock stays, held by us) into a sibling folder; returns that folder."""
+    aside = aside_path(run_dir, "replaced")
+    aside.mkdir()
+    for entry in run_dir.iterdir():
+        if entry.name != LOCK_FILE:
+            entry.rename(aside / entry.name)
+    print(f"ladder train: --force-new: the old run in {run_dir} is now {aside}", file=sys.stderr, flush=True)
+    return aside
 
 
 def run_dir_of(run: RunConfig) -> Path:
@@ -574,7 +629,7 @@ class Trainer:
     def _write_config(self) -> None:
         import yaml
 
-        path = self.run_dir / "config.yaml"
+        path = self.run_dir / CONFIG_FILE
         if not path.exists():
             atomic_write(path, yaml.safe_dump(dataclasses.asdict(self.cfg), sort_keys=False))
 

@@ -14,11 +14,11 @@ An unusable database file is moved aside (``jobdb.sqlite.broken-<unix time>``), 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Optional
 
 from launcher.errors import UserError
+from launcher.files import aside_path
 from launcher.run.metrics import METRICS_FILE, read_metrics
 from launcher.run.state import read_state
 from launcher.sweep.jobdb import JobDB
@@ -78,7 +78,7 @@ def move_aside(db_path: Path) -> Optional[Path]:
     """Move the database file and its WAL companions out of the way; returns the new name (None: no file)."""
     if not db_path.exists():
         return None
-    aside = db_path.with_name(f"{db_path.name}.broken-{int(time.time())}")
+    aside = aside_path(db_path, "broken")
     for suffix in ("", "-wal", "-shm"):
         part = Path(f"{db_path}{suffix}")
         if part.exists():
