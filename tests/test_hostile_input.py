@@ -408,3 +408,68 @@ def test_a_manifest_run_of_the_wrong_shape_names_its_field(tmp_path):
     path.write_text(json.dumps(good))
     manifest = read_manifest(path)
     assert isinstance(manifest, JobManifest) and manifest.job_id == "77" and manifest.runs[0].tries == 2
+
+
+# ---------------------------------------------------------------- metrics.jsonl: steps that go back
+
+
+def _record(step: int, loss: float) -> dict:
+    return {"step": step, "tokens": 64 * step, "flops": 1e6 * step, "train_loss": loss}
+
+
+def _write_lines(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def _both_readers(path: Path) -> tuple[list[tuple[int, float]], int, list[str]]:
+    """(step, loss) of the curve by the runtime's reader, checked equal to collect's, and what each counted."""
+    from launcher.analysis.collect import parse_metrics
+    from launcher.run.metrics import read_metrics_counted
+
+    records, skipped = read_metrics_counted(path)
+    parsed = parse_metrics(path)
+    assert parsed.curve is not None
+    curve = [(r["step"], r["train_loss"]) for r in records]
+    assert list(zip(parsed.curve.step.tolist(), parsed.curve.train_loss.tolist())) == curve
+    return curve, skipped, parsed.issues
+
+
+def test_a_valid_line_whose_step_goes_back_without_a_resume_is_skipped_and_counted(tmp_path):
+    good = [_record(s, 3.0 - 0.1 * s) for s in range(1, 11)]
+    stray = _record(3, 9.9)  # valid JSON, a step already logged, and no resume marker before it
+    path = _write_lines(tmp_path / "metrics.jsonl", [*good[:6], stray, *good[6:]])
+    curve, skipped, issues = _both_readers(path)
+    assert curve == [(r["step"], r["train_loss"]) for r in good]  # nothing around it lost, nothing replaced
+    assert skipped == 1
+    assert issues == ["1 record(s) whose step went back with no resume marker: skipped"]
+
+
+def test_a_resume_marker_restarts_the_steps_and_the_latest_attempt_wins(tmp_path):
+    first = [_record(s, 3.0 - 0.1 * s) for s in range(1, 9)]  # killed after step 8, checkpoint at 5
+    second = [_record(s, 2.0 - 0.1 * s) for s in range(6, 13)]
+    stray = _record(7, 9.9)  # inside the second attempt, going back: skipped like any stray line
+    lines = [*first, {"resumed_from": 5, "time": 1.0}, *second[:4], stray, *second[4:]]
+    curve, skipped, issues = _both_readers(_write_lines(tmp_path / "metrics.jsonl", lines))
+    assert curve == [(s, 3.0 - 0.1 * s) for s in range(1, 6)] + [(s, 2.0 - 0.1 * s) for s in range(6, 13)]
+    assert skipped == 1
+    assert "3 record(s) repeated by a resume: kept the latest attempt's" in issues
+
+
+def test_a_restart_from_step_zero_and_a_rewind_both_start_over_where_their_marker_says(tmp_path):
+    lines = [
+        *[_record(s, 5.0) for s in (1, 2, 3)],
+        {"resumed_from": 0, "time": 1.0},  # no checkpoint yet: the attempt starts again from step 0
+        *[_record(s, 4.0) for s in (1, 2, 3, 4, 5, 6)],
+        {"resumed_from": 4, "time": 2.0},  # a rewind after loss spikes at 5 and 6
+        *[_record(s, 3.0) for s in (5, 6, 7)],
+    ]
+    curve, skipped, _ = _both_readers(_write_lines(tmp_path / "metrics.jsonl", lines))
+    assert curve == [(1, 4.0), (2, 4.0), (3, 4.0), (4, 4.0), (5, 3.0), (6, 3.0), (7, 3.0)] and skipped == 0
+    from launcher.run.metrics import read_attempts
+
+    assert [(start, [r["step"] for r in records]) for start, records in read_attempts(tmp_path / "metrics.jsonl")] == [
+        (0, [1, 2, 3]),
+        (0, [1, 2, 3, 4, 5, 6]),
+        (4, [5, 6, 7]),
+    ]

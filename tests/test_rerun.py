@@ -41,6 +41,8 @@ def test_a_rerun_resumes_refuses_or_starts_over(tmp_path):
     assert same.returncode == ExitCode.COMPLETED, same.stderr
     assert json.loads((run_dir / "state.json").read_text())["resumed_from"] == 4
     assert read_metrics(run_dir / "metrics.jsonl") == curve
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["resumed_from"] == 4 and "step" not in last  # the resume marker the runtime writes
 
     before = files(run_dir)
     changed = train(run_dir, "train.lr=0.002", "train.max_steps=6")

@@ -22,8 +22,9 @@ rank-locally) every val_every steps and after the last step; the values logged a
 
 Files in ``run_dir`` (rank 0 writes all but the checkpoints):
   config.yaml      the resolved config, written once
-  metrics.jsonl    append-only curve, see ``launcher.run.metrics`` (a resumed run appends again from its
-                   checkpoint step + 1; readers keep the latest attempt's record per step)
+  metrics.jsonl    append-only curve, see ``launcher.run.metrics`` (a resumed or rewound run appends a resume
+                   marker, then again from its checkpoint step + 1; readers keep the latest attempt's record
+                   per step)
   checkpoints/     see ``launcher.run.checkpoint``; resume=true continues from the latest
   state.json       replaced atomically at start, every logged step, every checkpoint and at exit:
       status            "running" | "completed" | "diverged" | "requeue" | "failed"
@@ -689,6 +690,8 @@ class Trainer:
         if self.rank == 0:
             self._write_config()
             self._start_wandb()
+            if self.metrics.path.exists() and self.metrics.path.stat().st_size:  # an earlier attempt logged
+                self.metrics.mark_resume(state.step)
         resumed_from = state.step or None
         self.state_file.update(
             step=state.step,
@@ -719,6 +722,7 @@ class Trainer:
             "at": time.time(),
         }
         if self.rank == 0:
+            self.metrics.mark_resume(rewound.step)
             print(
                 f"ladder train: loss spikes at steps {record['spikes']}: rewound to step {rewound.step}, "
                 f"skipping data steps [{first_data}, {first_data + skipped})",
