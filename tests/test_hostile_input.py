@@ -473,3 +473,33 @@ def test_a_restart_from_step_zero_and_a_rewind_both_start_over_where_their_marke
         (0, [1, 2, 3, 4, 5, 6]),
         (4, [5, 6, 7]),
     ]
+
+
+# ------------------------------------------------------------------------------------ bounded work
+
+
+def test_a_plan_of_an_absurd_model_is_refused_before_any_shape_is_solved(workdir, capsys):
+    import time
+
+    before = files_under(workdir)
+    started = time.monotonic()
+    code = cli.main(["plan", "--no-calibrate", "sweep=tiny", "sweep.params=[1e15]", f"sweeps_root={workdir}"])
+    line = assert_one_line_refusal(code, capsys.readouterr(), "plan")
+    assert time.monotonic() - started < 30  # the shape solver alone would take hours at 1e15
+    assert "sweep.params: 1e+15 parameters need at least" in line and "cluster.device_memory_bytes" in line
+    assert files_under(workdir) == before
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["train.micro_batch_size=1000000000", "train.global_batch_tokens=64000000000"], "train.micro_batch_size: "),
+        (["model.d_model=8192", "model.n_heads=64", "model.n_layer=96"], "model: "),
+    ],
+)
+def test_a_run_beyond_a_device_is_refused_before_any_rank_starts(overrides, says, workdir, capsys):
+    before = files_under(workdir)
+    code = cli.main(["train", "train.max_steps=1", f"run_dir={workdir / 'run'}", *overrides])
+    line = assert_one_line_refusal(code, capsys.readouterr(), "train")
+    assert line.startswith(f"ladder train: error: {says}") and "cluster.device_memory_bytes" in line
+    assert files_under(workdir) == before and not (workdir / "run").exists()

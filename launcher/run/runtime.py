@@ -86,6 +86,7 @@ from launcher.resources import ladder_argv
 from launcher.run import rendezvous, spikes, stragglers
 from launcher.run.checkpoint import Checkpointer, TrainState
 from launcher.run.heartbeat import HangWatch, Heartbeat
+from launcher.run.memory import check_model_states, check_step
 from launcher.run.metrics import MetricsLog, WandbMirror, wandb_mode
 from launcher.run.state import read_state, state_path
 
@@ -97,12 +98,13 @@ def main(argv: list[str]) -> int:
     args = command_parser("ladder train", "Train one run (nproc=N starts N local ranks).", [FORCE_NEW]).parse(argv)
     argv = args.overrides  # the ranks and retries below resume what this process claimed: no --force-new
     run = load_run_config(argv)
+    launched = rendezvous.discover(os.environ).world_size  # 1: no launcher; nproc=N starts the ranks here
+    check_fits(run, run.nproc if launched == 1 else launched)
     with run_dir_lock(run):
         claim_run_dir(run, args.force_new)
-        if run.nproc > 1 and rendezvous.discover(os.environ).world_size == 1:
+        if run.nproc > 1 and launched == 1:
             from launcher.run import local_launch
 
-            BatchPlan.make(run.train, run.nproc, make_family(run).tokens_per_sample)  # one clear line, before any rank
             os.environ[LOCK_HELD_ENV] = str(Path(run_dir_of(run)).resolve())  # the ranks' own lock is ours
             watch = HangWatch(run_dir_of(run), run.nproc, run.cluster.hang_timeout_s)
             try:
@@ -119,6 +121,20 @@ def main(argv: list[str]) -> int:
 
 
 LOCK_HELD_ENV = "SCALELADDER_RUN_DIR_LOCKED"  # set for the local ranks of a `ladder train nproc=N`
+
+
+def check_fits(run: RunConfig, world: int) -> None:
+    """Refuse, before any rank starts or any file is written, a run that cannot work: a global batch the
+    ranks cannot split, model states or a micro-batch beyond a device's memory (``launcher.run.memory``)."""
+    from models.family import family, model_config
+
+    entry, cfg = family(run.model["family"]), model_config(run.model)
+    BatchPlan.make(run.train, world, make_family(run).tokens_per_sample)
+    memory = run.cluster.device_memory_bytes
+    check_model_states(entry.param_counts(cfg)[0], world, memory, "model")
+    check_step(run.train.micro_batch_size, entry.kept_per_sample(cfg), run.train.precision, memory)
+
+
 CONFIG_FILE = "config.yaml"
 SHOWN_CHANGES = 6  # differing fields a refusal names before "and N more"
 
