@@ -24,9 +24,10 @@ from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
 from launcher.run.metrics import read_metrics
+from launcher.run.state import RunState, read_state
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency
-from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.sweep.jobdb import JobDB
 from launcher.sweep.submit import cancel_sweep, read_steps, submit_sweep, sync
 
 pytestmark = pytest.mark.slurm
@@ -72,7 +73,7 @@ class Sweep:
         return tree_progress(self.dir)
 
     def state(self, run: str) -> dict:
-        return read_state_file(self.dir / "runs" / run) or {}
+        return (read_state(self.dir / "runs" / run) or RunState()).to_json()
 
     def steps(self) -> dict[str, dict[str, list[tuple[int, int]]]]:
         out: dict = {}

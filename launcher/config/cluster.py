@@ -75,6 +75,9 @@ class NodeShape(_Checks):
     gpus_per_task: Annotated[int, Range(ge=0)] = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device_peak_flops: Optional[Annotated[float, Range(gt=0)]] = None  # dense peak per device at `precision`, for MFU
+    device_memory_bytes: Optional[Annotated[float, Range(gt=0)]] = None  # memory of one device (HBM; a CPU
+    # "device": its share of the node's RAM), for the refusal of runs that cannot fit (launcher/run/memory.py);
+    # null: unknown, not checked
 
     def __post_init__(self) -> None:
         super().__post_init__()

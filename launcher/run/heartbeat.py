@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 from launcher.files import atomic_write, atomic_write_json
 from launcher.policy import ExitCode, ending
+from launcher.run.state import read_state, state_path
 
 HEARTBEAT_DIR = "heartbeat"
 TIMEOUT_FACTOR = 10.0  # default timeout: this many median step times ...
@@ -172,11 +173,8 @@ class HangWatch:
 def record_hang(run_dir: Path, stuck: list[Stuck]) -> dict:
     """Mark the attempt hung in ``state.json`` (its ranks are dead, so nothing else writes it); the hang
     joins the run's ``hangs`` list, which later attempts carry on."""
-    path = Path(run_dir) / "state.json"
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        state = {}
+    earlier = read_state(run_dir, warn=True)
+    state = earlier.to_json() if earlier else {}
     now = time.time()
     hang: dict[str, Any] = {
         "ranks": [s.rank for s in stuck],
@@ -195,5 +193,5 @@ def record_hang(run_dir: Path, stuck: list[Stuck]) -> dict:
         finished_at=now,
         message=f"rank(s) {', '.join(map(str, hang['ranks']))} sent no heartbeat for {hang['silent_s']} s",
     )
-    atomic_write(path, json.dumps(state, indent=1) + "\n")
+    atomic_write(state_path(run_dir), json.dumps(state, indent=1) + "\n")
     return hang

@@ -22,8 +22,9 @@ rank-locally) every val_every steps and after the last step; the values logged a
 
 Files in ``run_dir`` (rank 0 writes all but the checkpoints):
   config.yaml      the resolved config, written once
-  metrics.jsonl    append-only curve, see ``launcher.run.metrics`` (a resumed run appends again from its
-                   checkpoint step + 1; readers keep the latest attempt's record per step)
+  metrics.jsonl    append-only curve, see ``launcher.run.metrics`` (a resumed or rewound run appends a resume
+                   marker, then again from its checkpoint step + 1; readers keep the latest attempt's record
+                   per step)
   checkpoints/     see ``launcher.run.checkpoint``; resume=true continues from the latest
   state.json       replaced atomically at start, every logged step, every checkpoint and at exit:
       status            "running" | "completed" | "diverged" | "requeue" | "failed"
@@ -74,27 +75,36 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from launcher.arguments import command_parser
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
-from launcher.files import atomic_write, make_dir
-from launcher.identity import config_hash
-from launcher.locks import FolderLock
+from launcher.files import aside_path, atomic_write, make_dir
+from launcher.identity import config_hash, identity_changes
+from launcher.locks import LOCK_FILE, FolderLock
 from launcher.policy import JOB_ATTEMPT_ENV, JOB_KEY_ENV, ExitCode, ending
 from launcher.resources import ladder_argv
 from launcher.run import rendezvous, spikes, stragglers
 from launcher.run.checkpoint import Checkpointer, TrainState
 from launcher.run.heartbeat import HangWatch, Heartbeat
+from launcher.run.memory import check_model_states, check_step
 from launcher.run.metrics import MetricsLog, WandbMirror, wandb_mode
+from launcher.run.state import read_state, state_path
+
+FORCE_NEW = ("--force-new", "start the run over in a run_dir that holds another config (the old run is moved aside)")
 
 
 def main(argv: list[str]) -> int:
     stop = StopRequest()  # first: a signal during the slow imports is still honoured
-    run = load_run_config(list(argv))
+    args = command_parser("ladder train", "Train one run (nproc=N starts N local ranks).", [FORCE_NEW]).parse(argv)
+    argv = args.overrides  # the ranks and retries below resume what this process claimed: no --force-new
+    run = load_run_config(argv)
+    launched = rendezvous.discover(os.environ).world_size  # 1: no launcher; nproc=N starts the ranks here
+    check_fits(run, run.nproc if launched == 1 else launched)
     with run_dir_lock(run):
-        if run.nproc > 1 and rendezvous.discover(os.environ).world_size == 1:
+        claim_run_dir(run, args.force_new)
+        if run.nproc > 1 and launched == 1:
             from launcher.run import local_launch
 
-            BatchPlan.make(run.train, run.nproc, make_family(run).tokens_per_sample)  # one clear line, before any rank
             os.environ[LOCK_HELD_ENV] = str(Path(run_dir_of(run)).resolve())  # the ranks' own lock is ours
             watch = HangWatch(run_dir_of(run), run.nproc, run.cluster.hang_timeout_s)
             try:
@@ -111,6 +121,69 @@ def main(argv: list[str]) -> int:
 
 
 LOCK_HELD_ENV = "SCALELADDER_RUN_DIR_LOCKED"  # set for the local ranks of a `ladder train nproc=N`
+
+
+def check_fits(run: RunConfig, world: int) -> None:
+    """Refuse, before any rank starts or any file is written, a run that cannot work: a global batch the
+    ranks cannot split, model states or a micro-batch beyond a device's memory (``launcher.run.memory``)."""
+    from models.family import family, model_config
+
+    entry, cfg = family(run.model["family"]), model_config(run.model)
+    BatchPlan.make(run.train, world, make_family(run).tokens_per_sample)
+    memory = run.cluster.device_memory_bytes
+    check_model_states(entry.param_counts(cfg)[0], world, memory, "model")
+    check_step(run.train.micro_batch_size, entry.kept_per_sample(cfg), run.train.precision, memory)
+
+
+CONFIG_FILE = "config.yaml"
+SHOWN_CHANGES = 6  # differing fields a refusal names before "and N more"
+
+
+def claim_run_dir(run: RunConfig, force_new: bool) -> None:
+    """A run_dir holds one run: the same resolved config resumes there; another one is refused in one line
+    naming the fields that differ (``identity_changes``: what decides the result; folders, names, W&B and
+    the cluster may change), unless ``--force-new``, which moves the old run's files into
+    ``<run_dir>.replaced-<unix time>/`` (nothing is deleted) and starts over. Only the process holding the
+    run_dir's lock moves anything; the other ranks of a multi-rank start only check."""
+    import yaml
+
+    run_dir = run_dir_of(run)
+    path = run_dir / CONFIG_FILE
+    try:
+        old = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        old = f"unreadable ({type(exc).__name__})"
+    changes = identity_changes(old, dataclasses.asdict(run)) if isinstance(old, dict) else [("config.yaml", old, "")]
+    if not changes:
+        return
+    if force_new:
+        if rendezvous.discover(os.environ).rank == 0:
+            set_run_aside(run_dir)
+        return
+    shown = ", ".join(f"{name} {_shown(a)} -> {_shown(b)}" for name, a, b in changes[:SHOWN_CHANGES])
+    more = f" and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
+    raise UserError(
+        f"run_dir: {str(run_dir)!r} holds a run of another config ({shown}{more}); pass --force-new to start "
+        "over there (the old run is moved aside) or give a new run_dir="
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def set_run_aside(run_dir: Path) -> Path:
+    """Move every file of the run (its lock stays, held by us) into a sibling folder; returns that folder."""
+    aside = aside_path(run_dir, "replaced")
+    aside.mkdir()
+    for entry in run_dir.iterdir():
+        if entry.name != LOCK_FILE:
+            entry.rename(aside / entry.name)
+    print(f"ladder train: --force-new: the old run in {run_dir} is now {aside}", file=sys.stderr, flush=True)
+    return aside
 
 
 def run_dir_of(run: RunConfig) -> Path:
@@ -381,7 +454,7 @@ class RunStateFile:
     """``state.json``: rank 0's account of the run for the job database (schema in the module docstring)."""
 
     def __init__(self, run_dir: Path, enabled: bool):
-        self.path = Path(run_dir) / "state.json"
+        self.path = state_path(run_dir)
         self.enabled = enabled
         now = time.time()
         self.state: dict[str, Any] = {
@@ -401,7 +474,7 @@ class RunStateFile:
             "started_at": now,
             "updated_at": now,
             "finished_at": None,
-            **(carried(self.path) if enabled else {}),
+            **(carried(run_dir) if enabled else {}),
         }
 
     def update(self, **fields: Any) -> None:
@@ -418,13 +491,10 @@ class RunStateFile:
 CARRIED = ("hangs", "rewinds")  # histories a new attempt's state.json keeps from the one before
 
 
-def carried(path: Path) -> dict[str, list]:
+def carried(run_dir: Path) -> dict[str, list]:
     """The earlier attempts' hangs and rewinds, from the state.json this attempt replaces."""
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
-        previous = {}
-    return {key: list(previous.get(key) or []) if isinstance(previous, dict) else [] for key in CARRIED}
+    previous = read_state(run_dir, warn=True)
+    return {key: list(getattr(previous, key)) if previous else [] for key in CARRIED}
 
 
 def job_step(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -577,7 +647,7 @@ class Trainer:
     def _write_config(self) -> None:
         import yaml
 
-        path = self.run_dir / "config.yaml"
+        path = self.run_dir / CONFIG_FILE
         if not path.exists():
             atomic_write(path, yaml.safe_dump(dataclasses.asdict(self.cfg), sort_keys=False))
 
@@ -637,6 +707,8 @@ class Trainer:
         if self.rank == 0:
             self._write_config()
             self._start_wandb()
+            if self.metrics.path.exists() and self.metrics.path.stat().st_size:  # an earlier attempt logged
+                self.metrics.mark_resume(state.step)
         resumed_from = state.step or None
         self.state_file.update(
             step=state.step,
@@ -667,6 +739,7 @@ class Trainer:
             "at": time.time(),
         }
         if self.rank == 0:
+            self.metrics.mark_resume(rewound.step)
             print(
                 f"ladder train: loss spikes at steps {record['spikes']}: rewound to step {rewound.step}, "
                 f"skipping data steps [{first_data}, {first_data + skipped})",
