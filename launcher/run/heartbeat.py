@@ -7,11 +7,14 @@ joins. To tell the one from the others, a thread of each rank also touches ``ran
 ALIVE_EVERY_S: a process that is stopped, or stuck in the kernel, stops touching it, while a rank merely
 waiting in a collective keeps touching it.
 
-The supervisor (``launcher.run.local_launch``) clears the folder before it starts the ranks and watches it
-with ``HangWatch``: once any rank has beaten, the attempt is hung when a rank's last beat (or, before its
-first, the first beat of any rank: start-up is the rendezvous timeout's business) is older than the
-timeout. The stuck ranks are those no longer alive, else (every rank waits on every other) those at the
-lowest step. The attempt is then recorded as hung in ``state.json`` (``record_hang``) and retried.
+The supervisor clears the folder as the ranks start and watches it with ``HangWatch``: once any rank has
+beaten, the attempt is hung when a rank's last beat (or, before its first, the first beat of any rank:
+start-up is the rendezvous timeout's business) is older than the timeout. The stuck ranks are those no
+longer alive, else (every rank waits on every other) those at the lowest step. Once the ranks are killed
+the attempt is recorded as hung in ``state.json`` (``record_hang``) and retried. Two supervisors: ``ladder
+train nproc=N`` (``launcher.run.local_launch``) kills its own ranks; in a batch job the lane shell
+(launcher/schedulers/lane.sh.j2) starts ``ladder hang-watch`` beside each step (``watch_step``), which says
+when and where the step hung, the lane kills the step the scheduler's way, and the watcher records it.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import socket
 import statistics
+import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
+from launcher.arguments import command_parser
 from launcher.files import atomic_write, atomic_write_json
 from launcher.policy import ExitCode, ending
 
@@ -37,6 +43,7 @@ TIMEOUT_FLOOR_S = 300.0  # ... but never less (a checkpoint or a validation pass
 WINDOW = 64  # step times each rank keeps for its median
 ALIVE_EVERY_S = 2.0  # how often a rank's thread touches its alive file
 ALIVE_STALE_S = 5 * ALIVE_EVERY_S  # an alive file older than this: the process no longer runs
+WATCH_EVERY_S = 1.0  # how often a supervisor reads the heartbeats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,3 +204,66 @@ def record_hang(run_dir: Path, stuck: list[Stuck]) -> dict:
     )
     atomic_write(path, json.dumps(state, indent=1) + "\n")
     return hang
+
+
+def describe(hang: dict) -> str:
+    """One line on a recorded hang, for the supervisor's log."""
+    return (
+        f"hung: rank(s) {hang['ranks']} on {hang['hosts'] or 'unknown hosts'} sent no heartbeat for "
+        f"{hang['silent_s']} s (step {hang['step']}); ranks killed"
+    )
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone (or ended, and its pid now someone else's)
+        return False
+    return True
+
+
+def watch_step(watch: HangWatch, pid: int, out: TextIO = sys.stdout) -> int:
+    """Watch the ranks of the job step ``pid`` (its launcher, srun or jsrun) until it ends: 0 when it ends
+    unhung; ExitCode.HUNG when a rank goes silent. Then the hosts of the stuck ranks go to ``out`` as one
+    comma-separated line (empty when unknown), which tells the lane shell to kill the step; once the step
+    is gone the hang is recorded, unless the run ended by itself meanwhile (its state.json no longer says
+    running: a checkpoint on the walltime warning, the last step), then 0."""
+    clear(watch.run_dir)
+    while running(pid):
+        stuck = watch.stuck()
+        if stuck:
+            print(",".join(sorted({s.host for s in stuck if s.host})), file=out, flush=True)
+            while running(pid):
+                time.sleep(WATCH_EVERY_S / 10)
+            if status(watch.run_dir) not in (None, "running"):
+                return 0
+            hang = record_hang(watch.run_dir, stuck)
+            print(f"ladder hang-watch: {watch.run_dir}: {describe(hang)}", file=sys.stderr, flush=True)
+            return int(ExitCode.HUNG)
+        time.sleep(WATCH_EVERY_S)
+    return 0
+
+
+def status(run_dir: Path) -> Optional[str]:
+    """The run's state.json status; None without a readable one."""
+    try:
+        return json.loads((Path(run_dir) / "state.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def watch_main(argv: list[str]) -> int:
+    """``ladder hang-watch --pid PID --ranks N --run-dir DIR [--timeout-s S]``: ``watch_step`` for the lane
+    shells. The walltime warning LSF sends to every process of the job (USR2) is not this one's to act on."""
+    parser = command_parser(
+        "ladder hang-watch",
+        "watch the heartbeats of one job step's ranks; a lane shell starts it beside each step",
+        overrides_help=None,
+    )
+    parser.add_argument("--pid", type=int, required=True, help="the step launcher's process (srun, jsrun)")
+    parser.add_argument("--ranks", type=int, required=True, help="ranks of the step")
+    parser.add_argument("--run-dir", required=True, help="the run's folder (its heartbeat/ and state.json)")
+    parser.add_argument("--timeout-s", type=float, default=None, help="cluster.hang_timeout_s (default: from step times)")
+    args = parser.parse(argv)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    return watch_step(HangWatch(Path(args.run_dir), args.ranks, args.timeout_s), args.pid)

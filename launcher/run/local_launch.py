@@ -32,7 +32,6 @@ from launcher.run.heartbeat import HangWatch
 
 GRACE_S = 30.0  # after one rank fails, how long the others may take to notice before they are killed
 FORWARDED = (signal.SIGTERM, signal.SIGUSR2)
-WATCH_EVERY_S = 1.0  # how often the supervisor reads the heartbeats
 
 
 def threads_per_rank(nproc: int, env: Mapping[str, str] = os.environ) -> str:
@@ -139,7 +138,7 @@ def supervise(
     try:
         first_failure, failed_at, watched_at = 0, None, time.monotonic()
         while any(proc.poll() is None for proc in procs):
-            if watch is not None and time.monotonic() - watched_at >= WATCH_EVERY_S:
+            if watch is not None and time.monotonic() - watched_at >= heartbeat.WATCH_EVERY_S:
                 watched_at = time.monotonic()
                 stuck = watch.stuck()
                 if stuck:
@@ -173,9 +172,4 @@ def end_hung(procs: list[subprocess.Popen], watch: HangWatch, stuck: list[heartb
             proc.kill()
         proc.wait()
     hang = heartbeat.record_hang(watch.run_dir, stuck)
-    print(
-        f"ladder train: hung: rank(s) {hang['ranks']} on {hang['hosts'] or 'unknown hosts'} sent no heartbeat "
-        f"for {hang['silent_s']} s (step {hang['step']}); ranks killed",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(f"ladder train: {heartbeat.describe(hang)}", file=sys.stderr, flush=True)
