@@ -35,6 +35,7 @@ from typing import Any, Optional, TextIO
 
 from launcher.arguments import command_parser
 from launcher.files import atomic_write, atomic_write_json
+from launcher.locks import forget_dead_holder
 from launcher.policy import ExitCode, ending
 
 HEARTBEAT_DIR = "heartbeat"
@@ -226,8 +227,9 @@ def watch_step(watch: HangWatch, pid: int, out: TextIO = sys.stdout) -> int:
     """Watch the ranks of the job step ``pid`` (its launcher, srun or jsrun) until it ends: 0 when it ends
     unhung; ExitCode.HUNG when a rank goes silent. Then the hosts of the stuck ranks go to ``out`` as one
     comma-separated line (empty when unknown), which tells the lane shell to kill the step; once the step
-    is gone the hang is recorded, unless the run ended by itself meanwhile (its state.json no longer says
-    running: a checkpoint on the walltime warning, the last step), then 0."""
+    is gone the hang is recorded and the dead rank 0's run_dir lock record cleared (the retry may start on
+    another node), unless the run ended by itself meanwhile (its state.json no longer says running: a
+    checkpoint on the walltime warning, the last step), then 0."""
     clear(watch.run_dir)
     while running(pid):
         stuck = watch.stuck()
@@ -237,6 +239,9 @@ def watch_step(watch: HangWatch, pid: int, out: TextIO = sys.stdout) -> int:
                 time.sleep(WATCH_EVERY_S / 10)
             if status(watch.run_dir) not in (None, "running"):
                 return 0
+            holder = read_beats(watch.run_dir).get(0)  # rank 0 holds the run_dir's lock
+            if holder is not None:
+                forget_dead_holder(watch.run_dir, holder.pid, holder.host)
             hang = record_hang(watch.run_dir, stuck)
             print(f"ladder hang-watch: {watch.run_dir}: {describe(hang)}", file=sys.stderr, flush=True)
             return int(ExitCode.HUNG)
@@ -263,7 +268,9 @@ def watch_main(argv: list[str]) -> int:
     parser.add_argument("--pid", type=int, required=True, help="the step launcher's process (srun, jsrun)")
     parser.add_argument("--ranks", type=int, required=True, help="ranks of the step")
     parser.add_argument("--run-dir", required=True, help="the run's folder (its heartbeat/ and state.json)")
-    parser.add_argument("--timeout-s", type=float, default=None, help="cluster.hang_timeout_s (default: from step times)")
+    parser.add_argument(
+        "--timeout-s", type=float, default=None, help="cluster.hang_timeout_s (default: from step times)"
+    )
     args = parser.parse(argv)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     return watch_step(HangWatch(Path(args.run_dir), args.ranks, args.timeout_s), args.pid)
