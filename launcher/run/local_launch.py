@@ -8,7 +8,7 @@ mpirun, which would otherwise kill the ranks a few seconds later, before their c
 
 With a ``HangWatch`` the supervisor also reads the ranks' heartbeats (``launcher.run.heartbeat``): a rank
 silent for the hang timeout gets every rank killed, the attempt recorded as hung in ``state.json``, and,
-while ``retries`` are left, the ranks started again, resuming from the run's last checkpoint.
+while ``tries`` are left, the ranks started again, resuming from the run's last checkpoint.
 """
 
 from __future__ import annotations
@@ -59,18 +59,19 @@ def launch(
     command: Sequence[str],
     step_launcher: str = "local",
     watch: Optional[HangWatch] = None,
-    retries: int = 0,
+    tries: int = 1,
 ) -> int:
-    """Run ``command`` as ``nproc`` ranks on this machine; the exit code the ranks agreed on. An attempt
-    that hangs (``watch``) is started again up to ``retries`` times; ExitCode.HUNG once none are left."""
-    for attempt in range(retries + 1):
+    """Run ``command`` as ``nproc`` ranks on this machine; the exit code the ranks agreed on. The ranks
+    start at most ``tries`` times (cluster.max_retries: as many as a lane shell gives a run), again only
+    after a hang (``watch``); ExitCode.HUNG when the last try hung too."""
+    for attempt in range(1, tries + 1):
         if watch is not None:
             heartbeat.clear(watch.run_dir)
         code = start_ranks(nproc, command, step_launcher, watch)
-        if code != ExitCode.HUNG or attempt == retries:
+        if code != ExitCode.HUNG or attempt == tries:
             return code
         print(
-            f"ladder train: retrying the hung run from its last checkpoint ({attempt + 1} of {retries})",
+            f"ladder train: retrying the hung run from its last checkpoint (try {attempt + 1} of {tries})",
             file=sys.stderr,
             flush=True,
         )

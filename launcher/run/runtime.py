@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
                     [*ladder_argv(), "train", *argv],
                     run.cluster.step_launcher,
                     watch=watch,
-                    retries=run.cluster.max_retries,
+                    tries=run.cluster.max_retries,
                 )
             finally:
                 os.environ.pop(LOCK_HELD_ENV, None)
