@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S, STEPS, EVERY, STOP_AT = 20, 24, 4, 6
 
 
-def start_train(run_dir: Path, *overrides: str, output=subprocess.PIPE) -> subprocess.Popen:
-    """``ladder train nproc=2`` of a tiny model with a short hang timeout, its output in a pipe (or file)."""
+def start_train(run_dir: Path, *overrides: str, output=subprocess.PIPE, env: dict | None = None) -> subprocess.Popen:
+    """``ladder train nproc=2`` of a tiny model with a short hang timeout, its output in a pipe (or file);
+    ``overrides`` come last and win."""
     command = [
         sys.executable,
         "-m",
@@ -45,7 +46,7 @@ def start_train(run_dir: Path, *overrides: str, output=subprocess.PIPE) -> subpr
     return subprocess.Popen(
         command,
         cwd=REPO,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
         stdout=output,
         stderr=subprocess.STDOUT,
         text=True,

@@ -36,7 +36,7 @@ from typing import Any, Optional, TextIO
 from launcher.arguments import command_parser
 from launcher.files import atomic_write, atomic_write_json
 from launcher.locks import forget_dead_holder
-from launcher.policy import ExitCode, ending
+from launcher.policy import JOB_ATTEMPT_ENV, ExitCode, ending
 
 HEARTBEAT_DIR = "heartbeat"
 TIMEOUT_FACTOR = 10.0  # default timeout: this many median step times ...
@@ -177,9 +177,10 @@ class HangWatch:
         return [b.pid for b in read_beats(self.run_dir).values()]
 
 
-def record_hang(run_dir: Path, stuck: list[Stuck]) -> dict:
+def record_hang(run_dir: Path, stuck: list[Stuck], attempt: Optional[int]) -> dict:
     """Mark the attempt hung in ``state.json`` (its ranks are dead, so nothing else writes it); the hang
-    joins the run's ``hangs`` list, which later attempts carry on."""
+    joins the run's ``hangs`` list, which later attempts carry on. ``attempt``: which try of the ranks
+    hung (``ladder train nproc=N``'s own count, or in a batch job the step's start in its job)."""
     path = Path(run_dir) / "state.json"
     try:
         state = json.loads(path.read_text())
@@ -187,6 +188,8 @@ def record_hang(run_dir: Path, stuck: list[Stuck]) -> dict:
         state = {}
     now = time.time()
     hang: dict[str, Any] = {
+        "attempt": attempt,
+        "job_key": state.get("job_key"),
         "ranks": [s.rank for s in stuck],
         "hosts": sorted({s.host for s in stuck if s.host}),
         "step": min((s.step for s in stuck if s.step is not None), default=None),
@@ -242,7 +245,8 @@ def watch_step(watch: HangWatch, pid: int, out: TextIO = sys.stdout) -> int:
             holder = read_beats(watch.run_dir).get(0)  # rank 0 holds the run_dir's lock
             if holder is not None:
                 forget_dead_holder(watch.run_dir, holder.pid, holder.host)
-            hang = record_hang(watch.run_dir, stuck)
+            attempt = os.environ.get(JOB_ATTEMPT_ENV, "")  # the lane shell's, as the run's state.json has it
+            hang = record_hang(watch.run_dir, stuck, int(attempt) if attempt.isdigit() else None)
             print(f"ladder hang-watch: {watch.run_dir}: {describe(hang)}", file=sys.stderr, flush=True)
             return int(ExitCode.HUNG)
         time.sleep(WATCH_EVERY_S)

@@ -67,7 +67,7 @@ def launch(
     for attempt in range(1, tries + 1):
         if watch is not None:
             heartbeat.clear(watch.run_dir)
-        code = start_ranks(nproc, command, step_launcher, watch)
+        code = start_ranks(nproc, command, step_launcher, watch, attempt)
         if code != ExitCode.HUNG or attempt == tries:
             return code
         print(
@@ -78,8 +78,10 @@ def launch(
     return code
 
 
-def start_ranks(nproc: int, command: Sequence[str], step_launcher: str, watch: Optional[HangWatch]) -> int:
-    """One attempt: the ranks, started and supervised.
+def start_ranks(
+    nproc: int, command: Sequence[str], step_launcher: str, watch: Optional[HangWatch], attempt: int = 1
+) -> int:
+    """One attempt (the ``attempt``-th try of the ranks): the ranks, started and supervised.
 
     ``step_launcher`` (cluster.step_launcher): "torchrun" asks for plain processes with torchrun's
     variables, "mpirun" insists on Open MPI, anything else takes mpirun when it is usable.
@@ -101,7 +103,9 @@ def start_ranks(nproc: int, command: Sequence[str], step_launcher: str, watch: O
             "OMP_NUM_THREADS",
             *command,
         ]
-        return supervise([subprocess.Popen(command, env=env)], {signal.SIGTERM: signal.SIGUSR2}, watch=watch)
+        return supervise(
+            [subprocess.Popen(command, env=env)], {signal.SIGTERM: signal.SIGUSR2}, watch=watch, attempt=attempt
+        )
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -117,7 +121,7 @@ def start_ranks(nproc: int, command: Sequence[str], step_launcher: str, watch: O
             MASTER_PORT=str(port),
         )
         procs.append(subprocess.Popen(list(command), env=rank_env))
-    return supervise(procs, {}, watch=watch)
+    return supervise(procs, {}, watch=watch, attempt=attempt)
 
 
 def supervise(
@@ -125,9 +129,11 @@ def supervise(
     translate: dict[int, int],
     grace_s: float = GRACE_S,
     watch: Optional[HangWatch] = None,
+    attempt: int = 1,
 ) -> int:
     """Forward signals, wait for every process; the first non-zero exit code wins (128+n for signal n).
-    A hung rank (``watch``) ends the attempt: every rank is killed and the exit code is ExitCode.HUNG."""
+    A hung rank (``watch``) ends the attempt: every rank is killed, the hang recorded as the
+    ``attempt``-th try's, and the exit code is ExitCode.HUNG."""
 
     def forward(signum, _frame):
         for proc in procs:
@@ -143,7 +149,7 @@ def supervise(
                 watched_at = time.monotonic()
                 stuck = watch.stuck()
                 if stuck:
-                    end_hung(procs, watch, stuck)
+                    end_hung(procs, watch, stuck, attempt)
                     return int(ExitCode.HUNG)
             for proc in procs:
                 code = proc.poll()
@@ -161,7 +167,7 @@ def supervise(
             signal.signal(sig, handler)
 
 
-def end_hung(procs: list[subprocess.Popen], watch: HangWatch, stuck: list[heartbeat.Stuck]) -> None:
+def end_hung(procs: list[subprocess.Popen], watch: HangWatch, stuck: list[heartbeat.Stuck], attempt: int) -> None:
     """Kill every rank (a stopped one too: SIGKILL needs no cooperation), then record the hang."""
     for pid in watch.pids():
         try:
@@ -172,5 +178,5 @@ def end_hung(procs: list[subprocess.Popen], watch: HangWatch, stuck: list[heartb
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    hang = heartbeat.record_hang(watch.run_dir, stuck)
+    hang = heartbeat.record_hang(watch.run_dir, stuck, attempt)
     print(f"ladder train: {heartbeat.describe(hang)}", file=sys.stderr, flush=True)

@@ -44,7 +44,8 @@ Files in ``run_dir`` (rank 0 writes all but the checkpoints):
       started_at, updated_at, finished_at    unix seconds (finished_at null while running)
       rewinds           every rewind after loss spikes so far (from_step, to_step, spikes, skipped_data_steps,
                         data_offset, at), kept across attempts
-      hangs             every hang of the run so far (ranks, hosts, step, silent_s, at), kept across attempts;
+      hangs             every hang of the run so far (attempt, job_key, ranks, hosts, step, silent_s, at), kept
+                        across attempts;
                         an attempt its supervisor found hung ends with status "hung" and hung_ranks, hung_hosts
                         (``launcher.run.heartbeat``)
   heartbeat/       rank<k>.json, each rank's step and time, replaced after every step (``launcher.run.heartbeat``)
