@@ -1,7 +1,9 @@
 """Heartbeats: how whoever supervises the ranks of a run tells a hung rank from a slow one.
 
-Each rank replaces ``<run_dir>/heartbeat/rank<k>.json`` atomically after every optimizer step (a
-``Beat``: step, time, host, pid and the rank's median step time so far). A rank stuck in a collective
+Each rank replaces ``<run_dir>/heartbeat/rank<k>.json`` atomically (a ``Beat``: step, time, host, pid
+and the rank's median step time so far) after an optimizer step, at most every
+``cluster.heartbeat_interval_s`` and at every resume, checkpoint and rewind (so a hung run's last beat is
+never older than its last checkpoint, and the hang's step bounds the work lost). A rank stuck in a collective
 or on a file system stops beating; its peers stop too, a step later, inside the collective it never
 joins. To tell the one from the others, a thread of each rank also touches ``rank<k>.alive`` every
 ALIVE_EVERY_S: a process that is stopped, or stuck in the kernel, stops touching it, while a rank merely
@@ -86,13 +88,15 @@ def alive_age(run_dir: Path, rank: int, now: float) -> float:
 
 
 class Heartbeat:
-    """One rank's writer; the time between beats of consecutive steps is its step time. ``close`` ends
-    the alive thread (before the interpreter finalizes)."""
+    """One rank's writer; the time between beats of consecutive steps is its step time. It writes at most
+    every ``interval_s`` unless a beat is a milestone. ``close`` ends the alive thread (before the
+    interpreter finalizes)."""
 
-    def __init__(self, run_dir: Path, rank: int):
+    def __init__(self, run_dir: Path, rank: int, interval_s: float = 0.0):
         self.path = beat_path(run_dir, rank)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank, self.host, self.pid = rank, socket.gethostname(), os.getpid()
+        self.interval_s, self.written = interval_s, -math.inf
         self.step_times: deque[float] = deque(maxlen=WINDOW)
         self.last: Optional[tuple[int, float]] = None
         self.closed = threading.Event()
@@ -111,11 +115,15 @@ class Heartbeat:
         self.closed.set()
         self.thread.join()
 
-    def beat(self, step: int) -> None:
+    def beat(self, step: int, milestone: bool = False) -> None:
+        """Step ``step`` is done; written now if it is a ``milestone`` or the interval has passed."""
         now = time.time()
         if self.last is not None and step == self.last[0] + 1:
             self.step_times.append(now - self.last[1])
         self.last = (step, now)
+        if not milestone and now - self.written < self.interval_s:
+            return
+        self.written = now
         median = statistics.median(self.step_times) if self.step_times else None
         atomic_write_json(self.path, dataclasses.asdict(Beat(self.rank, step, now, self.host, self.pid, median)))
 
