@@ -45,10 +45,12 @@ Files in ``run_dir`` (rank 0 writes all but the checkpoints):
       started_at, updated_at, finished_at    unix seconds (finished_at null while running)
       rewinds           every rewind after loss spikes so far (from_step, to_step, spikes, skipped_data_steps,
                         data_offset, at), kept across attempts
-      hangs             every hang of the run so far (ranks, hosts, step, silent_s, at), kept across attempts;
+      hangs             every hang of the run so far (attempt, job_key, ranks, hosts, step, silent_s, at), kept
+                        across attempts;
                         an attempt its supervisor found hung ends with status "hung" and hung_ranks, hung_hosts
                         (``launcher.run.heartbeat``)
-  heartbeat/       rank<k>.json, each rank's step and time, replaced after every step (``launcher.run.heartbeat``)
+  heartbeat/       rank<k>.json, each rank's step and time, replaced at most every cluster.heartbeat_interval_s
+                   and at every resume, checkpoint and rewind (``launcher.run.heartbeat``)
 
 Exit codes (``ExitCode``): 0 completed, 1 failed, 2 bad input (the CLI's UserError), 3 diverged
 (non-finite training loss on any rank), 4 hung (set by the supervisor of the ranks), 75 requeue (SIGTERM
@@ -113,7 +115,7 @@ def main(argv: list[str]) -> int:
                     [*ladder_argv(), "train", *argv],
                     run.cluster.step_launcher,
                     watch=watch,
-                    retries=run.cluster.max_retries,
+                    tries=run.cluster.max_retries,
                 )
             finally:
                 os.environ.pop(LOCK_HELD_ENV, None)
@@ -615,7 +617,7 @@ class Trainer:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision, torch.float32)
         self.checkpointer = Checkpointer(self.run_dir, self.rank, tuple(run.train.checkpoint_steps))
         self.metrics = MetricsLog(self.run_dir)
-        self.heartbeat = Heartbeat(self.run_dir, self.rank)
+        self.heartbeat = Heartbeat(self.run_dir, self.rank, run.cluster.heartbeat_interval_s)
         train = run.train
         self.spikes = spikes.SpikeDetector(train.spike_window, train.spike_threshold, train.spike_patience)
         self.corrupt = spikes.corrupt_steps()  # test-only hook, empty otherwise
@@ -682,13 +684,14 @@ class Trainer:
             stop_asked = stop_asked and not last
             periodic = state.step % self.cfg.train.checkpoint_every == 0 and not self.spikes.in_streak
             kept = state.step in self.cfg.train.checkpoint_steps  # a WSD trunk's branch points
-            if stop_asked or last or periodic or kept:  # no periodic checkpoint inside a streak of spikes
+            saved = stop_asked or last or periodic or kept  # no periodic checkpoint inside a streak of spikes
+            if saved:
                 self.checkpointer.save(self.engine, state)
                 self.state_file.update(checkpoint_step=state.step)
             if stop_asked:
                 name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
                 return self.state_file.finish(ExitCode.REQUEUE, f"stopped at step {state.step} by {name}", **progress)
-            self.heartbeat.beat(state.step)
+            self.heartbeat.beat(state.step, milestone=saved)
         digests = [None] * self.world
         dist.all_gather_object(digests, param_digest(self.engine, self.cfg.deepspeed.stage == 3))
         return self.state_file.finish(
@@ -718,7 +721,7 @@ class Trainer:
             resumed_from=resumed_from,
             checkpoint_step=resumed_from,
         )
-        self.heartbeat.beat(state.step)
+        self.heartbeat.beat(state.step, milestone=True)
         return state
 
     def _rewind(self, state: TrainState) -> TrainState:
@@ -754,7 +757,7 @@ class Trainer:
             flops=rewound.flops,
             rewinds=[*self.state_file.state.get("rewinds", []), record],
         )
-        self.heartbeat.beat(rewound.step)
+        self.heartbeat.beat(rewound.step, milestone=True)
         return rewound
 
     def _step(self, state: TrainState) -> tuple[float, float, bool]:

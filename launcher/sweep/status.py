@@ -17,6 +17,7 @@ from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
 from launcher.locks import FolderLock
 from launcher.numbers import sci
+from launcher.run.faults import run_faults
 from launcher.run.metrics import METRICS_FILE, read_metrics
 from launcher.run.state import RunState, read_state
 from launcher.run.stragglers import consistent_straggler
@@ -58,6 +59,8 @@ def run_status(run: RunRecord) -> dict:
         "total_steps": run.steps if reported.total_steps is None else reported.total_steps,
         "message": reported.message,
         "slow_node": slow_node(run.run_dir),
+        "hangs": reported.hangs,
+        "rewinds": reported.rewinds,
         "config_hash": run.config_hash,
         "run_dir": run.run_dir,
     }
@@ -122,7 +125,7 @@ def print_status(name: str, runs: list[dict], counts: dict[str, int], changes: l
 
     console = make_console()
     table = Table(title=f"sweep {name}")
-    for column in ("name", "state", "N", "D", "C", "step", "attempts", "job"):
+    for column in ("name", "state", "N", "D", "C", "step", "attempts", "hangs", "rewinds", "job"):
         table.add_column(column, justify="left" if column in ("name", "state", "job") else "right")
     colours = {
         "completed": "green",
@@ -136,12 +139,23 @@ def print_status(name: str, runs: list[dict], counts: dict[str, int], changes: l
         state = f"[{colours[r['state']]}]{r['state']}[/]" if r["state"] in colours else r["state"]
         step = "" if r["step"] is None else f"{r['step']}/{r['total_steps']}"
         table.add_row(
-            r["name"], state, f"{r['N']:,}", f"{r['D']:,}", sci(r["C"]), step, str(r["attempts"]), r["job_id"] or ""
+            r["name"],
+            state,
+            f"{r['N']:,}",
+            f"{r['D']:,}",
+            sci(r["C"]),
+            step,
+            str(r["attempts"]),
+            str(len(r["hangs"]) or ""),
+            str(len(r["rewinds"]) or ""),
+            r["job_id"] or "",
         )
     console.print(table)
     for r in runs:
         if r["slow_node"]:
             console.print(f"{r['name']}: consistently slow node {r['slow_node']}")
+        for fault in run_faults(r):
+            console.print(f"{r['name']}: {fault.text()}", highlight=False)
     for run_name, old, new in changes:
         console.print(f"{run_name}: {old} -> {new} (reported by the run)")
     console.print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no runs")
