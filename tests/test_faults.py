@@ -13,7 +13,7 @@ import time
 from launcher.cli import main as ladder
 from launcher.run.heartbeat import read_beats
 from launcher.run.spikes import CORRUPT_ENV
-from launcher.sweep.jobdb import read_state_file
+from launcher.run.state import read_state
 from test_hang import start_train
 from test_status import recorded_sweep
 
@@ -41,7 +41,7 @@ def test_a_run_that_hung_and_rewound_shows_both_in_status_and_report(tmp_path, c
     os.kill(beat.pid, signal.SIGSTOP)
     output = proc.communicate(timeout=400)[0]
     assert proc.returncode == 0, output
-    state = read_state_file(run_dir)
+    state = read_state(run_dir).to_json()
     [hang], [rewind] = state["hangs"], state["rewinds"]
     assert hang["attempt"] == 1 and hang["ranks"] == [1] and hang["hosts"] == [socket.gethostname()]
     assert rewind["skipped_data_steps"] == [16, 18] and rewind["to_step"] == 16
