@@ -44,6 +44,8 @@ Files in ``run_dir`` (rank 0 writes all but the checkpoints):
       started_at, updated_at, finished_at    unix seconds (finished_at null while running)
       rewinds           every rewind after loss spikes so far (from_step, to_step, spikes, skipped_data_steps,
                         data_offset, at), kept across attempts
+      checkpoint_writes the last CHECKPOINT_WRITES_KEPT saves (step, bytes of the tag, seconds until every rank
+                        had written its part), kept across attempts: the write speed ``ladder project`` uses
       hangs             every hang of the run so far (ranks, hosts, step, silent_s, at), kept across attempts;
                         an attempt its supervisor found hung ends with status "hung" and hung_ranks, hung_hosts
                         (``launcher.run.heartbeat``)
@@ -415,11 +417,12 @@ class RunStateFile:
         return int(code)
 
 
-CARRIED = ("hangs", "rewinds")  # histories a new attempt's state.json keeps from the one before
+CARRIED = ("hangs", "rewinds", "checkpoint_writes")  # histories a new attempt's state.json keeps from the one before
+CHECKPOINT_WRITES_KEPT = 20  # state.json is rewritten at every logged step: a bounded history
 
 
 def carried(path: Path) -> dict[str, list]:
-    """The earlier attempts' hangs and rewinds, from the state.json this attempt replaces."""
+    """The earlier attempts' hangs, rewinds and checkpoint writes, from the state.json this attempt replaces."""
     try:
         previous = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -612,8 +615,9 @@ class Trainer:
             periodic = state.step % self.cfg.train.checkpoint_every == 0 and not self.spikes.in_streak
             kept = state.step in self.cfg.train.checkpoint_steps  # a WSD trunk's branch points
             if stop_asked or last or periodic or kept:  # no periodic checkpoint inside a streak of spikes
-                self.checkpointer.save(self.engine, state)
-                self.state_file.update(checkpoint_step=state.step)
+                write = dataclasses.asdict(self.checkpointer.save(self.engine, state))
+                writes = [*self.state_file.state.get("checkpoint_writes", []), write][-CHECKPOINT_WRITES_KEPT:]
+                self.state_file.update(checkpoint_step=state.step, checkpoint_writes=writes)
             if stop_asked:
                 name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
                 return self.state_file.finish(ExitCode.REQUEUE, f"stopped at step {state.step} by {name}", **progress)
