@@ -109,7 +109,9 @@ def main(argv: list[str]) -> int:
                 )
             finally:
                 os.environ.pop(LOCK_HELD_ENV, None)
-        return Trainer(run, stop).run()
+        code = Trainer(run, stop).run()
+    stop.ignore_from_now()
+    return code
 
 
 LOCK_HELD_ENV = "SCALELADDER_RUN_DIR_LOCKED"  # set for the local ranks of a `ladder train nproc=N`
@@ -378,6 +380,13 @@ class StopRequest:
         if not self.signum:
             self.signum = signum
 
+    def ignore_from_now(self) -> None:
+        """Once the run's end is recorded, a late warning (or a launcher's SIGTERM to a rank still exiting) has
+        nothing left to save: ignored, it cannot turn an orderly end into a death by signal while the
+        interpreter finalizes (which puts Python's own handlers back to the default, killing, action)."""
+        for sig in (signal.SIGTERM, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)
+
 
 class RunStateFile:
     """``state.json``: rank 0's account of the run for the job database (schema in the module docstring)."""
@@ -471,6 +480,16 @@ def release_engine(engine) -> None:
             cache.cache_clear()
 
 
+def leave_together() -> None:
+    """Every rank waits for the slowest (rank 0 closes W&B) before any exits: srun --kill-on-bad-exit kills a
+    step's other ranks when one exits non-zero, so a rank ending with 75 first would kill rank 0 mid-exit
+    and make a checkpointed run's step a death by signal."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def close_process_group() -> None:
     """Destroy every process group, and so end its worker threads, while the interpreter is whole.
 
@@ -514,10 +533,13 @@ class Trainer:
         self.state_file = RunStateFile(self.run_dir, enabled=self.rank == 0)
         self.state_file.update(world_size=self.world)
         self.wandb: Optional[WandbMirror] = None
+        ended_together = False
         try:
             import_before_joining()
             rendezvous.connect(dist_env, run.cluster.dist_backend, run.rendezvous.timeout_s)
-            return self._train()
+            code = self._train()
+            ended_together = True  # every end _train returns is reached by all ranks at the same step
+            return code
         except UserError as exc:
             self.state_file.finish(ExitCode.USAGE, str(exc))
             raise
@@ -533,6 +555,8 @@ class Trainer:
                 self.wandb.finish(self.state_file.state["exit_code"])
             if "heartbeat" in self.__dict__:
                 self.heartbeat.close()
+            if ended_together:
+                leave_together()
             release_engine(self.__dict__.pop("engine", None))
             close_process_group()
 
