@@ -67,14 +67,14 @@ def submit_main(argv: list[str]) -> int:
     parser = submit_parser()
     parser.add_argument("--target", action="store_true", help="submit the run the sweep's projection recommends")
     parser.add_argument("--target-flops", type=float, help="the target run's training FLOPs C (projected anew)")
-    parser.add_argument("--nodes", type=int, default=1, help="with --target-flops: nodes the target spans")
+    parser.add_argument("--nodes", type=int, help="with --target-flops: nodes the target spans (default 1)")
     args = parser.parse(argv)
-    if not args.target and (args.target_flops is not None or "--nodes" in argv):
+    if not args.target and (args.target_flops is not None or args.nodes is not None):
         raise UserError("--target-flops, --nodes: only with --target")
     if args.target:
         if args.continue_from or args.dependency or args.over_budget_ok or args.no_calibrate:
             raise UserError("--target: takes only --target-flops and --nodes besides the sweep's overrides")
-        print_submitted(submit_target(args.overrides, args.target_flops, args.nodes))
+        print_submitted(submit_target(args.overrides, args.target_flops, args.nodes or 1))
     else:
         print_submitted(submit_from(args))
     return 0

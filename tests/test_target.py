@@ -13,12 +13,13 @@ import pytest
 from launcher import cli
 from launcher.analysis.collect import collect_sweep
 from launcher.analysis.project import project
-from launcher.analysis.target import BATCH_EXPONENT, LR_EXPONENT, spec_of, target_spec
+from launcher.analysis.target import BATCH_EXPONENT, LR_EXPONENT, target_spec
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
 from launcher.run.metrics import read_metrics
 from launcher.sweep.jobdb import JobDB
+from launcher.sweep.plan import RunSpec
 from models import gpt_neox
 from test_collect import curve_records, isoflop_specs, make_sweep, write_metrics
 from test_slurm_cluster import slurm_job, wait_until
@@ -70,7 +71,7 @@ def test_the_target_run_follows_its_rules_and_stays_out_of_the_fit(fitted, tmp_p
     cluster = validate(ClusterProfile, compose(["cluster=dev_slurm"])["cluster"], "cluster")
     projection = project(sweep_dir, cluster, target_flops=1e12, nodes=2)
     record = target_spec("tgt", sweep_dir, json.loads((sweep_dir / "plan.json").read_text()), projection, cluster)
-    spec, rules, want = spec_of(record), record["rules"], expected_rules(record, specs)
+    spec, rules, want = RunSpec.from_json(record["run"]), record["rules"], expected_rules(record, specs)
     assert (spec.global_batch_tokens, spec.steps, spec.D) == (want["batch"], want["steps"], want["D"])
     assert rules["lr"] == pytest.approx(want["lr"], rel=1e-12) and rules["checkpoint_every"] == want["every"]
     assert spec.role == "target" and spec.ranks_per_run == 4 and spec.nodes == 2 and spec.shape == projection["shape"]
@@ -120,7 +121,8 @@ def test_the_target_run_trains_through_a_walltime_warning_on_dev_slurm(dev_slurm
         progress=lambda: frozenset(p.stat().st_size for p in (sweep_dir / "runs" / name).glob("*.json*")),
     )
     runs = status()
-    assert runs[name]["state"] == "completed" and all(runs[s.name]["state"] == "completed" for s in specs)
+    assert runs[name]["state"] == "completed" and runs[name]["role"] == "target"
+    assert all(runs[s.name]["state"] == "completed" for s in specs)
     with JobDB(sweep_dir / "jobdb.sqlite") as db:
         target = db.run(name)
         attempts = db.attempts(target.config_hash)
@@ -152,3 +154,17 @@ def test_the_target_run_trains_through_a_walltime_warning_on_dev_slurm(dev_slurm
     assert ">completed<" in row and f"<td>{final:.4f}</td>" in row
     assert f"<td>{projection['loss']:.4f}</td>" in row
     assert f"{projection['loss_lo']:.4f} – {projection['loss_hi']:.4f}" in row
+
+
+def test_bad_target_input_is_one_line(fitted, capsys):
+    root, sweep_dir, _ = fitted
+    base = ["submit", *SWEEP, f"sweeps_root={root}"]
+    assert cli.main([*base, "cluster=dev_slurm", "--target-flops", "1e12"]) == 2
+    assert "--target-flops, --nodes: only with --target" in capsys.readouterr().err
+    assert cli.main([*base, "cluster=local", "--target", "--target-flops", "1e12"]) == 2
+    assert "cluster: the target run is submitted to a batch scheduler; profile local has scheduler local" in (
+        capsys.readouterr().err
+    )
+    assert cli.main([*base, "cluster=dev_slurm", "--target"]) == 2  # neither a projection nor a budget
+    assert "--target-flops: sweep tgt has no projection.json; run ladder project first" in capsys.readouterr().err
+    assert not (sweep_dir / "target.json").exists() and not (sweep_dir / "jobs").exists()

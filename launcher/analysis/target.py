@@ -130,13 +130,6 @@ def target_spec(sweep_name: str, sweep_dir: Path, plan: dict, projection: dict, 
     }
 
 
-def spec_of(record: dict) -> RunSpec:
-    run = dict(record["run"])
-    for key in ("base_overrides", "schedule_overrides"):
-        run[key] = tuple(run[key])
-    return RunSpec(**run)
-
-
 def recorded_target(sweep_dir: Path, cluster: ClusterProfile, target_flops: Optional[float]) -> Optional[dict]:
     """target.json when it describes the target asked for (same profile, same C or none given)."""
     try:
@@ -179,7 +172,7 @@ def submit_target(overrides: list[str], target_flops: Optional[float], nodes: in
             write_projection(sweep_dir, projection, scaling if scaling.exists() else None)
         record = target_spec(sweep.name, sweep_dir, plan, projection, cluster)
         atomic_write_json(sweep_dir / TARGET_FILE, record)
-    spec = spec_of(record)
+    spec = RunSpec.from_json(record["run"])
     with JobDB(sweep_dir / "jobdb.sqlite") as db:
         recorded = db.sweep_config(sweep.name) or plan
     runs_on = (recorded.get("cluster") or {}).get("scheduler")

@@ -213,6 +213,17 @@ class RunSpec:
             "schedule_overrides": list(self.schedule_overrides),
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> RunSpec:
+        """A run as ``to_json`` wrote it (plan.json, target.json)."""
+        return cls(
+            **{
+                **data,
+                "base_overrides": tuple(data["base_overrides"]),
+                "schedule_overrides": tuple(data["schedule_overrides"]),
+            }
+        )
+
 
 def _override_value(value: Any) -> str:
     return "null" if value is None else json.dumps(value) if isinstance(value, str) else str(value)

@@ -40,6 +40,7 @@ def run_status(run: RunRecord) -> dict:
     reported = read_state_file(run.run_dir) or {}
     return {
         "name": run.name,
+        "role": run.role,
         "state": run.state,
         "N": run.N,
         "N_non_embedding": run.N_non_embedding,
