@@ -419,7 +419,14 @@ def proposal_text(p: dict, figures: list[tuple[str, str]]) -> str:
         f"{p['write_gb_s_per_node']:.3g} GB/s per node ({p['write_speed_source']}) it takes "
         f"{p['checkpoint_write_s']:.3g} s to write, "
         f"{p['checkpoints_in_warning']} such writes fit in the {p['signal_before_s']} s between the walltime "
-        f"warning and the walltime.",
+        f"warning and the walltime"
+        + (
+            "."
+            if p["checkpoints_in_warning"]
+            else f": **none does**; the warning must come at least "
+            f"{math.ceil(p['checkpoint_write_s'])} s before the walltime (cluster.signal_before_s), or the "
+            "writes be faster, for a job to end on a checkpoint."
+        ),
         f"- Already spent on the ladder: {spent}.",
         "",
     ]
