@@ -557,7 +557,8 @@ def target_outcome(sweep_dir: Path, collected: Collected) -> Optional[dict]:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     reached = next((r for r in collected.runs if r.name == run["name"]), None)
-    loss = reached.loss if reached is not None and reached.state == "completed" else None
+    finished = reached if reached is not None and reached.state == "completed" else None
+    loss = finished.loss if finished is not None else None
     lo, hi = projection["loss_lo"], projection["loss_hi"]
     return {
         "name": run["name"],
@@ -566,7 +567,7 @@ def target_outcome(sweep_dir: Path, collected: Collected) -> Optional[dict]:
         "D": run["D"],
         "C": run["C"],
         "loss": loss,
-        "loss_source": reached.loss_source if loss is not None else None,
+        "loss_source": finished.loss_source if finished is not None else None,
         "projected_loss": projection["loss"],
         "projected_lo": lo,
         "projected_hi": hi,

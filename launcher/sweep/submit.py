@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
-from launcher.arguments import command_parser
+from launcher.arguments import CommandParser, command_parser
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
@@ -612,7 +612,7 @@ def render_sweep(overrides: list[str], out_dir: Path, calibrate: bool = True) ->
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def submit_parser() -> argparse.ArgumentParser:
+def submit_parser() -> CommandParser:
     """``ladder submit``'s options; the command (``launcher.commands``) adds the target run's."""
     parser = command_parser(
         "ladder submit", "Record a sweep in the job database, pack its runs into jobs and submit them."
