@@ -28,7 +28,7 @@ COMMANDS = {
     "show": ("launcher.config.show:main", "a cluster profile resolved, and the file each group option came from"),
     "plan": ("launcher.commands:plan_main", "show a sweep's runs, node-hours and budget without submitting"),
     "sweep": ("launcher.commands:sweep_main", "run a sweep on this machine, then collect, fit and report"),
-    "submit": ("launcher.sweep.submit:main", "record a sweep in the job database and submit it to the scheduler"),
+    "submit": ("launcher.commands:submit_main", "submit a sweep (or --target: its target run) to the scheduler"),
     "status": ("launcher.sweep.status:main", "a sweep's runs and states, reconciled with the scheduler"),
     "cancel": ("launcher.sweep.submit:cancel_main", "cancel a sweep's queued and running jobs"),
     "render": ("launcher.sweep.submit:render_main", "write the job scripts a submission would use"),

@@ -2,6 +2,8 @@
 
 ``ladder plan``: plan a sweep, calibrating its speed when the profile has none. ``ladder sweep``: plan,
 train on this machine (``launcher.sweep.local``), then collect, fit and report (``launcher.analysis``).
+``ladder submit``: a sweep's runs to the scheduler (``launcher.sweep.submit``), or with ``--target`` the run
+its projection recommends (``launcher.analysis.target``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from launcher.analysis.collect import collect_sweep
 from launcher.analysis.fitting import FIT_FILE, fit_sweep_dir, summary_lines
 from launcher.analysis.report import write_report
+from launcher.analysis.target import submit_target
 from launcher.arguments import command_parser
 from launcher.errors import UserError
 from launcher.locks import FolderLock
@@ -21,6 +24,7 @@ from launcher.sweep.calibrate import calibrated_plan
 from launcher.sweep.local import run_local_sweep
 from launcher.sweep.plan import compose_sweep, make_console, print_plan
 from launcher.sweep.propose import DEFAULT_RUNS, propose, write_proposal
+from launcher.sweep.submit import print_submitted, submit_from, submit_parser
 
 OVER_BUDGET_OK = ("--over-budget-ok", "accept a plan over the allocation's remaining node-hours")
 NO_CALIBRATE = ("--no-calibrate", "use the profile's assumed numbers; never run a calibration")
@@ -56,6 +60,24 @@ def sweep_main(argv: list[str]) -> int:
         if end.stop_signal is None and not args.no_report:
             analyse(plan.sweep_dir, console)
     return end.exit_code
+
+
+def submit_main(argv: list[str]) -> int:
+    """``ladder submit``: the sweep's runs, or (``--target``) its target run, as batch jobs with continuations."""
+    parser = submit_parser()
+    parser.add_argument("--target", action="store_true", help="submit the run the sweep's projection recommends")
+    parser.add_argument("--target-flops", type=float, help="the target run's training FLOPs C (projected anew)")
+    parser.add_argument("--nodes", type=int, help="with --target-flops: nodes the target spans (default 1)")
+    args = parser.parse(argv)
+    if not args.target and (args.target_flops is not None or args.nodes is not None):
+        raise UserError("--target-flops, --nodes: only with --target")
+    if args.target:
+        if args.continue_from or args.dependency or args.over_budget_ok or args.no_calibrate:
+            raise UserError("--target: takes only --target-flops and --nodes besides the sweep's overrides")
+        print_submitted(submit_target(args.overrides, args.target_flops, args.nodes or 1))
+    else:
+        print_submitted(submit_from(args))
+    return 0
 
 
 def analyse(sweep_dir: Path, console) -> None:

@@ -218,6 +218,7 @@ class Family:
     param_counts: Callable[[Any], tuple[int, int]]  # config -> (total, non_embedding)
     flops_per_token: Callable[[Any], int]  # config -> training FLOPs per token (per sample for CLIP)
     kept_per_sample: Callable[[Any], int]  # config -> activation values one sample's backward needs at least
+    tokens_per_sample: Callable[[Any], int] = lambda cfg: 1  # config -> tokens one sample counts for (LM: seq_len)
     solve_shape: Optional[ShapeSolver] = None  # None: sweeps give explicit shapes
 
     def solve(self, target: int, base: dict, aspect_ratio: float, head_size: int, count: Count) -> dict:
@@ -238,6 +239,7 @@ FAMILIES: dict[str, Family] = {
             gpt_neox.param_counts,
             gpt_neox.flops_per_token,
             gpt_neox.kept_activations,
+            lambda cfg: cfg.seq_len,
             _solve_gpt_neox,
         ),
         Family(

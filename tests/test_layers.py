@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("launcher.analysis.wandb_sync",),
     ("launcher.analysis.report",),
     ("launcher.analysis.project",),  # from the fit and the report to the target run and proposal.md
+    ("launcher.analysis.target",),  # the projection as one run of the sweep, submitted (ladder submit --target)
     ("launcher.analysis.watch",),  # follows the runs and syncs their W&B folders, from a login node
     # the top: the commands that chain rooms (sweep, then collect, fit, report) and the dispatcher
     ("launcher.commands", "launcher.cli"),

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -142,3 +146,32 @@ def test_bad_input_is_one_line(fitted, capsys):
     assert "larger than the largest queue bin" in capsys.readouterr().err
     assert cli.main(["project", "sweep=law", f"sweeps_root={root}", "cluster=local", "--target-flops", "1e19"]) == 2
     assert "cluster.device_peak_flops: profile local has none" in capsys.readouterr().err
+
+
+def test_a_real_runs_checkpoint_write_speed_replaces_the_assumed_one(fitted, capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    train = [sys.executable, "-m", "launcher.cli", "train", "model=gpt_neox/tiny", "train.max_steps=4"]
+    train += ["train.checkpoint_every=2", "train.global_batch_tokens=512", "wandb.mode=disabled", f"run_dir={run_dir}"]
+    done = subprocess.run(train, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = json.loads((run_dir / "state.json").read_text())
+    writes = state["checkpoint_writes"]
+    assert [w["step"] for w in writes] == [2, 4] and all(w["seconds"] > 0 for w in writes)
+    last = run_dir / "checkpoints" / "step_00000004"  # counted here by walking the tag's files
+    assert writes[-1]["bytes"] == sum(f.stat().st_size for f in last.rglob("*") if f.is_file()) > 0
+    measured = sum(w["bytes"] for w in writes) / sum(w["seconds"] for w in writes)
+
+    # the sweep ran on the profile projected for: its runs' own writes give the speed
+    root, sweep_dir, specs = fitted
+    copy = tmp_path / "copy" / "law"
+    shutil.copytree(sweep_dir, copy)
+    (copy / "scaling.json").unlink(missing_ok=True)
+    assert project(tmp_path / "copy", capsys, "--target-flops", "1e19")["write_speed_source"].startswith("assumed")
+    plan = json.loads((copy / "plan.json").read_text())
+    (copy / "plan.json").write_text(json.dumps({**plan, "cluster": {**plan["cluster"], "name": "dev_slurm"}}))
+    shutil.copyfile(run_dir / "state.json", copy / "runs" / specs[0].name / "state.json")
+    p = project(tmp_path / "copy", capsys, "--target-flops", "1e19")
+    assert p["write_gb_s_per_node"] == pytest.approx(measured / 1e9, rel=1e-12)
+    assert p["write_speed_source"].startswith("measured on dev_slurm")
+    assert p["checkpoint_write_s"] == pytest.approx(p["checkpoint_bytes"] / measured, rel=1e-12)
+    assert "measured on dev_slurm" in (copy / "proposal.md").read_text()

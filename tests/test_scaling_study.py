@@ -69,4 +69,14 @@ def test_weak_and_strong_scaling_over_1_2_4_nodes(dev_slurm, tmp_path, capsys):
         assert batches == ([4096, 8192, 16384] if mode == "weak" else [4096] * 3)
         for n in (1, 2, 4):
             assert points[(mode, n)]["efficiency"] == pytest.approx(measured[n] / n / measured[1])
+    # each run saved once, at its end: the write speed per node is the median of bytes / seconds / nodes
+    per_node = []
+    for run_dir in (study / "runs").iterdir():
+        state = read_state(run_dir).to_json()
+        (saved,) = state["checkpoint_writes"]
+        per_node.append(saved["bytes"] / saved["seconds"] / (state["world_size"] // 2))  # 2 ranks per node
+    assert len(per_node) == 5 and all(v > 0 for v in per_node)
+    write = out["checkpoint_write"]
+    assert (write["writes"], write["runs"]) == (5, 5)
+    assert write["bytes_per_s_per_node"] == pytest.approx(statistics.median(per_node), rel=1e-12)
     assert (study / "plots" / "scaling.png").stat().st_size > 10_000

@@ -87,7 +87,8 @@ class RunMeta:
     state: str
     source: str  # jobdb | plan.json | config.yaml
     holdout: bool = False  # plan.json marks it (sweep.holdout): predicted by the fit, not fitted
-    role: str = "run"  # run | trunk (a WSD sweep's constant-LR stem: no point) | branch (its cooldown to D)
+    role: str = "run"  # run | trunk (a WSD sweep's constant-LR stem: no point) | branch (its cooldown to D) |
+    #                    target (the projected run: checked against the projection, never fitted)
 
     @property
     def flops_per_token(self) -> float:
@@ -584,8 +585,8 @@ class Collected:
 
     @property
     def in_fit(self) -> list[CollectedRun]:
-        """Runs whose curves the fitters see: every collected run that did not diverge."""
-        return [r for r in self.runs if r.name in self.curves and not r.diverged]
+        """Runs whose curves the fitters see: every collected run that did not diverge, but the target run."""
+        return [r for r in self.runs if r.name in self.curves and not r.diverged and r.meta.role != "target"]
 
     def curve_indices(self, run: CollectedRun, limit: Optional[int] = None) -> np.ndarray:
         """Indices of the logged points of ``run`` approach 1 reads (at most ~``limit``, see ``Curve.thinned``):
@@ -770,7 +771,7 @@ def collect_sweep(
             "holdout": r.meta.holdout,
         }
         for r in runs
-        if r.state == "completed" and not r.diverged and r.meta.role != "trunk"
+        if r.state == "completed" and not r.diverged and r.meta.role not in ("trunk", "target")
     ]
     return Collected(sweep_dir, runs, parsed_curves, final_points, skipped, warnings, curves_path)
 

@@ -21,8 +21,11 @@ and a site profile, the projection is:
 - wall time at K nodes, and the jobs that is in the queue bin of K nodes: each job trains for its
   walltime less the warning, the job's set-up and the run's restart (``PackPolicy``), and continues.
 - the checkpoint (weights at the profile's precision, an fp32 master copy when that is not fp32, and
-  Adam's two fp32 moments: 12 or 14 bytes per parameter), the time to write it at an assumed
-  ``--write-gb-s`` per node, and how many such writes fit in the walltime warning's window.
+  Adam's two fp32 moments: 12 or 14 bytes per parameter), the time to write it at the write speed of
+  one node (``--write-gb-s`` when given; else measured on the profile: the scaling study's runs, else
+  the sweep's own runs when it ran on that profile, each from the writes its state.json records; else
+  an assumed 1 GB/s, said so in ``write_speed_source``), and how many such writes fit in the walltime
+  warning's window.
 - the sweep's own cost so far: the FLOPs its runs computed and the node-hours the plan estimated
   for the part of each run that was done.
 
@@ -51,6 +54,8 @@ from launcher.config.validate import validate
 from launcher.errors import UserError
 from launcher.files import atomic_write, atomic_write_json
 from launcher.numbers import sci, si
+from launcher.run.checkpoint import write_speed
+from launcher.run.state import read_state
 from launcher.sweep.pack import PackPolicy
 from launcher.sweep.plan import SweepConfig, merge_overrides, read_plan
 
@@ -119,6 +124,29 @@ class NodeSpeed:
             f"{sci(cluster.device_peak_flops)} x assumed_mfu {cluster.assumed_mfu:g} "
             f"per node, perfect scaling; not measured",
         )
+
+
+def checkpoint_write_speed(
+    cluster: ClusterProfile, scaling_path: Optional[Path], sweep_dir: Path, plan: dict, given: Optional[float]
+) -> tuple[float, str]:
+    """The checkpoint write speed of one node in GB/s and where it came from (module docstring)."""
+    if given is not None:
+        return given, "given (--write-gb-s)"
+    scaling = json.loads(scaling_path.read_text()) if scaling_path is not None and scaling_path.exists() else {}
+    study = scaling.get("checkpoint_write")
+    if study:
+        return study["bytes_per_s_per_node"] / 1e9, (
+            f"measured on {cluster.name}: the median of {study['runs']} scaling-study runs ({study['writes']} writes)"
+        )
+    if (plan.get("cluster") or {}).get("name") == cluster.name:
+        swept = write_speed(
+            (read_state(sweep_dir / "runs" / r["name"], warn=True), r.get("nodes", 1)) for r in plan.get("runs") or []
+        )
+        if swept:
+            return swept["bytes_per_s_per_node"] / 1e9, (
+                f"measured on {cluster.name}: the median of the sweep's {swept['runs']} runs ({swept['writes']} writes)"
+            )
+    return WRITE_GB_S, f"assumed ({WRITE_GB_S:g} GB/s per node; not measured on {cluster.name})"
 
 
 def node_speed(cluster: ClusterProfile, nodes: int, scaling_path: Optional[Path]) -> NodeSpeed:
@@ -263,7 +291,7 @@ def project(
     node_hours: Optional[float] = None,
     nodes: int = 1,
     scaling_path: Optional[Path] = None,
-    write_gb_s: float = WRITE_GB_S,
+    write_gb_s: Optional[float] = None,
 ) -> dict:
     """The projection (module docstring) as projection.json's content."""
     if (target_flops is None) == (node_hours is None):
@@ -296,6 +324,7 @@ def project(
     wall_h = hours / nodes
     queue = jobs_for(wall_h, nodes, cluster)
     ckpt = checkpoint_bytes(target.N, cluster.precision)
+    write_gb_s, write_source = checkpoint_write_speed(cluster, scaling_path, sweep_dir, plan, write_gb_s)
     write_s = ckpt / (write_gb_s * 1e9 * nodes)
     return {
         "schema": SCHEMA,
@@ -323,7 +352,7 @@ def project(
         "loss_hi": loss_hi,
         "law": rec["source"],
         "loss_is": "beyond the sweep's largest run"
-        if C > max((r.C or 0.0) for r in collected.runs)
+        if C > max((r.C or 0.0) for r in collected.in_fit)
         else "within the sweep's compute",
         "frontier_slope": slope,
         "compute_for_loss_lo": c_lo,
@@ -340,6 +369,7 @@ def project(
         "checkpoint_bytes": ckpt,
         "checkpoint_write_s": write_s,
         "write_gb_s_per_node": write_gb_s,
+        "write_speed_source": write_source,
         "signal_before_s": cluster.signal_before,
         "checkpoints_in_warning": math.floor(cluster.signal_before / write_s),
         "sweep_cost": sweep_cost(collected, plan),
@@ -385,10 +415,18 @@ def proposal_text(p: dict, figures: list[tuple[str, str]]) -> str:
         f"- At {p['nodes']} nodes: {p['wall_hours']:.3g} h of wall time, {p['jobs']} jobs of "
         f"{p['walltime_min']} min in the queue bin of up to {p['bin']['max_nodes']} nodes, each continuing the "
         f"last from its checkpoint ({p['train_hours_per_job']:.3g} h of training per job).",
-        f"- Checkpoint: {si(p['checkpoint_bytes'], 'B', giga='G')} (weights, optimizer state); at an assumed "
-        f"{p['write_gb_s_per_node']:g} GB/s per node it takes {p['checkpoint_write_s']:.3g} s to write, "
+        f"- Checkpoint: {si(p['checkpoint_bytes'], 'B', giga='G')} (weights, optimizer state); at "
+        f"{p['write_gb_s_per_node']:.3g} GB/s per node ({p['write_speed_source']}) it takes "
+        f"{p['checkpoint_write_s']:.3g} s to write, "
         f"{p['checkpoints_in_warning']} such writes fit in the {p['signal_before_s']} s between the walltime "
-        f"warning and the walltime.",
+        f"warning and the walltime"
+        + (
+            "."
+            if p["checkpoints_in_warning"]
+            else f": **none does**; the warning must come at least "
+            f"{math.ceil(p['checkpoint_write_s'])} s before the walltime (cluster.signal_before_s), or the "
+            "writes be faster, for a job to end on a checkpoint."
+        ),
         f"- Already spent on the ladder: {spent}.",
         "",
     ]
@@ -432,8 +470,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--write-gb-s",
         type=float,
-        default=WRITE_GB_S,
-        help=f"checkpoint write bandwidth per node, GB/s (default {WRITE_GB_S:g}, assumed)",
+        help=f"checkpoint write bandwidth per node, GB/s (default: measured by the runs, else {WRITE_GB_S:g} assumed)",
     )
     args = parser.parse(argv)
     values, cluster_overrides = {}, []

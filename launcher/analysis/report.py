@@ -44,6 +44,7 @@ from launcher.run.faults import Fault, run_faults
 from launcher.run.state import read_state
 
 REPORT_FILE = "report.html"
+TARGET_FILE = "target.json"  # the target run and the projection it came from (``launcher.analysis.target``)
 SUMMARY_FILE = "summary.txt"
 PLOTS_DIR = "plots"
 CURVE_PLOT_POINTS = 300  # points drawn per run: a smooth line ...
@@ -547,6 +548,58 @@ def _holdout(fit: dict) -> str:
     )
 
 
+def target_outcome(sweep_dir: Path, collected: Collected) -> Optional[dict]:
+    """The target run (target.json) beside the projection it was made from: its state and final loss
+    against the projected loss and interval; None when the sweep has no target run."""
+    import json
+
+    try:
+        record = json.loads((sweep_dir / TARGET_FILE).read_text())
+        run, projection = record["run"], record["projection"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    reached = next((r for r in collected.runs if r.name == run["name"]), None)
+    finished = reached if reached is not None and reached.state == "completed" else None
+    loss = finished.loss if finished is not None else None
+    lo, hi = projection["loss_lo"], projection["loss_hi"]
+    return {
+        "name": run["name"],
+        "state": reached.state if reached is not None else "not started",
+        "N": run["N"],
+        "D": run["D"],
+        "C": run["C"],
+        "loss": loss,
+        "loss_source": finished.loss_source if finished is not None else None,
+        "projected_loss": projection["loss"],
+        "projected_lo": lo,
+        "projected_hi": hi,
+        "rel_error": None if loss is None else loss / projection["loss"] - 1.0,
+        "inside": None if loss is None else lo <= loss <= hi,
+    }
+
+
+def _target(outcome: Optional[dict]) -> str:
+    if outcome is None:
+        return '<p class="meta">No target run (ladder submit --target trains the run the projection recommends).</p>'
+    o = outcome
+    reached = (
+        f"<td>{o['loss']:.4f}</td><td>{percent(o['rel_error'], '+.2f')}</td>"
+        f"<td>{'yes' if o['inside'] else '<b>no</b>'}</td>"
+        if o["loss"] is not None
+        else "<td>–</td><td>–</td><td>–</td>"
+    )
+    source = f" ({_e(o['loss_source'])})" if o["loss_source"] else ""
+    return (
+        f"<p>The run the projection recommended ({_e(TARGET_FILE)}), trained and kept out of the fit: its final "
+        f"loss{source} beside the projected loss and its 95% interval.</p>"
+        '<table><tr><th class="l">run</th><th class="l">state</th><th>N</th><th>D</th><th>C</th>'
+        "<th>projected</th><th>interval</th><th>reached</th><th>error</th><th>inside</th></tr>"
+        f'<tr><td class="l">{_e(o["name"])}</td><td class="l">{_e(o["state"])}</td><td>{si(o["N"])}</td>'
+        f"<td>{si(o['D'])}</td><td>{sci(o['C'])}</td><td>{o['projected_loss']:.4f}</td>"
+        f"<td>{_ci_text([o['projected_lo'], o['projected_hi']], lambda v: f'{v:.4f}')}</td>{reached}</tr></table>"
+    )
+
+
 def _metrics(fit: dict) -> str:
     """Each metric's two-step fit: the link's parameters and every run's value, fitted, predicted or projected."""
     parts = []
@@ -709,6 +762,8 @@ def render_html(
             _extrapolation(fit),
             "<h2>Held-out runs</h2>",
             _holdout(fit),
+            "<h2>Target run</h2>",
+            _target(target_outcome(sweep_dir, collected)),
         ]
         if fit.get("metrics"):
             parts += ["<h2>Downstream metrics</h2>", _metrics(fit)]

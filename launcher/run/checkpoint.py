@@ -10,6 +10,10 @@ rank 0 after a barrier, so a run killed mid-save resumes from the previous tag. 
 (step, tokens, FLOPs, data position, torch/numpy/python RNG states) is saved per rank beside
 DeepSpeed's files, because the RNG streams of ranks differ. Tags at ``keep_steps`` (a WSD trunk's branch
 points) are never pruned; another run can start from one (``train.init_from``) once it is complete.
+
+Each save is timed, from its first write until every rank has written (closed) its files, and its tag's
+bytes counted (``CheckpointWrite``): the write speed the runs measure is what ``ladder project`` uses for
+a target's checkpoint time instead of an assumed bandwidth.
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ import os
 import random
 import re
 import shutil
+import statistics
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
 
 from launcher.errors import UserError
 from launcher.files import atomic_write
+from launcher.run.state import RunState
 
 LATEST = "latest"
 KEEP = 2  # complete checkpoints kept: the newest and one before it, in case the newest is unreadable
@@ -77,6 +85,33 @@ def checkpoint_complete(tag_path: Path | str) -> bool:
     return bool(match and latest_match and tag_path.is_dir() and int(latest_match[1]) >= int(match[1]))
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointWrite:
+    """One save: its step, the bytes of its tag (every rank's files) and the seconds until all were on disk."""
+
+    step: int
+    bytes: int
+    seconds: float
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def write_speed(runs: Iterable[tuple[Optional[RunState], int]]) -> Optional[dict]:
+    """The checkpoint write speed of one node, from runs' state.json (``checkpoint_writes``) and node counts:
+    each run's bytes over its seconds, per node, then the median over the runs; None when none wrote one."""
+    per_node, writes = [], 0
+    for state, nodes in runs:
+        done = [w for w in (state.checkpoint_writes if state else []) if w.get("bytes") and w.get("seconds")]
+        if done:
+            per_node.append(sum(w["bytes"] for w in done) / sum(w["seconds"] for w in done) / max(1, nodes))
+            writes += len(done)
+    if not per_node:
+        return None
+    return {"bytes_per_s_per_node": statistics.median(per_node), "writes": writes, "runs": len(per_node)}
+
+
 class Checkpointer:
     """Saves and restores one run's checkpoints; every rank calls ``save`` and ``load`` together."""
 
@@ -92,10 +127,13 @@ class Checkpointer:
             return None
         return tag or None
 
-    def save(self, engine, state: TrainState) -> str:
+    def save(self, engine, state: TrainState) -> CheckpointWrite:
+        """Every rank's part of the step's tag, then the ``latest`` pointer; the write as rank 0 measured it
+        (the bytes of the whole tag; other ranks count 0)."""
         import torch
         import torch.distributed as dist
 
+        started = time.perf_counter()
         tag = tag_of(state.step)
         self.root.mkdir(parents=True, exist_ok=True)
         engine.save_checkpoint(
@@ -106,11 +144,14 @@ class Checkpointer:
         torch.save({"state": dataclasses.asdict(state), "rng": rng_state()}, tmp)
         os.replace(tmp, own)
         dist.barrier()  # every rank's part is on disk before the pointer moves
+        seconds = time.perf_counter() - started
+        written = 0
         if self.rank == 0:
+            written = tree_bytes(self.root / tag)
             atomic_write(self.root / LATEST, tag)
             self._prune(keep={tag} | self.keep)
         dist.barrier()
-        return tag
+        return CheckpointWrite(state.step, written, seconds)
 
     def load(self, engine, samples_per_step: int) -> Optional[TrainState]:
         """Restore the latest complete checkpoint into ``engine`` and this process's RNGs; None if none."""

@@ -45,6 +45,8 @@ Files in ``run_dir`` (rank 0 writes all but the checkpoints):
       started_at, updated_at, finished_at    unix seconds (finished_at null while running)
       rewinds           every rewind after loss spikes so far (from_step, to_step, spikes, skipped_data_steps,
                         data_offset, at), kept across attempts
+      checkpoint_writes the last CHECKPOINT_WRITES_KEPT saves (step, bytes of the tag, seconds until every rank
+                        had written its part), kept across attempts: the write speed ``ladder project`` uses
       hangs             every hang of the run so far (attempt, job_key, ranks, hosts, step, silent_s, at), kept
                         across attempts;
                         an attempt its supervisor found hung ends with status "hung" and hung_ranks, hung_hosts
@@ -119,7 +121,9 @@ def main(argv: list[str]) -> int:
                 )
             finally:
                 os.environ.pop(LOCK_HELD_ENV, None)
-        return Trainer(run, stop).run()
+        code = Trainer(run, stop).run()
+    stop.ignore_from_now()
+    return code
 
 
 LOCK_HELD_ENV = "SCALELADDER_RUN_DIR_LOCKED"  # set for the local ranks of a `ladder train nproc=N`
@@ -451,6 +455,13 @@ class StopRequest:
         if not self.signum:
             self.signum = signum
 
+    def ignore_from_now(self) -> None:
+        """Once the run's end is recorded, a late warning (or a launcher's SIGTERM to a rank still exiting) has
+        nothing left to save: ignored, it cannot turn an orderly end into a death by signal while the
+        interpreter finalizes (which puts Python's own handlers back to the default, killing, action)."""
+        for sig in (signal.SIGTERM, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)
+
 
 class RunStateFile:
     """``state.json``: rank 0's account of the run for the job database (schema in the module docstring)."""
@@ -490,11 +501,12 @@ class RunStateFile:
         return int(code)
 
 
-CARRIED = ("hangs", "rewinds")  # histories a new attempt's state.json keeps from the one before
+CARRIED = ("hangs", "rewinds", "checkpoint_writes")  # histories a new attempt's state.json keeps from the one before
+CHECKPOINT_WRITES_KEPT = 20  # state.json is rewritten at every logged step: a bounded history
 
 
 def carried(run_dir: Path) -> dict[str, list]:
-    """The earlier attempts' hangs and rewinds, from the state.json this attempt replaces."""
+    """The earlier attempts' hangs, rewinds and checkpoint writes, from the state.json this attempt replaces."""
     previous = read_state(run_dir, warn=True)
     return {key: list(getattr(previous, key)) if previous else [] for key in CARRIED}
 
@@ -540,6 +552,16 @@ def release_engine(engine) -> None:
             cache.cache_clear()
 
 
+def leave_together() -> None:
+    """Every rank waits for the slowest (rank 0 closes W&B) before any exits: srun --kill-on-bad-exit kills a
+    step's other ranks when one exits non-zero, so a rank ending with 75 first would kill rank 0 mid-exit
+    and make a checkpointed run's step a death by signal."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def close_process_group() -> None:
     """Destroy every process group, and so end its worker threads, while the interpreter is whole.
 
@@ -583,10 +605,13 @@ class Trainer:
         self.state_file = RunStateFile(self.run_dir, enabled=self.rank == 0)
         self.state_file.update(world_size=self.world)
         self.wandb: Optional[WandbMirror] = None
+        ended_together = False
         try:
             import_before_joining()
             rendezvous.connect(dist_env, run.cluster.dist_backend, run.rendezvous.timeout_s)
-            return self._train()
+            code = self._train()
+            ended_together = True  # every end _train returns is reached by all ranks at the same step
+            return code
         except UserError as exc:
             self.state_file.finish(ExitCode.USAGE, str(exc))
             raise
@@ -602,6 +627,8 @@ class Trainer:
                 self.wandb.finish(self.state_file.state["exit_code"])
             if "heartbeat" in self.__dict__:
                 self.heartbeat.close()
+            if ended_together:
+                leave_together()
             release_engine(self.__dict__.pop("engine", None))
             close_process_group()
 
@@ -686,8 +713,9 @@ class Trainer:
             kept = state.step in self.cfg.train.checkpoint_steps  # a WSD trunk's branch points
             saved = stop_asked or last or periodic or kept  # no periodic checkpoint inside a streak of spikes
             if saved:
-                self.checkpointer.save(self.engine, state)
-                self.state_file.update(checkpoint_step=state.step)
+                write = dataclasses.asdict(self.checkpointer.save(self.engine, state))
+                writes = [*self.state_file.state.get("checkpoint_writes", []), write][-CHECKPOINT_WRITES_KEPT:]
+                self.state_file.update(checkpoint_step=state.step, checkpoint_writes=writes)
             if stop_asked:
                 name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
                 return self.state_file.finish(ExitCode.REQUEUE, f"stopped at step {state.step} by {name}", **progress)

@@ -51,6 +51,7 @@ class RunState:
     finished_at: Optional[float] = None
     rewinds: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     hangs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    checkpoint_writes: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # step, bytes, seconds
     hung_ranks: Optional[list[int]] = None
     hung_hosts: Optional[list[str]] = None
 

@@ -161,7 +161,8 @@ class RunSpec:
     config_hash: str  # of the resolved run config, not of the name: the run's identity
     est_node_hours: Optional[float] = None
     holdout: bool = False  # trained, then predicted by the fit of the other runs (sweep.holdout)
-    role: Literal["run", "trunk", "branch"] = "run"  # a WSD sweep's trunks (no point) and cooldown branches
+    role: Literal["run", "trunk", "branch", "target"] = "run"  # a WSD sweep's trunks (no point) and cooldown
+    #                                      branches; the target run the fit projects (``ladder submit --target``)
     parent: Optional[str] = None  # a branch's trunk (its name in the sweep)
     fork_step: Optional[int] = None  # the trunk step a branch starts from: wsd_decay_start(steps)
     schedule_overrides: tuple[str, ...] = ()  # train.schedule and friends of a trunk or a branch

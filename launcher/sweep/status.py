@@ -45,6 +45,7 @@ def run_status(run: RunRecord) -> dict:
     reported = read_state(run.run_dir, warn=True) or RunState()
     return {
         "name": run.name,
+        "role": run.role,
         "state": run.state,
         "N": run.N,
         "N_non_embedding": run.N_non_embedding,

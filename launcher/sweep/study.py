@@ -18,7 +18,9 @@ median and its spread (min, max).
 device_peak_flops, warmup_steps, steps, and ``points``: one per (nodes, mode) with ``nodes``, ``mode``,
 ``ranks``, ``global_batch_tokens``, ``tokens_per_s`` (median of the steady steps), ``tokens_per_s_lo``,
 ``tokens_per_s_hi``, ``step_time_s``, ``mfu`` (null without a peak) and ``efficiency``: tokens/s per node
-relative to the smallest node count's (weak), or speed-up over the node ratio (strong). Beside it
+relative to the smallest node count's (weak), or speed-up over the node ratio (strong); and
+``checkpoint_write``: the runs' measured checkpoint write speed per node (each run saves once, at its
+end; ``launcher.run.checkpoint.write_speed``), null when none was recorded. Beside it
 ``plots/scaling.png``: tokens/s and parallel efficiency against nodes.
 """
 
@@ -37,7 +39,9 @@ from launcher.errors import UserError
 from launcher.files import atomic_write_json
 from launcher.identity import content_hash, run_hash
 from launcher.policy import ACTIVE
+from launcher.run.checkpoint import write_speed
 from launcher.run.metrics import METRICS_FILE, read_metrics
+from launcher.run.state import read_state
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import FINISHED_JOB_STATES
 from launcher.sweep.jobdb import JobDB
@@ -270,6 +274,9 @@ def write_scaling(plan: Plan, run: RunConfig, study: Study, points: list[dict]) 
             "warmup_steps": study.warmup,
             "steps": study.steps,
             "points": points,
+            "checkpoint_write": write_speed(
+                (read_state(spec.run_dir(plan.sweep_dir), warn=True), spec.nodes) for spec in plan.runs
+            ),
         },
     )
     plot_scaling(plan.sweep_dir / "plots" / "scaling.png", points, f"{study.model} on {plan.cluster.name}: throughput")

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from launcher.arguments import command_parser
+from launcher.arguments import CommandParser, command_parser
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
@@ -328,13 +328,25 @@ def submit_plan(plan: Plan, dependency: Optional[Dependency] = None) -> list[tup
     """Record a plan (a sweep's, or a scaling study's) and submit its runs that still need training."""
     plan.sweep_dir = plan.sweep_dir.resolve()
     write_plan(plan)
-    profile, name, sweep_dir = plan.cluster, plan.sweep.name, plan.sweep_dir
+    return submit_runs(plan.sweep.name, plan.sweep_dir, plan.cluster, plan.runs, plan.to_json(), dependency)
+
+
+def submit_runs(
+    name: str,
+    sweep_dir: Path,
+    profile: ClusterProfile,
+    runs: Sequence[RunSpec],
+    sweep_record: dict,
+    dependency: Optional[Dependency] = None,
+) -> list[tuple[BatchJob, str]]:
+    """Record ``runs`` in the sweep's job database (the sweep as ``sweep_record``) and submit those that still
+    need training: a sweep's plan, or one run added to a sweep (its target run)."""
     scheduler = get_scheduler(profile)
     with JobDB(sweep_dir / "jobdb.sqlite") as db:
-        db.add_sweep(name, profile.name, plan.to_json())
-        db.add_runs(name, plan.runs, sweep_dir)
+        db.add_sweep(name, profile.name, sweep_record)
+        db.add_runs(name, runs, sweep_dir)
         sync(db, name, sweep_dir, scheduler)
-        specs = {s.config_hash: s for s in plan.runs}
+        specs = {s.config_hash: s for s in runs}
         steps, waiting = [], []
         for record in db.runs(name):
             if record.config_hash not in specs or record.state in ACTIVE or record.state in ("completed", "diverged"):
@@ -657,7 +669,8 @@ def render_sweep(overrides: list[str], out_dir: Path, calibrate: bool = True) ->
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def main(argv: list[str]) -> int:
+def submit_parser() -> CommandParser:
+    """``ladder submit``'s options; the command (``launcher.commands``) adds the target run's."""
     parser = command_parser(
         "ladder submit", "Record a sweep in the job database, pack its runs into jobs and submit them."
     )
@@ -671,18 +684,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-calibrate", action="store_true", help="never run a calibration run")
     parser.add_argument("--continue-from", metavar="JOBID", help=argparse.SUPPRESS)  # from a job's own script
     parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse(argv)
+    return parser
+
+
+def submit_from(args: argparse.Namespace) -> list[tuple[BatchJob, str]]:
+    """The sweep's runs (``submit_sweep``), or a job's continuation (``--continue-from``)."""
     if args.continue_from:
         if args.manifest is None:
             raise UserError("--continue-from: needs --manifest (the job's record, jobs/<name>.json)")
-        submitted = continue_job(args.continue_from, args.manifest)
-    else:
-        submitted = submit_sweep(args.overrides, args.dependency, args.over_budget_ok, not args.no_calibrate)
+        return continue_job(args.continue_from, args.manifest)
+    return submit_sweep(args.overrides, args.dependency, args.over_budget_ok, not args.no_calibrate)
+
+
+def print_submitted(submitted: Sequence[tuple[BatchJob, str]]) -> None:
     for job, job_id in submitted:
         runs = f"{len(job.steps)} runs" + (" as an array" if job.array else f" in {job.lanes} lanes")
         after = f", after {job.dependency}" if job.dependency else ""
         print(f"submitted {job_id} {job.name}: {runs} on {job.nodes} nodes for {job.walltime_min} min{after}")
-    return 0
 
 
 def cancel_main(argv: list[str]) -> int:
