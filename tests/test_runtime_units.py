@@ -218,7 +218,8 @@ def test_read_metrics_keeps_the_latest_attempt(tmp_path):
     log = MetricsLog(tmp_path)
     for step in (1, 2, 3, 4, 5):  # first attempt, checkpointed at 3, killed after logging 5
         log.append({"step": step, "train_loss": 10.0 - step})
-    for step in (4, 5, 6):  # the resumed attempt redoes 4 and 5
+    log.mark_resume(3)  # the resumed attempt says where it continues from, then redoes 4 and 5
+    for step in (4, 5, 6):
         log.append({"step": step, "train_loss": 20.0 - step})
     with open(log.path, "a") as handle:
         handle.write('{"step": 7, "train_lo')  # torn by a kill
