@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("launcher.sweep.proposal",),  # the next round's file, read back by the planner
     ("launcher.sweep.plan",),
     ("launcher.sweep.jobdb",),
+    ("launcher.sweep.rebuild",),  # the job database again, from plan.json and the runs' own files
     ("launcher.sweep.pack",),  # PackedJob is the schedulers' input, so pack never imports them
     ("launcher.schedulers",),
     # the login-node drivers: calibration runs and batch submission, then what reads their state
