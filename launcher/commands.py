@@ -18,11 +18,12 @@ from launcher.analysis.report import write_report
 from launcher.analysis.target import submit_target
 from launcher.arguments import command_parser
 from launcher.errors import UserError
+from launcher.files import kept_on_failure
 from launcher.locks import FolderLock
 from launcher.numbers import sci
 from launcher.sweep.calibrate import calibrated_plan
 from launcher.sweep.local import run_local_sweep
-from launcher.sweep.plan import compose_sweep, make_console, print_plan
+from launcher.sweep.plan import PLAN_FILE, compose_sweep, make_console, print_plan
 from launcher.sweep.propose import DEFAULT_RUNS, propose, write_proposal
 from launcher.sweep.submit import print_submitted, submit_from, submit_parser
 
@@ -54,8 +55,10 @@ def sweep_main(argv: list[str]) -> int:
         [OVER_BUDGET_OK, NO_CALIBRATE, ("--no-report", "train only: skip collect, fit and report")],
     ).parse(argv)
     console = make_console()
-    with FolderLock(compose_sweep(args.overrides)[2], "sweep"):  # before calibrating: one sweep per folder
-        plan = calibrated_plan(args.overrides, not args.no_calibrate, echo=console.log)
+    sweep_dir = compose_sweep(args.overrides)[2]
+    with FolderLock(sweep_dir, "sweep"):  # before calibrating: one sweep per folder
+        with kept_on_failure(sweep_dir / PLAN_FILE):  # a failed plan keeps the last plan.json, its error beside
+            plan = calibrated_plan(args.overrides, not args.no_calibrate, echo=console.log)
         end = run_local_sweep(plan, console, args.over_budget_ok)
         if end.stop_signal is None and not args.no_report:
             analyse(plan.sweep_dir, console)

@@ -88,9 +88,29 @@ def write_outcome(path: Path, good: Any | None, failed: Any | None) -> None:
         atomic_write(path, json.dumps(good, indent=1, allow_nan=False))
         error_file(path).unlink(missing_ok=True)
         return
-    atomic_write(error_file(path), json.dumps(failed, indent=1, allow_nan=False))
+    record_error(path, failed)
     if not _holds_good_output(path):
         atomic_write(path, json.dumps(failed, indent=1, allow_nan=False))
+
+
+def record_error(path: Path, failed: Any) -> None:
+    """A failed write of ``path``: the error goes to ``error_file(path)``; ``path`` is not touched."""
+    atomic_write(error_file(path), json.dumps(failed, indent=1, allow_nan=False))
+
+
+@contextlib.contextmanager
+def kept_on_failure(path: Path) -> Iterator[None]:
+    """Around the work that makes ``path`` (report.html, plan.json): when it fails, the previous ``path``
+    stays as it was and the error is recorded beside it (``record_error``; where its folder exists), then
+    the failure goes on; when it succeeds, an old error file is removed."""
+    try:
+        yield
+    except Exception as exc:
+        if Path(path).parent.is_dir():
+            text = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            record_error(path, {"error": " ".join(text.split()), "failed_at": time.time()})
+        raise
+    error_file(path).unlink(missing_ok=True)
 
 
 def _holds_good_output(path: Path) -> bool:

@@ -203,3 +203,28 @@ def test_ladder_command_prints_the_error_without_traceback(isoflop_csv):
         + str(isoflop_csv)
         + "; available: params, tokens, flops, budget, val"
     ]
+
+
+def test_approach_3_on_a_large_input_reports_progress_and_finds_the_law(tmp_path, capsys):
+    """Past vpnls.LARGE points the start search runs on a subsample and each stage prints a line; the fit
+    on every point still recovers the law the points were drawn from."""
+    from launcher.analysis.fit.vpnls import LARGE, START_POINTS
+
+    rng = np.random.default_rng(1)
+    n = LARGE + 1000
+    N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), n))
+    D = np.exp(rng.uniform(np.log(1e8), np.log(1e11), n))
+    loss = (1.82 + 482.0 / N**0.35 + 2085.0 / D**0.37) * np.exp(rng.normal(0.0, 0.003, n))
+    path = tmp_path / "large.csv"
+    path.write_text("N,D,loss\n" + "".join(f"{a:.17g},{b:.17g},{c:.17g}\n" for a, b, c in zip(N, D, loss)))
+    argv = ["--points", str(path), "--approach", "3", "--n-col", "N", "--d-col", "D", "--loss-col", "loss", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert lines[0] == f"approach 3 (vpnls): {n:,} points: searching for starts on {START_POINTS:,} of them"
+    assert lines[1].startswith("approach 3 (vpnls): starts found in ") and f"on all {n:,} points" in lines[1]
+    assert lines[2].startswith("approach 3 (vpnls): done in ") and len(lines) == 3
+    fit = json.loads(captured.out)
+    assert fit["n_points"] == n and fit["start_points"] == START_POINTS
+    assert fit["alpha"] == pytest.approx(0.35, abs=0.01) and fit["beta"] == pytest.approx(0.37, abs=0.01)
+    assert fit["E"] == pytest.approx(1.82, rel=0.02)

@@ -350,11 +350,17 @@ def test_hostile_files_in_a_finished_sweep(case, finished_sweep, tmp_path, capsy
         captured = capsys.readouterr()
         assert "Traceback" not in captured.err + captured.out and "internal error" not in captured.err
         if expected == ExitCode.USAGE:
-            assert says in assert_one_line_refusal(code, captured, command[0])
-            assert {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()} == before
+            line = assert_one_line_refusal(code, captured, command[0])
+            assert says in line
+            after = {p: p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()}
+            if command[0] == "report":  # the report in place stays; its error is recorded beside it
+                recorded = json.loads(after.pop(sweep_dir / "report.error.json"))["error"]
+                assert line.endswith(recorded)
+            assert after == before
         else:
             assert code == 0, captured.err
     if expected == 0:
+        assert not (sweep_dir / "report.error.json").exists()
         fit = json.loads((sweep_dir / "fit.json").read_text())
         assert fit["n_runs"] == 12  # every run still fitted: one bad line or file loses no run
 
@@ -503,3 +509,30 @@ def test_a_run_beyond_a_device_is_refused_before_any_rank_starts(overrides, says
     line = assert_one_line_refusal(code, capsys.readouterr(), "train")
     assert line.startswith(f"ladder train: error: {says}") and "cluster.device_memory_bytes" in line
     assert files_under(workdir) == before and not (workdir / "run").exists()
+
+
+def test_a_failed_report_keeps_the_good_one_and_writes_its_error_beside_it(fitted_sweep, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    sweep_dir, _ = fitted_sweep
+    assert cli.main(["report", f"sweep={sweep_dir}", "--wandb-mode=disabled"]) == 0
+    good = (sweep_dir / "report.html").read_bytes()
+    (sweep_dir / "plan.json").write_text("[]")
+    code = cli.main(["report", f"sweep={sweep_dir}", "--wandb-mode=disabled"])
+    line = assert_one_line_refusal(code, capsys.readouterr(), "report")
+    assert (sweep_dir / "report.html").read_bytes() == good
+    assert "plan.json: expected a JSON object" in json.loads((sweep_dir / "report.error.json").read_text())["error"]
+    assert line.endswith(json.loads((sweep_dir / "report.error.json").read_text())["error"])
+    (sweep_dir / "plan.json").unlink()  # mended (a folder of runs without a plan): the next report clears the error
+    assert cli.main(["report", f"sweep={sweep_dir}", "--wandb-mode=disabled"]) == 0
+    assert not (sweep_dir / "report.error.json").exists()
+
+
+def test_a_failed_plan_keeps_the_last_plan_json_and_writes_its_error_beside_it(workdir, capsys):
+    sweep_dir = workdir / "tiny"
+    sweep_dir.mkdir()
+    (sweep_dir / "plan.json").write_text('{"runs": []}\n')
+    code = cli.main(["sweep", "--no-calibrate", "sweep=tiny", "sweep.params=[1e15]", f"sweeps_root={workdir}"])
+    line = assert_one_line_refusal(code, capsys.readouterr(), "sweep")
+    assert (sweep_dir / "plan.json").read_text() == '{"runs": []}\n'
+    assert line.endswith(json.loads((sweep_dir / "plan.error.json").read_text())["error"])
+    assert "sweep.params: 1e+15 parameters" in line

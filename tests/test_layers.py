@@ -35,10 +35,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("launcher.sweep.proposal",),  # the next round's file, read back by the planner
     ("launcher.sweep.plan",),
     ("launcher.sweep.jobdb",),
+    ("launcher.sweep.rebuild",),  # the job database again, from plan.json and the runs' own files
     ("launcher.sweep.pack",),  # PackedJob is the schedulers' input, so pack never imports them
     ("launcher.schedulers",),
     # the login-node drivers: calibration runs and batch submission, then what reads their state
-    ("launcher.sweep.calibrate", "launcher.sweep.submit", "launcher.sweep.rebuild"),
+    ("launcher.sweep.calibrate", "launcher.sweep.submit"),
     ("launcher.sweep.status", "launcher.sweep.local", "launcher.sweep.propose"),
     ("launcher.sweep.study",),  # a scaling study: a plan of its own through submit or the local runner
     # back on the login node: collect -> fit -> the sweep fit -> W&B -> report

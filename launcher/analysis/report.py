@@ -38,7 +38,7 @@ from launcher.analysis.fitting import (
     verdict_lines,
 )
 from launcher.analysis.spent import Spent, plot_spent, sweep_spent, threshold_text
-from launcher.files import atomic_write
+from launcher.files import atomic_write, kept_on_failure
 from launcher.numbers import percent, sci, si
 from launcher.run.faults import Fault, run_faults
 from launcher.run.state import read_state
@@ -837,16 +837,18 @@ def write_report(
     from launcher.analysis.wandb_sync import log_summary_run
 
     sweep_dir = Path(sweep_dir)
-    collected = collected or collect_sweep(sweep_dir)
-    fit = _current_fit(sweep_dir, collected)
-    spent = sweep_spent(sweep_dir, [(r.name, r.meta.run_dir) for r in collected.runs])
-    plots = make_plots(sweep_dir, collected, fit, spent)
-    summary = summary_lines(fit)
-    atomic_write(sweep_dir / SUMMARY_FILE, "\n".join(summary) + "\n")
     path = sweep_dir / REPORT_FILE
-    states = [(r.name, read_state(r.meta.run_dir, warn=True)) for r in collected.runs]
-    faults = [(name, run_faults(state.to_json() if state else None)) for name, state in states]
-    atomic_write(path, render_html(sweep_dir, collected, fit, plots, summary, spent, faults))
+    with kept_on_failure(path):  # a failed report leaves the last good one, its error in report.error.json
+        collected = collected or collect_sweep(sweep_dir)
+        fit = _current_fit(sweep_dir, collected)
+        spent = sweep_spent(sweep_dir, [(r.name, r.meta.run_dir) for r in collected.runs])
+        plots = make_plots(sweep_dir, collected, fit, spent)
+        summary = summary_lines(fit)
+        states = [(r.name, read_state(r.meta.run_dir, warn=True)) for r in collected.runs]
+        faults = [(name, run_faults(state.to_json() if state else None)) for name, state in states]
+        page = render_html(sweep_dir, collected, fit, plots, summary, spent, faults)
+        atomic_write(sweep_dir / SUMMARY_FILE, "\n".join(summary) + "\n")
+        atomic_write(path, page)
     log_summary_run(sweep_dir, fit, flop_ledger(collected), {p.name: p.path for p in plots if p.path}, wandb_mode)
     return path
 

@@ -32,7 +32,7 @@ from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
 from launcher.errors import UserError
-from launcher.files import atomic_write, atomic_write_json
+from launcher.files import atomic_write, atomic_write_json, kept_on_failure
 from launcher.policy import (
     ACTIVE,
     FINAL,
@@ -57,7 +57,7 @@ from launcher.sweep.jobdb import (
     reports_on,
 )
 from launcher.sweep.pack import PackItem, pack, pack_array
-from launcher.sweep.plan import Plan, RunSpec, compose_sweep, write_plan
+from launcher.sweep.plan import PLAN_FILE, Plan, RunSpec, compose_sweep, write_plan
 
 JOBS = "jobs"
 CANCEL_MARK = "CANCELLED"  # written by `ladder cancel`: jobs ending after it submit no continuation
@@ -319,8 +319,9 @@ def submit_sweep(
 ) -> list[tuple[BatchJob, str]]:
     """Plan, record, pack, render and submit a sweep's runs that still need training."""
     get_scheduler(validate(ClusterProfile, compose(overrides)["cluster"], "cluster"))  # before any calibration
-    plan = calibrated_plan(overrides, calibrate, echo=_echo)
-    plan.check_budget(over_budget_ok)
+    with kept_on_failure(compose_sweep(overrides)[2] / PLAN_FILE):  # a failed plan keeps the last plan.json
+        plan = calibrated_plan(overrides, calibrate, echo=_echo)
+        plan.check_budget(over_budget_ok)
     return submit_plan(plan, dependency)
 
 

@@ -169,6 +169,7 @@ class ChinchillaFit:
     # distinct optima found, best first, rows of natural θ: warm starts for bootstrap refits
     candidates: np.ndarray = field(default_factory=lambda: np.empty((0, 5)), repr=False, compare=False)
     method: str = "grid"  # how the starts were found: the Chinchilla grid or ``vpnls``
+    start_points: int | None = None  # points the start search used, when a subsample (large inputs)
 
     @classmethod
     def from_theta(cls, theta, objective, **info) -> ChinchillaFit:
@@ -202,6 +203,8 @@ class ChinchillaFit:
                 "n_converged",
             )
         }
+        if self.start_points is not None:
+            out["start_points"] = self.start_points
         out["G"] = float(_G(self.theta)[0])
         out["a"] = self.beta / (self.alpha + self.beta)  # N_opt ∝ C^a
         out["b"] = self.alpha / (self.alpha + self.beta)  # D_opt ∝ C^b

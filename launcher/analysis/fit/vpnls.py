@@ -21,6 +21,9 @@ polish are invariant to that scale).
 from __future__ import annotations
 
 import itertools
+import sys
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -37,6 +40,8 @@ TIGHT = dict(rtol=1e-13, patience=5, max_iter=5000)
 HALVINGS = 6
 SUBSETS = [s for k in (3, 2, 1) for s in itertools.combinations(range(3), k)]
 FLOOR = 1e-12  # a coefficient at its bound 0 starts the polish this far below the loss (log of it is finite)
+LARGE = 5_000  # more points than this: the start search runs on a subsample (fit_approach3)
+START_POINTS = 2_000
 
 
 def _huber(r: np.ndarray, w: np.ndarray, delta: float) -> np.ndarray:
@@ -151,10 +156,46 @@ def fit_vpnls(points: Points, *, huber_reduce: str = "sum", delta: float = HUBER
     )
 
 
-def fit_approach3(points: Points, method: str = DEFAULT_METHOD, *, huber_reduce: str = "sum") -> ChinchillaFit:
-    """Approach 3 by ``method``: "vpnls" (the default) or "grid" (the 4500 Chinchilla starts)."""
+def fit_approach3(
+    points: Points,
+    method: str = DEFAULT_METHOD,
+    *,
+    huber_reduce: str = "sum",
+    progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> ChinchillaFit:
+    """Approach 3 by ``method``: "vpnls" (the default) or "grid" (the 4500 Chinchilla starts).
+
+    Both cost (starts or cells) x points, so past ``LARGE`` points the start search runs on a subsample of
+    ``START_POINTS`` (the same for any run: a fixed seed), and its best distinct optima are refined on all
+    points by L-BFGS to the tight tolerance: the answer is a stationary point of the full objective, reached
+    from where the subsample's search ended. Each stage is reported through ``progress``."""
     if method not in METHODS:
         raise UserError(f"--method: must be one of {', '.join(METHODS)}, got {method!r}")
-    if method == "vpnls":
-        return fit_vpnls(points, huber_reduce=huber_reduce)
-    return fit_chinchilla(points, huber_reduce=huber_reduce)
+    fit = fit_vpnls if method == "vpnls" else fit_chinchilla
+    if len(points) <= LARGE:
+        return fit(points, huber_reduce=huber_reduce)
+    check_points(points, "approach 3")
+    started = time.monotonic()
+    used = np.flatnonzero(points.weight > 0)
+    sample = points.take(np.sort(np.random.default_rng(0).choice(used, min(START_POINTS, len(used)), replace=False)))
+    what = f"approach 3 ({method})"
+    progress(f"{what}: {len(points):,} points: searching for starts on {len(sample):,} of them")
+    coarse = fit(sample, huber_reduce=huber_reduce)
+    progress(
+        f"{what}: starts found in {time.monotonic() - started:.1f} s; refining the {len(coarse.candidates)} best "
+        f"on all {len(points):,} points"
+    )
+    objective = HuberObjective(points.N, points.D, points.loss, points.weight, reduce=huber_reduce)
+    best = fit_from_starts(objective, coarse.candidates, what, polish=TIGHT)
+    progress(f"{what}: done in {time.monotonic() - started:.1f} s, objective {best.objective:.6g}")
+    return ChinchillaFit.from_theta(
+        best.theta,
+        best.objective,
+        huber_delta=HUBER_DELTA,
+        huber_reduce=huber_reduce,
+        n_starts=coarse.n_starts,
+        n_converged=best.n_converged,
+        candidates=best.candidates,
+        method=method,
+        start_points=len(sample),
+    )
