@@ -215,6 +215,27 @@ def test_dependency_chain(dev_slurm, tmp_path):
     assert second.sync()[1][0].depends_on == f"afterok:{first.job_ids[0]}"
 
 
+def test_wsd_branches_wait_in_slurm_for_their_trunks_job(dev_slurm, tmp_path):
+    sweep = Sweep(tmp_path, "wsd", "sweep=wsd_tiny", "sweep.params=[20000,60000]", "sweep.tokens=[8192,16384]")
+    (trunks, trunk_id), (branches, branch_id) = sweep.submitted
+    assert {s.name.endswith("-trunk") for s in trunks.steps} == {True} and len(trunks.steps) == 2
+    assert {s.name.endswith("-trunk") for s in branches.steps} == {False} and len(branches.steps) == 4
+    waiting = slurm_job(dev_slurm, branch_id)
+    assert waiting["Dependency"].startswith(f"afterok:{trunk_id}")
+    assert waiting["JobState"] == "PENDING" and waiting["Reason"] == "Dependency"
+    runs = sweep.wait_done()
+    assert {r.state for r in runs.values()} == {"completed"} and len(runs) == 6
+    trunk, branch = slurm_job(dev_slurm, trunk_id), slurm_job(dev_slurm, branch_id)
+    assert trunk["JobState"] == branch["JobState"] == "COMPLETED"
+    assert branch["StartTime"] >= trunk["EndTime"]  # ISO times compare as strings
+    _, jobs, attempts = sweep.sync()
+    assert {j.job_id: j.depends_on for j in jobs} == {trunk_id: None, branch_id: f"afterok:{trunk_id}"}
+    for step in branches.steps:
+        assert [a.job_id for a in attempts[step.name]] == [branch_id]
+        first = read_metrics(sweep.dir / "runs" / step.name / "metrics.jsonl")[0]["step"]
+        assert first == runs[step.name].fork_step + 1  # the branch began at its trunk's fork, not from scratch
+
+
 def test_walltime_warning_checkpoints_and_the_continuations_end_with_the_same_curve(dev_slurm, tmp_path):
     # 2-min jobs warned 90 s before their end: the controller checks limits every 30 s, so the warning
     # comes 30-60 s into each job; a run of over a minute and a half of training on an idle machine
