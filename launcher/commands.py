@@ -12,6 +12,7 @@ from pathlib import Path
 
 from launcher.analysis.collect import collect_sweep
 from launcher.analysis.fitting import FIT_FILE, fit_sweep_dir, summary_lines
+from launcher.analysis.propose import DEFAULT_RUNS, propose, write_proposal
 from launcher.analysis.report import write_report
 from launcher.arguments import command_parser
 from launcher.errors import UserError
@@ -20,7 +21,6 @@ from launcher.numbers import sci
 from launcher.sweep.calibrate import calibrated_plan
 from launcher.sweep.local import run_local_sweep
 from launcher.sweep.plan import compose_sweep, make_console, print_plan
-from launcher.sweep.propose import DEFAULT_RUNS, propose, write_proposal
 
 OVER_BUDGET_OK = ("--over-budget-ok", "accept a plan over the allocation's remaining node-hours")
 NO_CALIBRATE = ("--no-calibrate", "use the profile's assumed numbers; never run a calibration")
