@@ -236,6 +236,21 @@ def test_wsd_branches_wait_in_slurm_for_their_trunks_job(dev_slurm, tmp_path):
         assert first == runs[step.name].fork_step + 1  # the branch began at its trunk's fork, not from scratch
 
 
+def test_a_job_after_a_failed_one_is_cancelled_not_left_pending(dev_slurm, tmp_path):
+    """A branch job waits on its trunk's with afterok: if the trunk's job fails, Slurm cancels the branch
+    job (--kill-on-invalid-dep) and its runs become cancelled, ready for the next ``ladder submit``."""
+    failed = dev_slurm.run("sbatch", "--parsable", f"--output={tmp_path}/fail.out", "--wrap", "sleep 2; exit 1")
+    failing = failed.stdout.strip().split(";")[0]
+    after = Sweep(tmp_path, "orphan", *ONE_RUN, dependency=f"afterok:{failing}")
+    wait_until(
+        lambda: slurm_job(dev_slurm, after.job_ids[0]).get("JobState") == "CANCELLED", 120, "the waiting job's end"
+    )
+    assert slurm_job(dev_slurm, failing)["JobState"] == "FAILED"
+    assert slurm_job(dev_slurm, after.job_ids[0])["Reason"] == "DependencyNeverSatisfied"
+    runs = after.wait_done()
+    assert {r.state for r in runs.values()} == {"cancelled"}
+
+
 def test_walltime_warning_checkpoints_and_the_continuations_end_with_the_same_curve(dev_slurm, tmp_path):
     # 2-min jobs warned 90 s before their end: the controller checks limits every 30 s, so the warning
     # comes 30-60 s into each job; a run of over a minute and a half of training on an idle machine

@@ -106,8 +106,10 @@ class SlurmScheduler(Scheduler):
 
     def submit(self, script_path: str | os.PathLike, dependency: Optional[Dependency] = None) -> str:
         argv = ["sbatch", "--parsable"]
-        if dependency is not None:
-            argv.append(f"--dependency={dependency}")
+        if (
+            dependency is not None
+        ):  # a job after one that failed (a WSD trunk's, afterok) is cancelled, not left pending
+            argv += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
         done = self.run_command([*argv, str(script_path)], check=False)
         first = done.stdout.strip().split(";")[0]
         if done.returncode == 0 and first.isdigit():
