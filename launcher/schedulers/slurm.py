@@ -120,6 +120,9 @@ class SlurmScheduler(Scheduler):
                 raise UserError(f"{field}: sbatch refused the job: {message}")
         raise UserError(f"sbatch refused the job: {message}")
 
+    def set_dependency(self, job_id: str, dependency: Dependency) -> None:
+        self.run_command(["scontrol", "update", f"JobId={job_id}", f"Dependency={dependency}"])
+
     def status(self, job_ids: Iterable[str]) -> dict[str, str]:
         wanted = {str(j) for j in job_ids}
         if not wanted:

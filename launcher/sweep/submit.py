@@ -455,7 +455,29 @@ def continue_job(job_key: str, manifest_path: Path) -> list[tuple[BatchJob, str]
     )
     jobs = build_jobs(scheduler, steps, ctx, max_jobs=1)
     scheduler.validate(jobs)
-    return [(job, submit_job(scheduler, job)) for job in jobs]
+    submitted = [(job, submit_job(scheduler, job)) for job in jobs]
+    _hand_on_waiters(scheduler, sweep_dir, job_key, [job_id for _, job_id in submitted])
+    return submitted
+
+
+def _hand_on_waiters(scheduler: Scheduler, sweep_dir: Path, job_key: str, continuations: list[str]) -> None:
+    """Jobs waiting for this one to succeed (WSD branches after their trunk's job) wait for its
+    continuations instead: this job ends without failing, but its trunks are not done yet.
+
+    Their manifests are rewritten too, so a continuation of the continuation hands them on again.
+    """
+    for manifest in manifests(sweep_dir):
+        waits = Dependency.parse(manifest["dependency"]) if manifest.get("dependency") else None
+        if waits is None or waits.kind != "afterok" or job_key not in waits.job_ids or not manifest.get("job_id"):
+            continue
+        after = Dependency("afterok", tuple(i for i in waits.job_ids if i != job_key) + tuple(continuations))
+        try:
+            scheduler.set_dependency(str(manifest["job_id"]), after)
+        except UserError as exc:  # it started or ended meanwhile: nothing waits any more
+            _echo(f"job {manifest['job_id']} ({manifest['name']}): its dependency stays ({exc})")
+            continue
+        atomic_write_json(Path(sweep_dir) / JOBS / f"{manifest['name']}.json", {**manifest, "dependency": str(after)})
+        _echo(f"job {manifest['job_id']} ({manifest['name']}) now waits for {after}")
 
 
 def _tries_left(run: dict, codes: list[int], profile: ClusterProfile) -> int:
