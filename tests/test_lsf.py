@@ -72,7 +72,7 @@ class FakeLsf:
         self.dir = tmp_path / "fake-lsf"
         bin_dir = self.dir / "bin"
         bin_dir.mkdir(parents=True)
-        for name in ("bsub", "bjobs", "bkill", "brequeue"):
+        for name in ("bsub", "bjobs", "bkill", "brequeue", "bmod"):
             (bin_dir / name).symlink_to(DATA / "bin" / "recorded")
         monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
         monkeypatch.setenv("FAKE_LSF_DIR", str(self.dir))
@@ -281,6 +281,11 @@ def test_requeue_and_signal(fake_lsf, summit):
     fake_lsf.answer("bkill", out="bkill.txt")
     summit.signal(["4242"], "USR2")
     assert fake_lsf.calls()[-2:] == [["brequeue", "4242"], ["bkill", "-s", "USR2", "4242"]]
+
+
+def test_a_pending_jobs_dependency_is_changed_with_bmod(fake_lsf, summit):
+    summit.set_dependency("4300_1", Dependency("afterok", ("4242",)))  # element 2 of array 4300
+    assert fake_lsf.calls()[-1] == ["bmod", "-w", "done(4242)", "4300[2]"]
 
 
 def test_queued_jobs_counts_unfinished_jobs_and_elements(fake_lsf, summit):
