@@ -71,3 +71,17 @@ def test_a_proposal_adds_its_runs_to_the_sweep_and_keeps_the_others(tmp_path):
     added = [r for r in after.runs if r.config_hash not in old]
     assert sorted(r.budget for r in added) == [1e10, 4e10]
     assert np.isclose(min(r.N for r in added if r.budget == 1e10), min(r.N for r in after.runs if r.budget == 1e10))
+
+
+def test_a_proposal_to_a_wsd_sweep_adds_trunks_for_new_sizes_and_keeps_the_old_runs(tmp_path):
+    before = build_plan(["sweep=default", f"sweeps_root={tmp_path}"])
+    path = tmp_path / "proposal.yaml"
+    runs = [{"params": 400000, "budget": 7.2e12, "reason": "beyond"}, {"params": 400000, "budget": 1.8e12}]
+    path.write_text(yaml.safe_dump({"sweep": "default", "rule": "by hand", "runs": runs}))
+    after = build_plan(["sweep=default", f"proposal={path}", f"sweeps_root={tmp_path}"])
+    old = {r.config_hash for r in before.runs}
+    added = [r for r in after.runs if r.config_hash not in old]
+    assert old < {r.config_hash for r in after.runs}
+    (trunk,) = [r for r in added if r.role == "trunk"]  # one new trunk serves both new points
+    assert sorted((r.role, r.budget) for r in added if r.role == "branch") == [("branch", 1.8e12), ("branch", 7.2e12)]
+    assert all(r.parent == trunk.name for r in added if r.role == "branch")
