@@ -82,7 +82,25 @@ def main() -> None:
     print(f"step {seconds * 1e3:.1f} ms, {tokens_per_s:,.0f} tokens/s, {achieved / 1e12:.2f} TFLOP/s")
     print(f"MFU = {achieved / args.peak_flops:.4f} of peak {args.peak_flops:.3g} FLOP/s")
     if device.type == "cuda":
+        matmul = matmul_flops_per_s(device)
+        print(
+            f"measured here: bf16 8192^3 matmul {matmul / 1e12:.1f} TFLOP/s; model / matmul = {achieved / matmul:.4f}"
+        )
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+def matmul_flops_per_s(device: torch.device, size: int = 8192, repeats: int = 10) -> float:
+    """The device's dense bf16 rate as a plain matrix product reaches it: the baseline measured in this run."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

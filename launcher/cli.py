@@ -23,6 +23,7 @@ from launcher.policy import ExitCode
 
 COMMANDS = {
     "train": ("launcher.run.runtime:main", "train one run (Hydra overrides; nproc=N starts N local ranks)"),
+    "hang-watch": ("launcher.run.heartbeat:watch_main", "watch one job step's heartbeats (the lane shells start it)"),
     "describe": ("launcher.run.describe:main", "exact parameters and training FLOPs per token of a model"),
     "show": ("launcher.config.show:main", "a cluster profile resolved, and the file each group option came from"),
     "plan": ("launcher.commands:plan_main", "show a sweep's runs, node-hours and budget without submitting"),

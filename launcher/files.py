@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,18 @@ def make_dir(path: Path, field: str) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{field}: {str(path)!r} is not writable; allowed: a writable folder")
     return path
+
+
+def aside_path(path: Path, tag: str) -> Path:
+    """An unused sibling name for ``path`` moved out of the way (``jobdb.sqlite.broken-<unix time>``): what a
+    command replaces is kept, never deleted."""
+    path = Path(path)
+    stamp = int(time.time())
+    while True:
+        aside = path.with_name(f"{path.name}.{tag}-{stamp}")
+        if not aside.exists():
+            return aside
+        stamp += 1
 
 
 def error_file(path: Path) -> Path:

@@ -77,6 +77,16 @@ class FolderLock:
         )
 
 
+def forget_dead_holder(folder: Path, pid: int, host: str) -> None:
+    """Empty ``folder``'s lock record if it names ``pid`` on ``host``, a process its supervisor saw killed
+    (kill -9 leaves the record): the folder's next owner may start on another host, which would refuse a
+    record naming a host it cannot check."""
+    lock = FolderLock(folder, "")
+    if lock._holder() == (pid, host):
+        with open(lock.path, "r+b") as handle:
+            handle.truncate(0)
+
+
 def _me() -> tuple[int, str]:
     return os.getpid(), socket.gethostname()
 

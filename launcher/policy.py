@@ -83,8 +83,10 @@ def shell_codes(predicate) -> str:
 
 
 # what the lane shells get (launcher/schedulers/lane.sh.j2): a step that ends with one of `ended` is over;
-# one that ends with one of `refused` is a failure that is never retried; any other is retried
+# one that ends with one of `refused` is a failure that is never retried; any other is retried; `hung` is
+# what the step's hang watcher exits with when it found the step hung (the step's own status is then the kill's)
 LANE_CODES = {
     "ended": shell_codes(lambda e: e.finished or e.code == ExitCode.REQUEUE),
     "refused": shell_codes(lambda e: not e.finished and not e.retry and e.code != ExitCode.REQUEUE),
+    "hung": shell_codes(lambda e: e.code == ExitCode.HUNG),
 }

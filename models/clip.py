@@ -275,6 +275,13 @@ def _block_params(width: int, mlp_ratio: float) -> int:
     )
 
 
+def kept_activations(cfg: CLIPConfig) -> int:
+    """Activation values one image-caption pair's backward needs at the least: every block's input in both
+    towers (patches and the class token; the caption's tokens)."""
+    patches = (cfg.image_size // cfg.patch_size) ** 2 + 1
+    return patches * cfg.vision_width * cfg.vision_layers + cfg.context_length * cfg.text_width * cfg.text_layers
+
+
 def param_counts(cfg: CLIPConfig) -> tuple[int, int]:
     """(total, non_embedding) parameters, exactly as the module has them.
 

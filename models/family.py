@@ -217,6 +217,7 @@ class Family:
     make: Callable[[Any, Any, int], ModelFamily]  # (config, data config, seed) -> what the runtime trains
     param_counts: Callable[[Any], tuple[int, int]]  # config -> (total, non_embedding)
     flops_per_token: Callable[[Any], int]  # config -> training FLOPs per token (per sample for CLIP)
+    kept_per_sample: Callable[[Any], int]  # config -> activation values one sample's backward needs at least
     solve_shape: Optional[ShapeSolver] = None  # None: sweeps give explicit shapes
 
     def solve(self, target: int, base: dict, aspect_ratio: float, head_size: int, count: Count) -> dict:
@@ -236,9 +237,18 @@ FAMILIES: dict[str, Family] = {
             _lm_family,
             gpt_neox.param_counts,
             gpt_neox.flops_per_token,
+            gpt_neox.kept_activations,
             _solve_gpt_neox,
         ),
-        Family("clip", CLIPConfig, ("digits", "webdataset"), _clip_family, clip.param_counts, clip.flops_per_sample),
+        Family(
+            "clip",
+            CLIPConfig,
+            ("digits", "webdataset"),
+            _clip_family,
+            clip.param_counts,
+            clip.flops_per_sample,
+            clip.kept_activations,
+        ),
     )
 }
 DATA_CONFIGS: dict[str, type] = {

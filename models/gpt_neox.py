@@ -325,6 +325,12 @@ def load_hf_state_dict(model: GPTNeoX, hf_state_dict: dict[str, torch.Tensor]) -
 # ------------------------------------------------------------------------------------------ accounting
 
 
+def kept_activations(cfg: GPTNeoXConfig) -> int:
+    """Activation values one sample's backward needs at the least: every block's input (what even activation
+    recomputation keeps), so a micro-batch that cannot hold these cannot run."""
+    return cfg.seq_len * cfg.d_model * cfg.n_layer
+
+
 def param_counts(cfg: GPTNeoXConfig) -> tuple[int, int]:
     """(total, non_embedding) parameters, exactly as the module has them.
 

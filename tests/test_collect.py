@@ -212,6 +212,7 @@ def test_collect_and_the_runtime_reader_share_one_resume_rule(tmp_path):
         for _ in range(rng.integers(1, 5)):
             step = int(rng.integers(0, step + 1))
             end = int(rng.integers(step + 1, s.steps + 1))
+            log += [{"resumed_from": step, "time": 0.0}] if log else []  # what the runtime writes on a resume
             log += [dict(r, train_loss=r["train_loss"] + len(log)) for r in records[step:end]]
             step = end
         path = write_metrics(tmp_path / str(trial), log)
@@ -245,9 +246,10 @@ def test_broken_files_are_skipped_or_cleaned_and_reported(tmp_path):
     records = {n: curve_records(s) for n, s in specs.items()}
     for n in ("good", "diverged", "running"):
         write_metrics(runs / n, records[n])
-    # a resume from the step-20 checkpoint after the first attempt reached step 30: steps 21-30 appear twice
+    # a resume from the step-20 checkpoint after the first attempt reached step 30: steps 21-30 appear twice,
+    # after the marker the runtime writes when it resumes
     second = [dict(r, train_loss=r["train_loss"] - 0.5) for r in records["resumed"][20:]]
-    path = write_metrics(runs / "resumed", records["resumed"][:30] + second)
+    path = write_metrics(runs / "resumed", [*records["resumed"][:30], {"resumed_from": 20, "time": 0.0}, *second])
     text = "".join(json.dumps(r) + "\n" for r in records["truncated"])
     write_metrics(runs / "truncated", [])
     (runs / "truncated" / "metrics.jsonl").write_text(text + '{"step": 41, "tokens": 10')

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.policy import ExitCode
 from launcher.run.heartbeat import read_beats
 from launcher.run.metrics import read_metrics
 
@@ -22,8 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S, STEPS, EVERY, STOP_AT = 20, 24, 4, 6
 
 
-def test_stopped_rank_is_detected_killed_and_retried(tmp_path):
-    run_dir = tmp_path / "run"
+def start_train(run_dir: Path, *overrides: str, output=subprocess.PIPE, env: dict | None = None) -> subprocess.Popen:
+    """``ladder train nproc=2`` of a tiny model with a short hang timeout, its output in a pipe (or file);
+    ``overrides`` come last and win."""
     command = [
         sys.executable,
         "-m",
@@ -39,15 +41,21 @@ def test_stopped_rank_is_detected_killed_and_retried(tmp_path):
         "train.val_batches=1",
         "wandb.mode=disabled",
         f"run_dir={run_dir}",
+        *overrides,
     ]
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         command,
         cwd=REPO,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        stdout=subprocess.PIPE,
+        env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_stopped_rank_is_detected_killed_and_retried(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir)
     deadline = time.monotonic() + 240
     while (beat := read_beats(run_dir).get(1)) is None or beat.step < STOP_AT:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
@@ -73,3 +81,26 @@ def test_stopped_rank_is_detected_killed_and_retried(tmp_path):
         f"{state['resumed_from']} (stopped at {stopped_step}); run ended {state['finished_at'] - stopped_at:.1f} s "
         "after the stop"
     )
+
+
+def test_a_run_that_hangs_in_every_try_ends_hung_after_max_retries(tmp_path):
+    """Rank 1 stopped in each try: the ranks start cluster.max_retries times, no more, and the run ends
+    hung (exit 4) with every hang recorded."""
+    run_dir, tries, log = tmp_path / "run", 2, tmp_path / "train.log"
+    with log.open("w") as out:
+        proc = start_train(run_dir, f"cluster.max_retries={tries}", output=out)
+    stopped: set[int] = set()
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        beat = read_beats(run_dir).get(1)
+        if beat is not None and beat.pid not in stopped:
+            os.kill(beat.pid, signal.SIGSTOP)  # the beat names this try's rank 1 (each try clears the beats)
+            stopped.add(beat.pid)
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    output = log.read_text()
+    assert proc.returncode == int(ExitCode.HUNG), output
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "hung" and state["exit_code"] == int(ExitCode.HUNG)
+    assert len(state["hangs"]) == tries == len(stopped) and all(h["ranks"] == [1] for h in state["hangs"])
+    assert output.count("retrying the hung run") == tries - 1

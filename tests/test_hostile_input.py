@@ -357,3 +357,149 @@ def test_hostile_files_in_a_finished_sweep(case, finished_sweep, tmp_path, capsy
     if expected == 0:
         fit = json.loads((sweep_dir / "fit.json").read_text())
         assert fit["n_runs"] == 12  # every run still fitted: one bad line or file loses no run
+
+
+# ------------------------------------------------------------------------------------- job manifests
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"[]", "expected a mapping of fields"),
+        (b"\xff", "not JSON"),
+        (b'{"name": "j"}', ": sweep: required field is missing"),
+        (b"{}", ": name: required field is missing"),
+    ],
+)
+def test_a_continuation_refuses_a_manifest_that_is_not_one(content, says, workdir, capsys):
+    path = workdir / "job.json"
+    path.write_bytes(content)
+    code = cli.main(["submit", "--continue-from", "123", "--manifest", str(path)])
+    line = assert_one_line_refusal(code, capsys.readouterr(), "submit")
+    assert f"{path}" in line and says in line
+
+
+def test_a_manifest_run_of_the_wrong_shape_names_its_field(tmp_path):
+    from launcher.errors import UserError
+    from launcher.sweep.submit import JobManifest, read_manifest
+
+    good = {
+        "name": "j",
+        "sweep": "s",
+        "sweep_dir": "d",
+        "workdir": "w",
+        "scheduler": "slurm",
+        "profile": {},
+        "array": False,
+        "script": "x.sbatch",
+        "steps_log": "x.steps",
+        "nodes": 1,
+        "lanes": 1,
+        "walltime_min": 10,
+        "written": 1.0,
+        "job_id": 77,
+        "runs": [{"name": "r", "config_hash": "h", "run_dir": "d/r", "overrides": [], "nodes": 1, "ranks": 1}],
+    }
+    path = tmp_path / "j.json"
+    path.write_text(json.dumps(good))
+    with pytest.raises(UserError, match=r"j\.json: runs\[0\]\.hours: required field is missing"):
+        read_manifest(path)
+    good["runs"][0].update(hours=0.5, tries=2)
+    path.write_text(json.dumps(good))
+    manifest = read_manifest(path)
+    assert isinstance(manifest, JobManifest) and manifest.job_id == "77" and manifest.runs[0].tries == 2
+
+
+# ---------------------------------------------------------------- metrics.jsonl: steps that go back
+
+
+def _record(step: int, loss: float) -> dict:
+    return {"step": step, "tokens": 64 * step, "flops": 1e6 * step, "train_loss": loss}
+
+
+def _write_lines(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def _both_readers(path: Path) -> tuple[list[tuple[int, float]], int, list[str]]:
+    """(step, loss) of the curve by the runtime's reader, checked equal to collect's, and what each counted."""
+    from launcher.analysis.collect import parse_metrics
+    from launcher.run.metrics import read_metrics_counted
+
+    records, skipped = read_metrics_counted(path)
+    parsed = parse_metrics(path)
+    assert parsed.curve is not None
+    curve = [(r["step"], r["train_loss"]) for r in records]
+    assert list(zip(parsed.curve.step.tolist(), parsed.curve.train_loss.tolist())) == curve
+    return curve, skipped, parsed.issues
+
+
+def test_a_valid_line_whose_step_goes_back_without_a_resume_is_skipped_and_counted(tmp_path):
+    good = [_record(s, 3.0 - 0.1 * s) for s in range(1, 11)]
+    stray = _record(3, 9.9)  # valid JSON, a step already logged, and no resume marker before it
+    path = _write_lines(tmp_path / "metrics.jsonl", [*good[:6], stray, *good[6:]])
+    curve, skipped, issues = _both_readers(path)
+    assert curve == [(r["step"], r["train_loss"]) for r in good]  # nothing around it lost, nothing replaced
+    assert skipped == 1
+    assert issues == ["1 record(s) whose step went back with no resume marker: skipped"]
+
+
+def test_a_resume_marker_restarts_the_steps_and_the_latest_attempt_wins(tmp_path):
+    first = [_record(s, 3.0 - 0.1 * s) for s in range(1, 9)]  # killed after step 8, checkpoint at 5
+    second = [_record(s, 2.0 - 0.1 * s) for s in range(6, 13)]
+    stray = _record(7, 9.9)  # inside the second attempt, going back: skipped like any stray line
+    lines = [*first, {"resumed_from": 5, "time": 1.0}, *second[:4], stray, *second[4:]]
+    curve, skipped, issues = _both_readers(_write_lines(tmp_path / "metrics.jsonl", lines))
+    assert curve == [(s, 3.0 - 0.1 * s) for s in range(1, 6)] + [(s, 2.0 - 0.1 * s) for s in range(6, 13)]
+    assert skipped == 1
+    assert "3 record(s) repeated by a resume: kept the latest attempt's" in issues
+
+
+def test_a_restart_from_step_zero_and_a_rewind_both_start_over_where_their_marker_says(tmp_path):
+    lines = [
+        *[_record(s, 5.0) for s in (1, 2, 3)],
+        {"resumed_from": 0, "time": 1.0},  # no checkpoint yet: the attempt starts again from step 0
+        *[_record(s, 4.0) for s in (1, 2, 3, 4, 5, 6)],
+        {"resumed_from": 4, "time": 2.0},  # a rewind after loss spikes at 5 and 6
+        *[_record(s, 3.0) for s in (5, 6, 7)],
+    ]
+    curve, skipped, _ = _both_readers(_write_lines(tmp_path / "metrics.jsonl", lines))
+    assert curve == [(1, 4.0), (2, 4.0), (3, 4.0), (4, 4.0), (5, 3.0), (6, 3.0), (7, 3.0)] and skipped == 0
+    from launcher.run.metrics import read_attempts
+
+    assert [(start, [r["step"] for r in records]) for start, records in read_attempts(tmp_path / "metrics.jsonl")] == [
+        (0, [1, 2, 3]),
+        (0, [1, 2, 3, 4, 5, 6]),
+        (4, [5, 6, 7]),
+    ]
+
+
+# ------------------------------------------------------------------------------------ bounded work
+
+
+def test_a_plan_of_an_absurd_model_is_refused_before_any_shape_is_solved(workdir, capsys):
+    import time
+
+    before = files_under(workdir)
+    started = time.monotonic()
+    code = cli.main(["plan", "--no-calibrate", "sweep=tiny", "sweep.params=[1e15]", f"sweeps_root={workdir}"])
+    line = assert_one_line_refusal(code, capsys.readouterr(), "plan")
+    assert time.monotonic() - started < 30  # the shape solver alone would take hours at 1e15
+    assert "sweep.params: 1e+15 parameters need at least" in line and "cluster.device_memory_bytes" in line
+    assert files_under(workdir) == before
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["train.micro_batch_size=1000000000", "train.global_batch_tokens=64000000000"], "train.micro_batch_size: "),
+        (["model.d_model=8192", "model.n_heads=64", "model.n_layer=96"], "model: "),
+    ],
+)
+def test_a_run_beyond_a_device_is_refused_before_any_rank_starts(overrides, says, workdir, capsys):
+    before = files_under(workdir)
+    code = cli.main(["train", "train.max_steps=1", f"run_dir={workdir / 'run'}", *overrides])
+    line = assert_one_line_refusal(code, capsys.readouterr(), "train")
+    assert line.startswith(f"ladder train: error: {says}") and "cluster.device_memory_bytes" in line
+    assert files_under(workdir) == before and not (workdir / "run").exists()

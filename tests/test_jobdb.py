@@ -11,6 +11,7 @@ import time
 import pytest
 
 from launcher.errors import UserError
+from launcher.run.state import RunState
 from launcher.sweep.jobdb import TRANSITIONS, JobDB, TransitionError, attempt_step, fold_run_states, reports_on
 from launcher.sweep.plan import RunSpec
 
@@ -194,13 +195,13 @@ def test_a_report_belongs_to_its_step_or_a_later_one_of_the_same_job(db, tmp_pat
     second = db.start("run0", "lsf", "300", array_index=4)  # the job's lane started the failed step again
     attempts = db.attempts("run0")
     assert attempt_step(attempts, attempts[0]) == ("300_4", 1) and attempt_step(attempts, second) == ("300_4", 2)
-    assert reports_on({"job_key": "300_4", "job_attempt": 2}, attempts, second)
-    assert reports_on({"job_key": "300_4", "job_attempt": 3}, attempts, second)  # a later retry's
-    assert not reports_on({"job_key": "300_4", "job_attempt": 1}, attempts, second)  # the failed step's
-    assert not reports_on({"job_key": "300", "job_attempt": 2}, attempts, second)  # another job's
-    assert not reports_on({"status": "completed"}, attempts, second)  # written outside a job script
+    assert reports_on(RunState(job_key="300_4", job_attempt=2), attempts, second)
+    assert reports_on(RunState(job_key="300_4", job_attempt=3), attempts, second)  # a later retry's
+    assert not reports_on(RunState(job_key="300_4", job_attempt=1), attempts, second)  # the failed step's
+    assert not reports_on(RunState(job_key="300", job_attempt=2), attempts, second)  # another job's
+    assert not reports_on(RunState(status="completed"), attempts, second)  # written outside a job script
     local = db.start("run1", "local", "local:123")
-    assert reports_on({"status": "completed"}, db.attempts("run1"), local)  # the local runner's own run
+    assert reports_on(RunState(status="completed"), db.attempts("run1"), local)  # the local runner's own run
 
 
 def _worker(path: str, worker: int, n_runs: int, iterations: int, results) -> None:

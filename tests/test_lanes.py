@@ -32,7 +32,9 @@ TRIES = 3
 LADDER = """#!/bin/bash
 # `ladder train ... run_dir=D exit_code=N`: one start of run D (with the job key and attempt the lane
 # shell gave it), then exit N; with exit_code=wait, run until USR2, then exit as a checkpointed run
-# does; `ladder submit ...`: record the continuation
+# does; with exit_code=hang, the first start runs until it is killed (D/hanging says so), later ones
+# complete; `ladder hang-watch --pid P --run-dir D ...`: while P runs, a hanging run is reported hung on
+# host n7, and once P is gone, exit 4 as the watcher does; `ladder submit ...`: record the continuation
 case $1 in
   train)
     for arg; do
@@ -44,16 +46,39 @@ case $1 in
       echo $$ > "$LANES_STEPS/$$"
       while :; do sleep 0.05; done
     fi
+    if [ "$code" = hang ]; then
+      if [ "$(wc -l < "$dir/starts")" -eq 1 ]; then
+        touch "$dir/hanging"
+        while :; do sleep 0.05; done
+      fi
+      code=0
+    fi
     exit "$code" ;;
+  hang-watch)
+    while [ $# -gt 0 ]; do
+      case $1 in --pid) pid=$2 ;; --run-dir) dir=$2 ;; esac
+      shift
+    done
+    while kill -0 "$pid" 2> /dev/null; do
+      if [ -e "$dir/hanging" ]; then
+        rm "$dir/hanging" && echo n7
+        while kill -0 "$pid" 2> /dev/null; do sleep 0.05; done
+        exit HUNG
+      fi
+      sleep 0.05
+    done ;;
   submit) echo "$*" >> "$LANES_CALLS" ;;
   *) exit 99 ;;
 esac
-""".replace("REQUEUE", str(int(ExitCode.REQUEUE)))
-# a step launcher's stand-in: drop its options (one word each, as the adapters write them) and run the rest
-# with the signal dispositions a real launcher's task starts with (a lane may ignore USR2; a task does not)
+""".replace("REQUEUE", str(int(ExitCode.REQUEUE))).replace("HUNG", str(int(ExitCode.HUNG)))
+# a step launcher's stand-in: record its words (in $LANES_LAUNCHES), drop its options (one word each, as the
+# adapters write them) and run the rest with the signal dispositions a real launcher's task starts with (a
+# lane may ignore USR2; a task does not)
 LAUNCHER = """#!/usr/bin/env python3
 import os, signal, sys
 args = sys.argv[1:]
+with open(os.environ["LANES_LAUNCHES"], "a") as log:
+    log.write(" ".join(args) + "\\n")
 while args[0].startswith("-"):
     args.pop(0)
 signal.signal(signal.SIGUSR2, signal.SIG_DFL)
@@ -95,7 +120,7 @@ def stand_ins(tmp_path: Path) -> Path:
     return bin_dir
 
 
-def packed_job(tmp_path: Path, ladder: Path, codes, lanes: int = 2, array: bool = False) -> BatchJob:
+def packed_job(tmp_path: Path, ladder: Path, codes, lanes: int = 2, array: bool = False, nodes: int = 1) -> BatchJob:
     """The same job for both schedulers: a run per exit code in ``codes``, in lanes (or one per array task)."""
     sweep_dir = tmp_path / "sweep"
     steps = tuple(
@@ -120,7 +145,7 @@ def packed_job(tmp_path: Path, ladder: Path, codes, lanes: int = 2, array: bool 
         workdir=str(tmp_path),
         steps=steps,
         lanes=lanes,
-        nodes=1,
+        nodes=nodes,
         walltime_min=30,
         signal_s=600,
         ladder=(str(ladder),),
@@ -137,7 +162,12 @@ def start(name: str, job: BatchJob, scheduler_env: dict[str, str], bin_dir: Path
     script = tmp_path / f"{name}.sh"
     script.write_text(get_scheduler(profile(name)).render(job))
     shellcheck(script)
-    for old in (tmp_path / f"{name}.calls", Path(job.steps_log), *(Path(s.run_dir) / "starts" for s in job.steps)):
+    for old in (
+        tmp_path / f"{name}.calls",
+        tmp_path / f"{name}.launches",
+        Path(job.steps_log),
+        *(Path(s.run_dir) / "starts" for s in job.steps),
+    ):
         old.unlink(missing_ok=True)
     (tmp_path / "steps").mkdir(exist_ok=True)
     env = {
@@ -145,6 +175,7 @@ def start(name: str, job: BatchJob, scheduler_env: dict[str, str], bin_dir: Path
         "HOME": str(tmp_path),
         "TMPDIR": str(tmp_path),
         "LANES_CALLS": str(tmp_path / f"{name}.calls"),
+        "LANES_LAUNCHES": str(tmp_path / f"{name}.launches"),
         "LANES_STEPS": str(tmp_path / "steps"),
         **scheduler_env,
     }
@@ -241,3 +272,21 @@ def test_an_array_task_runs_its_own_run_under_the_adapters_key(tmp_path, stand_i
         assert rc == 1, out  # run 1 exits 1 in every try
         assert key.endswith("_1") and list(starts) == [job.steps[1].name]
         assert rows == [[key, job.steps[1].name, str(attempt), "1"] for attempt in range(1, TRIES + 1)]
+
+
+def test_a_hung_step_is_killed_and_retried_alike(tmp_path, stand_ins):
+    """The step's hang watcher reports it hung on n7: the lane kills the step the scheduler's way (srun:
+    SIGTERM, which a real srun turns into SIGKILL for every task; LSF: SIGKILL to the step's session), logs
+    it as exit 4 and starts it again; Slurm's retry leaves n7 out (srun --exclude), the job having a node
+    to spare; jsrun has no such option."""
+    job = packed_job(tmp_path, stand_ins / "ladder", ["hang"], lanes=1, nodes=2)
+    hung = str(int(ExitCode.HUNG))
+    for name, (key, env) in JOBS.items():
+        rc, out, rows, starts = run_script(name, job, env, stand_ins, tmp_path)
+        assert rc == 0, out
+        assert rows == [[key, "exithang", "1", hung], [key, "exithang", "2", "0"]], out
+        assert starts == {"exithang": [f"{key} 1", f"{key} 2"]}
+        assert "run exithang: step 2 starts (steps of this job hung on n7)" in out
+        first, second = (tmp_path / f"{name}.launches").read_text().splitlines()
+        assert "--exclude" not in first
+        assert ("--exclude=n7" in second.split()) == (name == "slurm"), second

@@ -8,7 +8,8 @@ import statistics
 import pytest
 
 from launcher import cli
-from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.run.state import RunState, read_state
+from launcher.sweep.jobdb import JobDB
 
 pytestmark = pytest.mark.slurm
 WARMUP, STEPS = 2, 3
@@ -58,7 +59,7 @@ def test_weak_and_strong_scaling_over_1_2_4_nodes(dev_slurm, tmp_path, capsys):
         for n in (1, 2, 4):
             run_dir = study / "runs" / ("base-n1" if n == 1 else f"{mode}-n{n}")  # one baseline run for both
             assert points[(mode, n)]["run"] == run_dir.name
-            assert (read_state_file(run_dir) or {})["world_size"] == 2 * n  # 2 one-CPU "devices" per node
+            assert (read_state(run_dir) or RunState()).world_size == 2 * n  # 2 one-CPU "devices" per node
             steady = steady_tokens_per_s(run_dir / "metrics.jsonl")
             p = points[(mode, n)]
             assert p["tokens_per_s"] == pytest.approx(statistics.median(steady))

@@ -23,10 +23,12 @@ from conftest import tree_progress, wait_while_progressing
 from launcher.config.cluster import ClusterProfile
 from launcher.config.compose import compose
 from launcher.config.validate import validate
+from launcher.run.heartbeat import read_beats
 from launcher.run.metrics import read_metrics
+from launcher.run.state import RunState, read_state
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency
-from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.sweep.jobdb import JobDB
 from launcher.sweep.submit import cancel_sweep, read_steps, submit_sweep, sync
 
 pytestmark = pytest.mark.slurm
@@ -72,7 +74,7 @@ class Sweep:
         return tree_progress(self.dir)
 
     def state(self, run: str) -> dict:
-        return read_state_file(self.dir / "runs" / run) or {}
+        return (read_state(self.dir / "runs" / run) or RunState()).to_json()
 
     def steps(self) -> dict[str, dict[str, list[tuple[int, int]]]]:
         out: dict = {}
@@ -424,3 +426,60 @@ def _rank_pid(job_id: str, rank: int, run_name: str) -> int | None:
         ):
             return int(proc.name)
     return None
+
+
+def test_a_stopped_rank_hangs_its_step_which_is_killed_and_retried_on_another_node(dev_slurm, tmp_path):
+    """SIGSTOP one rank of a 2-rank run: the lane's hang watcher finds it silent for cluster.hang_timeout_s,
+    the step is killed, the hang recorded in state.json, and the retry resumes from the last checkpoint on
+    the job's other node (srun --exclude), where the run completes."""
+    timeout_s, every = 20, 20
+    sweep = Sweep(
+        tmp_path,
+        "hang",
+        "sweep=tiny",
+        "sweep.budgets=[3e10]",
+        "sweep.params=[20000,60000]",
+        "++sweep.ranks_per_run=2",
+        "train.micro_batch_size=8",
+        f"train.checkpoint_every={every}",
+        "train.val_every=1000",
+        f"cluster.hang_timeout_s={timeout_s}",
+    )
+    ((job, job_id),) = sweep.submitted
+    assert job.nodes == 2 and job.lanes == 2  # two one-node runs: a node to spare for a retry
+    script = (sweep.dir / "jobs" / f"{job.name}.sbatch").read_text()
+    assert '${exclude:+"--exclude=$exclude"}' in script and f"--timeout-s {timeout_s}" in script
+    name = max(sweep.runs(), key=lambda n: sweep.runs()[n].steps)  # the longer run is the one stopped
+    run_dir = sweep.dir / "runs" / name
+    beat = wait_until(
+        lambda: (b := read_beats(run_dir).get(1)) is not None and b.step > every + 2 and b,
+        180,
+        "rank 1 past the first checkpoint",
+        every=0.02,
+        progress=sweep.progress,
+    )
+    os.kill(beat.pid, signal.SIGSTOP)
+    stopped_at, stopped_step, hung_host = time.time(), beat.step, beat.host
+    runs = sweep.wait_done()
+
+    assert {r.state for r in runs.values()} == {"completed"}
+    assert sweep.steps()[job_id][name] == [(1, 4), (2, 0)]  # the hung step counts as exit 4, then a retry
+    _, _, attempts = sweep.sync()
+    assert [(a.state, a.job_id) for a in attempts[name]] == [("hung", job_id), ("completed", job_id)]
+    state = sweep.state(name)
+    [hang] = state["hangs"]
+    assert hang["ranks"] == [1] and hang["hosts"] == [hung_host]
+    assert stopped_step <= hang["step"] <= stopped_step + 1
+    detected_s = hang["at"] - stopped_at
+    assert timeout_s < hang["silent_s"] <= timeout_s + 5 and detected_s <= timeout_s + 10, (hang, detected_s)
+    assert stopped_step - every < state["resumed_from"] <= stopped_step and state["resumed_from"] % every == 0
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, state["total_steps"] + 1))
+    # the retry ran on the other node: srun left out the one it hung on
+    retry_hosts = {b.host for b in read_beats(run_dir).values()}
+    assert retry_hosts and hung_host not in retry_hosts and state["hostname"] != hung_host
+    output = (sweep.dir / "jobs" / f"{job.name}-{job_id}.out").read_text()
+    assert f"step 2 starts (steps of this job hung on {hung_host})" in output, output
+    print(
+        f"hang found {detected_s:.1f} s after SIGSTOP (timeout {timeout_s} s) on {hung_host}; retry resumed from "
+        f"step {state['resumed_from']} (stopped at {stopped_step}) on {sorted(retry_hosts)}"
+    )

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from launcher.run.metrics import read_metrics
+from launcher.run.state import RunState, read_state
 from launcher.schedulers import get_scheduler
 from launcher.schedulers.base import Dependency
 from launcher.schedulers.submitit_exec import fresh_folder, record, submit_runs
-from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.sweep.jobdb import JobDB
 from launcher.sweep.plan import build_plan
 from launcher.sweep.submit import sync
 
@@ -29,7 +30,7 @@ def test_runs_through_submitits_local_executor(tmp_path):
     assert [type(j).__name__ for j in jobs] == ["LocalJob"] * 2
     assert [j.result() for j in jobs] == [0, 0]
     for spec in p.runs:
-        assert read_state_file(spec.run_dir(sweep_dir))["status"] == "completed"
+        assert read_state(spec.run_dir(sweep_dir)).status == "completed"
         assert len(read_metrics(spec.run_dir(sweep_dir) / "metrics.jsonl")) == spec.steps
 
 
@@ -50,13 +51,13 @@ def test_submitit_slurm_array_and_requeue_on_the_walltime_signal(dev_slurm, tmp_
         assert record(db, "sub", [s.config_hash for s in p.runs], jobs, "slurm") == array_id
     first = p.runs[0].run_dir(sweep_dir)
     deadline = time.monotonic() + 180
-    while ((read_state_file(first) or {}).get("checkpoint_step") or 0) < 20:
+    while ((read_state(first) or RunState()).checkpoint_step or 0) < 20:
         assert time.monotonic() < deadline, "no checkpoint of the first run"
         time.sleep(1)
     dev_slurm.run("scancel", "--signal=USR2", jobs[0].job_id)  # what Slurm sends before the walltime
     assert [j.result() for j in jobs] == [0, 0]
-    state = read_state_file(first)
-    assert state["status"] == "completed" and state["resumed_from"] >= 20
+    state = read_state(first)
+    assert state.status == "completed" and (state.resumed_from or 0) >= 20
     assert "Requeued" in jobs[0].stderr() or "requeue" in (jobs[0].stdout() or "").lower() + jobs[0].stderr().lower()
     with JobDB(sweep_dir / "jobdb.sqlite") as db:
         sync(db, "sub", sweep_dir, get_scheduler(p.cluster))

@@ -73,7 +73,10 @@ def test_spike_rewinds_skips_the_corrupted_batches_and_completes(tmp_path):
     assert (rewind["spikes"], rewind["to_step"], rewind["skipped_data_steps"]) == ([17, 18], 15, [15, 18])
 
     raw = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in raw if r["spike"]] == [17]  # logged before the rewind, then superseded
+    assert [r["step"] for r in raw if r.get("spike")] == [17]  # logged before the rewind, then superseded
+    # the rewind's resume marker follows the last record logged (17; the spike at 18 rewinds unlogged)
+    [marker] = [i for i, r in enumerate(raw) if "step" not in r]
+    assert raw[marker]["resumed_from"] == 15 and raw[marker - 1]["step"] == 17 and raw[marker + 1]["step"] == 16
     curve = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in curve] == list(range(1, 31))
     read = [r["step"] - 1 + r["data_offset"] for r in curve]

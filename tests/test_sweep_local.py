@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from launcher.run.metrics import read_metrics
-from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.run.state import RunState, read_state
+from launcher.sweep.jobdb import JobDB
 from launcher.sweep.plan import build_plan
 
 FAST = ["wandb.mode=disabled", "--no-calibrate"]  # neither changes a run's identity (config hash)
@@ -52,12 +53,12 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
         if not db_path.exists():
             return None
         runs = snapshot(db_path)
-        reported = {n: read_state_file(sweep_dir / "runs" / n) or {} for n in runs}
+        reported = {n: read_state(sweep_dir / "runs" / n) or RunState() for n in runs}
         # past its first step, and far enough from its last that the interrupt cannot arrive after it
         training = [
             n
             for n, (state, _) in runs.items()
-            if state == "running" and 1 <= reported[n].get("step", 0) <= reported[n].get("total_steps", 0) // 2
+            if state == "running" and 1 <= (reported[n].step or 0) <= (reported[n].total_steps or 0) // 2
         ]
         return any(state == "completed" for state, _ in runs.values()) and training
 
@@ -71,10 +72,10 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
     assert all(state in ("completed", "timed_out", "planned") for state, _ in after_first.values())
     checkpoints = {}
     for name in interrupted:
-        state = read_state_file(sweep_dir / "runs" / name)
+        state = read_state(sweep_dir / "runs" / name)
         if name in training:  # it was past step 1: SIGTERM made it checkpoint and exit 75
-            assert state["status"] == "requeue" and state["exit_code"] == 75 and state["checkpoint_step"] >= 1
-        checkpoints[name] = state and state.get("checkpoint_step")
+            assert state.status == "requeue" and state.exit_code == 75 and (state.checkpoint_step or 0) >= 1
+        checkpoints[name] = state and state.checkpoint_step
     metrics_before = {n: (sweep_dir / "runs" / n / "metrics.jsonl").read_bytes() for n in done_first}
 
     second = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True, timeout=600)
@@ -113,7 +114,7 @@ def test_interrupted_sweep_continues_and_repeats_nothing(tmp_path):
     for name in done_first:  # never trained again
         assert (sweep_dir / "runs" / name / "metrics.jsonl").read_bytes() == metrics_before[name]
     for name in training:  # continued from the checkpoint written when it was interrupted
-        assert read_state_file(sweep_dir / "runs" / name)["resumed_from"] == checkpoints[name]
+        assert read_state(sweep_dir / "runs" / name).resumed_from == checkpoints[name]
     # a third start finds nothing to do
     third = subprocess.run(
         argv + ["--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True, timeout=300

@@ -14,7 +14,8 @@ from pathlib import Path
 from rich.console import Console
 
 from launcher.run.metrics import read_metrics
-from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.run.state import RunState, read_state
+from launcher.sweep.jobdb import JobDB
 from launcher.sweep.local import run_local_sweep
 from launcher.sweep.plan import build_plan
 
@@ -24,10 +25,10 @@ SMALL = ["sweep=wsd_tiny", "sweep.params=[20000]", "sweep.tokens=[8192,65536]", 
 def kill_trunk_after_its_first_checkpoint(run_dir: Path, stop: threading.Event, killed: list) -> None:
     """SIGKILL the trunk's rank (no checkpoint on the way out) once it has saved step 8 of its 51."""
     while not stop.is_set():
-        state = read_state_file(run_dir) or {}
-        if state.get("status") == "running" and (state.get("checkpoint_step") or 0) >= 8:
-            os.kill(state["pid"], signal.SIGKILL)
-            killed.append(state["checkpoint_step"])
+        state = read_state(run_dir) or RunState()
+        if state.status == "running" and state.pid and (state.checkpoint_step or 0) >= 8:
+            os.kill(state.pid, signal.SIGKILL)
+            killed.append(state.checkpoint_step)
             return
         time.sleep(0.005)
 
@@ -57,8 +58,8 @@ def test_killed_trunk_resumes_and_its_branches_start_from_it(tmp_path, monkeypat
     assert {r.state for r in runs.values()} == {"completed"}
     assert runs[long.name].parent == trunk.name and runs[long.name].fork_step == 51 and runs[long.name].role == "branch"
     assert len(attempts[trunk.name]) == 2 and attempts[trunk.name][0].state == "failed"  # killed, then retried
-    trunk_state = read_state_file(trunk.run_dir(plan.sweep_dir))
-    assert trunk_state["resumed_from"] == killed[0] and trunk_state["step"] == 51
+    trunk_state = read_state(trunk.run_dir(plan.sweep_dir))
+    assert trunk_state.resumed_from == killed[0] and trunk_state.step == 51
     # the long branch forks at the trunk's last step: it can only start after the resumed trunk saved it
     assert attempts[long.name][0].started >= attempts[trunk.name][1].started
     for branch in (short, long):

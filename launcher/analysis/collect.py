@@ -37,9 +37,10 @@ import numpy as np
 from launcher.arguments import CommandParser, command_parser
 from launcher.errors import UserError
 from launcher.files import atomic_path
-from launcher.policy import FINAL, STATUS_STATES
-from launcher.run.metrics import METRICS_FILE, latest_attempt
-from launcher.sweep.jobdb import JobDB, read_state_file
+from launcher.policy import FINAL
+from launcher.run.metrics import METRICS_FILE, RESUME_NEEDLE, latest_attempt, resume_step
+from launcher.run.state import read_state
+from launcher.sweep.jobdb import JobDB
 from launcher.sweep.plan import read_plan
 
 CURVES_FILE = "curves.parquet"
@@ -95,8 +96,8 @@ class RunMeta:
 
 def _effective_state(recorded: Optional[str], run_dir: Path) -> str:
     """The database's state, unless the run's own state.json reports an end not folded in yet."""
-    state = read_state_file(run_dir)
-    reported = STATUS_STATES.get(state.get("status")) if state else None
+    state = read_state(run_dir, warn=True)
+    reported = state.state if state else None
     if reported in FINAL and recorded not in FINAL:
         return reported
     return recorded or reported or "unknown"
@@ -237,6 +238,7 @@ class _Columns(NamedTuple):
     rows: bytes  # "step,tokens,flops,train_loss,val_loss\n" per record, the file's own number text
     val: np.ndarray  # [n], NaN where not logged
     val_logged: np.ndarray  # [n] bool
+    resumes: list[tuple[int, int]]  # (index of the record after it, step) of each resume marker
 
 
 _QUOTE, _COLON, _COMMA, _NEWLINE, _SPACE = (ord(c) for c in '":,\n ')
@@ -275,10 +277,39 @@ def _gather_rows(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> byte
     return out.tobytes()
 
 
+def _without_resumes(data: bytes) -> Optional[tuple[bytes, list[tuple[int, int]]]]:
+    """The file less its resume markers, and where they were (``latest_attempt``'s resumes); None when a line
+    that names the marker key is not a marker (the careful path then reads the file)."""
+    if RESUME_NEEDLE not in data:
+        return data, []
+    lines = data.split(b"\n")
+    kept: list[bytes] = []
+    resumes: list[tuple[int, int]] = []
+    for line in lines:
+        if RESUME_NEEDLE in line:
+            try:
+                step = resume_step(json.loads(line))
+            except ValueError:
+                return None
+            if step is None:
+                return None
+            resumes.append((len(kept), step))
+        else:
+            kept.append(line)
+    return b"\n".join(kept), resumes
+
+
 def _fast_columns(data: bytes) -> Optional[_Columns]:
-    """The columns of a file of flat JSON objects, one per line, each holding every fast key once as a number,
-    found by vectorised scanning; None when the file is anything else (the careful path then reads it)."""
+    """The columns of a file of flat JSON objects, one per line, each holding every fast key once as a number
+    (resume markers aside), found by vectorised scanning; None when the file is anything else (the careful
+    path then reads it)."""
     if not data.endswith(b"\n"):
+        return None
+    stripped = _without_resumes(data)
+    if stripped is None:
+        return None
+    data, resumes = stripped
+    if not data:
         return None
     buf = np.frombuffer(data, np.uint8)
     ends = np.flatnonzero(buf == _NEWLINE)
@@ -324,7 +355,7 @@ def _fast_columns(data: bytes) -> Optional[_Columns]:
         return None
     if not np.array_equal(numbers[0], np.round(numbers[0])):
         return None
-    return _Columns(numbers, rows, val, val_logged)
+    return _Columns(numbers, rows, val, val_logged, resumes)
 
 
 def _number(value) -> float:
@@ -335,7 +366,10 @@ def _number(value) -> float:
 
 def _careful_columns(data: bytes, issues: list[str]) -> Optional[_Columns]:
     """Line by line with json.loads; bad lines are dropped and reported in ``issues``."""
-    rows, texts, bad = [], [], []
+    rows: list[tuple[float, float, float, float, float, bool]] = []
+    texts: list[str] = []
+    bad: list[str] = []
+    resumes: list[tuple[int, int]] = []
     lines = data.split(b"\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -348,6 +382,9 @@ def _careful_columns(data: bytes, issues: list[str]) -> Optional[_Columns]:
             continue
         if not isinstance(record, dict):
             bad.append(f"line {number}: not a JSON object")
+            continue
+        if (resumed := resume_step(record)) is not None:
+            resumes.append((len(rows), resumed))
             continue
         missing = [k for k in REQUIRED_KEYS if k not in record]
         if missing:
@@ -386,6 +423,7 @@ def _careful_columns(data: bytes, issues: list[str]) -> Optional[_Columns]:
         ("\n".join(texts) + "\n").encode(),
         np.array([r[4] for r in rows]),
         np.array([r[5] for r in rows], dtype=bool),
+        resumes,
     )
 
 
@@ -408,13 +446,18 @@ def parse_metrics(
         return out
     columns = _fast_columns(data) or _careful_columns(data, out.issues)
     if columns is None:
-        out.error = f"{METRICS_FILE} has no valid record ({out.issues[0]})"
+        out.error = f"{METRICS_FILE} has no valid record" + (f" ({out.issues[0]})" if out.issues else "")
         return out
     step = columns.numbers[0].astype(np.int64)
-    keep = latest_attempt(step)
+    keep, backwards = latest_attempt(step, columns.resumes)
     rows = columns.rows
+    if backwards:
+        out.issues.append(f"{backwards} record(s) whose step went back with no resume marker: skipped")
+    if len(keep) < len(step) - backwards:
+        out.issues.append(
+            f"{len(step) - backwards - len(keep)} record(s) repeated by a resume: kept the latest attempt's"
+        )
     if len(keep) < len(step):
-        out.issues.append(f"{len(step) - len(keep)} record(s) repeated by a resume: kept the latest attempt's")
         lines = rows.split(b"\n")
         rows = b"".join(lines[i] + b"\n" for i in keep.tolist())
     tokens, flops, loss = (columns.numbers[k][keep] for k in (1, 2, 3))
@@ -447,7 +490,7 @@ def _last_record(data: bytes) -> Optional[dict]:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict):
+        if isinstance(record, dict) and resume_step(record) is None:
             return record
     return None
 

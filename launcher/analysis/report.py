@@ -40,6 +40,8 @@ from launcher.analysis.fitting import (
 from launcher.analysis.spent import Spent, plot_spent, sweep_spent, threshold_text
 from launcher.files import atomic_write
 from launcher.numbers import percent, sci, si
+from launcher.run.faults import Fault, run_faults
+from launcher.run.state import read_state
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.txt"
@@ -633,8 +635,30 @@ def _spent(spent: list[Spent]) -> str:
     )
 
 
+def _faults(faults: Sequence[tuple[str, list[Fault]]]) -> str:
+    rows = [
+        f'<tr><td class="l">{_e(name)}</td><td class="l">{f.kind}</td><td>{"" if f.attempt is None else f.attempt}</td>'
+        f'<td>{"" if f.step is None else f.step}</td><td class="l">{_e(f.where)}</td>'
+        f"<td>{'' if f.skipped is None else f'[{f.skipped[0]}, {f.skipped[1]})'}</td></tr>"
+        for name, found in faults
+        for f in found
+    ]
+    if not rows:
+        return '<p class="meta">No run hung or rewound.</p>'
+    return (
+        '<div class="scroll"><table><tr><th class="l">run</th><th class="l">fault</th><th>attempt</th><th>step</th>'
+        f'<th class="l">where</th><th>data steps skipped</th></tr>{"".join(rows)}</table></div>'
+    )
+
+
 def render_html(
-    sweep_dir: Path, collected: Collected, fit: dict, plots: list[Plot], summary: list[str], spent: Sequence[Spent] = ()
+    sweep_dir: Path,
+    collected: Collected,
+    fit: dict,
+    plots: list[Plot],
+    summary: list[str],
+    spent: Sequence[Spent] = (),
+    faults: Sequence[tuple[str, list[Fault]]] = (),
 ) -> str:
     rec = trusted_recommendation(fit) or fit.get("recommendation") or {}
     inputs = fit.get("inputs") or {}
@@ -709,6 +733,11 @@ def render_html(
         _ledger(flop_ledger(collected)),
         "<h3>Compute spent</h3>",
         _spent(list(spent)),
+        "<h2>Hangs and rewinds</h2>",
+        '<p class="meta">Hangs: ranks silent for cluster.hang_timeout_s, killed and retried from the last '
+        "checkpoint. Rewinds: a streak of loss spikes, undone by going back to the checkpoint before it and "
+        "skipping the data read since.</p>",
+        _faults(faults),
     ]
     if collected.skipped or collected.warnings:
         parts.append("<h2>Collection notes</h2>")
@@ -760,7 +789,9 @@ def write_report(
     summary = summary_lines(fit)
     atomic_write(sweep_dir / SUMMARY_FILE, "\n".join(summary) + "\n")
     path = sweep_dir / REPORT_FILE
-    atomic_write(path, render_html(sweep_dir, collected, fit, plots, summary, spent))
+    states = [(r.name, read_state(r.meta.run_dir, warn=True)) for r in collected.runs]
+    faults = [(name, run_faults(state.to_json() if state else None)) for name, state in states]
+    atomic_write(path, render_html(sweep_dir, collected, fit, plots, summary, spent, faults))
     log_summary_run(sweep_dir, fit, flop_ledger(collected), {p.name: p.path for p in plots if p.path}, wandb_mode)
     return path
 

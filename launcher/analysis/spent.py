@@ -1,11 +1,10 @@
 """What a sweep's compute actually paid for: every attempt of every run, evaluations and calibration runs.
 
-metrics.jsonl keeps every attempt's records (``launcher.run.metrics``): an attempt starts where the
-step goes back (a resume repeats the steps after its checkpoint), so the FLOPs an attempt computed are
-its last record's cumulative FLOPs less those at the step it started from. That step is one logging
-interval before the attempt's first record (checkpoints fall on logged steps); steps an attempt
-computed after its last record and never logged (a kill between two records) are not counted, at most
-one logging interval per attempt. The *useful* FLOPs are those of the curve the latest attempts left.
+metrics.jsonl keeps every attempt's records (``launcher.run.metrics``): an attempt starts at a resume
+marker, which names the step it continues from (a resume repeats the steps after its checkpoint), so
+the FLOPs an attempt computed are its last record's cumulative FLOPs less those at that step; steps an
+attempt computed after its last record and never logged (a kill between two records) are not counted, at
+most one logging interval per attempt. The *useful* FLOPs are those of the curve the latest attempts left.
 
 Evaluation is a forward pass (a third of a training step's FLOPs per token) over ``val_batches``
 micro-batches on every rank, once per logged ``val_loss``. Calibration runs (``<sweep>/calibration/``)
@@ -16,13 +15,13 @@ writes), fine-tuning and inference after the sweep.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from launcher.run.metrics import METRICS_FILE
+from launcher.run.metrics import METRICS_FILE, read_attempts
+from launcher.run.state import RunState, read_state
 
 CALIBRATION_DIR = "calibration"
 FORWARD_SHARE = 1.0 / 3.0  # a forward pass of a training step's FLOPs (backward is twice the forward)
@@ -50,40 +49,13 @@ class Spent:
         return self.training + self.evaluation
 
 
-def read_records(path: Path) -> list[dict]:
-    """Every record of every attempt in file order; torn lines (a kill mid-write) skipped."""
-    records: list[dict] = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return records
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record.get("flops") is not None:
-            records.append(record)
-    return records
-
-
-def attempts(records: list[dict]) -> list[list[dict]]:
-    """The records split where the step goes back: one list per attempt that logged anything."""
-    out: list[list[dict]] = []
-    for record in records:
-        if not out or record["step"] <= out[-1][-1]["step"]:
-            out.append([])
-        out[-1].append(record)
-    return out
-
-
 def _evaluation_flops(run_dir: Path, records: list[dict], flops_per_token: float) -> float:
     """Forward FLOPs of every logged evaluation, from the run's config.yaml and state.json (0 without them)."""
     import yaml
 
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        world = json.loads((run_dir / "state.json").read_text()).get("world_size") or 1
+        world = (read_state(run_dir, warn=True) or RunState()).world_size or 1
         train = config["train"]
         tokens = train["val_batches"] * train["micro_batch_size"] * config["model"].get("seq_len", 1)  # CLIP: 1
     except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
@@ -94,21 +66,21 @@ def _evaluation_flops(run_dir: Path, records: list[dict], flops_per_token: float
 
 def spent_of(run_dir: Path, name: str, kind: str = "run") -> Optional[Spent]:
     """A run's compute from its metrics.jsonl; None when it logged nothing."""
-    records = read_records(run_dir / METRICS_FILE)
-    if not records:
+    path = run_dir / METRICS_FILE
+    found = read_attempts(path) if path.exists() else []
+    tries = [(start, kept) for start, records in found if (kept := [r for r in records if r.get("flops") is not None])]
+    if not tries:
         return None
-    tries = attempts(records)
-    gaps = [b["step"] - a["step"] for t in tries for a, b in zip(t, t[1:])]
-    gap = min(gaps, default=1)
+    records = [r for _, t in tries for r in t]
     last = max(records, key=lambda r: r["step"])
     per_step = last["flops"] / last["step"] if last["step"] else 0.0
-    training = sum(t[-1]["flops"] - max(0, t[0]["step"] - gap) * per_step for t in tries)
+    training = sum(t[-1]["flops"] - start * per_step for start, t in tries)
     per_token = last["flops"] / last["tokens"] if last.get("tokens") else 0.0
     return Spent(
         name,
         kind,
         len(tries),
-        float(tries[-1][-1]["flops"]),
+        float(tries[-1][1][-1]["flops"]),
         float(training),
         _evaluation_flops(run_dir, records, per_token),
     )

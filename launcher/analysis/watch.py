@@ -35,10 +35,10 @@ from launcher.analysis.wandb_sync import offline_run_dirs
 from launcher.errors import UserError
 from launcher.files import atomic_write_json
 from launcher.numbers import si
-from launcher.policy import FINAL, STATUS_STATES
+from launcher.policy import FINAL
 from launcher.run.metrics import METRICS_FILE, read_metrics
+from launcher.run.state import RunState, read_state
 from launcher.run.stragglers import consistent_straggler
-from launcher.sweep.jobdb import read_state_file
 
 MARKER = "ladder-synced.json"
 WATCH_DIR = "watch"
@@ -66,25 +66,25 @@ class RunView:
 
     @classmethod
     def read(cls, run_dir: Path, now: float) -> RunView:
-        state = read_state_file(run_dir) or {}
+        state = read_state(run_dir, warn=True) or RunState()
         metrics = run_dir / METRICS_FILE
         records = read_metrics(metrics) if metrics.exists() else []
         last = records[-1] if records else {}
-        step, total = state.get("step"), state.get("total_steps")
+        step, total = state.step, state.total_steps
         speed = last.get("tokens_per_s")
         per_step = last["tokens"] / last["step"] if last.get("step") else None
         eta = (
             (total - step) * per_step / speed
-            if speed and per_step and total is not None and step is not None and state.get("status") == "running"
+            if speed and per_step and total is not None and step is not None and state.status == "running"
             else None
         )
         mtimes = [p.stat().st_mtime for p in (run_dir / "state.json", metrics) if p.exists()]
         return cls(
             run_dir.name,
-            state.get("status") or "planned",
+            state.status or "planned",
             step,
             total,
-            state.get("tokens"),
+            state.tokens,
             last.get("train_loss"),
             speed,
             eta,
@@ -236,10 +236,10 @@ def writer_ended(folder: Path) -> bool:
     """No process will write the offline run folder again: its run finished, a later attempt of the run
     writes a newer folder, or it is the sweep's summary run (written whole by the report)."""
     run_dir = folder.parent.parent
-    state = read_state_file(run_dir)
+    state = read_state(run_dir, warn=True)
     if state is None:
         return True
-    return folder != max(run_dir.glob("wandb/offline-run-*")) or STATUS_STATES.get(state.get("status")) in FINAL
+    return folder != max(run_dir.glob("wandb/offline-run-*")) or state.state in FINAL
 
 
 def mark_synced(folder: Path, synced_at: float) -> None:

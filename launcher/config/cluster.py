@@ -75,6 +75,9 @@ class NodeShape(_Checks):
     gpus_per_task: Annotated[int, Range(ge=0)] = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device_peak_flops: Optional[Annotated[float, Range(gt=0)]] = None  # dense peak per device at `precision`, for MFU
+    device_memory_bytes: Optional[Annotated[float, Range(gt=0)]] = None  # memory of one device (HBM; a CPU
+    # "device": its share of the node's RAM), for the refusal of runs that cannot fit (launcher/run/memory.py);
+    # null: unknown, not checked
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,11 +111,20 @@ class Launch(_Checks):
     # `ladder watch` syncs from a login node
     hang_timeout_s: Optional[float] = None  # a rank silent this long is hung (launcher/run/heartbeat.py);
     # default: 10 x the run's median step time, at least 5 minutes
+    heartbeat_interval_s: Annotated[float, Range(ge=0)] = 10.0  # a rank rewrites its heartbeat file at most
+    # this often (and at every resume, checkpoint and rewind); 0: after every step. 10 s: a file write with
+    # fsync per rank every 10 s is nothing to a parallel file system, and adds at most 10 s to finding a hang
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.hang_timeout_s is not None and self.hang_timeout_s <= 0:
             raise ValueError(f"cluster.hang_timeout_s: must be > 0 seconds, got {self.hang_timeout_s}")
+        if self.hang_timeout_s is not None and self.hang_timeout_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"cluster.hang_timeout_s: must be at least 2 x cluster.heartbeat_interval_s "
+                f"({self.heartbeat_interval_s} s: a healthy rank's last beat may be that old), "
+                f"got {self.hang_timeout_s}"
+            )
         if self.step_launcher == "torchrun" and not self.allows_torchrun:
             raise ValueError("cluster.step_launcher: this site forbids torchrun (cluster.allows_torchrun is false)")
 

@@ -1,17 +1,22 @@
 """Heartbeats: how whoever supervises the ranks of a run tells a hung rank from a slow one.
 
-Each rank replaces ``<run_dir>/heartbeat/rank<k>.json`` atomically after every optimizer step (a
-``Beat``: step, time, host, pid and the rank's median step time so far). A rank stuck in a collective
+Each rank replaces ``<run_dir>/heartbeat/rank<k>.json`` atomically (a ``Beat``: step, time, host, pid
+and the rank's median step time so far) after an optimizer step, at most every
+``cluster.heartbeat_interval_s`` and at every resume, checkpoint and rewind (so a hung run's last beat is
+never older than its last checkpoint, and the hang's step bounds the work lost). A rank stuck in a collective
 or on a file system stops beating; its peers stop too, a step later, inside the collective it never
 joins. To tell the one from the others, a thread of each rank also touches ``rank<k>.alive`` every
 ALIVE_EVERY_S: a process that is stopped, or stuck in the kernel, stops touching it, while a rank merely
 waiting in a collective keeps touching it.
 
-The supervisor (``launcher.run.local_launch``) clears the folder before it starts the ranks and watches it
-with ``HangWatch``: once any rank has beaten, the attempt is hung when a rank's last beat (or, before its
-first, the first beat of any rank: start-up is the rendezvous timeout's business) is older than the
-timeout. The stuck ranks are those no longer alive, else (every rank waits on every other) those at the
-lowest step. The attempt is then recorded as hung in ``state.json`` (``record_hang``) and retried.
+The supervisor clears the folder as the ranks start and watches it with ``HangWatch``: once any rank has
+beaten, the attempt is hung when a rank's last beat (or, before its first, the first beat of any rank:
+start-up is the rendezvous timeout's business) is older than the timeout. The stuck ranks are those no
+longer alive, else (every rank waits on every other) those at the lowest step. Once the ranks are killed
+the attempt is recorded as hung in ``state.json`` (``record_hang``) and retried. Two supervisors: ``ladder
+train nproc=N`` (``launcher.run.local_launch``) kills its own ranks; in a batch job the lane shell
+(launcher/schedulers/lane.sh.j2) starts ``ladder hang-watch`` beside each step (``watch_step``), which says
+when and where the step hung, the lane kills the step the scheduler's way, and the watcher records it.
 """
 
 from __future__ import annotations
@@ -20,16 +25,21 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import socket
 import statistics
+import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
+from launcher.arguments import command_parser
 from launcher.files import atomic_write, atomic_write_json
-from launcher.policy import ExitCode, ending
+from launcher.locks import forget_dead_holder
+from launcher.policy import JOB_ATTEMPT_ENV, ExitCode, ending
+from launcher.run.state import read_state, state_path
 
 HEARTBEAT_DIR = "heartbeat"
 TIMEOUT_FACTOR = 10.0  # default timeout: this many median step times ...
@@ -37,6 +47,7 @@ TIMEOUT_FLOOR_S = 300.0  # ... but never less (a checkpoint or a validation pass
 WINDOW = 64  # step times each rank keeps for its median
 ALIVE_EVERY_S = 2.0  # how often a rank's thread touches its alive file
 ALIVE_STALE_S = 5 * ALIVE_EVERY_S  # an alive file older than this: the process no longer runs
+WATCH_EVERY_S = 1.0  # how often a supervisor reads the heartbeats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,13 +89,15 @@ def alive_age(run_dir: Path, rank: int, now: float) -> float:
 
 
 class Heartbeat:
-    """One rank's writer; the time between beats of consecutive steps is its step time. ``close`` ends
-    the alive thread (before the interpreter finalizes)."""
+    """One rank's writer; the time between beats of consecutive steps is its step time. It writes at most
+    every ``interval_s`` unless a beat is a milestone. ``close`` ends the alive thread (before the
+    interpreter finalizes)."""
 
-    def __init__(self, run_dir: Path, rank: int):
+    def __init__(self, run_dir: Path, rank: int, interval_s: float = 0.0):
         self.path = beat_path(run_dir, rank)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank, self.host, self.pid = rank, socket.gethostname(), os.getpid()
+        self.interval_s, self.written = interval_s, -math.inf
         self.step_times: deque[float] = deque(maxlen=WINDOW)
         self.last: Optional[tuple[int, float]] = None
         self.closed = threading.Event()
@@ -103,11 +116,15 @@ class Heartbeat:
         self.closed.set()
         self.thread.join()
 
-    def beat(self, step: int) -> None:
+    def beat(self, step: int, milestone: bool = False) -> None:
+        """Step ``step`` is done; written now if it is a ``milestone`` or the interval has passed."""
         now = time.time()
         if self.last is not None and step == self.last[0] + 1:
             self.step_times.append(now - self.last[1])
         self.last = (step, now)
+        if not milestone and now - self.written < self.interval_s:
+            return
+        self.written = now
         median = statistics.median(self.step_times) if self.step_times else None
         atomic_write_json(self.path, dataclasses.asdict(Beat(self.rank, step, now, self.host, self.pid, median)))
 
@@ -169,16 +186,16 @@ class HangWatch:
         return [b.pid for b in read_beats(self.run_dir).values()]
 
 
-def record_hang(run_dir: Path, stuck: list[Stuck]) -> dict:
+def record_hang(run_dir: Path, stuck: list[Stuck], attempt: Optional[int]) -> dict:
     """Mark the attempt hung in ``state.json`` (its ranks are dead, so nothing else writes it); the hang
-    joins the run's ``hangs`` list, which later attempts carry on."""
-    path = Path(run_dir) / "state.json"
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        state = {}
+    joins the run's ``hangs`` list, which later attempts carry on. ``attempt``: which try of the ranks
+    hung (``ladder train nproc=N``'s own count, or in a batch job the step's start in its job)."""
+    earlier = read_state(run_dir, warn=True)
+    state = earlier.to_json() if earlier else {}
     now = time.time()
     hang: dict[str, Any] = {
+        "attempt": attempt,
+        "job_key": state.get("job_key"),
         "ranks": [s.rank for s in stuck],
         "hosts": sorted({s.host for s in stuck if s.host}),
         "step": min((s.step for s in stuck if s.step is not None), default=None),
@@ -195,5 +212,73 @@ def record_hang(run_dir: Path, stuck: list[Stuck]) -> dict:
         finished_at=now,
         message=f"rank(s) {', '.join(map(str, hang['ranks']))} sent no heartbeat for {hang['silent_s']} s",
     )
-    atomic_write(path, json.dumps(state, indent=1) + "\n")
+    atomic_write(state_path(run_dir), json.dumps(state, indent=1) + "\n")
     return hang
+
+
+def describe(hang: dict) -> str:
+    """One line on a recorded hang, for the supervisor's log."""
+    return (
+        f"hung: rank(s) {hang['ranks']} on {hang['hosts'] or 'unknown hosts'} sent no heartbeat for "
+        f"{hang['silent_s']} s (step {hang['step']}); ranks killed"
+    )
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone (or ended, and its pid now someone else's)
+        return False
+    return True
+
+
+def watch_step(watch: HangWatch, pid: int, out: TextIO = sys.stdout) -> int:
+    """Watch the ranks of the job step ``pid`` (its launcher, srun or jsrun) until it ends: 0 when it ends
+    unhung; ExitCode.HUNG when a rank goes silent. Then the hosts of the stuck ranks go to ``out`` as one
+    comma-separated line (empty when unknown), which tells the lane shell to kill the step; once the step
+    is gone the hang is recorded and the dead rank 0's run_dir lock record cleared (the retry may start on
+    another node), unless the run ended by itself meanwhile (its state.json no longer says running: a
+    checkpoint on the walltime warning, the last step), then 0."""
+    clear(watch.run_dir)
+    while running(pid):
+        stuck = watch.stuck()
+        if stuck:
+            print(",".join(sorted({s.host for s in stuck if s.host})), file=out, flush=True)
+            while running(pid):
+                time.sleep(WATCH_EVERY_S / 10)
+            if status(watch.run_dir) not in (None, "running"):
+                return 0
+            holder = read_beats(watch.run_dir).get(0)  # rank 0 holds the run_dir's lock
+            if holder is not None:
+                forget_dead_holder(watch.run_dir, holder.pid, holder.host)
+            attempt = os.environ.get(JOB_ATTEMPT_ENV, "")  # the lane shell's, as the run's state.json has it
+            hang = record_hang(watch.run_dir, stuck, int(attempt) if attempt.isdigit() else None)
+            print(f"ladder hang-watch: {watch.run_dir}: {describe(hang)}", file=sys.stderr, flush=True)
+            return int(ExitCode.HUNG)
+        time.sleep(WATCH_EVERY_S)
+    return 0
+
+
+def status(run_dir: Path) -> Optional[str]:
+    """The run's state.json status; None without a readable one."""
+    state = read_state(run_dir, warn=True)
+    return state.status if state else None
+
+
+def watch_main(argv: list[str]) -> int:
+    """``ladder hang-watch --pid PID --ranks N --run-dir DIR [--timeout-s S]``: ``watch_step`` for the lane
+    shells. The walltime warning LSF sends to every process of the job (USR2) is not this one's to act on."""
+    parser = command_parser(
+        "ladder hang-watch",
+        "watch the heartbeats of one job step's ranks; a lane shell starts it beside each step",
+        overrides_help=None,
+    )
+    parser.add_argument("--pid", type=int, required=True, help="the step launcher's process (srun, jsrun)")
+    parser.add_argument("--ranks", type=int, required=True, help="ranks of the step")
+    parser.add_argument("--run-dir", required=True, help="the run's folder (its heartbeat/ and state.json)")
+    parser.add_argument(
+        "--timeout-s", type=float, default=None, help="cluster.hang_timeout_s (default: from step times)"
+    )
+    args = parser.parse(argv)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    return watch_step(HangWatch(Path(args.run_dir), args.ranks, args.timeout_s), args.pid)

@@ -8,7 +8,7 @@ mpirun, which would otherwise kill the ranks a few seconds later, before their c
 
 With a ``HangWatch`` the supervisor also reads the ranks' heartbeats (``launcher.run.heartbeat``): a rank
 silent for the hang timeout gets every rank killed, the attempt recorded as hung in ``state.json``, and,
-while ``retries`` are left, the ranks started again, resuming from the run's last checkpoint.
+while ``tries`` are left, the ranks started again, resuming from the run's last checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from launcher.run.heartbeat import HangWatch
 
 GRACE_S = 30.0  # after one rank fails, how long the others may take to notice before they are killed
 FORWARDED = (signal.SIGTERM, signal.SIGUSR2)
-WATCH_EVERY_S = 1.0  # how often the supervisor reads the heartbeats
 
 
 def threads_per_rank(nproc: int, env: Mapping[str, str] = os.environ) -> str:
@@ -60,26 +59,29 @@ def launch(
     command: Sequence[str],
     step_launcher: str = "local",
     watch: Optional[HangWatch] = None,
-    retries: int = 0,
+    tries: int = 1,
 ) -> int:
-    """Run ``command`` as ``nproc`` ranks on this machine; the exit code the ranks agreed on. An attempt
-    that hangs (``watch``) is started again up to ``retries`` times; ExitCode.HUNG once none are left."""
-    for attempt in range(retries + 1):
+    """Run ``command`` as ``nproc`` ranks on this machine; the exit code the ranks agreed on. The ranks
+    start at most ``tries`` times (cluster.max_retries: as many as a lane shell gives a run), again only
+    after a hang (``watch``); ExitCode.HUNG when the last try hung too."""
+    for attempt in range(1, tries + 1):
         if watch is not None:
             heartbeat.clear(watch.run_dir)
-        code = start_ranks(nproc, command, step_launcher, watch)
-        if code != ExitCode.HUNG or attempt == retries:
+        code = start_ranks(nproc, command, step_launcher, watch, attempt)
+        if code != ExitCode.HUNG or attempt == tries:
             return code
         print(
-            f"ladder train: retrying the hung run from its last checkpoint ({attempt + 1} of {retries})",
+            f"ladder train: retrying the hung run from its last checkpoint (try {attempt + 1} of {tries})",
             file=sys.stderr,
             flush=True,
         )
     return code
 
 
-def start_ranks(nproc: int, command: Sequence[str], step_launcher: str, watch: Optional[HangWatch]) -> int:
-    """One attempt: the ranks, started and supervised.
+def start_ranks(
+    nproc: int, command: Sequence[str], step_launcher: str, watch: Optional[HangWatch], attempt: int = 1
+) -> int:
+    """One attempt (the ``attempt``-th try of the ranks): the ranks, started and supervised.
 
     ``step_launcher`` (cluster.step_launcher): "torchrun" asks for plain processes with torchrun's
     variables, "mpirun" insists on Open MPI, anything else takes mpirun when it is usable.
@@ -101,7 +103,9 @@ def start_ranks(nproc: int, command: Sequence[str], step_launcher: str, watch: O
             "OMP_NUM_THREADS",
             *command,
         ]
-        return supervise([subprocess.Popen(command, env=env)], {signal.SIGTERM: signal.SIGUSR2}, watch=watch)
+        return supervise(
+            [subprocess.Popen(command, env=env)], {signal.SIGTERM: signal.SIGUSR2}, watch=watch, attempt=attempt
+        )
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -117,7 +121,7 @@ def start_ranks(nproc: int, command: Sequence[str], step_launcher: str, watch: O
             MASTER_PORT=str(port),
         )
         procs.append(subprocess.Popen(list(command), env=rank_env))
-    return supervise(procs, {}, watch=watch)
+    return supervise(procs, {}, watch=watch, attempt=attempt)
 
 
 def supervise(
@@ -125,9 +129,11 @@ def supervise(
     translate: dict[int, int],
     grace_s: float = GRACE_S,
     watch: Optional[HangWatch] = None,
+    attempt: int = 1,
 ) -> int:
     """Forward signals, wait for every process; the first non-zero exit code wins (128+n for signal n).
-    A hung rank (``watch``) ends the attempt: every rank is killed and the exit code is ExitCode.HUNG."""
+    A hung rank (``watch``) ends the attempt: every rank is killed, the hang recorded as the
+    ``attempt``-th try's, and the exit code is ExitCode.HUNG."""
 
     def forward(signum, _frame):
         for proc in procs:
@@ -139,11 +145,11 @@ def supervise(
     try:
         first_failure, failed_at, watched_at = 0, None, time.monotonic()
         while any(proc.poll() is None for proc in procs):
-            if watch is not None and time.monotonic() - watched_at >= WATCH_EVERY_S:
+            if watch is not None and time.monotonic() - watched_at >= heartbeat.WATCH_EVERY_S:
                 watched_at = time.monotonic()
                 stuck = watch.stuck()
                 if stuck:
-                    end_hung(procs, watch, stuck)
+                    end_hung(procs, watch, stuck, attempt)
                     return int(ExitCode.HUNG)
             for proc in procs:
                 code = proc.poll()
@@ -161,7 +167,7 @@ def supervise(
             signal.signal(sig, handler)
 
 
-def end_hung(procs: list[subprocess.Popen], watch: HangWatch, stuck: list[heartbeat.Stuck]) -> None:
+def end_hung(procs: list[subprocess.Popen], watch: HangWatch, stuck: list[heartbeat.Stuck], attempt: int) -> None:
     """Kill every rank (a stopped one too: SIGKILL needs no cooperation), then record the hang."""
     for pid in watch.pids():
         try:
@@ -172,10 +178,5 @@ def end_hung(procs: list[subprocess.Popen], watch: HangWatch, stuck: list[heartb
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    hang = heartbeat.record_hang(watch.run_dir, stuck)
-    print(
-        f"ladder train: hung: rank(s) {hang['ranks']} on {hang['hosts'] or 'unknown hosts'} sent no heartbeat "
-        f"for {hang['silent_s']} s (step {hang['step']}); ranks killed",
-        file=sys.stderr,
-        flush=True,
-    )
+    hang = heartbeat.record_hang(watch.run_dir, stuck, attempt)
+    print(f"ladder train: {heartbeat.describe(hang)}", file=sys.stderr, flush=True)

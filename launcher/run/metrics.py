@@ -11,9 +11,13 @@ was over the spike bound), ``rewinds`` and ``data_offset`` (rewinds so far and t
 (CLIP: ``zero_shot_acc``). Non-finite values are written as null. W&B gets the numbers.
 
 The file is append-only and the source of truth. A resumed run starts again after its checkpoint, so
-steps logged after that checkpoint by the interrupted attempt appear twice: ``latest_attempt`` is the one
-rule every reader applies (``read_metrics`` here, ``launcher.analysis.collect``'s vectorised reader): keep the records
-of the latest attempt (a step that goes back starts a new attempt and drops what it repeats).
+steps logged after that checkpoint by the interrupted attempt appear twice. The runtime says so: an attempt
+that starts with the file already there (a resume, or a restart from step 0), and a rewind past loss spikes,
+first append a resume marker, ``{"resumed_from": <step it continues from>, "time": ...}``. ``latest_attempt``
+is the one rule every reader applies (``read_metrics`` here, ``launcher.analysis.collect``'s vectorised
+reader): a marker drops the earlier records past its step (the latest attempt's record of a step wins),
+and a record whose step does not go forward without a marker before it (a stray or hand-appended line)
+is skipped and counted, never a reason to rewrite the curve around it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +37,8 @@ if TYPE_CHECKING:
     from launcher.config.run import WandbMode
 
 METRICS_FILE = "metrics.jsonl"
+RESUME_KEY = "resumed_from"  # the key of a resume marker line
+RESUME_NEEDLE = json.dumps(RESUME_KEY).encode()  # a file without it holds no marker
 
 
 class MetricsLog:
@@ -47,27 +54,86 @@ class MetricsLog:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def mark_resume(self, step: int) -> None:
+        """The records after this line continue from ``step`` (see the module docstring)."""
+        self.append({RESUME_KEY: int(step), "time": time.time()})
 
-def latest_attempt(steps: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Indices, in file order, of the records the latest attempts wrote: a record is dropped when a later
-    one's step is not after it (a resume logs again the steps after its checkpoint)."""
-    step = np.asarray(steps)
-    later_min = np.minimum.accumulate(step[::-1])[::-1]
-    keep = np.ones(len(step), dtype=bool)
-    keep[:-1] = step[:-1] < later_min[1:]
-    return np.flatnonzero(keep)
+
+def resume_step(record: Any) -> Optional[int]:
+    """The step a resume marker continues from, or None when ``record`` is not a marker."""
+    if not isinstance(record, dict) or "step" in record:
+        return None
+    step = record.get(RESUME_KEY)
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def latest_attempt(
+    steps: Sequence[int] | np.ndarray, resumes: Sequence[tuple[int, int]] = ()
+) -> tuple[np.ndarray, int]:
+    """Indices, in file order (and so in step order), of the records that make the curve, and how many were
+    skipped because their step did not go forward with no resume marker before them.
+
+    ``resumes``: (position, step) of each marker, in file order; position is the index of the record that
+    follows it. Between markers a record counts only when its step is past every step before it (and past
+    the marker's step); a marker drops the earlier records past its step (the latest attempt's wins)."""
+    step = np.asarray(steps, dtype=np.int64)
+    n = len(step)
+    keep = going_forward(step, resumes)
+    backwards = n - int(keep.sum())
+    if resumes:
+        marker_steps = np.array([k for _, k in resumes], dtype=np.int64)
+        limit = np.r_[np.minimum.accumulate(marker_steps[::-1])[::-1], np.iinfo(np.int64).max]
+        segment_of = np.searchsorted(np.array([i for i, _ in resumes]), np.arange(n), side="right")
+        keep &= step <= limit[segment_of]
+    return np.flatnonzero(keep), backwards
+
+
+def going_forward(step: np.ndarray, resumes: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Which records step past every record before them since the last resume marker (and past its step)."""
+    starts = [0, *(i for i, _ in resumes), len(step)]
+    keep = np.zeros(len(step), dtype=bool)
+    for segment, floor in enumerate([-1, *(k for _, k in resumes)]):
+        part = step[starts[segment] : starts[segment + 1]]
+        if len(part):
+            keep[starts[segment] : starts[segment + 1]] = part > np.maximum.accumulate(np.r_[floor, part[:-1]])
+    return keep
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The curve of a run as its latest attempts wrote it (``latest_attempt``): one record per step, in step
-    order. A bad line (torn by a kill, not JSON, not an object, no integer ``step``) is skipped on its own,
-    never a reason to drop the lines around it; ``read_metrics_counted`` also says how many."""
+    order. A bad line (torn by a kill, not JSON, not an object, no integer ``step``, a step going back with
+    no resume marker) is skipped on its own, never a reason to drop the lines around it;
+    ``read_metrics_counted`` also says how many."""
     return read_metrics_counted(path)[0]
 
 
 def read_metrics_counted(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """``read_metrics`` and the number of bad lines it skipped."""
+    """``read_metrics`` and the number of lines it skipped as bad (resume markers are not bad lines)."""
+    records, resumes, bad = read_lines(path)
+    keep, backwards = latest_attempt([r["step"] for r in records], resumes)
+    return [records[i] for i in keep.tolist()], bad + backwards
+
+
+def read_attempts(path: Path) -> list[tuple[int, list[dict[str, Any]]]]:
+    """Every attempt that logged, as (the step it started from, its records in file order): what each one
+    computed, repeated steps included (``launcher.analysis.spent``). A resume marker starts an attempt;
+    lines ``read_metrics`` skips are skipped here too."""
+    records, resumes, _ = read_lines(path)
+    keep = going_forward(np.array([r["step"] for r in records], dtype=np.int64), resumes)
+    bounds = [(0, 0), *resumes, (len(records), -1)]
+    out = []
+    for (first, start), (stop, _) in zip(bounds, bounds[1:]):
+        kept = [records[i] for i in range(first, stop) if keep[i]]
+        if kept:
+            out.append((start, kept))
+    return out
+
+
+def read_lines(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, int]], int]:
+    """A metrics file's records (each an object with an integer step), its resume markers (index of the
+    record after each, its step) and the number of other lines (bad: cut, not JSON, no step)."""
     records: list[dict[str, Any]] = []
+    resumes: list[tuple[int, int]] = []
     bad = 0
     with open(path, "rb") as handle:
         for line in handle:
@@ -80,9 +146,11 @@ def read_metrics_counted(path: Path) -> tuple[list[dict[str, Any]], int]:
             step = record.get("step") if isinstance(record, dict) else None
             if isinstance(step, int) and not isinstance(step, bool):
                 records.append(record)
+            elif (resumed := resume_step(record)) is not None:
+                resumes.append((len(records), resumed))
             else:
                 bad += 1
-    return [records[i] for i in latest_attempt([r["step"] for r in records]).tolist()], bad
+    return records, resumes, bad
 
 
 def wandb_mode(mode: WandbMode, offline_compute: bool) -> WandbMode:

@@ -502,6 +502,16 @@ def _print_now(line: str) -> None:
     print(line, flush=True)
 
 
+def collective_device():
+    """Where the tensors of the joined group's collectives must live: the rank's GPU under NCCL, else the CPU."""
+    import torch
+    import torch.distributed as torch_dist
+
+    if torch_dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def connect(dist: DistEnv, backend: str, timeout_s: float, log: Callable[[str], None] = _print_now) -> None:
     """Join all ranks into torch.distributed's default group within ``timeout_s``, then one all-reduce."""
     import torch
@@ -534,10 +544,19 @@ def connect(dist: DistEnv, backend: str, timeout_s: float, log: Callable[[str], 
     # destroy_process_group, and with it its worker threads
     import torch.distributed.nn
 
+    device = None
+    if backend == "nccl":  # NCCL's collectives run on the rank's own GPU, chosen before the group exists
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
     torch_dist.init_process_group(
-        backend, store=store, rank=dist.rank, world_size=dist.world_size, timeout=COLLECTIVE_TIMEOUT
+        backend,
+        store=store,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        timeout=COLLECTIVE_TIMEOUT,
+        device_id=device,
     )
-    probe = torch.ones(1)
+    probe = torch.ones(1, device=collective_device())
     torch_dist.all_reduce(probe)
     if int(probe.item()) != dist.world_size:
         raise RuntimeError(f"rendezvous: pre-flight all-reduce gave {probe.item()}, expected {dist.world_size}")

@@ -22,8 +22,9 @@ rank-locally) every val_every steps and after the last step; the values logged a
 
 Files in ``run_dir`` (rank 0 writes all but the checkpoints):
   config.yaml      the resolved config, written once
-  metrics.jsonl    append-only curve, see ``launcher.run.metrics`` (a resumed run appends again from its
-                   checkpoint step + 1; readers keep the latest attempt's record per step)
+  metrics.jsonl    append-only curve, see ``launcher.run.metrics`` (a resumed or rewound run appends a resume
+                   marker, then again from its checkpoint step + 1; readers keep the latest attempt's record
+                   per step)
   checkpoints/     see ``launcher.run.checkpoint``; resume=true continues from the latest
   state.json       replaced atomically at start, every logged step, every checkpoint and at exit:
       status            "running" | "completed" | "diverged" | "requeue" | "failed"
@@ -44,10 +45,12 @@ Files in ``run_dir`` (rank 0 writes all but the checkpoints):
       started_at, updated_at, finished_at    unix seconds (finished_at null while running)
       rewinds           every rewind after loss spikes so far (from_step, to_step, spikes, skipped_data_steps,
                         data_offset, at), kept across attempts
-      hangs             every hang of the run so far (ranks, hosts, step, silent_s, at), kept across attempts;
+      hangs             every hang of the run so far (attempt, job_key, ranks, hosts, step, silent_s, at), kept
+                        across attempts;
                         an attempt its supervisor found hung ends with status "hung" and hung_ranks, hung_hosts
                         (``launcher.run.heartbeat``)
-  heartbeat/       rank<k>.json, each rank's step and time, replaced after every step (``launcher.run.heartbeat``)
+  heartbeat/       rank<k>.json, each rank's step and time, replaced at most every cluster.heartbeat_interval_s
+                   and at every resume, checkpoint and rewind (``launcher.run.heartbeat``)
 
 Exit codes (``ExitCode``): 0 completed, 1 failed, 2 bad input (the CLI's UserError), 3 diverged
 (non-finite training loss on any rank), 4 hung (set by the supervisor of the ranks), 75 requeue (SIGTERM
@@ -74,27 +77,36 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from launcher.arguments import command_parser
 from launcher.config.run import RunConfig, TrainConfig, load_run_config
 from launcher.errors import UserError
-from launcher.files import atomic_write, make_dir
-from launcher.identity import config_hash
-from launcher.locks import FolderLock
+from launcher.files import aside_path, atomic_write, make_dir
+from launcher.identity import config_hash, identity_changes
+from launcher.locks import LOCK_FILE, FolderLock
 from launcher.policy import JOB_ATTEMPT_ENV, JOB_KEY_ENV, ExitCode, ending
 from launcher.resources import ladder_argv
 from launcher.run import rendezvous, spikes, stragglers
 from launcher.run.checkpoint import Checkpointer, TrainState
 from launcher.run.heartbeat import HangWatch, Heartbeat
+from launcher.run.memory import check_model_states, check_step
 from launcher.run.metrics import MetricsLog, WandbMirror, wandb_mode
+from launcher.run.state import read_state, state_path
+
+FORCE_NEW = ("--force-new", "start the run over in a run_dir that holds another config (the old run is moved aside)")
 
 
 def main(argv: list[str]) -> int:
     stop = StopRequest()  # first: a signal during the slow imports is still honoured
-    run = load_run_config(list(argv))
+    args = command_parser("ladder train", "Train one run (nproc=N starts N local ranks).", [FORCE_NEW]).parse(argv)
+    argv = args.overrides  # the ranks and retries below resume what this process claimed: no --force-new
+    run = load_run_config(argv)
+    launched = rendezvous.discover(os.environ).world_size  # 1: no launcher; nproc=N starts the ranks here
+    check_fits(run, run.nproc if launched == 1 else launched)
     with run_dir_lock(run):
-        if run.nproc > 1 and rendezvous.discover(os.environ).world_size == 1:
+        claim_run_dir(run, args.force_new)
+        if run.nproc > 1 and launched == 1:
             from launcher.run import local_launch
 
-            BatchPlan.make(run.train, run.nproc, make_family(run).tokens_per_sample)  # one clear line, before any rank
             os.environ[LOCK_HELD_ENV] = str(Path(run_dir_of(run)).resolve())  # the ranks' own lock is ours
             watch = HangWatch(run_dir_of(run), run.nproc, run.cluster.hang_timeout_s)
             try:
@@ -103,7 +115,7 @@ def main(argv: list[str]) -> int:
                     [*ladder_argv(), "train", *argv],
                     run.cluster.step_launcher,
                     watch=watch,
-                    retries=run.cluster.max_retries,
+                    tries=run.cluster.max_retries,
                 )
             finally:
                 os.environ.pop(LOCK_HELD_ENV, None)
@@ -111,6 +123,69 @@ def main(argv: list[str]) -> int:
 
 
 LOCK_HELD_ENV = "SCALELADDER_RUN_DIR_LOCKED"  # set for the local ranks of a `ladder train nproc=N`
+
+
+def check_fits(run: RunConfig, world: int) -> None:
+    """Refuse, before any rank starts or any file is written, a run that cannot work: a global batch the
+    ranks cannot split, model states or a micro-batch beyond a device's memory (``launcher.run.memory``)."""
+    from models.family import family, model_config
+
+    entry, cfg = family(run.model["family"]), model_config(run.model)
+    BatchPlan.make(run.train, world, make_family(run).tokens_per_sample)
+    memory = run.cluster.device_memory_bytes
+    check_model_states(entry.param_counts(cfg)[0], world, memory, "model")
+    check_step(run.train.micro_batch_size, entry.kept_per_sample(cfg), run.train.precision, memory)
+
+
+CONFIG_FILE = "config.yaml"
+SHOWN_CHANGES = 6  # differing fields a refusal names before "and N more"
+
+
+def claim_run_dir(run: RunConfig, force_new: bool) -> None:
+    """A run_dir holds one run: the same resolved config resumes there; another one is refused in one line
+    naming the fields that differ (``identity_changes``: what decides the result; folders, names, W&B and
+    the cluster may change), unless ``--force-new``, which moves the old run's files into
+    ``<run_dir>.replaced-<unix time>/`` (nothing is deleted) and starts over. Only the process holding the
+    run_dir's lock moves anything; the other ranks of a multi-rank start only check."""
+    import yaml
+
+    run_dir = run_dir_of(run)
+    path = run_dir / CONFIG_FILE
+    try:
+        old = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        old = f"unreadable ({type(exc).__name__})"
+    changes = identity_changes(old, dataclasses.asdict(run)) if isinstance(old, dict) else [("config.yaml", old, "")]
+    if not changes:
+        return
+    if force_new:
+        if rendezvous.discover(os.environ).rank == 0:
+            set_run_aside(run_dir)
+        return
+    shown = ", ".join(f"{name} {_shown(a)} -> {_shown(b)}" for name, a, b in changes[:SHOWN_CHANGES])
+    more = f" and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
+    raise UserError(
+        f"run_dir: {str(run_dir)!r} holds a run of another config ({shown}{more}); pass --force-new to start "
+        "over there (the old run is moved aside) or give a new run_dir="
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def set_run_aside(run_dir: Path) -> Path:
+    """Move every file of the run (its lock stays, held by us) into a sibling folder; returns that folder."""
+    aside = aside_path(run_dir, "replaced")
+    aside.mkdir()
+    for entry in run_dir.iterdir():
+        if entry.name != LOCK_FILE:
+            entry.rename(aside / entry.name)
+    print(f"ladder train: --force-new: the old run in {run_dir} is now {aside}", file=sys.stderr, flush=True)
+    return aside
 
 
 def run_dir_of(run: RunConfig) -> Path:
@@ -381,7 +456,7 @@ class RunStateFile:
     """``state.json``: rank 0's account of the run for the job database (schema in the module docstring)."""
 
     def __init__(self, run_dir: Path, enabled: bool):
-        self.path = Path(run_dir) / "state.json"
+        self.path = state_path(run_dir)
         self.enabled = enabled
         now = time.time()
         self.state: dict[str, Any] = {
@@ -401,7 +476,7 @@ class RunStateFile:
             "started_at": now,
             "updated_at": now,
             "finished_at": None,
-            **(carried(self.path) if enabled else {}),
+            **(carried(run_dir) if enabled else {}),
         }
 
     def update(self, **fields: Any) -> None:
@@ -418,13 +493,10 @@ class RunStateFile:
 CARRIED = ("hangs", "rewinds")  # histories a new attempt's state.json keeps from the one before
 
 
-def carried(path: Path) -> dict[str, list]:
+def carried(run_dir: Path) -> dict[str, list]:
     """The earlier attempts' hangs and rewinds, from the state.json this attempt replaces."""
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
-        previous = {}
-    return {key: list(previous.get(key) or []) if isinstance(previous, dict) else [] for key in CARRIED}
+    previous = read_state(run_dir, warn=True)
+    return {key: list(getattr(previous, key)) if previous else [] for key in CARRIED}
 
 
 def job_step(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -538,13 +610,14 @@ class Trainer:
 
         run = self.cfg
         self.family, self.plan, self.engine = build_engine(run, self.rank, self.world)
+        self.comm_device = rendezvous.collective_device()
         self.schedule = Schedule.make(run.train)
         self.total_steps = run_steps(run.train)
         self.flops_per_token = self.family.flops_per_token()
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision, torch.float32)
         self.checkpointer = Checkpointer(self.run_dir, self.rank, tuple(run.train.checkpoint_steps))
         self.metrics = MetricsLog(self.run_dir)
-        self.heartbeat = Heartbeat(self.run_dir, self.rank)
+        self.heartbeat = Heartbeat(self.run_dir, self.rank, run.cluster.heartbeat_interval_s)
         train = run.train
         self.spikes = spikes.SpikeDetector(train.spike_window, train.spike_threshold, train.spike_patience)
         self.corrupt = spikes.corrupt_steps()  # test-only hook, empty otherwise
@@ -576,7 +649,7 @@ class Trainer:
     def _write_config(self) -> None:
         import yaml
 
-        path = self.run_dir / "config.yaml"
+        path = self.run_dir / CONFIG_FILE
         if not path.exists():
             atomic_write(path, yaml.safe_dump(dataclasses.asdict(self.cfg), sort_keys=False))
 
@@ -611,13 +684,14 @@ class Trainer:
             stop_asked = stop_asked and not last
             periodic = state.step % self.cfg.train.checkpoint_every == 0 and not self.spikes.in_streak
             kept = state.step in self.cfg.train.checkpoint_steps  # a WSD trunk's branch points
-            if stop_asked or last or periodic or kept:  # no periodic checkpoint inside a streak of spikes
+            saved = stop_asked or last or periodic or kept  # no periodic checkpoint inside a streak of spikes
+            if saved:
                 self.checkpointer.save(self.engine, state)
                 self.state_file.update(checkpoint_step=state.step)
             if stop_asked:
                 name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
                 return self.state_file.finish(ExitCode.REQUEUE, f"stopped at step {state.step} by {name}", **progress)
-            self.heartbeat.beat(state.step)
+            self.heartbeat.beat(state.step, milestone=saved)
         digests = [None] * self.world
         dist.all_gather_object(digests, param_digest(self.engine, self.cfg.deepspeed.stage == 3))
         return self.state_file.finish(
@@ -636,6 +710,8 @@ class Trainer:
         if self.rank == 0:
             self._write_config()
             self._start_wandb()
+            if self.metrics.path.exists() and self.metrics.path.stat().st_size:  # an earlier attempt logged
+                self.metrics.mark_resume(state.step)
         resumed_from = state.step or None
         self.state_file.update(
             step=state.step,
@@ -645,7 +721,7 @@ class Trainer:
             resumed_from=resumed_from,
             checkpoint_step=resumed_from,
         )
-        self.heartbeat.beat(state.step)
+        self.heartbeat.beat(state.step, milestone=True)
         return state
 
     def _rewind(self, state: TrainState) -> TrainState:
@@ -666,6 +742,7 @@ class Trainer:
             "at": time.time(),
         }
         if self.rank == 0:
+            self.metrics.mark_resume(rewound.step)
             print(
                 f"ladder train: loss spikes at steps {record['spikes']}: rewound to step {rewound.step}, "
                 f"skipping data steps [{first_data}, {first_data + skipped})",
@@ -680,7 +757,7 @@ class Trainer:
             flops=rewound.flops,
             rewinds=[*self.state_file.state.get("rewinds", []), record],
         )
-        self.heartbeat.beat(rewound.step)
+        self.heartbeat.beat(rewound.step, milestone=True)
         return rewound
 
     def _step(self, state: TrainState) -> tuple[float, float, bool]:
@@ -692,7 +769,7 @@ class Trainer:
         for group in self.engine.optimizer.param_groups:
             group["lr"] = self.schedule(state.step)
         lr = self.engine.get_lr()[0]  # what the optimizer will use, as DeepSpeed reports it
-        loss_sum = torch.zeros(())
+        loss_sum = torch.zeros((), device=self.comm_device)
         data_step = state.step + state.data_offset  # past the batches rewinds skipped
         for micro in range(self.plan.accum):
             index = self.plan.index(data_step, micro, self.rank)
@@ -706,8 +783,9 @@ class Trainer:
             self.forward_s += time.perf_counter() - forward_started  # the LM's forward waits on no other rank
             self.engine.backward(loss)
             self.engine.step()
-            loss_sum += loss.detach().float().cpu()
-        shared = torch.stack([loss_sum / self.plan.accum, torch.tensor(float(self.stop.signum != 0))])
+            loss_sum += loss.detach().float().to(self.comm_device)
+        stop = torch.tensor(float(self.stop.signum != 0), device=self.comm_device)
+        shared = torch.stack([loss_sum / self.plan.accum, stop])
         dist.all_reduce(shared)  # the mean loss and whether any rank was asked to stop, in one call
         state.step += 1
         state.tokens += self.plan.tokens_per_step
@@ -723,7 +801,7 @@ class Trainer:
 
         values = self.family.evaluate(self.engine, self.cfg.train.val_batches, self.plan.micro_batch_size)
         keys = sorted(values)
-        mean = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        mean = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.comm_device)
         dist.all_reduce(mean)
         return {k: v / self.world for k, v in zip(keys, mean.tolist())}
 

@@ -34,7 +34,9 @@ def gather(compute_s: float, rank: int, world: int, run_dir: Path) -> dict:
     import torch
     import torch.distributed as dist
 
-    times = torch.zeros(world, dtype=torch.float64)
+    from launcher.run.rendezvous import collective_device
+
+    times = torch.zeros(world, dtype=torch.float64, device=collective_device())
     times[rank] = compute_s
     dist.all_reduce(times)
     slowest = int(times.argmax())

@@ -53,6 +53,10 @@ _SUBMIT_ERRORS = (
 )
 
 
+# leave out the nodes steps of this job hung on: the lane shell's $exclude (launcher/schedulers/lane.sh.j2)
+EXCLUDE_HUNG = Shell('${exclude:+"--exclude=$exclude"}')
+
+
 def walltime(minutes: int) -> str:
     """Slurm's --time as HH:MM:SS."""
     if minutes < 1:
@@ -99,6 +103,7 @@ class SlurmScheduler(Scheduler):
         argv += p.step_args
         if step.nodes > 1:
             argv += p.multinode_step_args
+        argv.append(EXCLUDE_HUNG)
         argv += [f"--job-name={step.name}", f"--output={log}", "--open-mode=append"]
         return tuple(argv)
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from launcher.errors import UserError
-from launcher.policy import ACTIVE, RETRIED, STATES, STATUS_STATES
+from launcher.policy import ACTIVE, RETRIED, STATES
+from launcher.run.state import RunState, read_state
 
 if TYPE_CHECKING:
     from launcher.sweep.plan import RunSpec
@@ -148,9 +149,9 @@ class JobDB:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
             raise UserError(
-                f"{self.path}: not a usable job database ({exc}); move it aside: the runs' own "
-                "state.json and metrics.jsonl are untouched, and collect, fit and report read them "
-                "without it"
+                f"{self.path}: not a usable job database ({exc}); rebuild it from the runs' own files with "
+                f"`ladder status sweep=<the sweep> --rebuild` (it moves this file aside); collect, fit and "
+                "report read the runs without it"
             ) from None
 
     def _open(self, busy_timeout_s: float) -> None:
@@ -486,14 +487,6 @@ def _attempt(row: sqlite3.Row) -> Attempt:
     return Attempt(**dict(row))
 
 
-def read_state_file(run_dir: str | os.PathLike) -> Optional[dict]:
-    """A run's own ``state.json`` (written atomically by ``ladder train``), or None if absent or unreadable."""
-    try:
-        return json.loads((Path(run_dir) / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def attempt_step(attempts: Sequence[Attempt], attempt: Attempt) -> tuple[str, int]:
     """An attempt as the job's lane shell names its step: the job key (``123``, ``123_4`` for array
     task 4) and which start of the run in that job it is (the step log's attempt, 1 for the first)."""
@@ -506,16 +499,16 @@ def attempt_step(attempts: Sequence[Attempt], attempt: Attempt) -> tuple[str, in
     return str(key), len(earlier)
 
 
-def reported_start(state: dict, key: str) -> Optional[int]:
+def reported_start(state: RunState, key: str) -> Optional[int]:
     """Which start of the run in job ``key`` wrote ``state`` (its job_key and job_attempt); None: another job's."""
-    return state.get("job_attempt") if state.get("job_key") == key else None
+    return state.job_attempt if state.job_key == key else None
 
 
-def reports_on(state: dict, attempts: Sequence[Attempt], attempt: Attempt) -> bool:
+def reports_on(state: RunState, attempts: Sequence[Attempt], attempt: Attempt) -> bool:
     """Whether a run's state.json was written by ``attempt``'s step or a later one of the same job, by
     the numbers the run wrote (compute nodes' clocks are not the login node's). A run the local runner
     started writes none: that runner is its only supervisor, so its file speaks for the open attempt."""
-    if state.get("job_key") is None:
+    if state.job_key is None:
         return attempt.scheduler == "local"
     key, start = attempt_step(attempts, attempt)
     return (reported_start(state, key) or 0) >= start
@@ -529,18 +522,18 @@ def fold_run_states(db: JobDB, sweep: str) -> list[tuple[str, str, str]]:
     """
     changes = []
     for run in db.runs(sweep, states=ACTIVE):
-        state_file = read_state_file(run.run_dir)
+        state_file = read_state(run.run_dir, warn=True)
         attempt = db.open_attempt(run.config_hash)
         if state_file is None or attempt is None or not reports_on(state_file, db.attempts(run.config_hash), attempt):
             continue
-        new = STATUS_STATES.get(state_file.get("status"))
+        new = state_file.state
         if new is None or new == run.state:
             continue
         try:
             if new == "running":
                 db.start(run.config_hash, attempt.scheduler, attempt.job_id, attempt.array_index)
             else:
-                db.finish(run.config_hash, new, exit_code=state_file.get("exit_code"), detail="state.json")
+                db.finish(run.config_hash, new, exit_code=state_file.exit_code, detail="state.json")
         except TransitionError:  # another process moved it meanwhile; its word stands
             continue
         changes.append((run.name, run.state, new))

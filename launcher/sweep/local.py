@@ -21,8 +21,9 @@ from typing import Optional
 from launcher.errors import UserError
 from launcher.policy import ACTIVE, FINAL, RETRIED, exit_code_state
 from launcher.run.metrics import METRICS_FILE
+from launcher.run.state import RunState, read_state
 from launcher.schedulers.local import LocalProcess, parallel_slots, usable_cores
-from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
+from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states
 from launcher.sweep.plan import Plan, RunSpec, print_plan, write_plan
 
 POLL_S = 0.5
@@ -125,7 +126,8 @@ class LocalSweepRunner:
             if code is None:
                 continue
             state = exit_code_state(code)
-            if state == "failed" and (read_state_file(self.db.run(digest).run_dir) or {}).get("status") == "completed":
+            reported = read_state(self.db.run(digest).run_dir, warn=True) or RunState()
+            if state == "failed" and reported.status == "completed":
                 state = "completed"  # it finished, then a signal ended the process while it was closing down
             elif proc.stop_requested and state == "failed":
                 state = "timed_out"  # stopped by us before it could checkpoint: it resumes from the last one

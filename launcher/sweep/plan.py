@@ -27,6 +27,7 @@ from launcher.files import atomic_write_json
 from launcher.identity import content_hash, run_hash
 from launcher.numbers import budget_tag, sci, si
 from launcher.resources import split_site_override
+from launcher.run.memory import check_model_states, check_step
 from launcher.sweep.proposal import extend_sweep, read_proposal
 
 PLAN_FILE = "plan.json"
@@ -211,6 +212,14 @@ class RunSpec:
             "base_overrides": list(self.base_overrides),
             "schedule_overrides": list(self.schedule_overrides),
         }
+
+    @classmethod
+    def from_json(cls, entry: Any, where: str) -> RunSpec:
+        """A run as ``to_json`` wrote it into plan.json; a wrong shape is refused naming ``where`` and the field."""
+        spec = validate(cls, entry, where)
+        return dataclasses.replace(
+            spec, base_overrides=tuple(spec.base_overrides), schedule_overrides=tuple(spec.schedule_overrides)
+        )
 
 
 def _override_value(value: Any) -> str:
@@ -419,12 +428,14 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
     entry = FAMILIES[family]  # load_run_config checked the name
     batch = sweep.global_batch_tokens or run.train.global_batch_tokens
     solved: dict[int, dict] = {}
+    memory = setup.cluster.device_memory_bytes
 
     def shape_for(size: Any) -> dict:
         if isinstance(size, dict):
             return dict(size)
         target = int(round(size))
         if target not in solved:
+            check_model_states(target, sweep.ranks_per_run, memory, "sweep.params")  # before a long solve
             try:
                 solved[target] = entry.solve(target, base_model, sweep.aspect_ratio, sweep.head_size, sweep.count)
             except ValueError as exc:
@@ -441,6 +452,9 @@ def plan_runs(setup: SweepSetup) -> tuple[list[RunSpec], list[str]]:
                 cfg = model_config({"family": family, **base_model, **shape})
             except ValueError as exc:
                 raise UserError(str(exc)) from None
+            n_total = entry.param_counts(cfg)[0]
+            check_model_states(n_total, sweep.ranks_per_run, memory, "sweep.shapes" if sweep.shapes else "sweep.params")
+            check_step(run.train.micro_batch_size, entry.kept_per_sample(cfg), run.train.precision, memory)
             counted[key] = (
                 {"family": family, **dataclasses.asdict(cfg)},
                 *entry.param_counts(cfg),

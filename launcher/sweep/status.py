@@ -8,18 +8,23 @@ database up to date before reading it.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
 from launcher.arguments import command_parser
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
+from launcher.locks import FolderLock
 from launcher.numbers import sci
+from launcher.run.faults import run_faults
 from launcher.run.metrics import METRICS_FILE, read_metrics
+from launcher.run.state import RunState, read_state
 from launcher.run.stragglers import consistent_straggler
 from launcher.schedulers import REGISTRY, get_scheduler
-from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states, read_state_file
+from launcher.sweep.jobdb import JobDB, RunRecord, fold_run_states
 from launcher.sweep.plan import compose_sweep, make_console
+from launcher.sweep.rebuild import DB_FILE, rebuild, runs_on_disk
 from launcher.sweep.submit import batch_profile, sync
 
 
@@ -37,7 +42,7 @@ def reconcile(db: JobDB, sweep: str, profile: ClusterProfile) -> list[tuple[str,
 
 def run_status(run: RunRecord) -> dict:
     """One run as ``ladder status --json`` shows it: the database's record plus its live progress."""
-    reported = read_state_file(run.run_dir) or {}
+    reported = read_state(run.run_dir, warn=True) or RunState()
     return {
         "name": run.name,
         "state": run.state,
@@ -50,10 +55,12 @@ def run_status(run: RunRecord) -> dict:
         "attempts": run.attempts,
         "consecutive_failures": run.consecutive_failures,
         "exit_code": run.exit_code,
-        "step": reported.get("step"),
-        "total_steps": reported.get("total_steps", run.steps),
-        "message": reported.get("message"),
+        "step": reported.step,
+        "total_steps": run.steps if reported.total_steps is None else reported.total_steps,
+        "message": reported.message,
         "slow_node": slow_node(run.run_dir),
+        "hangs": reported.hangs,
+        "rewinds": reported.rewinds,
         "config_hash": run.config_hash,
         "run_dir": run.run_dir,
     }
@@ -69,16 +76,23 @@ def main(argv: list[str]) -> int:
     args = command_parser(
         "ladder status",
         "A sweep's runs and states, with the runs' own reports folded in.",
-        [("--json", "print the runs as JSON")],
+        [
+            ("--json", "print the runs as JSON"),
+            ("--rebuild", "make the job database again from plan.json and the runs' files (the old one moved aside)"),
+        ],
     ).parse(argv)
     sweep, profile, sweep_dir = compose_sweep(args.overrides)
     name = sweep.name
-    db_path = sweep_dir / "jobdb.sqlite"
-    if not db_path.exists():
+    db_path = sweep_dir / DB_FILE
+    if args.rebuild:
+        rebuild_with_lock(sweep_dir, name)
+    elif not db_path.exists():
         raise UserError(
             f"sweep={name}: no job database at {db_path}; run `ladder sweep` or `ladder submit` first "
-            f"(or give sweeps_root=<dir>)"
+            f"(or give sweeps_root=<dir>, or --rebuild it from the runs' files)"
         )
+    elif empty_while_runs_exist(db_path, name, sweep_dir):
+        rebuild_with_lock(sweep_dir, name)
     with JobDB(db_path) as db:
         changes = reconcile(db, name, profile)
         runs = [run_status(r) for r in db.runs(name)]
@@ -92,12 +106,26 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def empty_while_runs_exist(db_path: Path, sweep: str, sweep_dir: Path) -> bool:
+    """A database that knows no run of the sweep while run folders with work in them exist: rebuild it."""
+    with JobDB(db_path) as db:
+        known = bool(db.runs(sweep))
+    return not known and runs_on_disk(sweep_dir) > 0
+
+
+def rebuild_with_lock(sweep_dir: Path, sweep: str) -> None:
+    """Rebuild under the sweep folder's lock (no ``ladder sweep`` may be writing the database meanwhile)."""
+    with FolderLock(sweep_dir, "sweep"):
+        done = rebuild(sweep_dir, sweep)
+    print(f"ladder status: {done.summary()}", file=sys.stderr)
+
+
 def print_status(name: str, runs: list[dict], counts: dict[str, int], changes: list[tuple[str, str, str]]) -> None:
     from rich.table import Table
 
     console = make_console()
     table = Table(title=f"sweep {name}")
-    for column in ("name", "state", "N", "D", "C", "step", "attempts", "job"):
+    for column in ("name", "state", "N", "D", "C", "step", "attempts", "hangs", "rewinds", "job"):
         table.add_column(column, justify="left" if column in ("name", "state", "job") else "right")
     colours = {
         "completed": "green",
@@ -111,12 +139,23 @@ def print_status(name: str, runs: list[dict], counts: dict[str, int], changes: l
         state = f"[{colours[r['state']]}]{r['state']}[/]" if r["state"] in colours else r["state"]
         step = "" if r["step"] is None else f"{r['step']}/{r['total_steps']}"
         table.add_row(
-            r["name"], state, f"{r['N']:,}", f"{r['D']:,}", sci(r["C"]), step, str(r["attempts"]), r["job_id"] or ""
+            r["name"],
+            state,
+            f"{r['N']:,}",
+            f"{r['D']:,}",
+            sci(r["C"]),
+            step,
+            str(r["attempts"]),
+            str(len(r["hangs"]) or ""),
+            str(len(r["rewinds"]) or ""),
+            r["job_id"] or "",
         )
     console.print(table)
     for r in runs:
         if r["slow_node"]:
             console.print(f"{r['name']}: consistently slow node {r['slow_node']}")
+        for fault in run_faults(r):
+            console.print(f"{r['name']}: {fault.text()}", highlight=False)
     for run_name, old, new in changes:
         console.print(f"{run_name}: {old} -> {new} (reported by the run)")
     console.print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no runs")

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from launcher.arguments import command_parser
 from launcher.config.cluster import ClusterProfile
@@ -37,13 +37,13 @@ from launcher.policy import (
     ACTIVE,
     FINAL,
     RETRIED,
-    STATUS_STATES,
     ExitCode,
     ended_without_failure,
     ending,
     exit_code_state,
 )
 from launcher.resources import ladder_argv
+from launcher.run.state import RunState, read_state
 from launcher.schedulers import REGISTRY, get_scheduler
 from launcher.schedulers.base import FINISHED_JOB_STATES, BatchJob, Dependency, Scheduler, Step
 from launcher.sweep.calibrate import calibrated_plan
@@ -54,7 +54,6 @@ from launcher.sweep.jobdb import (
     TransitionError,
     attempt_step,
     fold_run_states,
-    read_state_file,
     reported_start,
     reports_on,
 )
@@ -188,8 +187,8 @@ def step_for(
 
 def _left(run_dir: str) -> float:
     """Fraction of a run still to train, from its state.json (1 when it never started)."""
-    state = read_state_file(run_dir) or {}
-    total, step = state.get("total_steps"), state.get("step")
+    state = read_state(run_dir, warn=True) or RunState()
+    total, step = state.total_steps, state.step
     if not total or step is None:
         return 1.0
     return min(1.0, max(0.05, 1.0 - step / total))
@@ -198,34 +197,93 @@ def _left(run_dir: str) -> float:
 # ------------------------------------------------------------------------------------ job files
 
 
-def _read_json(path: Path) -> Optional[dict]:
+@dataclasses.dataclass(frozen=True)
+class ManifestRun:
+    """One run of a job's manifest (``Step.to_json``)."""
+
+    name: str
+    config_hash: str
+    run_dir: str
+    overrides: list[str]
+    nodes: int
+    ranks: int
+    hours: float
+    tries: int
+
+
+@dataclasses.dataclass(frozen=True)
+class JobManifest:
+    """A job's record, ``jobs/<name>.json``: written before submission, its id added after; read by the
+    job's continuation (on a compute node) and by ``sync`` on the login node."""
+
+    name: str
+    sweep: str
+    sweep_dir: str
+    workdir: str
+    scheduler: str
+    profile: dict[str, Any]
+    array: bool
+    script: str
+    steps_log: str
+    nodes: int
+    lanes: int
+    walltime_min: float
+    written: float
+    runs: list[ManifestRun]
+    job_id: Optional[str] = None
+    dependency: Optional[str] = None
+    continuation_of: Optional[str] = None
+    submitted: Optional[float] = None
+
+    @property
+    def kind(self) -> str:
+        return "continuation" if self.continuation_of else "array" if self.array else "packed"
+
+
+def read_manifest(path: Path) -> JobManifest:
+    """A job's manifest; a file that is not one is refused naming the file and what is wrong."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        data = json.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the job record ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: not JSON ({str(exc).splitlines()[0]})") from None
+    try:
+        return validate(JobManifest, data, "")
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
-def manifest_of(job: BatchJob, profile: ClusterProfile, scheduler: Scheduler, script: Path) -> dict:
-    return {
-        "name": job.name,
-        "sweep": job.sweep,
-        "sweep_dir": job.sweep_dir,
-        "workdir": job.workdir,
-        "scheduler": scheduler.name,
-        "profile": dataclasses.asdict(profile),
-        "job_id": None,
-        "array": job.array,
-        "dependency": str(job.dependency) if job.dependency else None,
-        "continuation_of": job.continuation_of,
-        "script": str(script),
-        "steps_log": job.steps_log,
-        "nodes": job.nodes,
-        "lanes": job.lanes,
-        "walltime_min": job.walltime_min,
-        "written": time.time(),
-        "submitted": None,
-        "runs": [s.to_json() for s in job.steps],
-    }
+def manifests(sweep_dir: Path) -> list[JobManifest]:
+    """Every job record of a sweep, oldest first; one that is not a manifest is skipped with a warning."""
+    found = []
+    for path in (sweep_dir / JOBS).glob("*.json"):
+        try:
+            found.append(read_manifest(path))
+        except UserError as exc:
+            print(f"warning: {exc}; ignored", file=sys.stderr, flush=True)
+    return sorted(found, key=lambda m: (m.written, m.name))
+
+
+def manifest_of(job: BatchJob, profile: ClusterProfile, scheduler: Scheduler, script: Path) -> JobManifest:
+    return JobManifest(
+        name=job.name,
+        sweep=job.sweep,
+        sweep_dir=job.sweep_dir,
+        workdir=job.workdir,
+        scheduler=scheduler.name,
+        profile=dataclasses.asdict(profile),
+        array=job.array,
+        dependency=str(job.dependency) if job.dependency else None,
+        continuation_of=job.continuation_of,
+        script=str(script),
+        steps_log=job.steps_log,
+        nodes=job.nodes,
+        lanes=job.lanes,
+        walltime_min=job.walltime_min,
+        written=time.time(),
+        runs=[validate(ManifestRun, s.to_json(), "runs") for s in job.steps],
+    )
 
 
 def write_script(scheduler: Scheduler, job: BatchJob, out_dir: Path) -> Path:
@@ -239,9 +297,10 @@ def submit_job(scheduler: Scheduler, job: BatchJob) -> str:
     """Write the job's script and manifest, submit it, and put its id in the manifest."""
     script = write_script(scheduler, job, Path(job.sweep_dir) / JOBS)
     manifest = manifest_of(job, scheduler.profile, scheduler, script)
-    atomic_write_json(Path(job.manifest), manifest)  # before sbatch: the job may end before we hear its id
+    atomic_write_json(Path(job.manifest), dataclasses.asdict(manifest))  # before sbatch: the job may end first
     job_id = scheduler.submit(script, job.dependency)
-    atomic_write_json(Path(job.manifest), {**manifest, "job_id": job_id, "submitted": time.time()})
+    submitted = dataclasses.replace(manifest, job_id=job_id, submitted=time.time())
+    atomic_write_json(Path(job.manifest), dataclasses.asdict(submitted))
     return job_id
 
 
@@ -257,12 +316,6 @@ def read_steps(path: str | os.PathLike) -> dict[str, dict[str, list[tuple[int, i
         if len(cells) >= 4 and cells[2].isdigit() and cells[3].lstrip("-").isdigit():
             out.setdefault(cells[0], {}).setdefault(cells[1], []).append((int(cells[2]), int(cells[3])))
     return out
-
-
-def manifests(sweep_dir: Path) -> list[dict]:
-    """Every job record of a sweep, oldest first."""
-    found = [m for p in (sweep_dir / JOBS).glob("*.json") if (m := _read_json(p)) and "runs" in m]
-    return sorted(found, key=lambda m: (m.get("written") or 0, m["name"]))
 
 
 # ---------------------------------------------------------------------------------------- submit
@@ -410,33 +463,31 @@ def continue_job(job_key: str, manifest_path: Path) -> list[tuple[BatchJob, str]
     Works from the job's manifest, step log and the runs' state.json only (no job database on a
     compute node). A run whose steps failed ``max_retries`` times in a row is not continued.
     """
-    manifest = _read_json(manifest_path)
-    if manifest is None:
-        raise UserError(f"--manifest: cannot read job record {manifest_path}")
-    profile = validate(ClusterProfile, manifest["profile"], "cluster")
-    sweep_dir = Path(manifest["sweep_dir"])
+    manifest = read_manifest(manifest_path)
+    profile = validate(ClusterProfile, manifest.profile, "cluster")
+    sweep_dir = Path(manifest.sweep_dir)
     mark = sweep_dir / JOBS / CANCEL_MARK
-    if mark.exists() and mark.stat().st_mtime >= manifest["written"]:
-        _echo(f"sweep {manifest['sweep']} was cancelled: no continuation")
+    if mark.exists() and mark.stat().st_mtime >= manifest.written:
+        _echo(f"sweep {manifest.sweep} was cancelled: no continuation")
         return []
-    task = int(job_key.split("_")[1]) if manifest["array"] and "_" in job_key else None
-    ended = read_steps(manifest["steps_log"]).get(job_key, {})
+    task = int(job_key.split("_")[1]) if manifest.array and "_" in job_key else None
+    ended = read_steps(manifest.steps_log).get(job_key, {})
     steps = []
-    for i, run in enumerate(manifest["runs"]):
+    for i, run in enumerate(manifest.runs):
         if task is not None and i != task:
             continue
-        tries = _tries_left(run, [code for _, code in ended.get(run["name"], [])], profile)
+        tries = _tries_left(run, [code for _, code in ended.get(run.name, [])], profile)
         if tries:
             steps.append(
                 Step(
                     index=0,
-                    name=run["name"],
-                    config_hash=run["config_hash"],
-                    run_dir=run["run_dir"],
-                    overrides=tuple(run["overrides"]),
-                    nodes=run["nodes"],
-                    ranks=run["ranks"],
-                    hours=run["hours"],
+                    name=run.name,
+                    config_hash=run.config_hash,
+                    run_dir=run.run_dir,
+                    overrides=tuple(run.overrides),
+                    nodes=run.nodes,
+                    ranks=run.ranks,
+                    hours=run.hours,
                     tries=tries,
                 )
             )
@@ -445,13 +496,13 @@ def continue_job(job_key: str, manifest_path: Path) -> list[tuple[BatchJob, str]
         return []
     scheduler = get_scheduler(profile)
     ctx = JobContext(
-        manifest["sweep"],
+        manifest.sweep,
         sweep_dir,
-        Path(manifest["workdir"]),
+        Path(manifest.workdir),
         profile,
         Dependency("afterany", (job_key,)),
         continuation_of=job_key,
-        parent=manifest["name"],
+        parent=manifest.name,
     )
     jobs = build_jobs(scheduler, steps, ctx, max_jobs=1)
     scheduler.validate(jobs)
@@ -467,39 +518,40 @@ def _hand_on_waiters(scheduler: Scheduler, sweep_dir: Path, job_key: str, contin
     Their manifests are rewritten too, so a continuation of the continuation hands them on again.
     """
     for manifest in manifests(sweep_dir):
-        waits = Dependency.parse(manifest["dependency"]) if manifest.get("dependency") else None
-        if waits is None or waits.kind != "afterok" or job_key not in waits.job_ids or not manifest.get("job_id"):
+        waits = Dependency.parse(manifest.dependency) if manifest.dependency else None
+        if waits is None or waits.kind != "afterok" or job_key not in waits.job_ids or not manifest.job_id:
             continue
         after = Dependency("afterok", tuple(i for i in waits.job_ids if i != job_key) + tuple(continuations))
         try:
-            scheduler.set_dependency(str(manifest["job_id"]), after)
+            scheduler.set_dependency(manifest.job_id, after)
         except UserError as exc:  # it started or ended meanwhile: nothing waits any more
-            _echo(f"job {manifest['job_id']} ({manifest['name']}): its dependency stays ({exc})")
+            _echo(f"job {manifest.job_id} ({manifest.name}): its dependency stays ({exc})")
             continue
-        atomic_write_json(Path(sweep_dir) / JOBS / f"{manifest['name']}.json", {**manifest, "dependency": str(after)})
-        _echo(f"job {manifest['job_id']} ({manifest['name']}) now waits for {after}")
+        handed_on = dataclasses.replace(manifest, dependency=str(after))
+        atomic_write_json(Path(sweep_dir) / JOBS / f"{manifest.name}.json", dataclasses.asdict(handed_on))
+        _echo(f"job {manifest.job_id} ({manifest.name}) now waits for {after}")
 
 
-def _tries_left(run: dict, codes: list[int], profile: ClusterProfile) -> int:
+def _tries_left(run: ManifestRun, codes: list[int], profile: ClusterProfile) -> int:
     """Step starts the next job may spend on a run, from the exit codes of its steps in this job; 0: done."""
-    state = (read_state_file(run["run_dir"]) or {}).get("status")
+    state = read_state(run.run_dir, warn=True) or RunState()
     last = ending(codes[-1]) if codes else None
-    if last is not None and last.finished or STATUS_STATES.get(state) in FINAL:
+    if last is not None and last.finished or state.state in FINAL:
         return 0
     if last is not None and last.code == ExitCode.REQUEUE:
         return profile.max_retries  # it made progress: the failure streak ends
     if last is not None and not last.retry:
-        _echo(f"run {run['name']}: its configuration was refused (exit {codes[-1]}, see its log); not retried")
+        _echo(f"run {run.name}: its configuration was refused (exit {codes[-1]}, see its log); not retried")
         return 0
     streak = 0
     for code in reversed(codes):
         if ended_without_failure(code):
             break
         streak += 1
-    left = run["tries"] - streak
+    left = run.tries - streak
     if codes and left <= 0:
-        in_a_row = profile.max_retries - run["tries"] + streak
-        _echo(f"run {run['name']}: failed {in_a_row} times in a row; not retried (cluster.max_retries)")
+        in_a_row = profile.max_retries - run.tries + streak
+        _echo(f"run {run.name}: failed {in_a_row} times in a row; not retried (cluster.max_retries)")
     return max(0, left)
 
 
@@ -516,10 +568,10 @@ def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[t
     reports is timed_out (ready to continue) or cancelled, and running runs come from state.json.
     """
     changes: list[tuple[str, str, str]] = []
-    records = {str(m["job_id"]): m for m in manifests(sweep_dir) if m.get("job_id") is not None}
+    records = {m.job_id: m for m in manifests(sweep_dir) if m.job_id is not None}
     known = {j.job_id for j in db.jobs(sweep)}
     active = [j.job_id for j in db.jobs(sweep) if j.state not in FINISHED_JOB_STATES]
-    unknown = [k for k, m in records.items() if k not in known and m.get("sweep") == sweep]
+    unknown = [k for k, m in records.items() if k not in known and m.sweep == sweep]
     states = scheduler.status(active + unknown) if active or unknown else {}
     progress = True
     while progress:
@@ -539,21 +591,20 @@ def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[t
             progress = True
         for job_id in list(unknown):
             manifest = records[job_id]
-            runs = [db.run(r["config_hash"]) for r in manifest["runs"]]
+            runs = [db.run(r.config_hash) for r in manifest.runs]
             if any(r.state in ACTIVE for r in runs):
                 continue  # its parent job has not been folded yet
-            kind = "continuation" if manifest.get("continuation_of") else "array" if manifest["array"] else "packed"
             db.add_job(
                 sweep,
                 scheduler.name,
                 job_id,
-                kind,
+                manifest.kind,
                 [r.config_hash for r in runs],
-                depends_on=manifest.get("dependency"),
-                script=manifest.get("script"),
+                depends_on=manifest.dependency,
+                script=manifest.script,
             )
             for i, run in enumerate(runs):
-                db.queue(run.config_hash, scheduler.name, job_id, array_index=i if manifest["array"] else None)
+                db.queue(run.config_hash, scheduler.name, job_id, array_index=i if manifest.array else None)
             unknown.remove(job_id)
             changes.append((f"job {job_id}", "submitted by a job", "queued"))
             progress = True
@@ -561,7 +612,12 @@ def sync(db: JobDB, sweep: str, sweep_dir: Path, scheduler: Scheduler) -> list[t
 
 
 def _fold_job_end(
-    db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str], manifest: Optional[dict], job_state: str
+    db: JobDB,
+    scheduler: Scheduler,
+    job_id: str,
+    run_hashes: Sequence[str],
+    manifest: Optional[JobManifest],
+    job_state: str,
 ) -> list[tuple[str, str, str]]:
     """The runs of an ended job take the outcomes its step log recorded, one attempt per step.
 
@@ -569,13 +625,13 @@ def _fold_job_end(
     database has not seen becomes a new attempt of the same job.
     """
     changes = []
-    ended = read_steps(manifest["steps_log"]) if manifest else {}
+    ended = read_steps(manifest.steps_log) if manifest else {}
     for i, run_hash in enumerate(run_hashes):
         record, tries = db.run(run_hash), db.attempts(run_hash)
         if not tries or tries[-1].job_id != job_id:
             continue  # not this job's run (any more)
         mine = [a for a in tries if a.job_id == job_id]
-        array_index = i if manifest and manifest["array"] else None
+        array_index = i if manifest and manifest.array else None
         key = f"{job_id}_{i}" if array_index is not None else job_id
         codes = [code for _, code in ended.get(key, {}).get(record.name, [])]
         try:
@@ -603,15 +659,15 @@ def _fold_job_end(
 def _unlogged_end(run_dir: str, tries: Sequence[Attempt], attempt: Attempt, job_state: str) -> str:
     """How a run ended that no step log line reports (a job not rendered here, or killed with its job):
     what its state.json says if the attempt's step wrote it, else timed_out (ready to continue) or cancelled."""
-    reported = read_state_file(run_dir) or {}
-    state = STATUS_STATES.get(reported.get("status")) if reports_on(reported, tries, attempt) else None
+    reported = read_state(run_dir, warn=True) or RunState()
+    state = reported.state if reports_on(reported, tries, attempt) else None
     if state in ("completed", "diverged", "failed", "hung", "timed_out"):
         return state
     return "cancelled" if job_state == "cancelled" else "timed_out"
 
 
 def _fold_retries(
-    db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str], manifest: Optional[dict]
+    db: JobDB, scheduler: Scheduler, job_id: str, run_hashes: Sequence[str], manifest: Optional[JobManifest]
 ) -> list[tuple[str, str, str]]:
     """A run whose failed step its running job started again is running again (a new attempt)."""
     changes = []
@@ -619,10 +675,10 @@ def _fold_retries(
         record, tries = db.run(run_hash), db.attempts(run_hash)
         if record.state not in RETRIED or not tries or tries[-1].job_id != job_id:
             continue
-        reported = read_state_file(record.run_dir) or {}
+        reported = read_state(record.run_dir, warn=True) or RunState()
         key, start = attempt_step(tries, tries[-1])
-        if reported.get("status") == "running" and (reported_start(reported, key) or 0) > start:
-            db.start(run_hash, scheduler.name, job_id, i if manifest and manifest["array"] else None)
+        if reported.status == "running" and (reported_start(reported, key) or 0) > start:
+            db.start(run_hash, scheduler.name, job_id, i if manifest and manifest.array else None)
             changes.append((record.name, record.state, "running"))
     return changes
 
@@ -653,7 +709,7 @@ def cancel_sweep(overrides: list[str]) -> list[str]:
         scheduler = get_scheduler(batch_profile(db, sweep, profile))
         sync(db, sweep, sweep_dir, scheduler)
         ids = {j.job_id for j in db.jobs(sweep) if j.state not in FINISHED_JOB_STATES}
-        ids |= {str(m["job_id"]) for m in manifests(sweep_dir) if m.get("job_id") and m.get("sweep") == sweep}
+        ids |= {m.job_id for m in manifests(sweep_dir) if m.job_id and m.sweep == sweep}
         live = [j for j, s in scheduler.status(ids).items() if s in ("queued", "running") and "_" not in j]
         scheduler.cancel(live)
         for job in db.jobs(sweep):
@@ -686,7 +742,9 @@ def render_sweep(overrides: list[str], out_dir: Path, calibrate: bool = True) ->
     written = []
     for job in jobs:
         script = write_script(scheduler, job, out_dir)
-        atomic_write_json(out_dir / f"{job.name}.json", manifest_of(job, profile, scheduler, script))
+        atomic_write_json(
+            out_dir / f"{job.name}.json", dataclasses.asdict(manifest_of(job, profile, scheduler, script))
+        )
         written.append(script)
     return written
 
