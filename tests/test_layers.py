@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("launcher.sweep.pack",),  # PackedJob is the schedulers' input, so pack never imports them
     ("launcher.schedulers",),
     # the login-node drivers: calibration runs and batch submission, then what reads their state
-    ("launcher.sweep.calibrate", "launcher.sweep.submit"),
+    ("launcher.sweep.calibrate", "launcher.sweep.submit", "launcher.sweep.rebuild"),
     ("launcher.sweep.status", "launcher.sweep.local"),
     ("launcher.sweep.study",),  # a scaling study: a plan of its own through submit or the local runner
     # back on the login node: collect -> fit -> the sweep fit -> W&B -> report
