@@ -42,7 +42,7 @@ def run(schedule: str, root: Path, sizes: str, tokens: str) -> dict:
     )
     end = run_local_sweep(plan, Console(file=io.StringIO()))
     assert end.exit_code == 0, f"the {schedule} sweep did not complete"
-    collected = collect_sweep(plan.sweep_dir, write_csv=False)
+    collected = collect_sweep(plan.sweep_dir, write_curves_file=False)
     with JobDB(plan.sweep_dir / "jobdb.sqlite") as db:
         process_s = sum(a.ended - a.started for a in db.attempts() if a.started and a.ended)
     train_s = 0.0

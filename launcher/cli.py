@@ -37,7 +37,7 @@ COMMANDS = {
     "fit": ("launcher.analysis.fitting:fit_main", "fit scaling laws to a sweep or to a CSV of points"),
     "report": ("launcher.analysis.report:main", "write report.html and plots for a sweep"),
     "project": ("launcher.analysis.project:main", "the target run, its projected loss and node-hours, proposal.md"),
-    "propose": ("launcher.sweep.propose:main", "propose a sweep's next runs from its fit (proposal.yaml)"),
+    "propose": ("launcher.analysis.propose:main", "propose a sweep's next runs from its fit (proposal.yaml)"),
     "watch": ("launcher.analysis.watch:main", "follow a sweep's runs live; sync their offline W&B runs (login node)"),
     "wandb-sync": ("launcher.analysis.wandb_sync:main", "upload a sweep's offline W&B runs (from a login node)"),
 }

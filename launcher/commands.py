@@ -14,6 +14,7 @@ from pathlib import Path
 
 from launcher.analysis.collect import collect_sweep
 from launcher.analysis.fitting import FIT_FILE, fit_sweep_dir, summary_lines
+from launcher.analysis.propose import DEFAULT_RUNS, propose, write_proposal
 from launcher.analysis.report import write_report
 from launcher.analysis.target import submit_target
 from launcher.arguments import command_parser
@@ -24,7 +25,6 @@ from launcher.numbers import sci
 from launcher.sweep.calibrate import calibrated_plan
 from launcher.sweep.local import run_local_sweep
 from launcher.sweep.plan import PLAN_FILE, compose_sweep, make_console, print_plan
-from launcher.sweep.propose import DEFAULT_RUNS, propose, write_proposal
 from launcher.sweep.submit import print_submitted, submit_from, submit_parser
 
 OVER_BUDGET_OK = ("--over-budget-ok", "accept a plan over the allocation's remaining node-hours")

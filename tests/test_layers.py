@@ -39,13 +39,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("launcher.sweep.pack",),  # PackedJob is the schedulers' input, so pack never imports them
     ("launcher.schedulers",),
     # the login-node drivers: calibration runs and batch submission, then what reads their state
-    ("launcher.sweep.calibrate", "launcher.sweep.submit"),
-    ("launcher.sweep.status", "launcher.sweep.local", "launcher.sweep.propose"),
+    ("launcher.sweep.calibrate", "launcher.sweep.submit", "launcher.sweep.rebuild"),
+    ("launcher.sweep.status", "launcher.sweep.local"),
     ("launcher.sweep.study",),  # a scaling study: a plan of its own through submit or the local runner
     # back on the login node: collect -> fit -> the sweep fit -> W&B -> report
     ("launcher.analysis.collect", "launcher.analysis.spent"),
     ("launcher.analysis.fit",),
     ("launcher.analysis.fitting",),
+    ("launcher.analysis.propose",),  # the next round, from the fit: reads fit.json and plan.json
     ("launcher.analysis.wandb_sync",),
     ("launcher.analysis.report",),
     ("launcher.analysis.project",),  # from the fit and the report to the target run and proposal.md

@@ -72,7 +72,7 @@ class FakeLsf:
         self.dir = tmp_path / "fake-lsf"
         bin_dir = self.dir / "bin"
         bin_dir.mkdir(parents=True)
-        for name in ("bsub", "bjobs", "bkill", "brequeue"):
+        for name in ("bsub", "bjobs", "bkill", "brequeue", "bmod"):
             (bin_dir / name).symlink_to(DATA / "bin" / "recorded")
         monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
         monkeypatch.setenv("FAKE_LSF_DIR", str(self.dir))
@@ -283,6 +283,11 @@ def test_requeue_and_signal(fake_lsf, summit):
     assert fake_lsf.calls()[-2:] == [["brequeue", "4242"], ["bkill", "-s", "USR2", "4242"]]
 
 
+def test_a_pending_jobs_dependency_is_changed_with_bmod(fake_lsf, summit):
+    summit.set_dependency("4300_1", Dependency("afterok", ("4242",)))  # element 2 of array 4300
+    assert fake_lsf.calls()[-1] == ["bmod", "-w", "done(4242)", "4300[2]"]
+
+
 def test_queued_jobs_counts_unfinished_jobs_and_elements(fake_lsf, summit):
     fake_lsf.answer("bjobs", out="bjobs_jobid_noheader.txt")
     assert summit.queued_jobs() == 4
@@ -351,3 +356,35 @@ def test_key_path_expands_the_job_tags_and_nothing_else():
         ["bash", "-c", f'JOB_KEY=4300_2 LSB_JOBID=4300; printf "%s" {word}'], capture_output=True, text=True, check=True
     )
     assert done.stdout == "/tmp/my $HOME `id` logs/4300_2/4300_2.out"
+
+
+# --- WSD branches after their trunks ------------------------------------------------------------------
+
+
+def test_wsd_branches_are_submitted_after_their_trunks_job(fake_lsf, tmp_path):
+    """A branch never shares a job with its trunk: its job waits on the trunk's (#BSUB -w and bsub -w),
+    whether the trunk is submitted in the same call or is queued from an earlier one."""
+    from launcher.sweep.jobdb import JobDB
+    from launcher.sweep.submit import submit_sweep
+
+    fake_lsf.answer("bsub", out="bsub_submitted.txt")  # every job is 4242
+    overrides = ["cluster=summit", "sweep=wsd_tiny", f"sweeps_root={tmp_path}"]
+    (trunks, trunk_id), (branches, _) = submit_sweep(overrides, calibrate=False)
+    assert {s.name for s in trunks.steps} == {"n14.8k-trunk", "n54.6k-trunk", "n138k-trunk"}
+    assert len(branches.steps) == 12 and not any(s.name.endswith("-trunk") for s in branches.steps)
+    assert trunks.dependency is None and str(branches.dependency) == f"afterok:{trunk_id}"
+    jobs = tmp_path / "wsd_tiny" / "jobs"
+    assert "#BSUB -w " not in (jobs / f"{trunks.name}.lsf").read_text()
+    assert '#BSUB -w "done(4242)"\n' in (jobs / f"{branches.name}.lsf").read_text()
+    assert [c for c in fake_lsf.calls() if c[0] == "bsub"] == [
+        ["bsub", str(jobs / f"{trunks.name}.lsf")],
+        ["bsub", "-w", "done(4242)", str(jobs / f"{branches.name}.lsf")],
+    ]
+    with JobDB(tmp_path / "wsd_tiny" / "jobdb.sqlite") as db:
+        for run in db.runs("wsd_tiny"):
+            if run.role == "branch":
+                db.finish(run.config_hash, "cancelled", detail="test")
+    fake_lsf.answer("bjobs", out="bjobs_json.txt")  # 4242 is running
+    ((again, _),) = submit_sweep(overrides, calibrate=False)
+    assert len(again.steps) == 12 and str(again.dependency) == "afterok:4242"  # the queued trunk's job
+    assert fake_lsf.calls()[-1] == ["bsub", "-w", "done(4242)", str(jobs / f"{again.name}.lsf")]

@@ -109,6 +109,16 @@ def test_bad_parameters_fail_at_update(recorded_lsf, tmp_path):
         LsfExecutor(tmp_path, profile="nowhere")
 
 
+def test_a_dependency_becomes_the_scripts_wait_condition(recorded_lsf, tmp_path):
+    """lsf_dependency (Slurm's spelling, as for sbatch through submitit) is rendered as #BSUB -w."""
+    executor = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="lsf", lsf_profile="summit")
+    with pytest.raises(UserError, match="--dependency"):
+        executor.update_parameters(lsf_dependency="when:4242")
+    executor.update_parameters(lsf_dependency="afterok:4242:4300_1")
+    job = executor.submit(add, 1, 2)
+    assert '#BSUB -w "done(4242) && done(4300[2])"\n' in job.paths.submission_file.read_text()
+
+
 def test_job_environment_reads_lsf_and_jsrun(monkeypatch, tmp_path):
     rankfile = tmp_path / "rankfile"
     rankfile.write_text("batch3\n" + "a01n01\n" * 6 + "a01n02\n" * 6)

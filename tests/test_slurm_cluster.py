@@ -217,6 +217,65 @@ def test_dependency_chain(dev_slurm, tmp_path):
     assert second.sync()[1][0].depends_on == f"afterok:{first.job_ids[0]}"
 
 
+def test_wsd_branches_wait_in_slurm_for_their_trunks_job(dev_slurm, tmp_path):
+    sweep = Sweep(tmp_path, "wsd", "sweep=wsd_tiny", "sweep.params=[20000,60000]", "sweep.tokens=[8192,16384]")
+    (trunks, trunk_id), (branches, branch_id) = sweep.submitted
+    assert {s.name.endswith("-trunk") for s in trunks.steps} == {True} and len(trunks.steps) == 2
+    assert {s.name.endswith("-trunk") for s in branches.steps} == {False} and len(branches.steps) == 4
+    waiting = slurm_job(dev_slurm, branch_id)
+    assert waiting["Dependency"].startswith(f"afterok:{trunk_id}")
+    assert waiting["JobState"] == "PENDING" and waiting["Reason"] == "Dependency"
+    runs = sweep.wait_done()
+    assert {r.state for r in runs.values()} == {"completed"} and len(runs) == 6
+    trunk, branch = slurm_job(dev_slurm, trunk_id), slurm_job(dev_slurm, branch_id)
+    assert trunk["JobState"] == branch["JobState"] == "COMPLETED"
+    assert branch["StartTime"] >= trunk["EndTime"]  # ISO times compare as strings
+    _, jobs, attempts = sweep.sync()
+    assert {j.job_id: j.depends_on for j in jobs} == {trunk_id: None, branch_id: f"afterok:{trunk_id}"}
+    for step in branches.steps:
+        assert [a.job_id for a in attempts[step.name]] == [branch_id]
+        first = read_metrics(sweep.dir / "runs" / step.name / "metrics.jsonl")[0]["step"]
+        assert first == runs[step.name].fork_step + 1  # the branch began at its trunk's fork, not from scratch
+
+
+def test_a_stopped_trunk_continues_and_its_branches_wait_for_the_continuation(dev_slurm, tmp_path):
+    """The trunk's job is warned (USR2) mid-trunk: it checkpoints and submits its continuation, and the
+    branch job, which waited for it to succeed, waits for the continuation instead (scontrol update)."""
+    sweep = Sweep(tmp_path, "cont", "sweep=wsd_tiny", "sweep.params=[20000]", "sweep.tokens=[8192,409600]")
+    (trunks, trunk_id), (branches, branch_id) = sweep.submitted
+    (trunk,) = [s.name for s in trunks.steps]
+    wait_until(lambda: (sweep.state(trunk).get("checkpoint_step") or 0) >= 16, 180, "a trunk checkpoint")
+    dev_slurm.run("scancel", "--signal=USR2", "--batch", trunk_id)
+    runs = sweep.wait_done(timeout=300)
+    assert {r.state for r in runs.values()} == {"completed"} and len(runs) == 3
+    _, jobs, attempts = sweep.sync()
+    (continuation,) = [j.job_id for j in jobs if j.kind == "continuation"]
+    assert [(a.job_id, a.state) for a in attempts[trunk]] == [(trunk_id, "timed_out"), (continuation, "completed")]
+    branch = slurm_job(dev_slurm, branch_id)
+    assert branch["Dependency"] in (f"afterok:{continuation}(unfulfilled)", "(null)")  # (null) once it started
+    assert branch["StartTime"] >= slurm_job(dev_slurm, continuation)["EndTime"]
+    manifest = json.loads((sweep.dir / "jobs" / f"{branches.name}.json").read_text())
+    assert manifest["dependency"] == f"afterok:{continuation}"
+    for step in branches.steps:
+        first = read_metrics(sweep.dir / "runs" / step.name / "metrics.jsonl")[0]["step"]
+        assert first == runs[step.name].fork_step + 1
+
+
+def test_a_job_after_a_failed_one_is_cancelled_not_left_pending(dev_slurm, tmp_path):
+    """A branch job waits on its trunk's with afterok: if the trunk's job fails, Slurm cancels the branch
+    job (--kill-on-invalid-dep) and its runs become cancelled, ready for the next ``ladder submit``."""
+    failed = dev_slurm.run("sbatch", "--parsable", f"--output={tmp_path}/fail.out", "--wrap", "sleep 2; exit 1")
+    failing = failed.stdout.strip().split(";")[0]
+    after = Sweep(tmp_path, "orphan", *ONE_RUN, dependency=f"afterok:{failing}")
+    wait_until(
+        lambda: slurm_job(dev_slurm, after.job_ids[0]).get("JobState") == "CANCELLED", 120, "the waiting job's end"
+    )
+    assert slurm_job(dev_slurm, failing)["JobState"] == "FAILED"
+    assert slurm_job(dev_slurm, after.job_ids[0])["Reason"] == "DependencyNeverSatisfied"
+    runs = after.wait_done()
+    assert {r.state for r in runs.values()} == {"cancelled"}
+
+
 def test_walltime_warning_checkpoints_and_the_continuations_end_with_the_same_curve(dev_slurm, tmp_path):
     # 2-min jobs warned 90 s before their end: the controller checks limits every 30 s, so the warning
     # comes 30-60 s into each job; a run of over a minute and a half of training on an idle machine

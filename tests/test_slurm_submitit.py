@@ -11,6 +11,7 @@ import pytest
 from launcher.run.metrics import read_metrics
 from launcher.run.state import RunState, read_state
 from launcher.schedulers import get_scheduler
+from launcher.schedulers.base import Dependency
 from launcher.schedulers.submitit_exec import fresh_folder, record, submit_runs
 from launcher.sweep.jobdb import JobDB
 from launcher.sweep.plan import build_plan
@@ -62,3 +63,19 @@ def test_submitit_slurm_array_and_requeue_on_the_walltime_signal(dev_slurm, tmp_
         sync(db, "sub", sweep_dir, get_scheduler(p.cluster))
         assert {r.state for r in db.runs("sub")} == {"completed"}
         assert [(j.job_id, j.kind, j.state) for j in db.jobs("sub")] == [(array_id, "submitit", "completed")]
+
+
+@pytest.mark.slurm
+def test_submitit_slurm_branch_waits_for_its_trunk(dev_slurm, tmp_path):
+    p, sweep_dir = plan(tmp_path, "dev_slurm", "sweep=wsd_tiny", "sweep.params=[20000]", "sweep.tokens=[8192]")
+    trunk, branch = sorted(p.runs, key=lambda s: s.role != "trunk")
+    assert (trunk.role, branch.role, branch.parent) == ("trunk", "branch", trunk.name)
+    folder = fresh_folder(tmp_path / "submitit")
+    (first,) = submit_runs([(trunk.name, trunk.overrides(sweep_dir))], folder, p.cluster, timeout_min=10)
+    after = Dependency("afterok", (first.job_id,))
+    branch_run = [(branch.name, branch.overrides(sweep_dir))]
+    (second,) = submit_runs(branch_run, folder, p.cluster, timeout_min=10, dependency=after)
+    shown = dev_slurm.run("scontrol", "show", "job", second.job_id).stdout
+    assert f"Dependency=afterok:{first.job_id}" in shown
+    assert [first.result(), second.result()] == [0, 0]
+    assert read_metrics(branch.run_dir(sweep_dir) / "metrics.jsonl")[0]["step"] == branch.fork_step + 1

@@ -331,6 +331,10 @@ class Scheduler(abc.ABC):
         """Submit a rendered script; returns the job id."""
 
     @abc.abstractmethod
+    def set_dependency(self, job_id: str, dependency: Dependency) -> None:
+        """Make a queued job wait on ``dependency`` instead of what it waited on."""
+
+    @abc.abstractmethod
     def status(self, job_ids: Iterable[str]) -> dict[str, str]:
         """Each known job's state (one of JOB_STATES); array tasks also under their own ids (``123_4``)."""
 

@@ -320,6 +320,10 @@ class LsfScheduler(Scheduler):
             )
         return parse_bsub(done.stdout, done.stderr)
 
+    def set_dependency(self, job_id: str, dependency: Dependency) -> None:
+        """bmod -w: a pending job's new dependency condition."""
+        self.run_command(["bmod", "-w", dependency_condition(dependency), to_lsf(job_id)])
+
     def status(self, job_ids: Iterable[str]) -> dict[str, str]:
         """States by the ids asked for; an array also by task ("123_4"), and aggregated under its own id."""
         wanted = {str(j) for j in job_ids}

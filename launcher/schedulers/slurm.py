@@ -111,8 +111,10 @@ class SlurmScheduler(Scheduler):
 
     def submit(self, script_path: str | os.PathLike, dependency: Optional[Dependency] = None) -> str:
         argv = ["sbatch", "--parsable"]
-        if dependency is not None:
-            argv.append(f"--dependency={dependency}")
+        if (
+            dependency is not None
+        ):  # a job after one that failed (a WSD trunk's, afterok) is cancelled, not left pending
+            argv += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
         done = self.run_command([*argv, str(script_path)], check=False)
         first = done.stdout.strip().split(";")[0]
         if done.returncode == 0 and first.isdigit():
@@ -122,6 +124,9 @@ class SlurmScheduler(Scheduler):
             if pattern.search(message):
                 raise UserError(f"{field}: sbatch refused the job: {message}")
         raise UserError(f"sbatch refused the job: {message}")
+
+    def set_dependency(self, job_id: str, dependency: Dependency) -> None:
+        self.run_command(["scontrol", "update", f"JobId={job_id}", f"Dependency={dependency}"])
 
     def status(self, job_ids: Iterable[str]) -> dict[str, str]:
         wanted = {str(j) for j in job_ids}

@@ -27,6 +27,7 @@ from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
 from launcher.policy import JOB_ATTEMPT_ENV, JOB_KEY_ENV, ExitCode, ending
 from launcher.resources import ladder_argv
+from launcher.schedulers.base import Dependency
 from launcher.sweep.jobdb import JobDB
 
 
@@ -99,11 +100,13 @@ def submit_runs(
     ranks: int = 1,
     timeout_min: int = 60,
     name: str = "scaleladder",
+    dependency: Optional[Dependency] = None,
 ) -> list[submitit.Job]:
     """Submit runs ``(name, overrides)`` of one shape as one job array (``map_array``), one run per task.
 
     On Slurm every rank is a task (``nodes`` x ``ranks / nodes``); locally a run starts its own ranks
-    (``nproc``). The profile's environment goes to every run.
+    (``nproc``). The profile's environment goes to every run. ``dependency`` (Slurm only; say the job of
+    the WSD trunk these runs branch from) reaches sbatch as ``--dependency``.
     """
     ex = executor(folder, profile, cluster)
     if cluster == "slurm":
@@ -125,9 +128,12 @@ def submit_runs(
                 if v
             },
             **({"slurm_gpus_per_task": profile.gpus_per_task} if profile.gpus_per_task else {}),
+            **({"slurm_additional_parameters": {"dependency": str(dependency)}} if dependency else {}),
         )
         overrides = [list(o) for _, o in runs]
     else:
+        if dependency is not None:
+            raise UserError(f"dependency: {dependency} needs a scheduler; submitit's local executor runs at once")
         ex.update_parameters(name=name, timeout_min=timeout_min, tasks_per_node=1)
         overrides = [[*o, f"nproc={ranks}"] for _, o in runs]
     env = {**profile.env, **(profile.multinode_env if nodes > 1 else {})}

@@ -32,7 +32,7 @@ from submitit.core import core, job_environment, logger, utils
 
 from launcher.config.cluster import ClusterProfile
 from launcher.errors import UserError
-from launcher.schedulers.base import BatchJob
+from launcher.schedulers.base import BatchJob, Dependency
 from launcher.schedulers.lsf import LsfScheduler, bsub_argv, commands, from_lsf, job_key, key_path, parse_bsub
 
 # bjobs STATs after which a job will not run again (ZOMBI: killed while its host was unreachable).
@@ -203,6 +203,7 @@ class LsfParameters:
     signal_delay_min: tp.Optional[int] = None  # bsub -wt (default: the profile's signal_before_min)
     array_parallelism: int = 256  # bsub -J "name[1-n]%k"
     stderr_to_stdout: bool = False
+    dependency: tp.Optional[str] = None  # "afterok:123[:456]" (Slurm's spelling), as #BSUB -w "done(123) && ..."
 
 
 class LsfExecutor(core.PicklingExecutor):
@@ -332,6 +333,7 @@ class LsfExecutor(core.PicklingExecutor):
             steps_log="",
             array=bool(map_count),
             array_throttle=min(map_count or 1, p["array_parallelism"]),
+            dependency=Dependency.parse(p["dependency"]) if p["dependency"] else None,
         )
         return _SubmititJob(profile, context).render(job)
 

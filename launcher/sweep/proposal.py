@@ -50,11 +50,15 @@ def read_proposal(path: str | Path) -> Proposal:
 
 
 def extend_sweep(sweep, proposal: Proposal):
-    """The sweep config with the proposal's points added, per budget (an isoflop sweep only)."""
-    if sweep.kind != "isoflop" or sweep.schedule != "cosine" or sweep.shapes:
+    """The sweep config with the proposal's points added, per budget (an isoflop sweep only).
+
+    In a WSD sweep a proposed size of its own is a new trunk with its branches; one that solves to the
+    shape of a size already run lengthens that size's trunk, which (a trunk is identified by its length
+    and forks) makes the trunk and its branches new runs."""
+    if sweep.kind != "isoflop" or sweep.shapes:
         raise UserError(
-            f"proposal: only cosine isoflop sweeps sized by params take proposals; sweep {sweep.name} "
-            f"is {sweep.kind} ({sweep.schedule}{', shapes' if sweep.shapes else ''})"
+            f"proposal: only isoflop sweeps sized by params take proposals; sweep {sweep.name} "
+            f"is {sweep.kind}{' sized by shapes' if sweep.shapes else ''}"
         )
     per_budget = {
         b: list(sweep.params_per_budget[i] if sweep.params_per_budget else sweep.params)

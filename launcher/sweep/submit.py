@@ -50,6 +50,7 @@ from launcher.sweep.calibrate import calibrated_plan
 from launcher.sweep.jobdb import (
     Attempt,
     JobDB,
+    RunRecord,
     TransitionError,
     attempt_step,
     fold_run_states,
@@ -113,9 +114,15 @@ def job_names(ctx: JobContext) -> Iterator[str]:
 
 
 def build_jobs(
-    scheduler: Scheduler, steps: Sequence[Step], ctx: JobContext, max_jobs: Optional[int] = None
+    scheduler: Scheduler,
+    steps: Sequence[Step],
+    ctx: JobContext,
+    max_jobs: Optional[int] = None,
+    names: Optional[Iterator[str]] = None,
 ) -> list[BatchJob]:
-    """Pack ``steps`` (runs) into jobs (or job arrays) as the profile asks, named and ready to render."""
+    """Pack ``steps`` (runs) into jobs (or job arrays) as the profile asks, named and ready to render.
+
+    ``names``: a ``job_names`` iterator shared by the packings of one submission, so no name repeats."""
     p = ctx.profile
     policy = scheduler.policy()
     if max_jobs is not None:
@@ -123,7 +130,7 @@ def build_jobs(
     items = [PackItem(s.name, s.hours * _left(s.run_dir), s.nodes, s.ranks) for s in steps]
     packed = pack_array(items, policy) if p.submission == "array" else pack(items, policy)
     by_name = {s.name: s for s in steps}
-    names = job_names(ctx)
+    names = names or job_names(ctx)
     jobs = []
     for packed_job in packed:
         name = next(names)
@@ -348,12 +355,10 @@ def submit_runs(
         db.add_runs(name, runs, sweep_dir)
         sync(db, name, sweep_dir, scheduler)
         specs = {s.config_hash: s for s in runs}
-        steps, waiting = [], []
-        for record in db.runs(name):
+        records = db.runs(name)
+        steps = []
+        for record in records:
             if record.config_hash not in specs or record.state in ACTIVE or record.state in ("completed", "diverged"):
-                continue
-            if not specs[record.config_hash].ready(sweep_dir):
-                waiting.append(record.name)
                 continue
             failures = record.consecutive_failures if record.state in RETRIED else 0
             if failures >= profile.max_retries:
@@ -364,24 +369,91 @@ def submit_runs(
                     specs[record.config_hash], record.run_dir, record.overrides, profile, profile.max_retries - failures
                 )
             )
+        free, held, waiting = _hold_branches(records, specs, steps, sweep_dir)
         if waiting:
             _echo(
-                f"sweep {name}: {len(waiting)} WSD branches wait for their trunk's checkpoint "
-                f"({', '.join(waiting[:3])}{', ...' if len(waiting) > 3 else ''}); submit again once the trunks ran"
+                f"sweep {name}: {len(waiting)} WSD branches wait for their trunk's checkpoint, and their trunk "
+                f"is not queued ({', '.join(waiting[:3])}{', ...' if len(waiting) > 3 else ''}); "
+                "submit again once the trunks ran"
             )
-        if not steps:
+        if not free and not held:
             _echo(f"sweep {name}: no run needs submitting")
             return []
         ctx = JobContext(name, sweep_dir, Path.cwd(), profile, dependency)
-        jobs = build_jobs(scheduler, steps, ctx)
-        scheduler.validate(jobs, scheduler.queued_jobs())
+        names = job_names(ctx)
+        jobs = build_jobs(scheduler, free, ctx, names=names)
+        where = {s.config_hash: _job_task(i, job, k) for i, job in enumerate(jobs) for k, s in enumerate(job.steps)}
+        groups: dict[tuple[Optional[int], str], list[Step]] = {}
+        for trunk, step in held:
+            groups.setdefault(where.get(trunk.config_hash) or (None, _queued_key(db, trunk)), []).append(step)
+        later = [(key, build_jobs(scheduler, group, ctx, names=names)) for key, group in groups.items()]
+        scheduler.validate([*jobs, *(job for _, group_jobs in later for job in group_jobs)], scheduler.queued_jobs())
         (sweep_dir / JOBS / CANCEL_MARK).unlink(missing_ok=True)
         submitted = []
         for job in jobs:
             job_id = submit_job(scheduler, job)
             _record_job(db, scheduler, job, job_id, "array" if job.array else "packed")
             submitted.append((job, job_id))
+        for (index, task), group_jobs in later:
+            trunk_job = task if index is None else _task_key(submitted[index][1], submitted[index][0], task)
+            after = _after_trunk(trunk_job, dependency)
+            for job in group_jobs:
+                job = dataclasses.replace(job, dependency=after)
+                job_id = submit_job(scheduler, job)
+                _record_job(db, scheduler, job, job_id, "array" if job.array else "packed")
+                submitted.append((job, job_id))
     return submitted
+
+
+def _hold_branches(
+    records: Sequence[RunRecord], specs: dict[str, RunSpec], steps: list[Step], sweep_dir: Path
+) -> tuple[list[Step], list[tuple[RunRecord, Step]], list[str]]:
+    """Split the steps to submit: runs that can start now; WSD branches to submit after their trunk's job
+    (the trunk is submitted now, or queued or running), as (trunk record, step); and the names of
+    branches that wait, unsubmitted, because their trunk's checkpoint is missing and no job will write it.
+
+    A branch is never packed with its own trunk: it goes in a job that starts after the trunk's has
+    succeeded (a dependency), so a lane never starts a branch before its fork checkpoint exists.
+    """
+    by_name = {r.name: r for r in records}
+    submitting = {s.config_hash for s in steps}
+    free, held, waiting = [], [], []
+    for step in steps:
+        spec = specs[step.config_hash]
+        trunk = by_name.get(spec.parent or "")
+        if spec.ready(sweep_dir):
+            free.append(step)
+        elif trunk is not None and (trunk.config_hash in submitting or trunk.state in ACTIVE):
+            held.append((trunk, step))
+        else:
+            waiting.append(step.name)
+    return free, held, waiting
+
+
+def _job_task(index: int, job: BatchJob, task: int) -> tuple[Optional[int], str]:
+    """Where a step of this submission runs: its job's index here and, in a job array, its task."""
+    return index, str(task) if job.array else ""
+
+
+def _task_key(job_id: str, job: BatchJob, task: str) -> str:
+    """The id a dependency names: the job's, or ``<job>_<task>`` for one task of an array."""
+    return f"{job_id}_{task}" if job.array else job_id
+
+
+def _queued_key(db: JobDB, trunk: RunRecord) -> str:
+    """The job (or array task) a queued or running trunk is in."""
+    attempt = db.open_attempt(trunk.config_hash)
+    if attempt is None or attempt.job_id is None:
+        raise UserError(f"run {trunk.name}: {trunk.state} but in no job; run `ladder status` to reconcile")
+    return attempt.job_id if attempt.array_index is None else f"{attempt.job_id}_{attempt.array_index}"
+
+
+def _after_trunk(trunk_job: str, dependency: Optional[Dependency]) -> Dependency:
+    """A branch job's dependency: its trunk's job succeeded, and the submission's own ``--dependency``
+    when that is also ``afterok`` (any other kind already holds the trunk's job, hence the branch)."""
+    if dependency is not None and dependency.kind == "afterok":
+        return Dependency("afterok", (*dependency.job_ids, trunk_job))
+    return Dependency("afterok", (trunk_job,))
 
 
 def _record_job(db: JobDB, scheduler: Scheduler, job: BatchJob, job_id: str, kind: str) -> None:
@@ -447,7 +519,30 @@ def continue_job(job_key: str, manifest_path: Path) -> list[tuple[BatchJob, str]
     )
     jobs = build_jobs(scheduler, steps, ctx, max_jobs=1)
     scheduler.validate(jobs)
-    return [(job, submit_job(scheduler, job)) for job in jobs]
+    submitted = [(job, submit_job(scheduler, job)) for job in jobs]
+    _hand_on_waiters(scheduler, sweep_dir, job_key, [job_id for _, job_id in submitted])
+    return submitted
+
+
+def _hand_on_waiters(scheduler: Scheduler, sweep_dir: Path, job_key: str, continuations: list[str]) -> None:
+    """Jobs waiting for this one to succeed (WSD branches after their trunk's job) wait for its
+    continuations instead: this job ends without failing, but its trunks are not done yet.
+
+    Their manifests are rewritten too, so a continuation of the continuation hands them on again.
+    """
+    for manifest in manifests(sweep_dir):
+        waits = Dependency.parse(manifest.dependency) if manifest.dependency else None
+        if waits is None or waits.kind != "afterok" or job_key not in waits.job_ids or not manifest.job_id:
+            continue
+        after = Dependency("afterok", tuple(i for i in waits.job_ids if i != job_key) + tuple(continuations))
+        try:
+            scheduler.set_dependency(manifest.job_id, after)
+        except UserError as exc:  # it started or ended meanwhile: nothing waits any more
+            _echo(f"job {manifest.job_id} ({manifest.name}): its dependency stays ({exc})")
+            continue
+        handed_on = dataclasses.replace(manifest, dependency=str(after))
+        atomic_write_json(Path(sweep_dir) / JOBS / f"{manifest.name}.json", dataclasses.asdict(handed_on))
+        _echo(f"job {manifest.job_id} ({manifest.name}) now waits for {after}")
 
 
 def _tries_left(run: ManifestRun, codes: list[int], profile: ClusterProfile) -> int:

@@ -13,6 +13,7 @@ offers a two-dimensional search over (α, β) instead of the 4500 starts.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -233,6 +234,26 @@ def compute_optimal(theta: np.ndarray, C, k: float = 6.0):
     if np.ndim(C) == 0:
         N, D = N[..., 0], D[..., 0]
     return N, D
+
+
+def log_loss_jacobian(theta: np.ndarray, N, D) -> np.ndarray:
+    """d ln L̂ / dθ at each (N, D), θ = (ln A, ln B, ln E, alpha, beta): [n, 5]. How a run's loss moves the
+    fit, for the condition of a fit (``diagnostics``) and the value of a run not yet made (``propose``)."""
+    ln_a, ln_b, ln_e, alpha, beta = map(float, theta)
+    N, D = np.atleast_1d(np.asarray(N, float)), np.atleast_1d(np.asarray(D, float))
+    terms = np.stack([np.exp(ln_a) * N**-alpha, np.exp(ln_b) * D**-beta, np.full_like(N, np.exp(ln_e))], axis=1)
+    columns = [terms[:, 0], terms[:, 1], terms[:, 2], -np.log(N) * terms[:, 0], -np.log(D) * terms[:, 1]]
+    return np.stack(columns, axis=1) / terms.sum(axis=1)[:, None]
+
+
+def log_n_opt_gradient(theta: np.ndarray, C: float, k: float = 6.0) -> np.ndarray:
+    """d ln N_opt(C) / dθ of ``compute_optimal``:
+    ln N_opt = (ln(alpha/beta) + ln A - ln B + beta ln(C/k)) / (alpha + beta)."""
+    ln_a, ln_b, _, alpha, beta = map(float, theta)
+    s, u, L = alpha + beta, math.log(alpha / beta) + ln_a - ln_b, math.log(C / k)
+    return np.array(
+        [1 / s, -1 / s, 0.0, 1 / (alpha * s) - (u + beta * L) / s**2, -1 / (beta * s) - u / s**2 + alpha * L / s**2]
+    )
 
 
 def predicted_loss(theta: np.ndarray, N, D) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from launcher.analysis.fit.chinchilla import ChinchillaFit
+from launcher.analysis.fit.chinchilla import ChinchillaFit, log_loss_jacobian
 from launcher.analysis.fit.points import Points, budgets
 from launcher.numbers import sci
 
@@ -74,14 +74,7 @@ def budget_positions(finals: Points, iso: dict) -> list[dict]:
 
 def condition_number(fit: ChinchillaFit, finals: Points) -> float:
     """How much the data's noise is amplified into θ: cond of the column-normalised Jacobian of ln L̂."""
-    N, D = finals.N, finals.D
-    terms = np.stack([fit.A * N**-fit.alpha, fit.B * D**-fit.beta, np.full_like(N, fit.E)], axis=1)
-    pred = terms.sum(axis=1)
-    J = (
-        np.stack([terms[:, 0], terms[:, 1], terms[:, 2], -np.log(N) * terms[:, 0], -np.log(D) * terms[:, 1]], axis=1)
-        / pred[:, None]
-    )
-    J = J[finals.weight > 0]
+    J = log_loss_jacobian(fit.theta, finals.N, finals.D)[finals.weight > 0]
     norms = np.linalg.norm(J, axis=0)
     if np.any(norms == 0) or not np.all(np.isfinite(J)):
         return math.inf
