@@ -5,13 +5,15 @@ run's size and plan (N, N_non_embedding, D, C, budget, family) come from the job
 ``plan.json``, else from the run's own ``config.yaml``; its state from the database, unless the run's
 ``state.json`` already reports an end the database has not folded in yet.
 
-A sweep of thousands of runs must be collected in seconds, so a file is first read by a fast path:
-numpy finds the keys and their values in the whole file at once (quotes, colons, line ends) and parses the
-needed numbers in one call. The curves are written as ``curves.parquet`` (``CURVE_COLUMNS``: a row per
-logged step with N, D, C, a column per metric) from the parsed arrays; the former ``curves.csv``, assembled
-from the files' own number text, stays as ``collect_sweep(curves="csv")`` for the benchmark's baseline.
-Any file the fast path cannot prove well-formed is read again line by line with ``json.loads``, which
-finds and reports the bad lines. Files are parsed in worker processes when there are many.
+A sweep of thousands of runs must be collected in seconds, so files are first read by a fast path. For
+``curves.parquet`` (``CURVE_COLUMNS``: a row per logged step with N, D, C, a column per metric) files are read
+in chunks of about 16 MB into one buffer each, and pyarrow's JSON reader (C++, without the GIL, so chunks
+parse on threads) parses a chunk in one call; a chunk it refuses (a bad line somewhere) is halved until
+the files that stop it are alone. The former ``curves.csv``, assembled from the files' own number text,
+stays as ``collect_sweep(curves="csv")`` for the benchmark's baseline: there numpy finds the keys and
+values of a file at once (quotes, colons, line ends), in worker processes when there are many. Any file a
+fast path cannot prove well-formed is read again line by line with ``json.loads``, which finds and reports
+the bad lines, so a bad line is dropped and counted on its own, never with its neighbours.
 
 Nothing a run left behind makes collection fail: a missing, empty or unreadable file skips the run
 (``Collected.skipped``); bad lines (cut, not JSON, missing keys) are dropped with a warning; a run that
@@ -26,8 +28,9 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -406,7 +409,149 @@ def parse_metrics(
     if not data.strip():
         out.error = f"{METRICS_FILE} is empty"
         return out
-    columns = _fast_columns(data) or _careful_columns(data, out.issues)
+    return _finish(
+        out, data, _fast_columns(data) or _careful_columns(data, out.issues), prefix, flops_per_token, state_diverged
+    )
+
+
+# ------------------------------------------------------------------------------------------ many files
+
+BULK_CHUNK_BYTES = 16 << 20  # files read into one buffer and parsed by one pyarrow.json call, a chunk per thread
+
+
+def _bulk_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [("step", pa.int64()), *((k, pa.float64()) for k in ("tokens", "flops", "train_loss", "val_loss"))]
+    )
+
+
+# a logged but non-finite val_loss (null), which a parse cannot tell from a val_loss not logged
+_NULL_VAL_LOSS = re.compile(rb'"val_loss"\s*:\s*null')
+
+
+def _bulk_columns(buf: np.ndarray, bounds: list[tuple[int, int]], schema) -> Optional[list[Optional[_Columns]]]:
+    """The columns of each file ``buf[a:b]`` from one pyarrow.json parse of ``buf``; None for a file pyarrow
+    cannot vouch for (a null or missing step, tokens or train_loss, or a null val_loss, which a parse cannot
+    tell from one not logged: those are read line by line). None for all when the parse fails or when some
+    line of some file is not exactly one object (then a bad line lies somewhere)."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    ends = np.flatnonzero(buf == _NEWLINE)
+    file_ends = np.array([b for _, b in bounds])
+    # every line of every file starts with "{" and ends with "}\n": each gives one row or a parse error
+    starts = np.r_[0, ends[:-1] + 1]
+    if not len(ends) or ends[-1] != len(buf) - 1 or (buf[starts] != _OPEN).any() or (buf[ends - 1] != _CLOSE).any():
+        return None
+    if (buf[file_ends - 1] != _NEWLINE).any():  # every file ends its last line
+        return None
+    try:
+        table = pj.read_json(
+            pa.py_buffer(buf),
+            read_options=pj.ReadOptions(use_threads=False),
+            parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+        )
+    except (pa.ArrowException, ValueError):  # not JSON, a value of another type, a line over the block size
+        return None
+    if table.num_rows != len(ends):
+        return None
+    step, tokens, flops, loss, val = (table.column(k) for k in schema.names)
+    unusable = np.zeros(len(ends), dtype=bool)
+    for column in (step, tokens, loss):
+        if column.null_count:
+            unusable |= column.is_null().to_numpy(zero_copy_only=False)
+    numbers = np.stack([c.to_numpy() for c in (step, tokens, flops, loss)]).astype(np.float64)
+    val = val.to_numpy()
+    row_ends = np.searchsorted(ends, file_ends - 1) + 1
+    out: list[Optional[_Columns]] = []
+    null_val = _NULL_VAL_LOSS.search(memoryview(buf)) is not None  # one search of the chunk, files only if found
+    for (a, b), r0, r1 in zip(bounds, np.r_[0, row_ends[:-1]].tolist(), row_ends.tolist()):
+        trusted = not unusable[r0:r1].any() and not (null_val and _NULL_VAL_LOSS.search(memoryview(buf[a:b])))
+        out.append(_Columns(numbers[:, r0:r1], b"", val[r0:r1], ~np.isnan(val[r0:r1])) if trusted else None)
+    return out
+
+
+def _bulk_task(tasks: list[tuple], schema) -> list[_Parsed]:
+    """A chunk of files read into one buffer and parsed at once (``_bulk_columns``); a chunk pyarrow refuses is
+    halved until the files that stop it are alone, and those (and any file it cannot vouch for, or that changed
+    size while read) are read as ``parse_metrics`` reads them."""
+    sizes = []
+    for path, *_ in tasks:
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:
+            sizes.append(0)  # parse_metrics says why
+    offsets = np.r_[0, np.cumsum(sizes)].tolist()
+    whole = bytearray(offsets[-1])
+    view = memoryview(whole)
+    readable = []
+    for i, (path, *_) in enumerate(tasks):
+        try:
+            with open(path, "rb") as handle:
+                if sizes[i] and handle.readinto(view[offsets[i] : offsets[i + 1]]) == sizes[i]:
+                    readable.append(i)
+        except OSError:
+            pass
+    buf = np.frombuffer(whole, np.uint8)
+    results: list[Optional[_Parsed]] = [None] * len(tasks)
+
+    def parse(index: list[int]) -> None:
+        if not index:
+            return
+        contiguous = index == list(range(index[0], index[-1] + 1))
+        part = (
+            buf[offsets[index[0]] : offsets[index[-1] + 1]]
+            if contiguous
+            else np.concatenate([buf[offsets[i] : offsets[i + 1]] for i in index])
+        )
+        at = np.r_[0, np.cumsum([sizes[i] for i in index])].tolist()
+        columns = _bulk_columns(part, list(zip(at[:-1], at[1:])), schema)
+        if columns is None and len(index) > 1:
+            parse(index[: len(index) // 2])
+            parse(index[len(index) // 2 :])
+            return
+        for i, c, a, b in zip(index, columns or [None] * len(index), at[:-1], at[1:]):
+            if c is not None:
+                results[i] = _finish(_Parsed(), part[a:b].tobytes(), c, None, tasks[i][2], tasks[i][3])
+
+    parse(readable)
+    return [r if r is not None else parse_metrics(*t) for r, t in zip(results, tasks)]
+
+
+def _bulk_parsed(tasks: list[tuple], workers: Optional[int]) -> list[_Parsed]:
+    """Every file of ``tasks`` (path, None, flops per token, diverged) parsed by pyarrow in chunks of about
+    BULK_CHUNK_BYTES, on threads (pyarrow parses without the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    schema = _bulk_schema()
+    chunks: list[list[tuple]] = [[]]
+    size = 0
+    for task in tasks:
+        try:
+            size += task[0].stat().st_size
+        except OSError:
+            pass
+        chunks[-1].append(task)
+        if size >= BULK_CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+    threads = max(1, min(len(chunks), workers or len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(threads) as pool:
+        return [p for parsed in pool.map(lambda chunk: _bulk_task(chunk, schema), chunks) for p in parsed]
+
+
+def _finish(
+    out: _Parsed,
+    data: bytes,
+    columns: Optional[_Columns],
+    prefix: Optional[bytes],
+    flops_per_token: float,
+    state_diverged: bool,
+) -> _Parsed:
+    """A file's columns, however parsed, into its Curve (the latest attempt's records; C from the plan's FLOPs
+    per token where flops was not logged), and its ``curves.csv`` rows when given a ``prefix``."""
     if columns is None:
         out.error = f"{METRICS_FILE} has no valid record ({out.issues[0]})"
         return out
@@ -415,17 +560,19 @@ def parse_metrics(
     rows = columns.rows
     if len(keep) < len(step):
         out.issues.append(f"{len(step) - len(keep)} record(s) repeated by a resume: kept the latest attempt's")
-        lines = rows.split(b"\n")
-        rows = b"".join(lines[i] + b"\n" for i in keep.tolist())
+        if prefix is not None:
+            lines = rows.split(b"\n")
+            rows = b"".join(lines[i] + b"\n" for i in keep.tolist())
     tokens, flops, loss = (columns.numbers[k][keep] for k in (1, 2, 3))
     val, val_logged = columns.val[keep], columns.val_logged[keep]
     missing_flops = np.isnan(flops)
     if missing_flops.any():
         flops = np.where(missing_flops, tokens * flops_per_token, flops)
-        fields = [line.split(b",") for line in rows.splitlines()]
-        for f, c in zip(fields, flops.tolist()):
-            f[2] = f[2] or json.dumps(c).encode()
-        rows = b"".join(b",".join(f) + b"\n" for f in fields)
+        if prefix is not None:
+            fields = [line.split(b",") for line in rows.splitlines()]
+            for f, c in zip(fields, flops.tolist()):
+                f[2] = f[2] or json.dumps(c).encode()
+            rows = b"".join(b",".join(f) + b"\n" for f in fields)
         out.issues.append(
             f"{int(missing_flops.sum())} record(s) without flops: C = tokens x the plan's FLOPs per token"
         )
@@ -674,11 +821,13 @@ def collect_sweep(
     tmp = csv_path.with_name(f".{CSV_FILE}.{os.getpid()}.tmp") if csv_path else None
     runs: list[CollectedRun] = []
     parsed_curves: dict[str, Curve] = {}
-    n_workers = _workers(len(tasks), workers)
+    n_workers = _workers(len(tasks), workers) if as_csv else 1
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) if n_workers > 1 else None
     try:
-        results = (
-            pool.map(_parse_task, tasks, chunksize=max(1, min(64, len(tasks) // (4 * n_workers))))
+        results: Iterable[_Parsed] = (
+            _bulk_parsed(tasks, workers)
+            if not as_csv
+            else pool.map(_parse_task, tasks, chunksize=max(1, min(64, len(tasks) // (4 * n_workers))))
             if pool
             else map(_parse_task, tasks)
         )
