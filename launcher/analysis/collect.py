@@ -23,6 +23,7 @@ diverged (state diverged, or a non-finite loss) stays in the table and out of th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,10 +31,10 @@ import multiprocessing
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -466,9 +467,9 @@ def _bulk_columns(buf: np.ndarray, bounds: list[tuple[int, int]], schema) -> Opt
     val = val.to_numpy()
     row_ends = np.searchsorted(ends, file_ends - 1) + 1
     out: list[Optional[_Columns]] = []
-    null_val = _NULL_VAL_LOSS.search(memoryview(buf)) is not None  # one search of the chunk, files only if found
+    null_val = _NULL_VAL_LOSS.search(buf.data) is not None  # one search of the chunk, files only if found
     for (a, b), r0, r1 in zip(bounds, np.r_[0, row_ends[:-1]].tolist(), row_ends.tolist()):
-        trusted = not unusable[r0:r1].any() and not (null_val and _NULL_VAL_LOSS.search(memoryview(buf[a:b])))
+        trusted = not unusable[r0:r1].any() and not (null_val and _NULL_VAL_LOSS.search(buf[a:b].data))
         out.append(_Columns(numbers[:, r0:r1], b"", val[r0:r1], ~np.isnan(val[r0:r1])) if trusted else None)
     return out
 
@@ -520,9 +521,9 @@ def _bulk_task(tasks: list[tuple], schema) -> list[_Parsed]:
     return [r if r is not None else parse_metrics(*t) for r, t in zip(results, tasks)]
 
 
-def _bulk_parsed(tasks: list[tuple], workers: Optional[int]) -> list[_Parsed]:
-    """Every file of ``tasks`` (path, None, flops per token, diverged) parsed by pyarrow in chunks of about
-    BULK_CHUNK_BYTES, on threads (pyarrow parses without the GIL)."""
+def _bulk_parsed(tasks: list[tuple], workers: Optional[int]) -> Iterator[_Parsed]:
+    """Every file of ``tasks`` (path, None, flops per token, diverged), in order, parsed by pyarrow in chunks of
+    about BULK_CHUNK_BYTES on threads (pyarrow parses without the GIL), each chunk as soon as it is done."""
     from concurrent.futures import ThreadPoolExecutor
 
     schema = _bulk_schema()
@@ -539,7 +540,8 @@ def _bulk_parsed(tasks: list[tuple], workers: Optional[int]) -> list[_Parsed]:
             size = 0
     threads = max(1, min(len(chunks), workers or len(os.sched_getaffinity(0))))
     with ThreadPoolExecutor(threads) as pool:
-        return [p for parsed in pool.map(lambda chunk: _bulk_task(chunk, schema), chunks) for p in parsed]
+        for parsed in pool.map(lambda chunk: _bulk_task(chunk, schema), chunks):
+            yield from parsed
 
 
 def _finish(
@@ -788,12 +790,41 @@ def curves_table(runs: list[CollectedRun], curves: dict[str, Curve]):
     return pa.table(columns)
 
 
-def write_curves(path: Path, runs: list[CollectedRun], curves: dict[str, Curve]) -> None:
-    """curves.parquet, atomically: zstd-compressed columns, one row group per ~1M points."""
-    import pyarrow.parquet as pq
+ROW_GROUP_POINTS = 1 << 20
 
-    with atomic_path(path) as tmp:
-        pq.write_table(curves_table(runs, curves), tmp, compression="zstd", row_group_size=1 << 20)
+
+class _CurvesSink:
+    """curves.parquet (zstd-compressed columns) written as the runs arrive, a row group per ~1M points, so that
+    writing overlaps the parsing of later files."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.writer: Any = None  # a pyarrow.parquet.ParquetWriter once the first table is written
+        self.runs: list[CollectedRun] = []
+        self.curves: dict[str, Curve] = {}
+        self.points = 0
+
+    def add(self, run: CollectedRun, curve: Curve) -> None:
+        self.runs.append(run)
+        self.curves[run.name] = curve
+        self.points += len(curve)
+        if self.points >= ROW_GROUP_POINTS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        if self.runs or self.writer is None:  # an empty sweep still gets its (empty) table
+            table = curves_table(self.runs, self.curves)
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+            self.writer.write_table(table, row_group_size=ROW_GROUP_POINTS)
+        self.runs, self.curves, self.points = [], {}, 0
+
+    def close(self) -> None:
+        self.flush()
+        assert self.writer is not None  # flush opens it
+        self.writer.close()
 
 
 def collect_sweep(
@@ -818,43 +849,38 @@ def collect_sweep(
         for m in metas
     ]
     csv_path = sweep_dir / CSV_FILE if as_csv else None
-    tmp = csv_path.with_name(f".{CSV_FILE}.{os.getpid()}.tmp") if csv_path else None
+    parquet_path = sweep_dir / CURVES_FILE if write_curves_file and curves == "parquet" else None
     runs: list[CollectedRun] = []
     parsed_curves: dict[str, Curve] = {}
     n_workers = _workers(len(tasks), workers) if as_csv else 1
-    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) if n_workers > 1 else None
-    try:
-        results: Iterable[_Parsed] = (
-            _bulk_parsed(tasks, workers)
-            if not as_csv
-            else pool.map(_parse_task, tasks, chunksize=max(1, min(64, len(tasks) // (4 * n_workers))))
-            if pool
-            else map(_parse_task, tasks)
-        )
-        with open(tmp, "wb") if tmp else open(os.devnull, "wb") as out:
-            if tmp:
-                out.write(CSV_HEADER.encode() + b"\n")
-            for meta, parsed in zip(metas, results):
-                for issue in parsed.issues:
-                    warnings.append(f"{meta.name}: {issue}")
-                if parsed.error:
-                    skipped.append((meta.name, parsed.error))
-                    continue
-                assert parsed.curve is not None  # a file read without error has a curve
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(stack.enter_context(atomic_path(csv_path)), "wb")) if csv_path else None
+        sink = _CurvesSink(stack.enter_context(atomic_path(parquet_path))) if parquet_path else None
+        if n_workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")))
+            results: Iterable[_Parsed] = pool.map(
+                _parse_task, tasks, chunksize=max(1, min(64, len(tasks) // (4 * n_workers)))
+            )
+        else:
+            results = map(_parse_task, tasks) if as_csv else _bulk_parsed(tasks, workers)
+        if out:
+            out.write(CSV_HEADER.encode() + b"\n")
+        for meta, parsed in zip(metas, results):
+            for issue in parsed.issues:
+                warnings.append(f"{meta.name}: {issue}")
+            if parsed.error:
+                skipped.append((meta.name, parsed.error))
+                continue
+            assert parsed.curve is not None  # a file read without error has a curve
+            runs.append(_summarise(meta, parsed, warnings))
+            parsed_curves[meta.name] = parsed.curve
+            if out:
                 out.write(parsed.csv)
-                runs.append(_summarise(meta, parsed, warnings))
-                parsed_curves[meta.name] = parsed.curve
-        if tmp and csv_path is not None:
-            os.replace(tmp, csv_path)
-    finally:
-        if pool:
-            pool.shutdown()
-        if tmp and tmp.exists():
-            tmp.unlink()
-    curves_path = csv_path
-    if write_curves_file and curves == "parquet":
-        curves_path = sweep_dir / CURVES_FILE
-        write_curves(curves_path, runs, parsed_curves)
+            if sink:
+                sink.add(runs[-1], parsed.curve)
+        if sink:
+            sink.close()
+    curves_path = csv_path or parquet_path
     unfinished = [r for r in runs if r.state != "completed" and not r.diverged]
     if unfinished:
         warnings.append(

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ from launcher.errors import UserError
 BASE_KEYS = ("E", "A", "B", "alpha", "beta")
 START_VALUES = (20.0 / 3.0, 40.0 / 3.0, 20.0)
 # The authors' optimiser settings (torch.optim.LBFGS), and how many times their loop calls its step.
-AUTHORS_LBFGS = dict(lr=0.1, history_size=10, max_iter=20, line_search_fn="strong_wolfe")
+AUTHORS_LBFGS: dict[str, Any] = dict(lr=0.1, history_size=10, max_iter=20, line_search_fn="strong_wolfe")
 AUTHORS_STEPS = 50
 
 
