@@ -200,6 +200,53 @@ def test_fast_path_agrees_with_json_per_line():
     assert fast.rows.startswith(b"1,12500.0,") and fast.val_logged.sum() == 5 and np.isnan(fast.val[7])
 
 
+def joined(texts: list[bytes]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Files one after another in one buffer, and where each lies in it."""
+    at = np.r_[0, np.cumsum([len(t) for t in texts])].tolist()
+    return np.frombuffer(b"".join(texts), np.uint8), list(zip(at[:-1], at[1:]))
+
+
+def test_bulk_parse_agrees_with_json_per_line_and_leaves_to_it_what_it_cannot_vouch_for(tmp_path):
+    """pyarrow parses many files in one call; a file with a null val_loss (logged but non-finite, which a
+    parse cannot tell from not logged) or a bad line is read line by line, its neighbours kept and counted."""
+    s = spec("s", "a", 50_000, 10**6, steps=80)
+    records = curve_records(s)
+    as_floats = [dict(r, flops=r["flops"] * 1.0, tokens=r["tokens"] * 1.0) for r in records]
+    shuffled = [dict(reversed(list(r.items()))) for r in records]
+    texts = [
+        "".join(json.dumps(r, separators=sep) + "\n" for r in rows).encode()
+        for rows, sep in [(records, (",", ":")), (records, (", ", ": ")), (shuffled, (",", ":")), (as_floats, None)]
+    ]
+    null = [dict(r) for r in records]
+    null[7]["val_loss"] = None
+    texts.append("".join(json.dumps(r) + "\n" for r in null).encode())
+    schema = collect._bulk_schema()
+    *vouched, refused = collect._bulk_columns(*joined(texts), schema)
+    assert refused is None
+    for text, bulk in zip(texts, vouched):
+        careful = _careful_columns(text, [])
+        np.testing.assert_array_equal(bulk.numbers, careful.numbers)
+        np.testing.assert_array_equal(bulk.val, careful.val)
+        np.testing.assert_array_equal(bulk.val_logged, careful.val_logged)
+
+    lines = texts[0].decode().splitlines()
+    lines[5] = "this is not json"
+    bad = ("\n".join(lines) + "\n").encode()
+    assert collect._bulk_columns(*joined([*texts[:4], bad]), schema) is None  # one bad line stops the joint parse
+    paths = []
+    for i, text in enumerate([*texts, bad, *texts[:3]]):
+        paths.append(tmp_path / f"{i}.jsonl")
+        paths[-1].write_bytes(text)
+    parsed = collect._bulk_task([(p, None, math.nan, False) for p in paths], schema)
+    for p, one in zip(paths, parsed):  # the same curves and reports as the file read on its own
+        alone = parse_metrics(p)
+        np.testing.assert_array_equal(one.curve.train_loss, alone.curve.train_loss)
+        np.testing.assert_array_equal(one.curve.val_loss, alone.curve.val_loss)
+        assert one.issues == alone.issues and one.nonfinite_step == alone.nonfinite_step and one.last == alone.last
+    assert parsed[5].issues == ["1 bad line(s) dropped: line 6: not JSON"] and len(parsed[5].curve) == 79
+    assert parsed[4].nonfinite_step == 8
+
+
 def test_collect_and_the_runtime_reader_share_one_resume_rule(tmp_path):
     # one name and one rule, imported from launcher.run.metrics, not copies that could drift
     assert collect.METRICS_FILE is metrics.METRICS_FILE

@@ -207,3 +207,23 @@ def test_holdout_runs_are_predicted_not_fitted_and_beyond_every_run_is_a_project
     assert fitted[0]["holdout"] == {"approach": "approach3", "runs": []}
     inside = fit_sweep(finals, curves, budget_flops=1e17, n_boot=5)["recommendation"]
     assert inside["kind"] == "within the runs"
+
+
+# Final points of a real `ladder sweep sweep=clip_tiny` on this CPU: under-trained CLIP runs, where the larger
+# model is worse at every sample count, so approach 3's law has no compute-optimal point
+CLIP_TINY_RUNS = [
+    ("n62.5k-s2.05k", 62529, 2048, 20855390208.0, 3.2475061416625977),
+    ("n62.5k-s4.1k", 62529, 4096, 41710780416.0, 3.126773715019226),
+    ("n62.5k-s8.19k", 62529, 8192, 83421560832.0, 2.335232377052307),
+    ("n225k-s2.05k", 225409, 2048, 76162793472.0, 3.4655121564865112),
+    ("n225k-s4.1k", 225409, 4096, 152325586944.0, 3.3511712551116943),
+    ("n225k-s8.19k", 225409, 8192, 304651173888.0, 3.0712826251983643),
+]
+
+
+def test_a_law_without_a_finite_optimum_gives_no_recommendation():
+    finals = [dict(name=n, N=N, D=D, C=C, loss=L, budget=C) for n, N, D, C, L in CLIP_TINY_RUNS]
+    out = fit_sweep(finals, [], budget_flops=3.05e12, n_boot=5)
+    assert out["approach3"]["alpha"] < 0  # loss grows with N: no N minimises it at fixed C
+    assert out["recommendation"] == {"error": "no fitted law has a finite compute-optimal N and D at C = 3.05e+12"}
+    json.dumps(out, allow_nan=False)

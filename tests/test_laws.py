@@ -139,24 +139,19 @@ def paper_runs() -> set[str]:
 
 
 def test_datacon_reproduces_muennighoff_decay_constants():
-    """Their runs, their base law, their starts: the published (R_D*, R_N*) is a minimum we reach,
-    at their objective. R_D* is weakly determined: a second minimum near (47, 2.3), 0.12% lower, is
-    reached from one of their nine starts and is the best end point (see datacon's docstring)."""
+    """Their runs, their base law, their optimiser and starts: the headline is the published
+    (R_D*, R_N*) at their objective. The objective's lower minimum near (47, 2.3), 0.12% lower and
+    out of float32's reach (see datacon's docstring), is reported among the optima, not as the result."""
     points = muennighoff_points(paper_runs())
     assert len(points) == 182
     fit = fit_points(points, "datacon", base=MUENNIGHOFF_BASE)
-    assert fit["base"] == "given" and fit["n_starts"] == 9
-    published = [
-        o
-        for o in fit["optima"]
-        if o["R_D_star"] == pytest.approx(PUBLISHED_R_D, rel=0.1)
-        and o["R_N_star"] == pytest.approx(PUBLISHED_R_N, rel=0.1)
-    ]
-    assert published, fit["optima"]
-    assert published[0]["objective"] == pytest.approx(PUBLISHED_OBJECTIVE, rel=1e-5)
-    assert fit["objective"] == fit["optima"][0]["objective"] <= published[0]["objective"]
-    assert published[0]["objective"] <= fit["objective"] * 1.002
-    assert {fit["R_D_star"], fit["R_N_star"]} == {fit["optima"][0]["R_D_star"], fit["optima"][0]["R_N_star"]}
+    assert fit["base"] == "given" and fit["n_starts"] == 9 and fit["n_converged"] == 9
+    assert fit["R_D_star"] == pytest.approx(PUBLISHED_R_D, rel=0.1)
+    assert fit["R_N_star"] == pytest.approx(PUBLISHED_R_N, rel=0.1)
+    assert fit["objective"] == pytest.approx(PUBLISHED_OBJECTIVE, rel=1e-5)
+    lower, *_ = fit["optima"]
+    assert lower["objective"] < fit["objective"] * 0.9995
+    assert lower["R_D_star"] > 2 * PUBLISHED_R_D and lower["R_N_star"] < 0.6 * PUBLISHED_R_N
 
 
 def test_datacon_fits_its_base_to_single_epoch_runs_and_predicts_repeated_data():

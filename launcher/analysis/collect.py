@@ -5,13 +5,15 @@ run's size and plan (N, N_non_embedding, D, C, budget, family) come from the job
 ``plan.json``, else from the run's own ``config.yaml``; its state from the database, unless the run's
 ``state.json`` already reports an end the database has not folded in yet.
 
-A sweep of thousands of runs must be collected in seconds, so a file is first read by a fast path:
-numpy finds the keys and their values in the whole file at once (quotes, colons, line ends) and parses the
-needed numbers in one call. The curves are written as ``curves.parquet`` (``CURVE_COLUMNS``: a row per
-logged step with N, D, C, a column per metric) from the parsed arrays; the former ``curves.csv``, assembled
-from the files' own number text, stays as ``collect_sweep(curves="csv")`` for the benchmark's baseline.
-Any file the fast path cannot prove well-formed is read again line by line with ``json.loads``, which
-finds and reports the bad lines. Files are parsed in worker processes when there are many.
+A sweep of thousands of runs must be collected in seconds, so files are first read by a fast path. For
+``curves.parquet`` (``CURVE_COLUMNS``: a row per logged step with N, D, C, a column per metric) files are read
+in chunks of about 16 MB into one buffer each, and pyarrow's JSON reader (C++, without the GIL, so chunks
+parse on threads) parses a chunk in one call; a chunk it refuses (a bad line somewhere) is halved until
+the files that stop it are alone. The former ``curves.csv``, assembled from the files' own number text,
+stays as ``collect_sweep(curves="csv")`` for the benchmark's baseline: there numpy finds the keys and
+values of a file at once (quotes, colons, line ends), in worker processes when there are many. Any file a
+fast path cannot prove well-formed is read again line by line with ``json.loads``, which finds and reports
+the bad lines, so a bad line is dropped and counted on its own, never with its neighbours.
 
 Nothing a run left behind makes collection fail: a missing, empty or unreadable file skips the run
 (``Collected.skipped``); bad lines (cut, not JSON, missing keys) are dropped with a warning; a run that
@@ -21,16 +23,18 @@ diverged (state diverged, or a non-finite loss) stays in the table and out of th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import multiprocessing
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -445,7 +449,151 @@ def parse_metrics(
     if not data.strip():
         out.error = f"{METRICS_FILE} is empty"
         return out
-    columns = _fast_columns(data) or _careful_columns(data, out.issues)
+    return _finish(
+        out, data, _fast_columns(data) or _careful_columns(data, out.issues), prefix, flops_per_token, state_diverged
+    )
+
+
+# ------------------------------------------------------------------------------------------ many files
+
+BULK_CHUNK_BYTES = 16 << 20  # files read into one buffer and parsed by one pyarrow.json call, a chunk per thread
+
+
+def _bulk_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [("step", pa.int64()), *((k, pa.float64()) for k in ("tokens", "flops", "train_loss", "val_loss"))]
+    )
+
+
+# a logged but non-finite val_loss (null), which a parse cannot tell from a val_loss not logged
+_NULL_VAL_LOSS = re.compile(rb'"val_loss"\s*:\s*null')
+
+
+def _bulk_columns(buf: np.ndarray, bounds: list[tuple[int, int]], schema) -> Optional[list[Optional[_Columns]]]:
+    """The columns of each file ``buf[a:b]`` from one pyarrow.json parse of ``buf``; None for a file pyarrow
+    cannot vouch for (a null or missing step, tokens or train_loss, or a null val_loss, which a parse cannot
+    tell from one not logged: those are read line by line). None for all when the parse fails or when some
+    line of some file is not exactly one object (then a bad line lies somewhere)."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    ends = np.flatnonzero(buf == _NEWLINE)
+    file_ends = np.array([b for _, b in bounds])
+    # every line of every file starts with "{" and ends with "}\n": each gives one row or a parse error
+    starts = np.r_[0, ends[:-1] + 1]
+    if not len(ends) or ends[-1] != len(buf) - 1 or (buf[starts] != _OPEN).any() or (buf[ends - 1] != _CLOSE).any():
+        return None
+    if (buf[file_ends - 1] != _NEWLINE).any():  # every file ends its last line
+        return None
+    try:
+        table = pj.read_json(
+            pa.py_buffer(buf),
+            read_options=pj.ReadOptions(use_threads=False),
+            parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+        )
+    except (pa.ArrowException, ValueError):  # not JSON, a value of another type, a line over the block size
+        return None
+    if table.num_rows != len(ends):
+        return None
+    step, tokens, flops, loss, val = (table.column(k) for k in schema.names)
+    unusable = np.zeros(len(ends), dtype=bool)
+    for column in (step, tokens, loss):
+        if column.null_count:
+            unusable |= column.is_null().to_numpy(zero_copy_only=False)
+    numbers = np.stack([c.to_numpy() for c in (step, tokens, flops, loss)]).astype(np.float64)
+    val = val.to_numpy()
+    row_ends = np.searchsorted(ends, file_ends - 1) + 1
+    out: list[Optional[_Columns]] = []
+    null_val = _NULL_VAL_LOSS.search(buf.data) is not None  # one search of the chunk, files only if found
+    for (a, b), r0, r1 in zip(bounds, np.r_[0, row_ends[:-1]].tolist(), row_ends.tolist()):
+        trusted = not unusable[r0:r1].any() and not (null_val and _NULL_VAL_LOSS.search(buf[a:b].data))
+        # a resume marker has no step, so a file holding one is not trusted: parse_metrics reads its resumes
+        out.append(_Columns(numbers[:, r0:r1], b"", val[r0:r1], ~np.isnan(val[r0:r1]), []) if trusted else None)
+    return out
+
+
+def _bulk_task(tasks: list[tuple], schema) -> list[_Parsed]:
+    """A chunk of files read into one buffer and parsed at once (``_bulk_columns``); a chunk pyarrow refuses is
+    halved until the files that stop it are alone, and those (and any file it cannot vouch for, or that changed
+    size while read) are read as ``parse_metrics`` reads them."""
+    sizes = []
+    for path, *_ in tasks:
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:
+            sizes.append(0)  # parse_metrics says why
+    offsets = np.r_[0, np.cumsum(sizes)].tolist()
+    whole = bytearray(offsets[-1])
+    view = memoryview(whole)
+    readable = []
+    for i, (path, *_) in enumerate(tasks):
+        try:
+            with open(path, "rb") as handle:
+                if sizes[i] and handle.readinto(view[offsets[i] : offsets[i + 1]]) == sizes[i]:
+                    readable.append(i)
+        except OSError:
+            pass
+    buf = np.frombuffer(whole, np.uint8)
+    results: list[Optional[_Parsed]] = [None] * len(tasks)
+
+    def parse(index: list[int]) -> None:
+        if not index:
+            return
+        contiguous = index == list(range(index[0], index[-1] + 1))
+        part = (
+            buf[offsets[index[0]] : offsets[index[-1] + 1]]
+            if contiguous
+            else np.concatenate([buf[offsets[i] : offsets[i + 1]] for i in index])
+        )
+        at = np.r_[0, np.cumsum([sizes[i] for i in index])].tolist()
+        columns = _bulk_columns(part, list(zip(at[:-1], at[1:])), schema)
+        if columns is None and len(index) > 1:
+            parse(index[: len(index) // 2])
+            parse(index[len(index) // 2 :])
+            return
+        for i, c, a, b in zip(index, columns or [None] * len(index), at[:-1], at[1:]):
+            if c is not None:
+                results[i] = _finish(_Parsed(), part[a:b].tobytes(), c, None, tasks[i][2], tasks[i][3])
+
+    parse(readable)
+    return [r if r is not None else parse_metrics(*t) for r, t in zip(results, tasks)]
+
+
+def _bulk_parsed(tasks: list[tuple], workers: Optional[int]) -> Iterator[_Parsed]:
+    """Every file of ``tasks`` (path, None, flops per token, diverged), in order, parsed by pyarrow in chunks of
+    about BULK_CHUNK_BYTES on threads (pyarrow parses without the GIL), each chunk as soon as it is done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    schema = _bulk_schema()
+    chunks: list[list[tuple]] = [[]]
+    size = 0
+    for task in tasks:
+        try:
+            size += task[0].stat().st_size
+        except OSError:
+            pass
+        chunks[-1].append(task)
+        if size >= BULK_CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+    threads = max(1, min(len(chunks), workers or len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(threads) as pool:
+        for parsed in pool.map(lambda chunk: _bulk_task(chunk, schema), chunks):
+            yield from parsed
+
+
+def _finish(
+    out: _Parsed,
+    data: bytes,
+    columns: Optional[_Columns],
+    prefix: Optional[bytes],
+    flops_per_token: float,
+    state_diverged: bool,
+) -> _Parsed:
+    """A file's columns, however parsed, into its Curve (the latest attempt's records; C from the plan's FLOPs
+    per token where flops was not logged), and its ``curves.csv`` rows when given a ``prefix``."""
     if columns is None:
         out.error = f"{METRICS_FILE} has no valid record" + (f" ({out.issues[0]})" if out.issues else "")
         return out
@@ -459,17 +607,19 @@ def parse_metrics(
             f"{len(step) - backwards - len(keep)} record(s) repeated by a resume: kept the latest attempt's"
         )
     if len(keep) < len(step):
-        lines = rows.split(b"\n")
-        rows = b"".join(lines[i] + b"\n" for i in keep.tolist())
+        if prefix is not None:
+            lines = rows.split(b"\n")
+            rows = b"".join(lines[i] + b"\n" for i in keep.tolist())
     tokens, flops, loss = (columns.numbers[k][keep] for k in (1, 2, 3))
     val, val_logged = columns.val[keep], columns.val_logged[keep]
     missing_flops = np.isnan(flops)
     if missing_flops.any():
         flops = np.where(missing_flops, tokens * flops_per_token, flops)
-        fields = [line.split(b",") for line in rows.splitlines()]
-        for f, c in zip(fields, flops.tolist()):
-            f[2] = f[2] or json.dumps(c).encode()
-        rows = b"".join(b",".join(f) + b"\n" for f in fields)
+        if prefix is not None:
+            fields = [line.split(b",") for line in rows.splitlines()]
+            for f, c in zip(fields, flops.tolist()):
+                f[2] = f[2] or json.dumps(c).encode()
+            rows = b"".join(b",".join(f) + b"\n" for f in fields)
         out.issues.append(
             f"{int(missing_flops.sum())} record(s) without flops: C = tokens x the plan's FLOPs per token"
         )
@@ -685,12 +835,41 @@ def curves_table(runs: list[CollectedRun], curves: dict[str, Curve]):
     return pa.table(columns)
 
 
-def write_curves(path: Path, runs: list[CollectedRun], curves: dict[str, Curve]) -> None:
-    """curves.parquet, atomically: zstd-compressed columns, one row group per ~1M points."""
-    import pyarrow.parquet as pq
+ROW_GROUP_POINTS = 1 << 20
 
-    with atomic_path(path) as tmp:
-        pq.write_table(curves_table(runs, curves), tmp, compression="zstd", row_group_size=1 << 20)
+
+class _CurvesSink:
+    """curves.parquet (zstd-compressed columns) written as the runs arrive, a row group per ~1M points, so that
+    writing overlaps the parsing of later files."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.writer: Any = None  # a pyarrow.parquet.ParquetWriter once the first table is written
+        self.runs: list[CollectedRun] = []
+        self.curves: dict[str, Curve] = {}
+        self.points = 0
+
+    def add(self, run: CollectedRun, curve: Curve) -> None:
+        self.runs.append(run)
+        self.curves[run.name] = curve
+        self.points += len(curve)
+        if self.points >= ROW_GROUP_POINTS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        if self.runs or self.writer is None:  # an empty sweep still gets its (empty) table
+            table = curves_table(self.runs, self.curves)
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+            self.writer.write_table(table, row_group_size=ROW_GROUP_POINTS)
+        self.runs, self.curves, self.points = [], {}, 0
+
+    def close(self) -> None:
+        self.flush()
+        assert self.writer is not None  # flush opens it
+        self.writer.close()
 
 
 def collect_sweep(
@@ -715,41 +894,38 @@ def collect_sweep(
         for m in metas
     ]
     csv_path = sweep_dir / CSV_FILE if as_csv else None
-    tmp = csv_path.with_name(f".{CSV_FILE}.{os.getpid()}.tmp") if csv_path else None
+    parquet_path = sweep_dir / CURVES_FILE if write_curves_file and curves == "parquet" else None
     runs: list[CollectedRun] = []
     parsed_curves: dict[str, Curve] = {}
-    n_workers = _workers(len(tasks), workers)
-    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) if n_workers > 1 else None
-    try:
-        results = (
-            pool.map(_parse_task, tasks, chunksize=max(1, min(64, len(tasks) // (4 * n_workers))))
-            if pool
-            else map(_parse_task, tasks)
-        )
-        with open(tmp, "wb") if tmp else open(os.devnull, "wb") as out:
-            if tmp:
-                out.write(CSV_HEADER.encode() + b"\n")
-            for meta, parsed in zip(metas, results):
-                for issue in parsed.issues:
-                    warnings.append(f"{meta.name}: {issue}")
-                if parsed.error:
-                    skipped.append((meta.name, parsed.error))
-                    continue
-                assert parsed.curve is not None  # a file read without error has a curve
+    n_workers = _workers(len(tasks), workers) if as_csv else 1
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(stack.enter_context(atomic_path(csv_path)), "wb")) if csv_path else None
+        sink = _CurvesSink(stack.enter_context(atomic_path(parquet_path))) if parquet_path else None
+        if n_workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")))
+            results: Iterable[_Parsed] = pool.map(
+                _parse_task, tasks, chunksize=max(1, min(64, len(tasks) // (4 * n_workers)))
+            )
+        else:
+            results = map(_parse_task, tasks) if as_csv else _bulk_parsed(tasks, workers)
+        if out:
+            out.write(CSV_HEADER.encode() + b"\n")
+        for meta, parsed in zip(metas, results):
+            for issue in parsed.issues:
+                warnings.append(f"{meta.name}: {issue}")
+            if parsed.error:
+                skipped.append((meta.name, parsed.error))
+                continue
+            assert parsed.curve is not None  # a file read without error has a curve
+            runs.append(_summarise(meta, parsed, warnings))
+            parsed_curves[meta.name] = parsed.curve
+            if out:
                 out.write(parsed.csv)
-                runs.append(_summarise(meta, parsed, warnings))
-                parsed_curves[meta.name] = parsed.curve
-        if tmp and csv_path is not None:
-            os.replace(tmp, csv_path)
-    finally:
-        if pool:
-            pool.shutdown()
-        if tmp and tmp.exists():
-            tmp.unlink()
-    curves_path = csv_path
-    if write_curves_file and curves == "parquet":
-        curves_path = sweep_dir / CURVES_FILE
-        write_curves(curves_path, runs, parsed_curves)
+            if sink:
+                sink.add(runs[-1], parsed.curve)
+        if sink:
+            sink.close()
+    curves_path = csv_path or parquet_path
     unfinished = [r for r in runs if r.state != "completed" and not r.diverged]
     if unfinished:
         warnings.append(

@@ -744,11 +744,11 @@ def render_html(
             + _card("compute budget C", f"{sci(rec['C'])} FLOPs", inputs.get("budget_source", ""))
             + _card("N_opt (parameters)", si(rec["N_opt"]), _ci_text(rec.get("N_opt_ci")))
             + _card("D_opt (tokens)", si(rec["D_opt"]), _ci_text(rec.get("D_opt_ci")))
-            + _card("tokens per parameter", f"{rec['tokens_per_param']:.3g}")
+            + _card("tokens per parameter", sci(rec["tokens_per_param"]))
             + _card(
                 "predicted loss",
-                f"{rec['predicted_loss']:.4g}",
-                _ci_text(rec.get("predicted_loss_ci"), lambda v: f"{v:.4g}"),
+                sci(rec["predicted_loss"], ".4g"),
+                _ci_text(rec.get("predicted_loss_ci"), lambda v: sci(v, ".4g")),
             )
             + f'</div><p class="meta">From {_e(rec.get("source"))}; intervals are bootstrap '
             f"percentiles over {(fit.get('bootstrap') or {}).get('n_boot', '?')} resamples of the runs."

@@ -27,10 +27,12 @@ is "vpnls": it reaches an equal or lower objective than the grid on every data s
 Result keys: approach, n_points, then the approach's own. 1, 2, 3, kaplan, bnsl: as in fit.json
 below (3 adds method). overtrain: E, a, b, eta (the paper's form in C = 6·N·D and M = D/N), A, B,
 alpha = beta (the same law in Chinchilla's form), objective, huber_delta, huber_reduce, n_starts,
-n_converged. datacon: R_D_star, R_N_star, E, A, B, alpha, beta (the fixed base), base ("given" or
-how it was fitted), objective, huber_delta, huber_reduce, n_starts, n_converged, optima (every
-distinct end point: R_D_star, R_N_star, objective; best first). two_stage: loss_approach, loss_law
-(that approach's keys), metric_law (link, then a, b, k, L0 or epsilon, k, gamma, bounds, rmse).
+n_converged. datacon: R_D_star, R_N_star (the authors' float32 L-BFGS procedure), E, A, B, alpha,
+beta (the fixed base), base ("given" or how it was fitted), objective (at R_D_star, R_N_star),
+huber_delta, huber_reduce, n_starts, n_converged (starts that ended finite), optima (every distinct
+end point of a float64 search from the same starts: R_D_star, R_N_star, objective; best first).
+two_stage: loss_approach, loss_law (that approach's keys), metric_law (link, then a, b, k, L0 or epsilon, k,
+gamma, bounds, rmse).
 
 ``predict_points(points, targets, approach, *, n_boot=100, seed=0, huber_reduce="sum", weights=None,
 **options)`` fits as ``fit_points`` does and adds ``predictions``: per target row (dicts with N, D,

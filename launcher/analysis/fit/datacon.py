@@ -11,31 +11,36 @@ where N_opt(U_D) is the compute-optimal model size for the compute at which U_D 
 compute-optimal under the base Chinchilla law (C = 6·N·D): N_opt(U_D) = G·(G·U_D)^(β/α),
 G = (α·A/(β·B))^(1/(α+β)).
 
-Fitting procedure, as the authors' code does it (github.com/huggingface/datablations,
-utils/parametric_fit.ipynb, cell "FIT OUR DOTS ..."): the base law E, A, B, α, β is held fixed
-and only R_D*, R_N* are fitted, by L-BFGS on the Huber loss (δ = 1e-3) of log L̂ − log L summed
-over runs, from a grid of starts. Their base came from a Chinchilla fit with α = β to Chinchilla's
-own C4 IsoFLOP points (α = β = 0.3527, A = e^6.2554, B = e^7.3050, E = e^0.6255), which gave
-R_D* = 15.39 and R_N* = 5.31 on their 182 runs. Here the base is either given (``base``:
-E, A, B, alpha, beta, e.g. theirs) or fitted the same way, α = β (the ``overtrain`` fit), to the
-runs that see each token at most once (D ≤ U). R* are optimised as log R* (so they stay
-positive; the authors' raw R* may go negative, where the decay turns into growth) through the same
-batched multi-start search as approach 3, from the authors' starts R_D*, R_N* ∈ {20/3, 40/3, 20}
-(their grid linspace(0, 20, 4) without the 0, from which their code gives NaN).
+Fitting procedure, the authors' own (github.com/huggingface/datablations, utils/parametric_fit.ipynb,
+cell "FIT OUR DOTS BASED ON EPOCH RANGES OR UNIQUE TOKENS"): the base law E, A, B, α, β is held
+fixed and only the raw R_D*, R_N* are fitted, with torch.optim.LBFGS in float32 (lr 0.1, history 10,
+strong-Wolfe line search, 50 calls of at most 20 iterations each, torch's default tolerances) on the
+sum of Huber terms (δ = 1e-3) of log L̂ − log L, from every pair of R_D*, R_N* ∈ linspace(0, 20, 4)
+without the 0 (from which their code gives NaN, 0/0, and drops the start): nine starts; the lowest
+objective wins, the first on a tie. Their base came from a Chinchilla fit with α = β to Chinchilla's own C4 IsoFLOP
+points (α = β = 0.3527, A = e^6.2554, B = e^7.3050, E = e^0.6255), which gave R_D* = 15.39 and
+R_N* = 5.31 on their 182 runs. Here the base is either given (``base``: E, A, B, alpha, beta, e.g.
+theirs) or fitted the same way, α = β (the ``overtrain`` fit), to the runs that see each token at
+most once (D ≤ U). That procedure gives the headline R_D_star, R_N_star; on their runs and base,
+7 of 9 starts end within 0.3% of (15.38, 5.31) and two stall where they start; the best is
+(15.378, 5.309) with 0.0158259 (theirs: 0.0158259 at (15.388, 5.310)). An end with R* <= 0 (their
+code would keep it: the decay then turns into growth) is dropped.
 
-R_D* is weakly determined, and the Huber objective (nearly an L1 loss at δ = 1e-3) has several
-local minima along a valley: on the authors' 182 runs with their base, (15.37, 5.32), the one they
-published, with 0.0158259 (theirs: 0.0158259 at (15.39, 5.31)); (47.0, 2.33) with 0.0158074 and
-near (95, 1.7) with 0.0158047. From their nine starts, eight end at the published minimum and one,
-(20, 20/3), at (47.0, 2.33), which is therefore the best end point. The result reports the best
-and, under ``optima``, every distinct end point with its objective, so that a weakly determined
-R* is visible as such.
+The published point is not the objective's minimum. R_D* is weakly determined and the objective
+falls by 0.12% along a flat valley: the same optimiser in float64 goes from the start (20, 20/3) to
+(46.9, 2.33) with 0.0158074, and further along lies (95, 1.7) with 0.0158047. In float32 the
+changes along that valley are below the arithmetic's resolution of the sum, so the authors'
+line search finds no descent there and stops. ``optima`` therefore also lists every distinct end
+point of a float64 search (log R*, so they stay positive, the batched multi-start search of
+approach 3) from the same nine starts, with its objective, best first, so that a weakly determined
+R* is visible as such; ``objective`` is the headline's, evaluated in float64 like those.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +53,9 @@ from launcher.errors import UserError
 
 BASE_KEYS = ("E", "A", "B", "alpha", "beta")
 START_VALUES = (20.0 / 3.0, 40.0 / 3.0, 20.0)
+# The authors' optimiser settings (torch.optim.LBFGS), and how many times their loop calls its step.
+AUTHORS_LBFGS: dict[str, Any] = dict(lr=0.1, history_size=10, max_iter=20, line_search_fn="strong_wolfe")
+AUTHORS_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,46 @@ class DataconObjective:
         return np.exp(np.array(internal, dtype=float, ndmin=2))
 
 
+def authors_lbfgs(objective: DataconObjective, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """End points [k, 2] (R_D*, R_N*) and objectives [k] (NaN where a start diverged) of the authors'
+    float32 L-BFGS on the raw R* from each start, the objective as their loop compares it (the value
+    the last step returns)."""
+    import torch
+
+    def f32(values) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=torch.float32)
+
+    b, rep = objective.base, objective.rep
+    U_N, U_D, R_N, R_D = (f32(v) for v in (rep.U_N, rep.U_D, rep.R_N, rep.R_D))
+    log_loss, weights = torch.log(f32(np.exp(objective.logL))), f32(objective.weights[0])
+    log_a, log_b, log_e, alpha, beta = (f32(v) for v in (np.log(b.A), np.log(b.B), np.log(b.E), b.alpha, b.beta))
+
+    def huber_sum(star: torch.Tensor) -> torch.Tensor:
+        n_eff = U_N + U_N * star[1] * (1 - torch.exp(-R_N / star[1]))
+        d_eff = U_D + U_D * star[0] * (1 - torch.exp(-R_D / star[0]))
+        terms = [log_a - alpha * torch.log(n_eff), log_b - beta * torch.log(d_eff), log_e.expand(len(U_N))]
+        fitted = torch.logsumexp(torch.stack(terms), dim=0)
+        huber = torch.nn.functional.huber_loss(fitted, log_loss, delta=objective.delta, reduction="none")
+        return (huber * weights).sum()
+
+    def from_start(start: np.ndarray) -> tuple[np.ndarray, float]:
+        star = torch.nn.Parameter(f32(start))
+        optimiser = torch.optim.LBFGS([star], **AUTHORS_LBFGS)
+
+        def closure() -> torch.Tensor:
+            optimiser.zero_grad()
+            value = huber_sum(star)
+            value.backward()
+            return value
+
+        for _ in range(AUTHORS_STEPS):
+            value = optimiser.step(closure)
+        return star.detach().numpy(), float(value.detach())
+
+    ends = [from_start(start) for start in starts]
+    return np.array([end for end, _ in ends], dtype=float), np.array([value for _, value in ends])
+
+
 @dataclass(frozen=True)
 class DataconFit:
     base: ChinchillaFit
@@ -129,7 +177,7 @@ class DataconFit:
     objective: float
     huber_reduce: str
     n_starts: int
-    n_converged: int
+    n_converged: int  # starts whose end is finite and positive
     candidates: np.ndarray = field(repr=False, compare=False)
     candidate_objectives: np.ndarray = field(repr=False, compare=False)
 
@@ -194,18 +242,27 @@ def fit_datacon(points: Points, options: Options, warm: DataconFit | None = None
         if not np.any(repeats[used] > 0):
             raise UserError(f"datacon: {what} is undetermined: no run has {why}")
     objective = DataconObjective(points, base, points.weight, options.huber_reduce)
-    starts = list(itertools.product(START_VALUES, START_VALUES)) if warm is None else warm.candidates[:WARM_STARTS]
-    best = multistart.fit_from_starts(objective, starts, "datacon")
+    if warm is None:
+        starts = np.array(list(itertools.product(START_VALUES, START_VALUES)))
+        search = multistart.fit_from_starts(objective, starts, "datacon")
+        candidates, candidate_objectives = search.candidates, search.candidate_objectives
+    else:  # a refit (bootstrap): the authors' procedure from the headline alone
+        starts, candidates, candidate_objectives = warm.star[None, :], warm.candidates, warm.candidate_objectives
+    ends, values = authors_lbfgs(objective, starts)
+    finite = np.isfinite(values) & np.all(np.isfinite(ends) & (ends > 0), axis=1)
+    if not finite.any():
+        raise UserError("datacon: the fit diverged from every start")
+    star = ends[np.flatnonzero(finite)[np.argmin(values[finite])]]
     return DataconFit(
         base,
         source,
-        best.theta,
-        best.objective,
+        star,
+        float(objective(np.log(star)[None, :])[0][0]),
         options.huber_reduce,
-        best.n_starts,
-        best.n_converged,
-        best.candidates,
-        best.candidate_objectives,
+        len(starts),
+        int(finite.sum()),
+        candidates,
+        candidate_objectives,
     )
 
 

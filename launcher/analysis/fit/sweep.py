@@ -291,6 +291,10 @@ class SweepFitter:
             )
         if not options:
             return {"error": "neither approach 2 nor approach 3 could be fitted"}
+        # a degenerate law (e.g. an exponent near 0 on a handful of runs) has no finite optimum at C
+        options = {k: v for k, v in options.items() if np.isfinite([v["N_opt"], v["D_opt"]]).all()}
+        if not options:
+            return {"error": f"no fitted law has a finite compute-optimal N and D at C = {C:.3g}"}
         source = "approach3" if "approach3" in options else "approach2"
         return {
             **options[source],
