@@ -254,6 +254,7 @@ def test_collect_and_the_runtime_reader_share_one_resume_rule(tmp_path):
     s = spec("s", "a", 50_000, 10**6, steps=30)
     records = curve_records(s)
     rng = np.random.default_rng(0)
+    paths = []
     for trial in range(20):  # attempts that each resume from an earlier checkpoint, some past the last end
         log, step = [], 0
         for _ in range(rng.integers(1, 5)):
@@ -268,6 +269,10 @@ def test_collect_and_the_runtime_reader_share_one_resume_rule(tmp_path):
         np.testing.assert_array_equal(curve.step, [r["step"] for r in expected])
         np.testing.assert_array_equal(curve.train_loss, [r["train_loss"] for r in expected])
         assert all(a < b for a, b in zip(curve.step, curve.step[1:]))
+        paths.append(path)
+    bulk = collect._bulk_task([(p, None, math.nan, False) for p in paths], collect._bulk_schema())
+    for path, parsed in zip(paths, bulk):  # the many-files path keeps the same rule
+        np.testing.assert_array_equal(parsed.curve.step, [r["step"] for r in read_metrics(path)])
 
 
 def test_broken_files_are_skipped_or_cleaned_and_reported(tmp_path):
