@@ -245,6 +245,18 @@ def test_bulk_parse_agrees_with_json_per_line_and_leaves_to_it_what_it_cannot_vo
         assert one.issues == alone.issues and one.nonfinite_step == alone.nonfinite_step and one.last == alone.last
     assert parsed[5].issues == ["1 bad line(s) dropped: line 6: not JSON"] and len(parsed[5].curve) == 79
     assert parsed[4].nonfinite_step == 8
+    # values of another type than json.loads' reading takes: the joint parse refuses them, none slips through
+    odd = ['"step": "3"', '"step": true', '"step": 2.0', '"tokens": "5"', '"train_loss": true', '"val_loss": "x"']
+    for i, field in enumerate(odd):
+        key = field.split(":")[0].strip('"')
+        line = json.dumps({**{k: v for k, v in records[3].items() if k != key}}).replace("{", "{" + field + ", ", 1)
+        text = texts[0] + (line + "\n").encode()
+        assert collect._bulk_columns(*joined([text]), schema) is None, field
+        path = tmp_path / f"odd{i}.jsonl"
+        path.write_bytes(text)
+        (one,) = collect._bulk_task([(path, None, math.nan, False)], schema)
+        alone = parse_metrics(path)
+        assert one.issues == alone.issues and len(one.curve) == len(alone.curve), field
 
 
 def test_collect_and_the_runtime_reader_share_one_resume_rule(tmp_path):
