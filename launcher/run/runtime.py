@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
             os.environ[LOCK_HELD_ENV] = str(Path(run_dir_of(run)).resolve())  # the ranks' own lock is ours
             watch = HangWatch(run_dir_of(run), run.nproc, run.cluster.hang_timeout_s)
             try:
-                return local_launch.launch(
+                code = local_launch.launch(
                     run.nproc,
                     [*ladder_argv(), "train", *argv],
                     run.cluster.step_launcher,
@@ -121,8 +121,9 @@ def main(argv: list[str]) -> int:
                 )
             finally:
                 os.environ.pop(LOCK_HELD_ENV, None)
-        code = Trainer(run, stop).run()
-    stop.ignore_from_now()
+        else:
+            code = Trainer(run, stop).run()
+    stop.ignore_from_now()  # the supervisor of local ranks too: its end is recorded once they have ended
     return code
 
 
