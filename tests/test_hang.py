@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from launcher.policy import ExitCode
-from launcher.run.heartbeat import read_beats
+from launcher.run.heartbeat import Heartbeat, read_beats
 from launcher.run.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,3 +104,39 @@ def test_a_run_that_hangs_in_every_try_ends_hung_after_max_retries(tmp_path):
     assert state["status"] == "hung" and state["exit_code"] == int(ExitCode.HUNG)
     assert len(state["hangs"]) == tries == len(stopped) and all(h["ranks"] == [1] for h in state["hangs"])
     assert output.count("retrying the hung run") == tries - 1
+
+
+def test_beats_are_written_at_most_every_interval_and_at_milestones(tmp_path):
+    beats = Heartbeat(tmp_path, 0, interval_s=3600.0)
+    try:
+        beats.beat(1)  # the first is written (a rank's resume)
+        beats.beat(2)
+        assert read_beats(tmp_path)[0].step == 1
+        beats.beat(3, milestone=True)  # a checkpoint
+        assert read_beats(tmp_path)[0].step == 3
+        beats.beat(4)
+        assert read_beats(tmp_path)[0].step == 3 and beats.last is not None and beats.last[0] == 4
+    finally:
+        beats.close()
+    every = Heartbeat(tmp_path, 1, interval_s=0.0)
+    try:
+        for step in (1, 2):
+            every.beat(step)
+            assert read_beats(tmp_path)[1].step == step
+    finally:
+        every.close()
+
+
+def test_the_hang_timeout_must_outlast_two_heartbeat_intervals():
+    done = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "train", "cluster.heartbeat_interval_s=15", "cluster.hang_timeout_s=20"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == int(ExitCode.USAGE)
+    assert done.stderr.strip().splitlines() == [
+        "ladder train: error: cluster.hang_timeout_s: must be at least 2 x cluster.heartbeat_interval_s (15.0 s: a "
+        "healthy rank's last beat may be that old), got 20.0"
+    ]

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import socket
 import statistics
 import sys
@@ -246,7 +245,7 @@ def watch_step(watch: HangWatch, pid: int, out: TextIO = sys.stdout) -> int:
             print(",".join(sorted({s.host for s in stuck if s.host})), file=out, flush=True)
             while running(pid):
                 time.sleep(WATCH_EVERY_S / 10)
-            if status(watch.run_dir) not in (None, "running"):
+            if reported_status(watch.run_dir) not in (None, "running"):
                 return 0
             holder = read_beats(watch.run_dir).get(0)  # rank 0 holds the run_dir's lock
             if holder is not None:
@@ -259,7 +258,7 @@ def watch_step(watch: HangWatch, pid: int, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def status(run_dir: Path) -> Optional[str]:
+def reported_status(run_dir: Path) -> Optional[str]:
     """The run's state.json status; None without a readable one."""
     state = read_state(run_dir, warn=True)
     return state.status if state else None
@@ -267,7 +266,7 @@ def status(run_dir: Path) -> Optional[str]:
 
 def watch_main(argv: list[str]) -> int:
     """``ladder hang-watch --pid PID --ranks N --run-dir DIR [--timeout-s S]``: ``watch_step`` for the lane
-    shells. The walltime warning LSF sends to every process of the job (USR2) is not this one's to act on."""
+    shells (which start it with the walltime warning's USR2 ignored: the warning is the batch shell's)."""
     parser = command_parser(
         "ladder hang-watch",
         "watch the heartbeats of one job step's ranks; a lane shell starts it beside each step",
@@ -280,5 +279,4 @@ def watch_main(argv: list[str]) -> int:
         "--timeout-s", type=float, default=None, help="cluster.hang_timeout_s (default: from step times)"
     )
     args = parser.parse(argv)
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     return watch_step(HangWatch(Path(args.run_dir), args.ranks, args.timeout_s), args.pid)
