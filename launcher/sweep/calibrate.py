@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ def measure_throughput(setup: SweepSetup, specs: list[RunSpec], echo: Callable[[
         procs = []
         for spec in batch:
             run_dir = setup.sweep_dir / "calibration" / spec.name
+            shutil.rmtree(run_dir, ignore_errors=True)  # a stale measurement (another config): a run_dir holds one run
             overrides = merge_overrides(
                 spec.overrides(setup.sweep_dir),
                 [
