@@ -218,6 +218,7 @@ def test_read_metrics_keeps_the_latest_attempt(tmp_path):
     log = MetricsLog(tmp_path)
     for step in (1, 2, 3, 4, 5):  # first attempt, checkpointed at 3, killed after logging 5
         log.append({"step": step, "train_loss": 10.0 - step})
+    log.mark_resume(3)  # what the resumed attempt writes first
     for step in (4, 5, 6):  # the resumed attempt redoes 4 and 5
         log.append({"step": step, "train_loss": 20.0 - step})
     with open(log.path, "a") as handle:
