@@ -204,7 +204,7 @@ def test_a_second_signal_while_the_checkpoint_is_written_changes_nothing(tmp_pat
     assert stopped["message"] == f"stopped at step {stopped['step']} by SIGUSR2"  # the first signal's stop
     assert (tmp_path / "checkpoints" / "latest").read_text() == f"step_{stopped['step']:08d}"
 
-    code, output = ladder_train(tmp_path, "nproc=1")
+    code, output = ladder_train(tmp_path, "nproc=1", "train.checkpoint_every=100")  # the same config resumes
     assert code == ExitCode.COMPLETED, output
     final = state(tmp_path)
     assert (final["status"], final["resumed_from"], final["step"]) == ("completed", stopped["step"], K)

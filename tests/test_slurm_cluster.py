@@ -471,7 +471,8 @@ def test_a_stopped_rank_hangs_its_step_which_is_killed_and_retried_on_another_no
     assert hang["ranks"] == [1] and hang["hosts"] == [hung_host]
     assert stopped_step <= hang["step"] <= stopped_step + 1
     detected_s = hang["at"] - stopped_at
-    assert timeout_s < hang["silent_s"] <= timeout_s + 5 and detected_s <= timeout_s + 10, (hang, detected_s)
+    # silent for the timeout (silent_s is rounded to 0.1 s), found within a poll and a slow start of the watcher
+    assert timeout_s <= hang["silent_s"] <= timeout_s + 5 and detected_s <= timeout_s + 10, (hang, detected_s)
     assert stopped_step - every < state["resumed_from"] <= stopped_step and state["resumed_from"] % every == 0
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, state["total_steps"] + 1))
     # the retry ran on the other node: srun left out the one it hung on

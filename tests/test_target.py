@@ -71,7 +71,8 @@ def test_the_target_run_follows_its_rules_and_stays_out_of_the_fit(fitted, tmp_p
     cluster = validate(ClusterProfile, compose(["cluster=dev_slurm"])["cluster"], "cluster")
     projection = project(sweep_dir, cluster, target_flops=1e12, nodes=2)
     record = target_spec("tgt", sweep_dir, json.loads((sweep_dir / "plan.json").read_text()), projection, cluster)
-    spec, rules, want = RunSpec.from_json(record["run"]), record["rules"], expected_rules(record, specs)
+    spec = RunSpec.from_json(record["run"], "target.json: run")
+    rules, want = record["rules"], expected_rules(record, specs)
     assert (spec.global_batch_tokens, spec.steps, spec.D) == (want["batch"], want["steps"], want["D"])
     assert rules["lr"] == pytest.approx(want["lr"], rel=1e-12) and rules["checkpoint_every"] == want["every"]
     assert spec.role == "target" and spec.ranks_per_run == 4 and spec.nodes == 2 and spec.shape == projection["shape"]
@@ -92,11 +93,12 @@ def test_the_target_run_follows_its_rules_and_stays_out_of_the_fit(fitted, tmp_p
     assert len(collected.final_points) == len(specs)
 
 
-# About a minute of training of two ranks here. 3-min jobs warned 90 s before their end: the controller
-# checks every 30 s and may warn up to 30 s early, so the warning comes 30-60 s into a job, after the ranks
-# have started (a warning before a rank sets its handler would kill it) and before this run can end.
-TARGET_FLOPS = "1.2e12"
-JOBS = ["cluster=dev_slurm", "cluster.walltime_min=3", "cluster.signal_before_s=90"]
+# About 100 s of training of two ranks on an idle 2-core machine, more under load. 3-min jobs warned 120 s
+# before their end: the controller checks every 30 s and may warn up to 30 s early, so the warning comes
+# 30-60 s into a job, after the ranks have started (a warning before a rank sets its handler would kill it)
+# and before this run can end.
+TARGET_FLOPS = "8e12"
+JOBS = ["cluster=dev_slurm", "cluster.walltime_min=3", "cluster.signal_before_s=120"]
 JOBS += ["cluster.assumed_mfu=0.5"]  # about what this CPU reaches: steps of the right length for the interval rule
 
 

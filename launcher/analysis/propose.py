@@ -126,7 +126,8 @@ def informative_runs(
     fit: dict, sizes: dict[float, list[float]], target: float, k: int, cost: Callable[[ProposedRun], float]
 ) -> Optional[list[ProposedRun]]:
     """``k`` candidates chosen one at a time by how much each shrinks the variance of ln N_opt at ``target``
-    per node-hour, by the delta method on approach 3's fit; None when approach 3 was not fitted.
+    per node-hour, by the delta method on approach 3's fit; None when approach 3 was not fitted or its law has
+    no finite N_opt to aim at (an exponent <= 0) or a parameter at 0 (no log-parameter to differentiate).
 
     With J the rows d ln L / dθ of the runs fitted (``log_loss_jacobian``) and g = d ln N_opt / dθ, the
     variance is σ² gᵀ(JᵀJ)⁻¹g; a run with row j at its predicted loss lowers it by
@@ -134,6 +135,8 @@ def informative_runs(
     """
     part = fit.get("approach3") or {}
     if "error" in part or not part.get("runs"):
+        return None
+    if min(part["A"], part["B"], part["E"], part["alpha"], part["beta"]) <= 0:
         return None
     theta = np.array([math.log(part["A"]), math.log(part["B"]), math.log(part["E"]), part["alpha"], part["beta"]])
     flops_per_token = fit.get("flops_per_param_token") or 6.0
